@@ -1,0 +1,5 @@
+import sys
+
+from masterkey.cli import main
+
+sys.exit(main())

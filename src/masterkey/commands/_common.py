@@ -1,0 +1,70 @@
+"""Small helpers shared by the commands: tables, JSON output, option parsing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from masterkey.errors import MasterkeyError
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    """Plain-text table with right-aligned numbers."""
+    if not rows:
+        return "(none)"
+    columns = list(columns or rows[0].keys())
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.{digits}f}" if v == v else "-"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
+        return "" if v is None else str(v)
+
+    body = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r.get(c), (int, float)) for r in rows) for c in columns]
+
+    def line(values: Sequence[str]) -> str:
+        cells = (v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True))
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(b) for b in body)]).rstrip()
+
+
+def print_json(obj: Any) -> None:
+    from masterkey.files import _json_default
+
+    json.dump(obj, sys.stdout, indent=2, default=_json_default)
+    sys.stdout.write("\n")
+
+
+def parse_kwargs(text: str | None, what: str = "--model-kwargs") -> dict[str, Any]:
+    """``"num_classes=10,patch_size=1"`` → ``{"num_classes": 10, "patch_size": 1}`` (ints, floats, bools, strings)."""
+    out: dict[str, Any] = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MasterkeyError(f"{what}: expected key=value pairs separated by commas, got {item!r}")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _parse_value(value: str) -> Any:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def note(message: str) -> None:
+    """A remark for the user on stderr (stdout stays machine-readable with --json)."""
+    print(f"masterkey: {message}", file=sys.stderr)

@@ -1,0 +1,59 @@
+"""masterkey harvest SOURCE... -o BANK"""
+
+from __future__ import annotations
+
+import argparse
+
+from tqdm import tqdm
+
+from masterkey.bank import write_bank
+from masterkey.commands._common import note, parse_kwargs, print_json
+from masterkey.commands.bank import print_info
+from masterkey.errors import MasterkeyError
+from masterkey.sources import harvest
+
+NAME = "harvest"
+ORDER = 1
+HELP = "collect the depthwise filters of networks into a filter bank"
+DESCRIPTION = """Collect depthwise filters (k x k, k > 1, groups == in_channels) into a filter bank directory.
+
+A SOURCE is one of:
+  FILE.pth / .pt / .bin / .safetensors   a raw state_dict: every tensor shaped [C, 1, k, k] (no model class)
+  FILE.onnx                              Conv nodes with group > 1 and a [C, 1, k, k] weight
+  NAME                                   a timm or torchvision model (timm:NAME, torchvision:NAME to choose),
+                                         with --weights FILE, or NAME@FILE, or --pretrained to use the hub
+
+examples:
+  masterkey harvest ../shared/models/mobilenet_v2_imagenet.pth -o banks/mnv2
+  masterkey harvest convnext_atto@convnext_atto_s0_e20.safetensors --model-kwargs num_classes=10,patch_size=1 -o b
+  masterkey harvest a.pth b.safetensors model.onnx -o banks/all
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="weights files, ONNX files or model names")
+    p.add_argument("-o", "--out", required=True, metavar="BANK", help="bank directory to create")
+    p.add_argument("--weights", metavar="FILE", help="local weights for a single model-name SOURCE")
+    p.add_argument("--name", help="source name in the bank (single SOURCE; default: file stem or model name)")
+    p.add_argument("--model-kwargs", metavar="K=V,...", help="keyword arguments for the model constructor")
+    p.add_argument("--pretrained", action="store_true", help="allow downloading weights from the hub (online)")
+    p.add_argument("--overwrite", action="store_true", help="replace BANK if it exists")
+    p.add_argument("--json", action="store_true", help="print the bank summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.weights or args.name) and len(args.sources) > 1:
+        raise MasterkeyError("--weights and --name go with a single SOURCE (use NAME@WEIGHTS for several)")
+    kwargs = parse_kwargs(args.model_kwargs)
+    harvested = []
+    for source in tqdm(args.sources, desc="harvest", unit="source", disable=None, leave=False):
+        src = harvest(source, weights=args.weights, name=args.name, model_kwargs=kwargs, pretrained=args.pretrained)
+        for skip in src.skipped:
+            note(f"{src.name}: skipped {skip['layer']}: {skip['reason']}")
+        harvested.append(src)
+    bank = write_bank(harvested, args.out, overwrite=args.overwrite)
+    if args.json:
+        print_json(bank.info())
+    else:
+        print_info(bank)
+    return 0

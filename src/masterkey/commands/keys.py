@@ -1,0 +1,64 @@
+"""masterkey keys list|show|convert"""
+
+from __future__ import annotations
+
+import argparse
+
+from masterkey.commands._common import format_table, print_json
+from masterkey.keys import builtin_keysets, load_keys
+
+NAME = "keys"
+ORDER = 3
+HELP = "list built-in key sets, show or convert key files"
+DESCRIPTION = """Key sets are built-ins (paper8, random:K[:SEED], impulse, scalespace8) or files (.safetensors, or the
+text format 'Filter N:' followed by k rows of k numbers).
+
+examples:
+  masterkey keys list
+  masterkey keys show paper8 --kernel-size 3 --resize-keys
+  masterkey keys convert my_keys.txt -o my_keys.safetensors
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    sub.add_parser("list", help="built-in key sets")
+    for name, help in (("show", "print a key set's values"), ("convert", "save a key set as a file")):
+        q = sub.add_parser(name, help=help)
+        q.add_argument("keys", metavar="KEYS")
+        q.add_argument("--kernel-size", type=int, help="make / resize the keys to this size")
+        q.add_argument("--resize-keys", action="store_true", help="allow centre crop / zero pad")
+        if name == "show":
+            q.add_argument("--json", action="store_true")
+        else:
+            q.add_argument("-o", "--out", required=True, help=".safetensors or text (any other suffix)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.keys_command == "list":
+        print(format_table([{"name": n, "what": h} for n, h in builtin_keysets().items()]))
+        return 0
+    keyset = load_keys(args.keys, kernel_size=args.kernel_size, resize=args.resize_keys)
+    if args.keys_command == "convert":
+        if args.out.endswith(".safetensors"):
+            keyset.save(args.out)
+        else:
+            keyset.save_text(args.out)
+        print(f"wrote {args.out}: {keyset}")
+    elif args.json:
+        print_json(
+            {
+                "name": keyset.name,
+                "kernel_size": keyset.kernel_size,
+                "labels": keyset.key_labels(),
+                "provenance": keyset.provenance,
+                "keys": keyset.keys.tolist(),
+            }
+        )
+    else:
+        print(f"{keyset}  {keyset.provenance}")
+        for label, key in zip(keyset.key_labels(), keyset.keys, strict=True):
+            print(f"key {label}:")
+            for row in key.tolist():
+                print("  " + " ".join(f"{v:+.3f}" for v in row))
+    return 0

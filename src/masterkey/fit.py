@@ -1,0 +1,231 @@
+"""Exact affine fit of filters to keys (SPEC §2.4).
+
+For a centred unit-norm key x̂ the least-squares fit of a filter y by ``a * x̂ + b`` is closed form:
+``a = <y - ȳ, x̂>``, ``b = ȳ``, and residual² = ||y - ȳ||² - a². One matrix product scores every filter against
+every key; each filter takes the key of largest |a| (the smallest residual). The sign of ``a`` is free.
+Filters are processed in chunks, so memory stays bounded however large the bank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from masterkey.bank import FilterBank
+from masterkey.errors import MasterkeyError
+from masterkey.keys import KeySet, load_keys
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+FIT_COLUMNS = ("key", "a", "b", "cos2", "residual")
+
+
+@dataclass
+class FitResult:
+    """Per-filter best fits: key index, ``a``, ``b``, ``cos2`` (explained fraction of the centred energy; 1 for
+    a constant filter, which is fitted exactly by ``b``) and ``residual`` (L2 norm of ``y - a*key - b``)."""
+
+    key: Tensor
+    a: Tensor
+    b: Tensor
+    cos2: Tensor
+    residual: Tensor
+
+    def __len__(self) -> int:
+        return int(self.key.shape[0])
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({name: getattr(self, name).numpy() for name in FIT_COLUMNS})
+
+    @classmethod
+    def cat(cls, parts: Iterable[FitResult]) -> FitResult:
+        parts = list(parts)
+        return cls(*(torch.cat([getattr(p, n) for p in parts]) for n in FIT_COLUMNS))
+
+
+def _key_matrix(keys: KeySet | Tensor, dtype: torch.dtype, device: torch.device | None) -> Tensor:
+    if isinstance(keys, KeySet):
+        mat = keys.keys.reshape(len(keys), -1)
+    else:
+        mat = torch.as_tensor(keys).reshape(len(keys), -1).to(torch.float64)
+        mat = mat - mat.mean(dim=1, keepdim=True)
+        norms = torch.linalg.vector_norm(mat, dim=1, keepdim=True)
+        if bool((norms == 0).any()) or not bool(torch.isfinite(mat).all()):
+            raise MasterkeyError("keys must be finite and non-constant")
+        mat = mat / norms
+    return mat.to(dtype=dtype, device=device)
+
+
+def fit_chunks(
+    chunks: Iterable[Tensor],
+    keys: KeySet | Tensor,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[FitResult]:
+    """Fit each chunk of filters ([n, k, k] or [n, d]) to ``keys``; yields one CPU :class:`FitResult` per chunk."""
+    dev = torch.device(device) if device is not None else None
+    kmat = _key_matrix(keys, dtype, dev)
+    d = kmat.shape[1]
+    for chunk in chunks:
+        y = chunk.reshape(chunk.shape[0], -1)
+        if y.shape[1] != d:
+            side = round(d**0.5)
+            raise MasterkeyError(f"filters have {y.shape[1]} weights each but the keys are {side}x{side} ({d})")
+        y = y.to(device=dev, dtype=dtype, non_blocking=True)
+        mean = y.mean(dim=1)
+        centred = y - mean[:, None]
+        energy = torch.linalg.vector_norm(centred, dim=1).square_()
+        scores = centred @ kmat.T
+        best = scores.abs().argmax(dim=1)
+        a = scores.gather(1, best[:, None])
+        # The residual is computed directly rather than as energy - a², which cancels badly for near-exact fits.
+        residual = torch.linalg.vector_norm(centred.sub_(a * kmat[best]), dim=1)
+        a = a[:, 0]
+        cos2 = torch.where(energy > 0, a.square() / energy.clamp_min(torch.finfo(dtype).tiny), torch.ones_like(a))
+        yield FitResult(best.cpu(), a.cpu(), mean.cpu(), cos2.clamp_(0, 1).cpu(), residual.cpu())
+
+
+def fit_affine(
+    filters: Tensor,
+    keys: KeySet | Tensor,
+    chunk_size: int = 65536,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> FitResult:
+    """Best affine fit ``a * key + b`` of every filter of ``filters`` ([N, k, k] or [N, d]) to ``keys``.
+
+    Keys are centred and unit-normed first (a :class:`KeySet` already is). Ties in |a| go to the lower key index.
+    Works on CPU and CUDA (``device``); results are on the CPU.
+    """
+    if filters.shape[0] == 0:
+        empty = torch.empty(0)
+        return FitResult(torch.empty(0, dtype=torch.int64), empty, empty, empty, empty)
+    chunks = (filters[i : i + chunk_size] for i in range(0, filters.shape[0], chunk_size))
+    return FitResult.cat(fit_chunks(chunks, keys, device=device, dtype=dtype))
+
+
+@dataclass
+class BankFit:
+    """Fits of a bank's usable filters: ``table`` holds the metadata columns plus ``key``, ``key_label``, ``a``,
+    ``b``, ``cos2``, ``residual``; ``keysets`` the key set used per kernel size."""
+
+    table: pd.DataFrame
+    keysets: dict[int, KeySet]
+    excluded: dict[str, int]
+    skipped_kernels: list[int] = field(default_factory=list)
+
+    @property
+    def n_keys(self) -> int:
+        return len(next(iter(self.keysets.values())))
+
+
+def fit_bank(
+    bank: FilterBank,
+    keys: KeySet | str,
+    resize: bool = False,
+    chunk_size: int = 65536,
+    device: str | torch.device | None = None,
+) -> BankFit:
+    """Fit every usable filter of ``bank`` to ``keys``.
+
+    Kernel sizes the keys do not have are fitted with resized keys when ``resize`` is true (centre crop / zero
+    pad, see :meth:`KeySet.resized`) and skipped otherwise; if no kernel size can be fitted the error says so.
+    Non-finite, all-zero and constant filters are excluded and counted in ``BankFit.excluded``.
+    """
+    if len(bank) == 0:
+        raise MasterkeyError(f"{bank.path}: the bank (or query) holds no filters")
+    excluded = bank.excluded_counts()
+    usable = bank.usable()
+    base = load_keys(keys)
+    keysets: dict[int, KeySet] = {}
+    skipped: list[int] = []
+    frames = []
+    for k in bank.kernel_sizes:
+        view = usable.select((usable.metadata["kernel_size"] == k).to_numpy())
+        if k != base.kernel_size and not resize:
+            skipped.append(k)
+            continue
+        keyset = load_keys(keys if isinstance(keys, str) else base, kernel_size=k, resize=resize)
+        keysets[k] = keyset
+        if len(view) == 0:
+            continue
+        parts, metas = [], []
+        for meta, block in view.iter_filters(k, chunk_size=chunk_size):
+            parts.extend(fit_chunks([block], keyset, device=device))
+            metas.append(meta)
+        result = FitResult.cat(parts)
+        frame = pd.concat(metas).reset_index(drop=True)
+        fits = result.to_frame()
+        fits["key_label"] = np.asarray(keyset.key_labels(), dtype=object)[fits["key"].to_numpy()]
+        frames.append(pd.concat([frame, fits], axis=1))
+    if not keysets:
+        sizes = ", ".join(f"{k}x{k}" for k in bank.kernel_sizes)
+        raise MasterkeyError(
+            f"{bank.path}: kernel-size mismatch: the bank holds {sizes} filters but keys '{base.name}' are "
+            f"{base.kernel_size}x{base.kernel_size}; pass --resize-keys to centre-crop / zero-pad the keys"
+        )
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return BankFit(table, keysets, excluded, skipped)
+
+
+def summarize(table: pd.DataFrame, n_keys: int, by: list[str] | None = None) -> pd.DataFrame:
+    """One row per group (or one row overall): ``n``, mean and quantiles of cos², mean residual, and the
+    proportion of filters assigned to each key (``p_1`` .. ``p_K``)."""
+    groups: Iterable[tuple[Any, pd.DataFrame]] = table.groupby(by, sort=False) if by else [((), table)]
+    rows = []
+    for name, group in groups:
+        name = name if isinstance(name, tuple) else (name,)
+        row: dict[str, Any] = dict(zip(by or [], name, strict=True))
+        cos2 = group["cos2"].to_numpy()
+        row["n"] = len(group)
+        row["mean_cos2"] = float(cos2.mean()) if len(cos2) else float("nan")
+        for q, v in zip(QUANTILES, np.quantile(cos2, QUANTILES) if len(cos2) else [np.nan] * 5, strict=True):
+            row[f"q{int(q * 100):02d}_cos2"] = float(v)
+        row["mean_residual"] = float(group["residual"].mean()) if len(group) else float("nan")
+        counts = np.bincount(group["key"].to_numpy(), minlength=n_keys)
+        for i, c in enumerate(counts):
+            row[f"p_{i + 1}"] = float(c / max(1, len(group)))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fit_report(fit: BankFit, reference: BankFit | None = None) -> dict[str, Any]:
+    """Summaries overall and per kernel size / source / stage / layer, with a reference fit's figures beside."""
+    n_keys = fit.n_keys
+    out: dict[str, Any] = {
+        "keys": {
+            str(k): {
+                "name": ks.name,
+                "n_keys": len(ks),
+                "labels": ks.key_labels(),
+                "provenance": ks.provenance,
+            }
+            for k, ks in fit.keysets.items()
+        },
+        "n_fitted": len(fit.table),
+        "excluded": fit.excluded,
+        "skipped_kernel_sizes": fit.skipped_kernels,
+    }
+    groupings = {
+        "overall": None,
+        "by_kernel": ["kernel_size"],
+        "by_source": ["source"],
+        "by_stage": ["stage"],
+        "by_layer": ["source", "layer"],
+    }
+    for name, by in groupings.items():
+        table = summarize(fit.table, n_keys, by)
+        if reference is not None:
+            ref = summarize(reference.table, reference.n_keys, by)
+            cols = ["mean_cos2", "q50_cos2"]
+            ref = ref[(by or []) + cols].rename(columns={c: f"ref_{c}" for c in cols})
+            table = table.merge(ref, on=by, how="left") if by else pd.concat([table, ref], axis=1)
+        out[name] = table.to_dict(orient="records") if by else table.to_dict(orient="records")[0]
+    if reference is not None:
+        out["reference"] = {str(k): ks.name for k, ks in reference.keysets.items()}
+    return out

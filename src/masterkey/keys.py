@@ -1,0 +1,335 @@
+"""KeySet: a named set of centred, unit-norm k x k key filters with provenance.
+
+Built-ins (see :func:`load_keys`): ``paper8`` (the published 7x7 keys, attribution in
+``masterkey/data/paper8_7x7.txt``), ``random:K[:SEED]``, ``impulse``, ``scalespace8``.
+Key sets are saved as safetensors (tensor ``keys`` [K, k, k] plus one JSON metadata entry) and read from
+safetensors or the text format of ``paper8_7x7.txt`` (``Filter N:`` then k rows of k numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from masterkey.errors import MasterkeyError
+from masterkey.files import atomic_write
+from masterkey.normalize import excluded_counts, filter_flags, usable_mask
+
+KEYSET_FORMAT = "masterkey-keyset"
+PAPER8_ATTRIBUTION = (
+    "Babaiee, Kiasari, Rus, Grosu, 'The Quest for Universal Master Key Filters in DS-CNNs', NeurIPS 2025 "
+    "(arXiv 2509.11711); values from tonylindeberg/masterfiltmodel model-fitting/8Filters.txt, CC-BY-4.0, "
+    "Copyright 2026 Tony Lindeberg (arXiv 2509.12746)"
+)
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """``keys`` is [K, k, k] float32, each key centred and unit-norm (enforced on construction)."""
+
+    name: str
+    keys: Tensor
+    provenance: dict[str, Any] = field(default_factory=dict)
+    labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        keys = torch.as_tensor(self.keys)
+        if keys.ndim != 3 or keys.shape[1] != keys.shape[2] or keys.shape[0] == 0:
+            raise MasterkeyError(f"key set '{self.name}': expected keys of shape [K, k, k], got {tuple(keys.shape)}")
+        keys = keys.to(torch.float64)
+        bad = ~usable_mask(filter_flags(keys))
+        if bool(bad.any()):
+            counts = {n: c for n, c in excluded_counts(filter_flags(keys[bad])).items() if c}
+            first = int(torch.nonzero(bad)[0]) + 1
+            raise MasterkeyError(
+                f"key set '{self.name}': key {first} (of {len(keys)}) is unusable {counts}; keys must be finite "
+                "and non-constant"
+            )
+        flat = keys.reshape(len(keys), -1)
+        flat = flat - flat.mean(dim=1, keepdim=True)
+        flat = flat / torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+        object.__setattr__(self, "keys", flat.reshape(keys.shape).to(torch.float32).contiguous())
+        if self.labels is not None:
+            labels = tuple(str(x) for x in self.labels)
+            if len(labels) != len(keys):
+                raise MasterkeyError(f"key set '{self.name}': {len(labels)} labels for {len(keys)} keys")
+            object.__setattr__(self, "labels", labels)
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    @property
+    def kernel_size(self) -> int:
+        return int(self.keys.shape[-1])
+
+    def key_labels(self) -> list[str]:
+        """Labels of the keys, ``1..K`` when none were given."""
+        return list(self.labels) if self.labels is not None else [str(i + 1) for i in range(len(self))]
+
+    def __repr__(self) -> str:
+        return f"KeySet({self.name!r}, {len(self)} keys, {self.kernel_size}x{self.kernel_size})"
+
+    # ------------------------------------------------------------------ resizing
+    def resized(self, kernel_size: int) -> KeySet:
+        """The keys centre-cropped (smaller) or zero-padded (larger) to ``kernel_size``, then re-normalised.
+
+        A crop is not a re-fit: a 3x3 crop of a 7x7 key keeps only its centre. The provenance says so.
+        """
+        k = self.kernel_size
+        if kernel_size == k:
+            return self
+        if kernel_size < 1 or (k - kernel_size) % 2:
+            raise MasterkeyError(
+                f"key set '{self.name}': cannot resize {k}x{k} keys to {kernel_size}x{kernel_size} "
+                "(centre crop / pad needs sizes of the same parity)"
+            )
+        if kernel_size < k:
+            m = (k - kernel_size) // 2
+            keys = self.keys[:, m : m + kernel_size, m : m + kernel_size]
+            how = f"centre-cropped from {k}x{k} (a crop, not a re-fit)"
+        else:
+            p = (kernel_size - k) // 2
+            keys = torch.nn.functional.pad(self.keys, (p, p, p, p))
+            how = f"zero-padded from {k}x{k}"
+        try:
+            return KeySet(
+                f"{self.name}@{kernel_size}x{kernel_size}",
+                keys,
+                {**self.provenance, "resized": how},
+                self.labels,
+            )
+        except MasterkeyError as exc:
+            raise MasterkeyError(f"{exc} after resizing to {kernel_size}x{kernel_size}") from None
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> None:
+        """Write as safetensors (atomically)."""
+        from safetensors.torch import save
+
+        meta = {
+            "format": KEYSET_FORMAT,
+            "name": self.name,
+            "provenance": self.provenance,
+            "labels": self.labels,
+        }
+        # One metadata entry: safetensors does not fix the order of several, and files should be bitwise stable.
+        data = save({"keys": self.keys}, metadata={"masterkey": json.dumps(meta, sort_keys=True)})
+        with atomic_write(path) as f:
+            f.write(data)
+
+    def save_text(self, path: str | Path) -> None:
+        """Write in the ``Filter N:`` text format (atomically)."""
+        lines = [f"# key set {self.name}: {json.dumps(self.provenance, sort_keys=True)}"]
+        for i, key in enumerate(self.keys):
+            lines.append(f"Filter {i + 1}:")
+            lines.extend(" ".join(f"{v:.6f}" for v in row.tolist()) for row in key)
+            lines.append("")
+        with atomic_write(path, "w") as f:
+            f.write("\n".join(lines))
+
+    @classmethod
+    def load(cls, path: str | Path) -> KeySet:
+        """Read a key set from ``.safetensors`` or a text file; errors name the file and the problem."""
+        path = Path(path)
+        if not path.is_file():
+            raise MasterkeyError(f"{path}: no such key file")
+        if path.suffix == ".safetensors":
+            return _load_safetensors(path)
+        return _load_text(path)
+
+
+def _load_safetensors(path: Path) -> KeySet:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+            meta = json.loads((f.metadata() or {}).get("masterkey", "{}"))
+            if "keys" in names:
+                keys = f.get_tensor("keys")
+            elif len(names) == 1:
+                keys = f.get_tensor(names[0])
+            else:
+                raise MasterkeyError(f"{path}: expected one tensor named 'keys', found {names}")
+    except MasterkeyError:
+        raise
+    except Exception as exc:
+        raise MasterkeyError(f"{path}: not a readable safetensors key file ({str(exc).splitlines()[0]})") from None
+    if keys.ndim == 4 and keys.shape[1] == 1:
+        keys = keys[:, 0]
+    if keys.ndim != 3 or keys.shape[1] != keys.shape[2]:
+        raise MasterkeyError(f"{path}: keys must have shape [K, k, k] (or [K, 1, k, k]), got {tuple(keys.shape)}")
+    if not torch.isfinite(keys).all():
+        raise MasterkeyError(f"{path}: keys hold NaN or Inf values")
+    try:
+        return KeySet(
+            meta.get("name") or path.stem,
+            keys.float(),
+            {**meta.get("provenance", {}), "file": str(path)},
+            meta.get("labels"),
+        )
+    except MasterkeyError as exc:
+        raise MasterkeyError(f"{path}: {exc}") from None
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _load_text(path: Path) -> KeySet:
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise MasterkeyError(
+            f"{path}: not a text key file (expected 'Filter N:' blocks of k rows of k numbers)"
+        ) from None
+    blocks: list[list[list[float]]] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if re.match(r"^(filter|key)\b.*:$", line, re.IGNORECASE):
+            blocks.append([])
+            continue
+        parts = line.replace(",", " ").split()
+        if not all(_FLOAT.match(p) or p.lower() in ("nan", "inf", "-inf") for p in parts):
+            raise MasterkeyError(f"{path}:{lineno}: expected a row of numbers, got {line[:60]!r}")
+        values = [float(p) for p in parts]
+        if not all(map(_finite, values)):
+            raise MasterkeyError(f"{path}:{lineno}: non-finite value in a key")
+        if not blocks:
+            blocks.append([])
+        blocks[-1].append(values)
+    blocks = [b for b in blocks if b]
+    if not blocks:
+        raise MasterkeyError(f"{path}: no keys found (expected 'Filter N:' blocks of k rows of k numbers)")
+    k = len(blocks[0])
+    for i, block in enumerate(blocks, 1):
+        if len(block) != k or any(len(row) != k for row in block):
+            widths = sorted({len(row) for row in block})
+            raise MasterkeyError(
+                f"{path}: key {i} is {len(block)} rows of {widths} numbers; every key must be {k}x{k} like key 1"
+            )
+    if k < 2:
+        raise MasterkeyError(f"{path}: keys are {k}x{k}; need k >= 2")
+    try:
+        return KeySet(path.stem, torch.tensor(blocks, dtype=torch.float64), {"file": str(path)})
+    except MasterkeyError as exc:
+        raise MasterkeyError(f"{path}: {exc}") from None
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+# ---------------------------------------------------------------------- built-ins
+Builtin = Callable[[int | None, list[str]], KeySet]
+_BUILTINS: dict[str, tuple[Builtin, str]] = {}
+
+
+def register_keyset(name: str, help: str) -> Callable[[Builtin], Builtin]:
+    """Register a built-in key set factory ``fn(kernel_size or None, extra args) -> KeySet``."""
+
+    def deco(fn: Builtin) -> Builtin:
+        _BUILTINS[name] = (fn, help)
+        return fn
+
+    return deco
+
+
+def builtin_keysets() -> dict[str, str]:
+    """Names of the built-in key sets and what they are."""
+    return {name: help for name, (_, help) in sorted(_BUILTINS.items())}
+
+
+@register_keyset("paper8", "the 8 published 7x7 master keys (Babaiee et al. 2025; values CC-BY-4.0 Lindeberg)")
+def paper8(kernel_size: int | None = None, args: list[str] | None = None) -> KeySet:
+    path = Path(str(resources.files("masterkey") / "data" / "paper8_7x7.txt"))
+    loaded = _load_text(path)
+    labels = (
+        "1 shift-down",
+        "2 shift-right",
+        "3 shift-up",
+        "4 shift-left",
+        "5 d/dx",
+        "6 d/dy",
+        "7 centre-surround",
+        "8 gaussian",
+    )
+    return KeySet("paper8", loaded.keys, {"source": "paper8", "attribution": PAPER8_ATTRIBUTION}, labels)
+
+
+def _seed_arg(args: list[str], i: int, what: str, default: int | None = None) -> int:
+    if len(args) <= i:
+        if default is None:
+            raise MasterkeyError(f"key set spec: {what} missing")
+        return default
+    try:
+        return int(args[i])
+    except ValueError:
+        raise MasterkeyError(f"key set spec: {what} must be an integer, got {args[i]!r}") from None
+
+
+@register_keyset("random", "random:K[:SEED] — K Gaussian random keys (a reference with no structure)")
+def random_keys(kernel_size: int | None, args: list[str]) -> KeySet:
+    count = _seed_arg(args, 0, "random:K needs the number of keys K")
+    seed = _seed_arg(args, 1, "seed", default=0)
+    if count < 1:
+        raise MasterkeyError(f"random:{count}: K must be at least 1")
+    k = kernel_size or 7
+    gen = torch.Generator().manual_seed(seed)
+    keys = torch.randn(count, k, k, generator=gen, dtype=torch.float64)
+    return KeySet(f"random:{count}:{seed}", keys, {"source": "random", "count": count, "seed": seed})
+
+
+@register_keyset("impulse", "one centred impulse key (a pixel-copy baseline)")
+def impulse(kernel_size: int | None, args: list[str]) -> KeySet:
+    k = kernel_size or 7
+    key = torch.zeros(1, k, k, dtype=torch.float64)
+    key[0, k // 2, k // 2] = 1.0
+    return KeySet("impulse", key, {"source": "impulse"}, ("impulse",))
+
+
+@register_keyset("scalespace8", "the 8 keys modelled by discrete scale-space kernels (Lindeberg et al. 2026)")
+def scalespace8(kernel_size: int | None, args: list[str]) -> KeySet:
+    from masterkey.scalespace import scalespace8_keys
+
+    return scalespace8_keys(kernel_size or 7)
+
+
+_GENERATED = {"random", "impulse", "scalespace8"}
+
+
+def load_keys(spec: str | Path | KeySet, kernel_size: int | None = None, resize: bool = False) -> KeySet:
+    """A key set from a built-in spec (``paper8``, ``random:8:0``, ``impulse``, ``scalespace8``) or a file.
+
+    ``kernel_size`` asks for keys of that size: generated built-ins are made at that size; fixed ones (``paper8``,
+    files) must match it, or are centre-cropped / zero-padded when ``resize`` is true.
+    """
+    if isinstance(spec, KeySet):
+        keyset = spec
+    else:
+        text = str(spec)
+        name, *args = text.split(":")
+        if name in _BUILTINS and not Path(text).is_file():
+            keyset = _BUILTINS[name][0](kernel_size if name in _GENERATED else None, args)
+        elif Path(text).exists():
+            keyset = KeySet.load(text)
+        else:
+            known = ", ".join(_BUILTINS)
+            raise MasterkeyError(f"keys '{text}': neither a key file nor a built-in key set ({known})")
+    if kernel_size is not None and keyset.kernel_size != kernel_size:
+        if not resize:
+            raise MasterkeyError(
+                f"keys '{keyset.name}' are {keyset.kernel_size}x{keyset.kernel_size} but "
+                f"{kernel_size}x{kernel_size} filters are asked for; pass --resize-keys to centre-crop / zero-pad"
+            )
+        keyset = keyset.resized(kernel_size)
+    return keyset

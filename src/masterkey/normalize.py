@@ -1,0 +1,90 @@
+"""Per-filter normalisation ("center_norm", SPEC §2.2) and the flags that exclude unusable filters."""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: A filter whose every weight has ``|w| <= ZERO_TOL`` counts as all-zero (the paper's threshold).
+ZERO_TOL = 1e-4
+
+
+class FilterFlag(enum.IntFlag):
+    """Bit flags stored per filter in a bank's metadata."""
+
+    NONFINITE = 1  #: holds NaN or Inf
+    ZERO = 2  #: every weight has |w| <= 1e-4
+    CONSTANT = 4  #: finite, not zero, but all weights equal: nothing left after centring
+    STRIDED = 8  #: from a strided depthwise conv
+    DILATED = 16  #: from a dilated depthwise conv
+    MULTIPLIER = 32  #: from a depthwise conv with a channel multiplier (out = m * in, m > 1)
+
+
+#: Flags that make a filter unusable for fitting and discovery; such filters are counted, never silently dropped.
+EXCLUDED = FilterFlag.NONFINITE | FilterFlag.ZERO | FilterFlag.CONSTANT
+
+_FLAG_NAMES = {FilterFlag.NONFINITE: "nonfinite", FilterFlag.ZERO: "zero", FilterFlag.CONSTANT: "constant"}
+
+
+def _flat(filters: Tensor) -> Tensor:
+    if filters.ndim < 2:
+        raise ValueError(f"expected filters of shape [N, k, k] or [N, d], got {tuple(filters.shape)}")
+    return filters.reshape(filters.shape[0], -1)
+
+
+def filter_flags(filters: Tensor) -> Tensor:
+    """Flags (``int32``, see :class:`FilterFlag`) for each filter of ``filters`` ([N, k, k] or [N, d]).
+
+    Only the data-dependent flags (``NONFINITE``, ``ZERO``, ``CONSTANT``) are set here.
+    """
+    flat = _flat(filters).double()
+    finite = torch.isfinite(flat).all(dim=1)
+    safe = torch.where(torch.isfinite(flat), flat, torch.zeros_like(flat))
+    zero = finite & (safe.abs() <= ZERO_TOL).all(dim=1)
+    centred_sq = (safe - safe.mean(dim=1, keepdim=True)).pow(2).sum(dim=1)
+    scale_sq = safe.pow(2).sum(dim=1)
+    # Constant relative to the filter's own scale, so that float rounding of a constant filter still counts.
+    constant = finite & ~zero & (centred_sq <= 1e-12 * scale_sq)
+    flags = torch.zeros(flat.shape[0], dtype=torch.int32)
+    flags[~finite] |= int(FilterFlag.NONFINITE)
+    flags[zero] |= int(FilterFlag.ZERO)
+    flags[constant] |= int(FilterFlag.CONSTANT)
+    return flags
+
+
+def excluded_counts(flags: Tensor | np.ndarray) -> dict[str, int]:
+    """How many filters each excluding flag removes (a filter counts under its first flag only)."""
+    flags = np.asarray(flags)
+    counts = {}
+    remaining = np.ones(flags.shape, dtype=bool)
+    for flag, name in _FLAG_NAMES.items():
+        hit = remaining & ((flags & int(flag)) != 0)
+        counts[name] = int(hit.sum())
+        remaining &= ~hit
+    return counts
+
+
+def usable_mask(flags: Tensor) -> Tensor:
+    """True where a filter carries none of the :data:`EXCLUDED` flags."""
+    return (torch.as_tensor(flags) & int(EXCLUDED)) == 0
+
+
+def center_norm(filters: Tensor) -> Tensor:
+    """Subtract each filter's mean and divide by the L2 norm of what is left.
+
+    ``filters`` is [N, k, k] (or [N, d]); the result has the same shape and dtype. Raises ``ValueError`` if any
+    filter is non-finite, all-zero or constant: flag those with :func:`filter_flags` and exclude them first, so
+    nothing is ever divided by zero.
+    """
+    flat = _flat(filters)
+    bad = ~usable_mask(filter_flags(flat))
+    if bool(bad.any()):
+        counts = excluded_counts(filter_flags(flat[bad]))
+        detail = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+        raise ValueError(f"center_norm: {int(bad.sum())} filters cannot be normalised ({detail}); exclude them first")
+    centred = flat - flat.mean(dim=1, keepdim=True)
+    out = centred / torch.linalg.vector_norm(centred, dim=1, keepdim=True)
+    return out.reshape(filters.shape)
