@@ -1,0 +1,172 @@
+"""Image data sets decoded once and cached as uint8 tensors (no JPEG decoding every epoch).
+
+Any ImageFolder layout (``ROOT/CLASS/IMAGE``) is read; classes sort to their standard index (CIFAR-10, ImageNet
+wnids). The deterministic geometric part of a preprocessing (resize of the shorter side, centre crop) is applied
+before caching; normalisation and augmentation happen later, on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from masterkey.errors import MasterkeyError
+from masterkey.files import atomic_write
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageSet:
+    """Decoded images ``[N, 3, H, W]`` uint8, integer ``labels`` [N], and the class names (folder names)."""
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+    root: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: Tensor | np.ndarray | Sequence[int]) -> ImageSet:
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        return ImageSet(self.images[idx], self.labels[idx], self.classes, self.root)
+
+
+def default_cache_dir() -> Path:
+    """``$MASTERKEY_CACHE`` or ``~/.cache/masterkey``."""
+    return Path(os.environ.get("MASTERKEY_CACHE", Path.home() / ".cache" / "masterkey"))
+
+
+def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """Files, labels and class names of an ImageFolder tree; clear errors for a wrong layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MasterkeyError(f"{root}: no such data folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, cls in enumerate(classes):
+        imgs = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files.extend(imgs)
+        labels.extend([label] * len(imgs))
+    if not files:
+        loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES][:1]
+        hint = " (images lie directly in it: put them in one sub-folder per class)" if loose else ""
+        raise MasterkeyError(
+            f"{root}: expected ImageFolder layout ROOT/CLASS/IMAGE, found no class folders with images{hint}"
+        )
+    return files, labels, classes
+
+
+def _decode(path: Path, resize: int | None, crop: int | None, interpolation: str) -> Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    try:
+        img = decode_image(str(path), mode=ImageReadMode.RGB)
+    except Exception as exc:
+        raise MasterkeyError(f"{path}: cannot decode image ({str(exc).splitlines()[0][:120]})") from None
+    if resize:
+        img = F.resize(img, [resize], interpolation=InterpolationMode(interpolation), antialias=True)
+    if crop:
+        img = F.center_crop(img, [crop, crop])
+    return img
+
+
+def load_image_folder(
+    root: str | Path,
+    *,
+    resize: int | None = None,
+    crop: int | None = None,
+    interpolation: str = "bilinear",
+    max_per_class: int | None = None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    workers: int | None = None,
+) -> ImageSet:
+    """Decode an ImageFolder tree into one uint8 tensor, cached on disk by content (paths, sizes, mtimes, options).
+
+    ``resize`` scales the shorter side, ``crop`` centre-crops a square; both are needed when image sizes differ.
+    ``max_per_class`` keeps the first N files of each class (sorted), for small, reproducible subsets.
+    """
+    files, labels, classes = list_image_folder(root)
+    if max_per_class is not None:
+        keep: list[int] = []
+        seen: dict[int, int] = {}
+        for i, lab in enumerate(labels):
+            if seen.get(lab, 0) < max_per_class:
+                keep.append(i)
+                seen[lab] = seen.get(lab, 0) + 1
+        files = [files[i] for i in keep]
+        labels = [labels[i] for i in keep]
+    key = hashlib.sha256()
+    key.update(json.dumps([str(Path(root).resolve()), resize, crop, interpolation, classes]).encode())
+    for f in files:
+        st = f.stat()
+        key.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    cache = Path(cache_dir or default_cache_dir()) / "images" / f"{key.hexdigest()[:24]}.safetensors"
+    if use_cache and cache.is_file():
+        try:
+            from safetensors.torch import load_file
+
+            data = load_file(str(cache))
+            return ImageSet(data["images"], data["labels"], classes, str(root))
+        except Exception:
+            pass  # a damaged cache entry is rebuilt below
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(lambda f: _decode(f, resize, crop, interpolation), files))
+    shapes = {tuple(img.shape) for img in decoded}
+    if len(shapes) > 1:
+        raise MasterkeyError(
+            f"{root}: images have different sizes ({len(shapes)} shapes, e.g. {sorted(shapes)[:2]}); "
+            "give resize and crop to make them equal"
+        )
+    images = torch.stack(decoded).contiguous()
+    result = ImageSet(images, torch.tensor(labels, dtype=torch.long), classes, str(root))
+    if use_cache:
+        try:
+            from safetensors.torch import save
+
+            blob = save({"images": images, "labels": result.labels})
+            with atomic_write(cache) as fh:
+                fh.write(blob)
+        except MasterkeyError:
+            pass  # caching is an optimisation; an unwritable cache must not fail the run
+    return result
+
+
+def stratified_split(labels: Tensor, held_out: float | int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Indices ``(keep, held_out)`` with the same class proportions in both; ``held_out`` is a fraction or a count.
+
+    Deterministic for a seed. Use the held-out part of a *training* set for any selection (never the test set).
+    """
+    labels = torch.as_tensor(labels)
+    n = len(labels)
+    n_out = round(held_out * n) if isinstance(held_out, float) else int(held_out)
+    if not 0 < n_out < n:
+        raise MasterkeyError(f"held-out size {held_out!r} must leave both parts non-empty (of {n} images)")
+    gen = torch.Generator().manual_seed(seed)
+    # Each image gets its random rank within its class as a fraction; taking the n_out smallest fractions gives
+    # exactly n_out images with class proportions as equal as the counts allow.
+    position = torch.empty(n, dtype=torch.float64)
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c)[:, 0]
+        ranks = torch.randperm(len(idx), generator=gen).double()
+        position[idx] = (ranks + torch.rand(len(idx), generator=gen, dtype=torch.float64)) / len(idx)
+    order = torch.argsort(position, stable=True)
+    return torch.sort(order[n_out:]).values, torch.sort(order[:n_out]).values
