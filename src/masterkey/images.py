@@ -73,19 +73,21 @@ def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
 
 
 def _decode(path: Path, resize: int | None, crop: int | None, interpolation: str) -> Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
     try:
-        img = decode_image(str(path), mode=ImageReadMode.RGB)
-    except Exception as exc:
+        with Image.open(path) as raw:
+            img = raw.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise MasterkeyError(f"{path}: cannot decode image ({str(exc).splitlines()[0][:120]})") from None
+    # PIL resizing, as torchvision's reference evaluation transforms do, so published accuracies reproduce.
     if resize:
         img = F.resize(img, [resize], interpolation=InterpolationMode(interpolation), antialias=True)
     if crop:
         img = F.center_crop(img, [crop, crop])
-    return img
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def load_image_folder(
@@ -115,7 +117,7 @@ def load_image_folder(
         files = [files[i] for i in keep]
         labels = [labels[i] for i in keep]
     key = hashlib.sha256()
-    key.update(json.dumps([str(Path(root).resolve()), resize, crop, interpolation, classes]).encode())
+    key.update(json.dumps(["pil-1", str(Path(root).resolve()), resize, crop, interpolation, classes]).encode())
     for f in files:
         st = f.stat()
         key.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())

@@ -54,9 +54,17 @@ class KeySet:
                 "and non-constant"
             )
         flat = keys.reshape(len(keys), -1)
-        flat = flat - flat.mean(dim=1, keepdim=True)
-        flat = flat / torch.linalg.vector_norm(flat, dim=1, keepdim=True)
-        object.__setattr__(self, "keys", flat.reshape(keys.shape).to(torch.float32).contiguous())
+        normalised = (flat.mean(dim=1).abs() < 1e-6).all() and (
+            torch.linalg.vector_norm(flat, dim=1) - 1
+        ).abs().max() < 1e-5
+        if normalised and torch.as_tensor(self.keys).dtype == torch.float32:
+            # Already centred unit-norm float32 keys are kept bit for bit, so files round-trip exactly.
+            out = torch.as_tensor(self.keys).clone()
+        else:
+            flat = flat - flat.mean(dim=1, keepdim=True)
+            flat = flat / torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+            out = flat.reshape(keys.shape).to(torch.float32)
+        object.__setattr__(self, "keys", out.contiguous())
         if self.labels is not None:
             labels = tuple(str(x) for x in self.labels)
             if len(labels) != len(keys):

@@ -57,7 +57,7 @@ def harvest_onnx(path: str | Path, name: str | None = None) -> HarvestedSource:
         layers.append(
             HarvestedLayer(
                 name=layer,
-                weight=torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)),
+                weight=torch.from_numpy(np.array(weight, dtype=np.float32, copy=True)),
                 stride=int(max(strides)),
                 dilation=int(max(dilations)),
                 multiplier=max(1, int(weight.shape[0]) // group),

@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from masterkey.errors import MasterkeyError
+from masterkey.models import create_model, read_state_dict, resolve_model_name
+
+
+def test_create_from_safetensors_metadata(cifar_convnexts):
+    model = create_model(weights=cifar_convnexts[0])
+    assert model.num_classes == 10
+    assert not model.training
+    out = model(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+
+
+def test_resolution_prefers_explicit_prefixes():
+    assert resolve_model_name("convnext_atto") == ("timm", "convnext_atto")
+    assert resolve_model_name("mobilenet_v2") == ("torchvision", "mobilenet_v2")
+    assert resolve_model_name("torchvision:efficientnet_b0") == ("torchvision", "efficientnet_b0")
+    with pytest.raises(MasterkeyError, match="unknown library"):
+        resolve_model_name("keras:resnet")
+    with pytest.raises(MasterkeyError, match="timm has no model"):
+        resolve_model_name("timm:nothing_like_this")
+
+
+def test_no_weights_and_no_hub_is_an_error():
+    with pytest.raises(MasterkeyError, match="no weights"):
+        create_model("convnext_atto")
+
+
+def test_read_state_dict_unwraps(tmp_path):
+    torch.save({"model_ema": {"module.w": torch.ones(2)}, "step": 3}, tmp_path / "c.pt")
+    state, meta = read_state_dict(tmp_path / "c.pt")
+    assert list(state) == ["w"] and meta == {}
+    torch.save({"step": 3}, tmp_path / "empty.pt")
+    with pytest.raises(MasterkeyError, match="holds no tensors"):
+        read_state_dict(tmp_path / "empty.pt")
