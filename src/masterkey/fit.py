@@ -22,6 +22,8 @@ from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet, load_keys
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Filters per kernel call: large enough for efficient matrix products, small enough to stay in CPU cache.
+FIT_CHUNK = 8192
 FIT_COLUMNS = ("key", "a", "b", "cos2", "residual")
 
 
@@ -48,17 +50,56 @@ class FitResult:
         return cls(*(torch.cat([getattr(p, n) for p in parts]) for n in FIT_COLUMNS))
 
 
-def _key_matrix(keys: KeySet | Tensor, dtype: torch.dtype, device: torch.device | None) -> Tensor:
+def _key_matrix(keys: KeySet | Tensor) -> Tensor:
+    """Centred unit-norm keys as a float64 [K, d] matrix."""
     if isinstance(keys, KeySet):
-        mat = keys.keys.reshape(len(keys), -1)
-    else:
-        mat = torch.as_tensor(keys).reshape(len(keys), -1).to(torch.float64)
-        mat = mat - mat.mean(dim=1, keepdim=True)
-        norms = torch.linalg.vector_norm(mat, dim=1, keepdim=True)
-        if bool((norms == 0).any()) or not bool(torch.isfinite(mat).all()):
-            raise MasterkeyError("keys must be finite and non-constant")
-        mat = mat / norms
-    return mat.to(dtype=dtype, device=device)
+        return keys.keys.reshape(len(keys), -1).to(torch.float64)
+    mat = torch.as_tensor(keys).reshape(len(keys), -1).to(torch.float64)
+    mat = mat - mat.mean(dim=1, keepdim=True)
+    norms = torch.linalg.vector_norm(mat, dim=1, keepdim=True)
+    if bool((norms == 0).any()) or not bool(torch.isfinite(mat).all()):
+        raise MasterkeyError("keys must be finite and non-constant")
+    return mat / norms
+
+
+class _Fitter:
+    """The per-chunk kernel. Work is laid out key-major ([K, n], [d, n]) so that every reduction runs across
+    the long filter axis, where it vectorises; reductions along the short key / pixel axes are an order of
+    magnitude slower on CPU."""
+
+    def __init__(self, keys: KeySet | Tensor, device: torch.device | None, dtype: torch.dtype) -> None:
+        kmat = _key_matrix(keys)
+        n_keys, self.d = kmat.shape
+        # One matrix product gives every score and the mean: the last row of the augmented key matrix is 1/d.
+        aug = torch.cat([kmat, torch.full((1, self.d), 1.0 / self.d, dtype=torch.float64)])
+        self.aug = aug.to(device=device, dtype=dtype)
+        self.key_sum = kmat.sum(dim=1).to(device=device, dtype=dtype)  # ~0; corrects scores for rounding
+        self.keys_t = kmat.T.contiguous().to(device=device, dtype=dtype)  # [d, K]
+        self.rank = (n_keys - torch.arange(n_keys, dtype=dtype, device=device))[:, None]
+        self.n_keys = n_keys
+        self.device, self.dtype = device, dtype
+
+    def __call__(self, chunk: Tensor) -> FitResult:
+        y = chunk.reshape(chunk.shape[0], -1)
+        if y.shape[1] != self.d:
+            side = round(self.d**0.5)
+            raise MasterkeyError(f"filters have {y.shape[1]} weights each but the keys are {side}x{side} ({self.d})")
+        y = y.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        scores = torch.mm(self.aug, y.T)  # [K + 1, n]
+        mean = scores[-1].clone()
+        scores = scores[:-1]
+        scores.addr_(self.key_sum, mean, alpha=-1)  # = <y - mean, key>
+        magnitude = scores.abs()
+        top = magnitude.amax(dim=0)
+        # First index reaching the maximum (ties go to the lower key), without the slow argmax over dim 0.
+        best = (self.n_keys - torch.where(magnitude == top, self.rank, 0).amax(dim=0)).long()
+        a = scores.gather(0, best[None])[0]
+        centred = y.T - mean  # [d, n]
+        energy = centred.square().sum(dim=0)
+        # The residual is computed directly, not as energy - a², which cancels badly for near-exact fits.
+        residual = centred.sub_(self.keys_t[:, best] * a).square_().sum(dim=0).sqrt_()
+        cos2 = torch.where(energy > 0, a.square() / energy.clamp_min(torch.finfo(self.dtype).tiny), 1.0)
+        return FitResult(best.cpu(), a.cpu(), mean.cpu(), cos2.clamp_(0, 1).cpu(), residual.cpu())
 
 
 def fit_chunks(
@@ -68,32 +109,15 @@ def fit_chunks(
     dtype: torch.dtype = torch.float32,
 ) -> Iterator[FitResult]:
     """Fit each chunk of filters ([n, k, k] or [n, d]) to ``keys``; yields one CPU :class:`FitResult` per chunk."""
-    dev = torch.device(device) if device is not None else None
-    kmat = _key_matrix(keys, dtype, dev)
-    d = kmat.shape[1]
+    fitter = _Fitter(keys, torch.device(device) if device is not None else None, dtype)
     for chunk in chunks:
-        y = chunk.reshape(chunk.shape[0], -1)
-        if y.shape[1] != d:
-            side = round(d**0.5)
-            raise MasterkeyError(f"filters have {y.shape[1]} weights each but the keys are {side}x{side} ({d})")
-        y = y.to(device=dev, dtype=dtype, non_blocking=True)
-        mean = y.mean(dim=1)
-        centred = y - mean[:, None]
-        energy = torch.linalg.vector_norm(centred, dim=1).square_()
-        scores = centred @ kmat.T
-        best = scores.abs().argmax(dim=1)
-        a = scores.gather(1, best[:, None])
-        # The residual is computed directly rather than as energy - a², which cancels badly for near-exact fits.
-        residual = torch.linalg.vector_norm(centred.sub_(a * kmat[best]), dim=1)
-        a = a[:, 0]
-        cos2 = torch.where(energy > 0, a.square() / energy.clamp_min(torch.finfo(dtype).tiny), torch.ones_like(a))
-        yield FitResult(best.cpu(), a.cpu(), mean.cpu(), cos2.clamp_(0, 1).cpu(), residual.cpu())
+        yield fitter(chunk)
 
 
 def fit_affine(
     filters: Tensor,
     keys: KeySet | Tensor,
-    chunk_size: int = 65536,
+    chunk_size: int = FIT_CHUNK,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> FitResult:
@@ -156,7 +180,7 @@ def fit_bank(
             continue
         parts, metas = [], []
         for meta, block in view.iter_filters(k, chunk_size=chunk_size):
-            parts.extend(fit_chunks([block], keyset, device=device))
+            parts.extend(fit_chunks(block.split(FIT_CHUNK), keyset, device=device))
             metas.append(meta)
         result = FitResult.cat(parts)
         frame = pd.concat(metas).reset_index(drop=True)
