@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -101,12 +102,16 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     """Build a directory under a temporary name; rename it to ``path`` when the block succeeds.
 
     With ``overwrite`` an existing ``path`` is replaced only after the new one is complete. A second process
-    building the same ``path`` at the same time is refused (see :func:`write_lock`).
+    building the same ``path`` at the same time is refused (see :func:`write_lock`). Leftovers of a writer that
+    was killed (temporary directories, a replaced directory not yet deleted) are cleaned up first.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise MasterkeyError(f"{path} already exists (pass --overwrite to replace it)")
     with write_lock(path):
+        _recover_leftovers(path)
+        if path.exists() and not overwrite:  # another process may have finished it while we waited
+            raise MasterkeyError(f"{path} already exists (pass --overwrite to replace it)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -115,7 +120,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
             raise MasterkeyError(_describe_os_error(path, exc)) from exc
         try:
             yield tmp
-            _fsync_dir(tmp)
+            _fsync_tree(tmp)
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
                 os.replace(path, old)
@@ -131,10 +136,27 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
             raise
 
 
-def _fsync_dir(path: Path) -> None:
+def _recover_leftovers(path: Path) -> None:
+    """Called with the write lock held, so any temporary sibling belongs to a writer that died."""
+    if not path.parent.is_dir():
+        return
+    olds = sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*"))
+    if olds and not path.exists():
+        # Killed between moving the previous version aside and moving the new one in: restore the previous one.
+        os.replace(olds.pop(), path)
+    for stale in [*olds, *path.parent.glob(f".{glob.escape(path.name)}.*.tmp")]:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _fsync_tree(path: Path) -> None:
     mode = 0o666 & ~_umask()
-    for child in path.iterdir():
-        if child.is_file():
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            child = Path(root) / name
             os.chmod(child, mode)
             with open(child, "rb") as f:
                 os.fsync(f.fileno())

@@ -6,18 +6,16 @@ import argparse
 
 from tqdm import tqdm
 
-from masterkey.bank import write_bank
 from masterkey.commands._common import note, parse_kwargs, print_json
 from masterkey.commands.bank import print_info
-from masterkey.errors import MasterkeyError
-from masterkey.sources import harvest
+from masterkey.sources import harvest_bank
 
 NAME = "harvest"
 ORDER = 1
 HELP = "collect the depthwise filters of networks into a filter bank"
 DESCRIPTION = """Collect depthwise filters (k x k, k > 1, groups == in_channels) into a filter bank directory.
 
-A SOURCE is one of:
+A SOURCE is one of (an interrupted harvest resumes with the sources it had finished):
   FILE.pth / .pt / .bin / .safetensors   a raw state_dict: every tensor shaped [C, 1, k, k] (no model class)
   FILE.onnx                              Conv nodes with group > 1 and a [C, 1, k, k] weight
   NAME                                   a timm or torchvision model (timm:NAME, torchvision:NAME to choose),
@@ -42,16 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.weights or args.name) and len(args.sources) > 1:
-        raise MasterkeyError("--weights and --name go with a single SOURCE (use NAME@WEIGHTS for several)")
-    kwargs = parse_kwargs(args.model_kwargs)
-    harvested = []
-    for source in tqdm(args.sources, desc="harvest", unit="source", disable=None, leave=False):
-        src = harvest(source, weights=args.weights, name=args.name, model_kwargs=kwargs, pretrained=args.pretrained)
-        for skip in src.skipped:
-            note(f"{src.name}: skipped {skip['layer']}: {skip['reason']}")
-        harvested.append(src)
-    bank = write_bank(harvested, args.out, overwrite=args.overwrite)
+    bank = harvest_bank(
+        args.sources,
+        args.out,
+        weights=args.weights,
+        name=args.name,
+        model_kwargs=parse_kwargs(args.model_kwargs),
+        pretrained=args.pretrained,
+        overwrite=args.overwrite,
+        progress=lambda items: tqdm(items, desc="harvest", unit="source", disable=None, leave=False),
+    )
+    for src in bank.manifest["sources"]:
+        for skip in src.get("skipped", []):
+            note(f"{src['name']}: skipped {skip['layer']}: {skip['reason']}")
     if args.json:
         print_json(bank.info())
     else:

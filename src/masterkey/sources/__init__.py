@@ -5,20 +5,29 @@ Every reader returns a :class:`HarvestedSource`; :func:`harvest` picks the reade
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from masterkey.errors import MasterkeyError
+from masterkey.files import atomic_write
 from masterkey.sources.base import HarvestedLayer, HarvestedSource, accept_layer
 from masterkey.sources.network import harvest_model, harvest_module
 from masterkey.sources.onnx_graph import harvest_onnx
 from masterkey.sources.state_dict import harvest_state_dict, harvest_state_dict_file
+
+if TYPE_CHECKING:
+    from masterkey.bank import FilterBank
 
 __all__ = [
     "HarvestedLayer",
     "HarvestedSource",
     "accept_layer",
     "harvest",
+    "harvest_bank",
     "harvest_model",
     "harvest_module",
     "harvest_onnx",
@@ -59,3 +68,86 @@ def harvest(
     if weights is not None and not Path(weights).is_file():
         raise MasterkeyError(f"{weights}: no such weights file")
     return harvest_model(text, weights=weights, name=name, model_kwargs=model_kwargs, pretrained=pretrained)
+
+
+def _cache_key(spec: str, options: dict[str, Any]) -> str:
+    """Identifies one harvest: the spec, the options, and the size and mtime of every file involved."""
+    files = [Path(spec), Path(spec.partition("@")[2] or spec), Path(str(options.get("weights") or spec))]
+    stamps = sorted({(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()})
+    text = json.dumps([spec, stamps, {k: str(v) for k, v in sorted(options.items())}])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _save_partial(source: HarvestedSource, path: Path) -> None:
+    from safetensors.torch import save
+
+    meta = {
+        "name": source.name,
+        "kind": source.kind,
+        "path": source.path,
+        "sha256": source.sha256,
+        "model": source.model,
+        "skipped": source.skipped,
+        "layers": [
+            {"name": x.name, "stride": x.stride, "dilation": x.dilation, "multiplier": x.multiplier}
+            for x in source.layers
+        ],
+    }
+    blob = save(
+        {f"layer{i}": x.weight.contiguous() for i, x in enumerate(source.layers)},
+        metadata={"masterkey": json.dumps(meta)},
+    )
+    with atomic_write(path) as f:
+        f.write(blob)
+
+
+def _load_partial(path: Path) -> HarvestedSource | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["masterkey"])
+            layers = [HarvestedLayer(weight=f.get_tensor(f"layer{i}"), **info) for i, info in enumerate(meta["layers"])]
+    except Exception:
+        return None  # a damaged cache entry is harvested again
+    return HarvestedSource(
+        meta["name"], meta["kind"], layers, meta["path"], meta["sha256"], meta["model"], meta["skipped"]
+    )
+
+
+def harvest_bank(
+    sources: Sequence[str | Path],
+    out: str | Path,
+    *,
+    weights: str | Path | None = None,
+    name: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    pretrained: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[Sequence[str | Path]], Any] | None = None,
+) -> FilterBank:
+    """Harvest every source into a new bank at ``out``, resumably.
+
+    Each harvested source is kept in ``.<out>.partial/`` until the bank is written, so a run that is killed
+    resumes with the sources it had finished; the partial directory is removed once the bank is complete.
+    """
+    from masterkey.bank import write_bank
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise MasterkeyError(f"{out} already exists (pass --overwrite to replace it)")
+    if (weights is not None or name is not None) and len(sources) > 1:
+        raise MasterkeyError("--weights and --name go with a single SOURCE (use NAME@WEIGHTS for several)")
+    work = out.with_name(f".{out.name}.partial")
+    options = {"weights": weights, "name": name, "kwargs": model_kwargs, "pretrained": pretrained}
+    harvested = []
+    for spec in progress(sources) if progress else sources:
+        cache = work / f"{_cache_key(str(spec), options)}.safetensors"
+        src = _load_partial(cache) if cache.is_file() else None
+        if src is None:
+            src = harvest(spec, weights=weights, name=name, model_kwargs=model_kwargs, pretrained=pretrained)
+            _save_partial(src, cache)
+        harvested.append(src)
+    bank = write_bank(harvested, out, overwrite=overwrite)
+    shutil.rmtree(work, ignore_errors=True)
+    return bank
