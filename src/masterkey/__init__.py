@@ -10,12 +10,12 @@ try:
 except PackageNotFoundError:  # running from a source tree (PYTHONPATH=src)
     __version__ = "0.1.0+src"
 
-from masterkey.bank import FilterBank
+from masterkey.bank import FilterBank, open_bank
 from masterkey.errors import MasterkeyError
 from masterkey.fit import FitResult, fit_affine, fit_bank
 from masterkey.keys import KeySet, load_keys
 from masterkey.normalize import FilterFlag, center_norm, filter_flags
-from masterkey.sources import harvest
+from masterkey.sources import harvest, harvest_bank
 
 __all__ = [
     "FilterBank",
@@ -29,5 +29,7 @@ __all__ = [
     "fit_affine",
     "fit_bank",
     "harvest",
+    "harvest_bank",
     "load_keys",
+    "open_bank",
 ]
