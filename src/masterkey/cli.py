@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``masterkey`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _log_to_stderr()
     parser = build_parser()
     if not argv:
         argv = [MAIN_JOB] if MAIN_JOB in _commands() else ["fit"]
@@ -70,6 +72,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("masterkey: interrupted", file=sys.stderr)
         return 130
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (so redirection and test capture work)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _log_to_stderr() -> None:
+    """Library notes (skipped layers, resumed runs) go to stderr as ``masterkey: ...``; stdout stays for results."""
+    logger = logging.getLogger("masterkey")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("masterkey: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 if __name__ == "__main__":

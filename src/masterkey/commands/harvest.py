@@ -6,7 +6,7 @@ import argparse
 
 from tqdm import tqdm
 
-from masterkey.commands._common import note, parse_kwargs, print_json
+from masterkey.commands._common import parse_kwargs, print_json
 from masterkey.commands.bank import print_info
 from masterkey.sources import harvest_bank
 
@@ -50,9 +50,6 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=lambda items: tqdm(items, desc="harvest", unit="source", disable=None, leave=False),
     )
-    for src in bank.manifest["sources"]:
-        for skip in src.get("skipped", []):
-            note(f"{src['name']}: skipped {skip['layer']}: {skip['reason']}")
     if args.json:
         print_json(bank.info())
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from masterkey.sources.state_dict import harvest_state_dict, harvest_state_dict_
 
 if TYPE_CHECKING:
     from masterkey.bank import FilterBank
+
+log = logging.getLogger("masterkey")
 
 __all__ = [
     "HarvestedLayer",
@@ -141,13 +144,20 @@ def harvest_bank(
     work = out.with_name(f".{out.name}.partial")
     options = {"weights": weights, "name": name, "kwargs": model_kwargs, "pretrained": pretrained}
     harvested = []
+    resumed = 0
     for spec in progress(sources) if progress else sources:
         cache = work / f"{_cache_key(str(spec), options)}.safetensors"
         src = _load_partial(cache) if cache.is_file() else None
         if src is None:
             src = harvest(spec, weights=weights, name=name, model_kwargs=model_kwargs, pretrained=pretrained)
             _save_partial(src, cache)
+        else:
+            resumed += 1
+        for skip in src.skipped:
+            log.info("%s: skipped %s: %s", src.name, skip["layer"], skip["reason"])
         harvested.append(src)
+    if resumed:
+        log.info("resumed an interrupted harvest: %d of %d sources were already harvested", resumed, len(sources))
     bank = write_bank(harvested, out, overwrite=overwrite)
     shutil.rmtree(work, ignore_errors=True)
     return bank
