@@ -131,3 +131,11 @@ def test_writing_is_deterministic(tmp_path):
     write_bank([_source("a", [(8, 3), (4, 5)])], tmp_path / "two")
     for name in ("filters_k3.safetensors", "filters_k5.safetensors", "metadata.parquet", "manifest.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_the_same_weights_twice_are_refused_and_equal_names_renamed(tmp_path):
+    a = _source("x", [(2, 3)], seed=0)
+    with pytest.raises(MasterkeyError, match="given twice"):
+        write_bank([a, a], tmp_path / "twice")
+    bank = write_bank([a, _source("x", [(2, 3)], seed=1)], tmp_path / "renamed")
+    assert bank.sources == ["x", "x#2"]

@@ -14,6 +14,7 @@ kernel size, metadata rows are in increasing ``index`` order; queries keep that 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -400,10 +401,24 @@ def write_bank(sources: Sequence[HarvestedSource], path: str | Path, overwrite: 
     """Write harvested sources as a bank at ``path`` (atomically: a complete bank or nothing)."""
     if not sources:
         raise MasterkeyError(f"{path}: no sources to write")
-    names = [s.name for s in sources]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise MasterkeyError(f"{path}: two sources are named {dupes[0]!r}; give them distinct names")
+    seen_sha: dict[str, str] = {}
+    for src in sources:
+        if src.sha256 and src.sha256 in seen_sha:
+            raise MasterkeyError(
+                f"{path}: the same weights ({src.path or src.name}) are given twice, as '{seen_sha[src.sha256]}' and "
+                f"'{src.name}'; a bank must not count filters twice"
+            )
+        if src.sha256:
+            seen_sha[src.sha256] = src.name
+    names: set[str] = set()
+    renamed = []
+    for src in sources:
+        new, n = src.name, 2
+        while new in names:
+            new, n = f"{src.name}#{n}", n + 1
+        names.add(new)
+        renamed.append(src if new == src.name else dataclasses.replace(src, name=new))
+    sources = renamed
     offsets: dict[int, int] = {}
     frames, tensors = [], {}
     for src in sources:
