@@ -1,0 +1,122 @@
+"""masterkey explain [KEYS] -o OUT"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from masterkey.commands._common import format_table, print_json
+
+NAME = "explain"
+ORDER = 9
+HELP = "explain keys: scale-space models, eigen-patches of natural images, patch-by-patch reconstruction"
+DESCRIPTION = """Explain a key set three ways:
+
+  1. scale-space models: least-squares fits of discrete Gaussian kernels T(n; σ) = e^{-σ²} I_n(σ²), their one-sided
+     and centred differences, Laplacian and Gaussian minus γ·Laplacian, with the cosine to each key;
+  2. eigen-patches: PCA of Gaussian-windowed k x k patches of natural images (the images shipped with
+     scikit-image / scikit-learn, or any image folder), with each key's closest eigen-patch beside the same figure
+     for random key sets of equal size;
+  3. reconstruction: every image tiled into k x k patches, each fitted by least squares with the keys plus a
+     constant, against random keys, the keys' scale-space models and the optimal PCA basis of the same size.
+
+With -o it writes an "explain" run directory (tables, figures, summary.md) that `masterkey report` renders.
+
+examples:
+  masterkey explain                                   # paper8 on the built-in natural images
+  masterkey explain scalespace8 -o runs/explain-ss8
+  masterkey explain keys.safetensors --images ../shared/data/imagenet-samples/val --max-images 100 -o runs/ex
+  masterkey explain paper8 --images camera,astronaut --json
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "keys", nargs="?", default="paper8", metavar="KEYS", help="key set (built-in or file; default paper8)"
+    )
+    p.add_argument(
+        "--images",
+        default="builtin",
+        help="'builtin' (camera, astronaut, coffee, chelsea, rocket, china, flower), comma-separated built-in names "
+        "(also grass, gravel, brick, moon, coins, ...), an image file, or an image folder (searched recursively)",
+    )
+    p.add_argument("--max-images", type=int, default=64, help="images read from a folder (evenly spaced; default 64)")
+    p.add_argument(
+        "--family",
+        default=None,
+        help="scale-space family for every key ('auto' = best of all); default: from the key labels, else auto",
+    )
+    p.add_argument("--components", type=int, default=16, help="eigen-patches computed (default 16)")
+    p.add_argument("--window-sigma", type=float, default=1.0, help="σ of the Gaussian patch window in pixels (1.0)")
+    p.add_argument("--stride", type=int, default=2, help="patch stride for the PCA (default 2)")
+    p.add_argument("--max-patches", type=int, default=200_000, help="patches drawn for the PCA (default 200000)")
+    p.add_argument("--seeds", type=int, default=10, help="random key sets in the references (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patch sample")
+    p.add_argument("-o", "--out", metavar="OUT", help="write an explain run directory here")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _command_line() -> str | None:
+    """The command line, when run as the ``masterkey`` script (not when called from Python)."""
+    if sys.argv and Path(sys.argv[0]).name == "masterkey":
+        return shlex.join(["masterkey", *sys.argv[1:]])
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from masterkey.eigenpatches import summarize_reconstruction
+    from masterkey.errors import MasterkeyError
+    from masterkey.keys import load_keys
+    from masterkey.report.explain import explain_keys, write_explain_run
+
+    for name in ("components", "stride", "max_patches", "seeds", "max_images"):
+        if getattr(args, name) < 1:
+            raise MasterkeyError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not args.window_sigma > 0:
+        raise MasterkeyError(f"--window-sigma must be > 0, got {args.window_sigma}")
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise MasterkeyError(f"{args.out} already exists (pass --overwrite to replace it)")
+    keys = load_keys(args.keys)
+    families = [args.family] * len(keys) if args.family else None
+    expl = explain_keys(
+        keys,
+        images=args.images,
+        families=families,
+        n_components=args.components,
+        window_sigma=args.window_sigma,
+        stride=args.stride,
+        max_patches=args.max_patches,
+        max_images=args.max_images,
+        seeds=range(args.seeds),
+        seed=args.seed,
+    )
+    if args.out:
+        skip = {"json", "overwrite", "command"}
+        config = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in skip}
+        write_explain_run(expl, args.out, config, overwrite=args.overwrite, command=_command_line())
+    summary = expl.summary()
+    if args.json:
+        print_json(
+            {
+                **summary,
+                "scalespace": expl.scalespace.to_dict(orient="records"),
+                "eigenpatches": expl.eigen_table.to_dict(orient="records"),
+            }
+        )
+        return 0
+    print(f"scale-space models of {keys.name} (least squares; cosine of centred key and model):")
+    print(format_table(expl.scalespace.to_dict(orient="records")))
+    print(
+        f"\neigen-patches: PCA of {expl.eigen.n_patches:,} windowed patches of {len(expl.images)} images; "
+        f"mean best |cos| {summary['eigen_mean_best_abs_cos']:.3f} "
+        f"(random keys {summary['random_mean_best_abs_cos']:.3f} ± {summary['random_mean_best_abs_cos_ci95']:.3f})"
+    )
+    print(format_table(expl.eigen_table.to_dict(orient="records")))
+    print("\npatch-by-patch reconstruction (explained within-patch variance, mean over images):")
+    print(format_table(summarize_reconstruction(expl.reconstruction).to_dict(orient="records")))
+    if args.out:
+        print(f"\nwrote {args.out}")
+    return 0

@@ -1,0 +1,45 @@
+"""masterkey report RUN_DIR... -o OUT"""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "report"
+ORDER = 10
+HELP = "one self-contained HTML page (plus Markdown and PNGs) from fit, discover, swap, train, explain runs"
+DESCRIPTION = """Build a report from any mix of run directories (each recognised by the kind in its run.json): key
+grids, real filters assigned to each key, layer x key proportion heat-maps, per-key cos² box plots against a random
+reference (fit); greedy path and baselines (discover); accuracy bars (swap); training curves (train, experiment);
+scale-space and eigen-patch figures (explain). Missing optional files are skipped and listed in the report.
+
+OUT is a directory holding report.html (figures embedded, opens offline), report.md and the figures as PNG files;
+it is written atomically.
+
+examples:
+  masterkey fit --keys paper8 --resize-keys -o runs/fit && masterkey report runs/fit -o runs/report
+  masterkey report runs/fit runs/discover runs/train-c10 runs/explain -o runs/report --overwrite
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (written by masterkey commands with -o)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output directory")
+    p.add_argument("--title", default="masterkey report", help="page title")
+    p.add_argument("--samples", type=int, default=8, help="real filters shown per key in fit reports (0: none)")
+    p.add_argument("--bank", help="bank to read real filters from (default: the bank named in the fit run)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    from masterkey.errors import MasterkeyError
+    from masterkey.report import build_report
+    from masterkey.report.sections import ReportOptions
+
+    if args.samples < 0:
+        raise MasterkeyError(f"--samples must be >= 0, got {args.samples}")
+    out = build_report(
+        args.runs, args.out, title=args.title, options=ReportOptions(args.samples, args.bank), overwrite=args.overwrite
+    )
+    figures = len(list(out.glob("*.png")))
+    print(f"wrote {out / 'report.html'} and {out / 'report.md'} ({figures} figures)")
+    return 0

@@ -1,0 +1,52 @@
+"""Reports: figures and one self-contained HTML page (plus Markdown) from any mix of run directories.
+
+    from masterkey.report import build_report
+    build_report(["runs/fit", "runs/train"], "runs/report")   # runs/report/report.html, report.md, *.png
+
+Runs are recognised by the ``kind`` in their ``run.json`` (fit, discover, swap, train, experiment, explain); each
+kind's files are read if present (:mod:`masterkey.report.runs`), drawn (:mod:`masterkey.report.figures`) and laid
+out (:mod:`masterkey.report.sections`, :mod:`masterkey.report.html`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from masterkey.errors import MasterkeyError
+from masterkey.report.html import Section, render_html, render_markdown, write_report
+from masterkey.report.runs import KINDS, Run, load_run, read_run
+from masterkey.report.sections import ReportOptions, build_section, build_sections
+
+
+def build_report(
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    title: str = "masterkey report",
+    options: ReportOptions | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Read every run of ``run_dirs`` and write ``out/report.html``, ``out/report.md`` and the figure PNGs."""
+    if not run_dirs:
+        raise MasterkeyError("report: give at least one run directory")
+    if Path(out).exists() and not overwrite:  # fail before the figures are drawn (write_report checks again)
+        raise MasterkeyError(f"{out} already exists (pass --overwrite to replace it)")
+    loaded = [load_run(path) for path in run_dirs]
+    sections = build_sections(loaded, options)
+    return write_report(sections, out, title=title, overwrite=overwrite)
+
+
+__all__ = [
+    "KINDS",
+    "ReportOptions",
+    "Run",
+    "Section",
+    "build_report",
+    "build_section",
+    "build_sections",
+    "load_run",
+    "read_run",
+    "render_html",
+    "render_markdown",
+    "write_report",
+]

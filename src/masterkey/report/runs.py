@@ -1,0 +1,357 @@
+"""Readers of run directories (see the run-directory contracts): recognise a run by the ``kind`` in its
+``run.json`` and load whatever of its files are present.
+
+``run.json`` is required and must be valid (a clear :class:`MasterkeyError` otherwise). Every other file is read if
+present; a missing or malformed file leaves its field ``None`` and adds a line to ``Run.notes``, so a report shows
+what exists and says what does not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from masterkey.errors import MasterkeyError
+from masterkey.keys import KeySet
+from masterkey.runs import RUN_INFO
+
+KINDS = ("fit", "discover", "swap", "train", "experiment", "explain")
+
+
+@dataclass
+class Run:
+    """A run directory: ``kind``, ``config``, ``environment`` and ``argv`` from ``run.json``, plus notes about
+    files that were missing or unreadable."""
+
+    path: Path
+    kind: str
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    argv: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self, name: str, optional: bool = True) -> Path | None:
+        """The path of ``name`` in the run, or None (noted unless ``optional``) when it is absent."""
+        path = self.path / name
+        if path.is_file():
+            return path
+        if not optional:
+            self.notes.append(f"{name} is missing")
+        return None
+
+    def read_csv(self, name: str, required: Sequence[str] = (), optional: bool = False) -> pd.DataFrame | None:
+        """A CSV file of the run; None (with a note) when absent, unreadable or without the ``required`` columns."""
+        path = self.file(name, optional)
+        if path is None:
+            return None
+        try:
+            table = pd.read_csv(path)
+        except Exception as exc:
+            self.notes.append(f"{name} is unreadable ({str(exc).splitlines()[0][:100]})")
+            return None
+        return self._check_columns(name, table, required)
+
+    def read_parquet(self, name: str, required: Sequence[str] = (), optional: bool = False) -> pd.DataFrame | None:
+        path = self.file(name, optional)
+        if path is None:
+            return None
+        try:
+            table = pd.read_parquet(path)
+        except Exception as exc:
+            self.notes.append(f"{name} is unreadable ({str(exc).splitlines()[0][:100]})")
+            return None
+        return self._check_columns(name, table, required)
+
+    def _check_columns(self, name: str, table: pd.DataFrame, required: Sequence[str]) -> pd.DataFrame | None:
+        missing = [c for c in required if c not in table.columns]
+        if missing:
+            self.notes.append(f"{name} lacks the columns {', '.join(missing)}; skipped")
+            return None
+        return table
+
+    def read_json(self, name: str, optional: bool = False) -> Any:
+        path = self.file(name, optional)
+        if path is None:
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            self.notes.append(f"{name} is not valid JSON ({str(exc).splitlines()[0][:100]})")
+            return None
+
+    def read_jsonl(self, name: str, optional: bool = True) -> list[dict[str, Any]] | None:
+        path = self.file(name, optional)
+        if path is None:
+            return None
+        rows: list[dict[str, Any]] = []
+        bad = 0
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        if bad:
+            self.notes.append(f"{name}: {bad} unreadable lines skipped")
+        return rows
+
+    def read_keyset(self, name: str, optional: bool = False) -> KeySet | None:
+        path = self.file(name, optional)
+        if path is None:
+            return None
+        try:
+            return KeySet.load(path)
+        except MasterkeyError as exc:
+            self.notes.append(str(exc))
+            return None
+
+    def read_text(self, name: str, optional: bool = True) -> str | None:
+        path = self.file(name, optional)
+        return path.read_text() if path is not None else None
+
+    def pngs(self) -> list[Path]:
+        return sorted(self.path.glob("*.png"))
+
+
+def read_run(path: str | Path) -> Run:
+    """The :class:`Run` of a directory; ``run.json`` must exist and name one of :data:`KINDS`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MasterkeyError(f"{path}: no such run directory")
+    info_path = path / RUN_INFO
+    if not info_path.is_file():
+        raise MasterkeyError(
+            f"{path}: not a run directory (no {RUN_INFO}; runs are written by masterkey commands with -o)"
+        )
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MasterkeyError(f"{info_path}: not valid JSON ({str(exc).splitlines()[0][:100]})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("kind"), str):
+        raise MasterkeyError(f"{info_path}: expected an object with a string 'kind'")
+    kind = info["kind"]
+    if kind not in KINDS:
+        raise MasterkeyError(f"{info_path}: unknown run kind '{kind}' (known: {', '.join(KINDS)})")
+    config = {} if info.get("config") is None else info["config"]
+    environment = {} if info.get("environment") is None else info["environment"]
+    argv = [] if info.get("argv") is None else info["argv"]
+    if not isinstance(config, dict) or not isinstance(environment, dict) or not isinstance(argv, list):
+        raise MasterkeyError(f"{info_path}: 'config' and 'environment' must be objects and 'argv' a list")
+    return Run(path, kind, config, environment, [str(a) for a in argv])
+
+
+# ---------------------------------------------------------------------- per kind
+FIT_COLUMNS = ("source", "layer", "layer_index", "kernel_size", "index", "key", "a", "cos2")
+
+
+@dataclass
+class FitRun:
+    run: Run
+    summary: dict[str, Any] | None
+    fits: pd.DataFrame | None
+    keysets: dict[int, KeySet]
+
+
+@dataclass
+class DiscoverPart:
+    """The files of one kernel size of a discover run (``prefix`` "" for a flat run, else ``k3``, ``k5`` ...)."""
+
+    prefix: str
+    keys: KeySet | None
+    candidates: KeySet | None
+    path: pd.DataFrame | None
+    baselines: pd.DataFrame | None
+    universality: pd.DataFrame | None
+    summary: dict[str, Any] | None
+
+
+@dataclass
+class DiscoverRun:
+    run: Run
+    parts: dict[str, DiscoverPart]
+    summary: dict[str, Any] | None
+    summary_md: str | None
+
+
+@dataclass
+class SwapRun:
+    run: Run
+    results: pd.DataFrame | None
+    summary: pd.DataFrame | None
+    per_stage: pd.DataFrame | None
+    sensitivity: pd.DataFrame | None
+
+
+@dataclass
+class TrainRun:
+    run: Run
+    metrics: pd.DataFrame | None
+    steps: pd.DataFrame | None
+    summary: dict[str, Any] | None
+
+
+@dataclass
+class ExperimentRun:
+    run: Run
+    table: pd.DataFrame | None
+    summary: dict[str, Any] | None
+    summary_md: str | None
+    runs: list[TrainRun]
+
+
+@dataclass
+class ExplainRun:
+    run: Run
+    scalespace: pd.DataFrame | None
+    eigenpatches: pd.DataFrame | None
+    reconstruction: pd.DataFrame | None
+    summary: dict[str, Any] | None
+    summary_md: str | None
+    figures: list[Path]
+
+
+LoadedRun = FitRun | DiscoverRun | SwapRun | TrainRun | ExperimentRun | ExplainRun
+
+
+def load_fit(run: Run) -> FitRun:
+    fits = run.read_parquet("fits.parquet", FIT_COLUMNS)
+    keysets: dict[int, KeySet] = {}
+    for path in sorted(run.path.glob("keys_k*.safetensors")):
+        keyset = run.read_keyset(path.name)
+        if keyset is not None:
+            keysets[keyset.kernel_size] = keyset
+    if not keysets:
+        run.notes.append("no keys_k*.safetensors: key pictures skipped")
+    return FitRun(run, run.read_json("summary.json"), fits, keysets)
+
+
+def _discover_part(run: Run, prefix: str) -> DiscoverPart:
+    at = f"{prefix}/" if prefix else ""
+    return DiscoverPart(
+        prefix,
+        run.read_keyset(f"{at}keys.safetensors"),
+        run.read_keyset(f"{at}candidates.safetensors", optional=True),
+        run.read_csv(f"{at}path.csv", ("n_keys", "objective")),
+        run.read_csv(f"{at}baselines.csv", ("method", "n_keys", "objective"), optional=True),
+        run.read_csv(f"{at}universality.csv", ("keys_from", "fitted_to", "objective"), optional=True),
+        run.read_json(f"{at}summary.json", optional=bool(prefix)),
+    )
+
+
+def load_discover(run: Run) -> DiscoverRun:
+    """A flat run (one kernel size) or one sub-directory ``k3/``, ``k5/`` ... per kernel size."""
+    subdirs = sorted(
+        (p.name for p in run.path.iterdir() if re.fullmatch(r"k\d+", p.name) and (p / "keys.safetensors").is_file()),
+        key=lambda name: int(name[1:]),
+    )
+    prefixes = subdirs if subdirs and not (run.path / "keys.safetensors").is_file() else [""]
+    parts = {prefix: _discover_part(run, prefix) for prefix in prefixes}
+    summary = run.read_json("summary.json", optional=True) if subdirs else next(iter(parts.values())).summary
+    return DiscoverRun(run, parts, summary, run.read_text("summary.md"))
+
+
+def load_swap(run: Run) -> SwapRun:
+    results = run.read_csv("results.csv", ("keys", "top1"))
+    if results is None:
+        data = run.read_json("results.json", optional=True)
+        rows = data.get("results", data.get("rows")) if isinstance(data, dict) else data
+        if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+            results = run._check_columns("results.json", pd.DataFrame(rows), ("keys", "top1"))
+    sensitivity = run.read_csv("sensitivity.csv", ("top1", "drop"), optional=True)
+    if sensitivity is not None and not {"layer", "stage", "name"} & set(sensitivity.columns):
+        run.notes.append("sensitivity.csv names no layer, stage or name column; skipped")
+        sensitivity = None
+    return SwapRun(
+        run,
+        results,
+        run.read_csv("summary.csv", ("keys", "top1"), optional=True),
+        run.read_csv("per_stage.csv", ("stage",), optional=True),
+        sensitivity,
+    )
+
+
+def load_train(run: Run) -> TrainRun:
+    metrics = run.read_csv("metrics.csv", ("epoch",))
+    rows = run.read_jsonl("metrics.jsonl")
+    steps = None
+    if rows:
+        table = pd.DataFrame(rows)
+        # Per-epoch rows carry test metrics; per-step rows only "step" and "train_loss" (and maybe lr, epoch).
+        epoch_rows = table["test_top1"].notna() if "test_top1" in table else pd.Series(False, index=table.index)
+        if {"step", "train_loss"} <= set(table.columns):
+            per_step = table[~epoch_rows].dropna(subset=["step", "train_loss"])
+            steps = (
+                per_step[["step", "train_loss"]].sort_values("step").reset_index(drop=True)
+                if len(per_step) > 1
+                else None
+            )
+        if metrics is None and "epoch" in table and epoch_rows.any():
+            metrics = table[epoch_rows].reset_index(drop=True)
+            run.notes.append("per-epoch metrics read from metrics.jsonl")
+    return TrainRun(run, metrics, steps, run.read_json("summary.json"))
+
+
+def load_experiment(run: Run) -> ExperimentRun:
+    subruns: list[TrainRun] = []
+    runs_dir = run.path / "runs"
+    if runs_dir.is_dir():
+        for sub in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+            try:
+                child = read_run(sub)
+            except MasterkeyError as exc:
+                run.notes.append(f"runs/{sub.name}: {exc}")
+                continue
+            if child.kind == "train":
+                subruns.append(load_train(child))
+                run.notes.extend(f"runs/{sub.name}: {n}" for n in child.notes)
+    else:
+        run.notes.append("runs/ is missing: no training curves")
+    return ExperimentRun(
+        run,
+        run.read_csv("summary.csv", ("mode", "test_top1")),
+        run.read_json("summary.json"),
+        run.read_text("summary.md"),
+        subruns,
+    )
+
+
+def load_explain(run: Run) -> ExplainRun:
+    return ExplainRun(
+        run,
+        run.read_csv("scalespace.csv", ("key", "family", "sigma_x", "sigma_y", "cosine")),
+        run.read_csv("eigenpatches.csv", ("key", "best_component", "abs_cos")),
+        run.read_csv("reconstruction.csv", ("image", "kind", "explained"), optional=True),
+        run.read_json("summary.json", optional=True),
+        run.read_text("summary.md", optional=False),
+        run.pngs(),
+    )
+
+
+_LOADERS = {
+    "fit": load_fit,
+    "discover": load_discover,
+    "swap": load_swap,
+    "train": load_train,
+    "experiment": load_experiment,
+    "explain": load_explain,
+}
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Read ``run.json`` (strictly) and the files of the run's kind (tolerantly)."""
+    run = read_run(path)
+    return _LOADERS[run.kind](run)  # type: ignore[return-value]

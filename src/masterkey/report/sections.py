@@ -1,0 +1,538 @@
+"""One report section per run: the figures and tables that make each kind of run legible at a glance."""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from masterkey.errors import MasterkeyError
+from masterkey.report import figures as F
+from masterkey.report.html import Section
+from masterkey.report.runs import (
+    DiscoverPart,
+    DiscoverRun,
+    ExperimentRun,
+    ExplainRun,
+    FitRun,
+    LoadedRun,
+    Run,
+    SwapRun,
+    TrainRun,
+)
+
+
+@dataclass
+class ReportOptions:
+    """``samples``: real filters shown per key; ``bank``: a bank to read filters from instead of the one a fit
+    run names (None: the run's own); ``max_reference``: filters per kernel size fitted to the random reference."""
+
+    samples: int = 8
+    bank: str | None = None
+    max_reference: int = 50_000
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------- common header
+_HIDDEN_CONFIG = {"out", "overwrite", "json", "command"}
+
+
+def _facts(run: Run) -> list[tuple[str, str]]:
+    facts = [("directory", str(run.path))]
+    if run.argv:
+        argv = [Path(run.argv[0]).name, *run.argv[1:]]
+        facts.append(("command", shlex.join(argv)))
+    config = {
+        k: v for k, v in run.config.items() if k not in _HIDDEN_CONFIG and not k.startswith("_") and v is not None
+    }
+    if config:
+        text = ", ".join(f"{k}={_short(v)}" for k, v in config.items())
+        facts.append(("config", text))
+    env = run.environment
+    if env:
+        device = ", ".join(env.get("gpus") or []) or (
+            "CUDA" if env.get("cuda") else f"CPU ({env.get('cpu_count', '?')} cores)"
+        )
+        versions = " · ".join(f"{k} {env[k]}" for k in ("masterkey", "torch", "timm", "python") if k in env)
+        facts.append(("environment", f"{device}; {versions}"))
+    return facts
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _scalars(data: dict[str, Any] | None, limit: int = 30) -> pd.DataFrame | None:
+    """The scalar entries of a JSON object (nested one level: ``a.b``) as a two-column table."""
+    if not isinstance(data, dict):
+        return None
+    rows = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            rows += [
+                {"name": f"{key}.{k}", "value": v} for k, v in value.items() if isinstance(v, (int, float, str, bool))
+            ]
+        elif isinstance(value, (int, float, str, bool)):
+            rows.append({"name": key, "value": value})
+    if not rows:
+        return None
+    table = pd.DataFrame(rows[:limit])
+    table["value"] = table["value"].map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+    return table
+
+
+def new_section(run: Run, index: int, title_extra: str = "") -> Section:
+    title = f"{run.kind} {run.name}" + (f" — {title_extra}" if title_extra else "")
+    return Section(title, f"r{index}-{run.kind}", _facts(run))
+
+
+# ---------------------------------------------------------------------- fit
+def _n_keys(fit: FitRun) -> int:
+    if fit.keysets:
+        return len(next(iter(fit.keysets.values())))
+    if fit.summary and isinstance(fit.summary.get("keys"), dict) and fit.summary["keys"]:
+        return int(next(iter(fit.summary["keys"].values())).get("n_keys", 0))
+    if fit.fits is not None and len(fit.fits):
+        return int(fit.fits["key"].max()) + 1
+    return 0
+
+
+def _labels(fit: FitRun, n_keys: int) -> list[str]:
+    if fit.keysets:
+        return next(iter(fit.keysets.values())).key_labels()
+    if fit.summary and isinstance(fit.summary.get("keys"), dict) and fit.summary["keys"]:
+        labels = next(iter(fit.summary["keys"].values())).get("labels")
+        if isinstance(labels, list) and len(labels) == n_keys:
+            return [str(x) for x in labels]
+    return [str(i + 1) for i in range(n_keys)]
+
+
+def _bank_filters(bank: Any, kernel_size: int, indices: np.ndarray) -> np.ndarray:
+    """Raw filters of ``bank`` with the given tensor ``index`` values, in the order of ``indices``."""
+    meta = bank.metadata
+    mask = (meta["kernel_size"].to_numpy() == kernel_size) & meta["index"].isin(indices).to_numpy()
+    view = bank.select(mask)
+    filters = view.filters(kernel_size).double().numpy()
+    position = {int(v): i for i, v in enumerate(view.metadata["index"].to_numpy())}
+    return filters[[position[int(i)] for i in indices]]
+
+
+def _open_bank(fit: FitRun, options: ReportOptions) -> Any:
+    from masterkey.bank import open_bank
+
+    spec = options.bank or fit.run.config.get("bank")
+    if not spec:
+        fit.run.notes.append("real-filter samples and the per-filter random reference: run.json names no bank")
+        return None
+    try:
+        return open_bank(spec)
+    except MasterkeyError as exc:
+        fit.run.notes.append(f"real-filter samples and the per-filter random reference: bank unavailable ({exc})")
+        return None
+
+
+def _unit(filters: np.ndarray) -> np.ndarray:
+    flat = filters.reshape(len(filters), -1)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    return (flat / np.where(norm > 0, norm, 1)).reshape(filters.shape)
+
+
+_SUMMARY_STATS = ("n", "mean_cos2", "q05_cos2", "q50_cos2", "q95_cos2", "ref_mean_cos2")
+
+
+def _fit_summary(section: Section, summary: dict[str, Any], n_keys: int) -> None:
+    overall = summary["overall"]
+    n_fitted = summary.get("n_fitted", overall.get("n", 0))
+    line = f"{n_fitted:,} filters fitted; mean cos² {overall.get('mean_cos2', math.nan):.3f}"
+    if "ref_mean_cos2" in overall:
+        line += f" against {overall['ref_mean_cos2']:.3f} for a random key set of the same size"
+    excluded = {k: v for k, v in (summary.get("excluded") or {}).items() if v}
+    if excluded:
+        line += "; excluded: " + ", ".join(f"{v:,} {k}" for k, v in excluded.items())
+    section.text(line + ". cos² is the fraction of a centred filter's energy that its best key (a·key + b) explains.")
+    groups: list[tuple[str, dict[str, Any]]] = [("all", overall)]
+    groups += [(f"{r['kernel_size']}x{r['kernel_size']}", r) for r in summary.get("by_kernel") or []]
+    groups += [(str(r["source"]), r) for r in summary.get("by_source") or []]
+    pcols = {f"key {i + 1} %": f"p_{i + 1}" for i in range(n_keys)}
+    rows = [
+        {"group": name}
+        | {k: r.get(k) for k in _SUMMARY_STATS}
+        | {c: 100 * r.get(p, math.nan) for c, p in pcols.items()}
+        for name, r in groups
+    ]
+    table = pd.DataFrame(rows).dropna(axis=1, how="all")
+    section.table("Summary: cos² statistics and % of filters per key", table, digits=dict.fromkeys(pcols, 1))
+
+
+def _random_reference(
+    fit: FitRun, bank: Any, kernel_size: int, part: pd.DataFrame, n_keys: int, options: ReportOptions
+) -> np.ndarray | None:
+    """cos² of (a sample of) the fitted filters against the run's random reference key set."""
+    from masterkey.fit import fit_affine
+    from masterkey.keys import load_keys
+
+    pick = part["index"].to_numpy()
+    if len(pick) > options.max_reference:
+        pick = np.sort(np.random.default_rng(options.seed).choice(pick, options.max_reference, replace=False))
+    seed = int(fit.run.config.get("reference_seed", 0) or 0)
+    try:
+        filters = _bank_filters(bank, kernel_size, pick)
+        keys = load_keys(f"random:{n_keys}:{seed}", kernel_size=kernel_size)
+        return fit_affine(torch.from_numpy(filters).float(), keys).cos2.numpy()
+    except (MasterkeyError, KeyError) as exc:
+        fit.run.notes.append(f"{kernel_size}x{kernel_size} random reference: {exc}")
+        return None
+
+
+def _samples_figure(bank: Any, part: pd.DataFrame, keyset: Any, labels: list[str], options: ReportOptions) -> bytes:
+    k = keyset.kernel_size
+    rng = np.random.default_rng(options.seed)
+    samples, cos2, counts = [], [], []
+    for i in range(len(keyset)):
+        assigned = part[part["key"] == i]
+        counts.append(len(assigned))
+        take = min(options.samples, len(assigned))
+        chosen = assigned.iloc[np.sort(rng.choice(len(assigned), take, replace=False))].sort_values(
+            "cos2", ascending=False
+        )
+        filters = np.zeros((0, k, k))
+        if len(chosen):
+            filters = _unit(_bank_filters(bank, k, chosen["index"].to_numpy()))
+            filters *= np.sign(chosen["a"].to_numpy(dtype=float))[:, None, None]
+        samples.append(filters)
+        cos2.append(chosen["cos2"].to_numpy(dtype=float))
+    title = f"{k}x{k} filters assigned to each key"
+    return F.figure_png(F.assigned_samples(keyset.keys, labels, samples, cos2, counts, title))
+
+
+def fit_section(fit: FitRun, index: int, options: ReportOptions) -> Section:
+    from masterkey.fit import summarize
+
+    run = fit.run
+    n_keys = _n_keys(fit)
+    labels = _labels(fit, n_keys)
+    names = sorted({ks.name.split("@")[0] for ks in fit.keysets.values()}) or [str(run.config.get("keys", ""))]
+    section = new_section(run, index, f"{n_keys} keys ({', '.join(names)})" if n_keys else "")
+    summary = fit.summary or {}
+    if summary.get("overall"):
+        _fit_summary(section, summary, n_keys)
+
+    if fit.keysets:
+        rows = [(f"{k}x{k}", ks.keys, None) for k, ks in sorted(fit.keysets.items(), reverse=True)]
+        png = F.figure_png(F.filter_grid(rows, "Keys used for the fit", labels, F.key_colors(n_keys), cell=1.05))
+        section.figure(
+            "keys",
+            "Keys",
+            png,
+            "One row per kernel size (other sizes are centre crops / zero pads unless the keys were made at that "
+            "size). Red positive, blue negative.",
+        )
+
+    table = fit.fits
+    if table is not None and len(table):
+        layers = summarize(table, n_keys, by=["source", "layer", "layer_index"])
+        section.figure(
+            "proportions",
+            "Filter-type proportions by layer",
+            F.figure_png(F.proportion_heatmap(layers, labels)),
+            "Share of each layer's filters whose best key is key i (columns); layers in network order (rows); "
+            "one panel per model.",
+        )
+        bank = _open_bank(fit, options)
+        sizes = sorted(table["kernel_size"].unique(), reverse=True)
+        groups: dict[str, tuple[list[np.ndarray], np.ndarray | None]] = {}
+        for k in sizes:
+            part = table[table["kernel_size"] == k]
+            per_key = [part.loc[part["key"] == i, "cos2"].to_numpy(dtype=float) for i in range(n_keys)]
+            reference = None if bank is None else _random_reference(fit, bank, int(k), part, n_keys, options)
+            groups[f"{k}x{k} ({len(part):,} filters)"] = (per_key, reference)
+        seed = int(run.config.get("reference_seed", 0) or 0)
+        caption = (
+            f"cos² of each filter with its best key, grouped by that key; grey: the same filters fitted to "
+            f"random:{n_keys}:{seed} keys (best of {n_keys}). Deviation √(1−cos²) is the residual norm of the "
+            "normalised filter."
+        )
+        if bank is None and summary.get("by_kernel"):
+            caption = "cos² of each filter with its best key, grouped by that key. Random reference (mean cos², " + (
+                ", ".join(
+                    f"{r['kernel_size']}x{r['kernel_size']}: {r.get('ref_mean_cos2', math.nan):.3f}"
+                    for r in summary["by_kernel"]
+                )
+                + ")."
+            )
+        png = F.figure_png(F.cos2_boxplots(groups, labels, reference_label=f"random:{n_keys}"))
+        section.figure("cos2", "Approximation quality per key", png, caption)
+        if bank is not None and options.samples > 0:
+            for k in sizes:
+                if int(k) in fit.keysets:
+                    png = _samples_figure(bank, table[table["kernel_size"] == k], fit.keysets[int(k)], labels, options)
+                    section.figure(
+                        f"samples-k{k}",
+                        f"Real {k}x{k} filters assigned to each key",
+                        png,
+                        "A random sample per key, centred, unit-normed and multiplied by the sign of a (so each "
+                        "should look like its key), sorted by cos².",
+                    )
+
+    if summary.get("by_layer"):
+        by_layer = pd.DataFrame(summary["by_layer"])
+        cols = [c for c in ("source", "layer", "n", "mean_cos2", "q50_cos2", "ref_mean_cos2") if c in by_layer]
+        cols += [c for c in by_layer.columns if c.startswith("p_")]
+        section.table("By layer", by_layer[cols], collapsed=True)
+    return section
+
+
+# ---------------------------------------------------------------------- discover
+def _discover_part(section: Section, part: DiscoverPart) -> None:
+    tag = f"-{part.prefix}" if part.prefix else ""
+    size = ""
+    keys = part.keys
+    if keys is not None:
+        size = f"{keys.kernel_size}x{keys.kernel_size} "
+        png = F.figure_png(F.key_grid(keys.keys, keys.key_labels(), f"Discovered {size}keys ({keys.name})"))
+        section.figure(f"keys{tag}", f"Discovered {size}keys", png, "Red positive, blue negative; centred, unit-norm.")
+    if part.path is not None and len(part.path):
+        objective = (part.summary or {}).get("objective")
+        ylabel = f"objective ({objective})" if isinstance(objective, str) else "objective"
+        chosen = len(part.keys) if part.keys is not None else None
+        png = F.figure_png(F.greedy_path(part.path, part.baselines, ylabel=ylabel, chosen=chosen))
+        section.figure(
+            f"path{tag}",
+            f"Greedy path {size}".strip(),
+            png,
+            "Objective of the remaining key set after each removal; markers: baselines (k-means, PCA, random ...) "
+            "at their key counts, error bars: 95% CI over seeds where given.",
+        )
+    if part.baselines is not None and len(part.baselines):
+        section.table(f"Baselines {size}".strip(), part.baselines, collapsed=len(part.baselines) > 12)
+    if part.universality is not None and len(part.universality):
+        pivot = part.universality.pivot_table(
+            index="keys_from", columns="fitted_to", values="objective", aggfunc="mean"
+        )
+        png = F.figure_png(
+            F.matrix_heatmap(
+                pivot.to_numpy(),
+                [str(x) for x in pivot.index],
+                [str(x) for x in pivot.columns],
+                "Universality: keys discovered on some sources, fitted to another",
+                "fitted to",
+                "keys from",
+                "objective",
+            )
+        )
+        section.figure(f"universality{tag}", f"Universality {size}".strip(), png)
+        section.table(f"Universality {size}".strip(), part.universality)
+    if part.candidates is not None:
+        cand = part.candidates
+        png = F.figure_png(F.key_grid(cand.keys, cand.key_labels(), f"All {len(cand)} candidates", colored=False))
+        section.figure(f"candidates{tag}", f"Candidates {size}".strip(), png)
+    scalars = _scalars(part.summary)
+    if scalars is not None:
+        section.table(f"Summary {size}".strip(), scalars)
+
+
+def discover_section(disc: DiscoverRun, index: int, options: ReportOptions) -> Section:
+    run = disc.run
+    parts = list(disc.parts.values())
+    sizes = [f"{p.keys.kernel_size}x{p.keys.kernel_size}" for p in parts if p.keys is not None]
+    n_keys = sorted({len(p.keys) for p in parts if p.keys is not None})
+    extra = f"{'/'.join(map(str, n_keys))} keys {', '.join(sizes)}" if sizes else ""
+    section = new_section(run, index, extra)
+    for part in parts:
+        _discover_part(section, part)
+    return section
+
+
+# ---------------------------------------------------------------------- swap
+def swap_section(swap: SwapRun, index: int, options: ReportOptions) -> Section:
+    run = swap.run
+    model = run.config.get("model") or run.config.get("weights") or ""
+    section = new_section(run, index, str(model))
+    table = swap.summary if swap.summary is not None and len(swap.summary) else swap.results
+    if table is not None and len(table):
+        png = F.figure_png(F.swap_bars(table))
+        section.figure(
+            "accuracy",
+            "Accuracy after the swap",
+            png,
+            "Every depthwise filter replaced by a·key + b of its best key; 'recalibrated': normalisation "
+            "statistics re-estimated after the swap; error bars: 95% CI over key-set seeds where given.",
+        )
+    if swap.summary is not None and len(swap.summary):
+        section.table("Summary (seeded key sets pooled: mean and 95% CI)", swap.summary)
+    if swap.results is not None and len(swap.results):
+        section.table("Results per key set", swap.results, collapsed=len(swap.results) > 12)
+    if swap.per_stage is not None and len(swap.per_stage):
+        section.table("Per stage", swap.per_stage)
+    if swap.sensitivity is not None and len(swap.sensitivity):
+        png = F.figure_png(F.sensitivity_bars(swap.sensitivity))
+        section.figure("sensitivity", "Sensitivity", png)
+        section.table("Sensitivity", swap.sensitivity, collapsed=len(swap.sensitivity) > 12)
+    return section
+
+
+# ---------------------------------------------------------------------- train / experiment
+def train_section(train: TrainRun, index: int, options: ReportOptions) -> Section:
+    run = train.run
+    summary = train.summary or {}
+    mode = summary.get("mode") or run.config.get("mode") or ""
+    section = new_section(run, index, " ".join(str(x) for x in (run.config.get("model") or "", mode) if x))
+    if train.metrics is not None and len(train.metrics):
+        label = str(mode or run.name)
+        steps = {label: [train.steps]} if train.steps is not None else None
+        png = F.figure_png(F.training_curves({label: [train.metrics]}, steps))
+        section.figure("curves", "Training curves", png)
+        cols = [
+            c
+            for c in (
+                "epoch",
+                "step",
+                "lr",
+                "train_loss",
+                "train_acc",
+                "test_loss",
+                "test_top1",
+                "test_top5",
+                "seconds",
+            )
+            if c in train.metrics
+        ]
+        section.table("Metrics per epoch", train.metrics[cols], collapsed=len(train.metrics) > 12)
+    scalars = _scalars(summary)
+    if scalars is not None:
+        section.table("Summary", scalars)
+    return section
+
+
+def _arm_of(train: TrainRun) -> str:
+    """The experiment arm of a sub-run: its directory is ``runs/<arm>-s<seed>``; else the run's mode."""
+    found = re.fullmatch(r"(.+)-s\d+", train.run.name)
+    if found:
+        return found.group(1)
+    return str((train.summary or {}).get("mode") or train.run.config.get("mode") or train.run.name)
+
+
+def experiment_section(exp: ExperimentRun, index: int, options: ReportOptions) -> Section:
+    run = exp.run
+    section = new_section(run, index, str(run.config.get("model") or ""))
+    table = exp.table
+    if table is not None and len(table):
+        from masterkey.eigenpatches import mean_ci95
+
+        rows = []
+        for mode, group in table.groupby("mode", sort=False):
+            mean, ci = mean_ci95(group["test_top1"].dropna().tolist())
+            rows.append({"mode": mode, "n": int(group["test_top1"].notna().sum()), "test_top1": mean, "ci95": ci})
+        per_mode = pd.DataFrame(rows)
+        png = F.figure_png(
+            F.mean_bars(
+                per_mode,
+                "test_top1",
+                "ci95",
+                "mode",
+                "Final test top-1 per mode (mean ± 95% CI over seeds)",
+                "test top-1 (%)",
+            )
+        )
+        section.figure("top1", "Final accuracy per mode", png)
+        section.table("Per mode (mean ± 95% CI half-width over seeds)", per_mode, digits=2)
+        section.table("Per run", table, digits=2, collapsed=len(table) > 12)
+    curves: dict[str, list[pd.DataFrame]] = {}
+    for train in exp.runs:
+        if train.metrics is not None and len(train.metrics):
+            curves.setdefault(_arm_of(train), []).append(train.metrics)
+    if curves:
+        png = F.figure_png(
+            F.training_curves(curves, title="Training curves per mode (line: mean over seeds; band: min–max)")
+        )
+        section.figure("curves", "Training curves", png)
+    if exp.summary_md and table is None:
+        section.text(exp.summary_md, preformatted=True)
+    return section
+
+
+# ---------------------------------------------------------------------- explain
+EXPLAIN_FIGURES = {
+    "scalespace": (
+        "Keys and their scale-space models",
+        "Top: the keys; bottom: the fitted discrete scale-space models (cosine below each).",
+    ),
+    "eigenpatches": (
+        "Eigen-patches of natural images",
+        "Principal components of Gaussian-windowed patches, with their share of the variance.",
+    ),
+    "eigen_vs_keys": (
+        "Keys and their closest eigen-patches",
+        "For each key, the eigen-patch with the largest |cos| (centred vectors).",
+    ),
+    "cos_matrix": ("|cos| between keys and eigen-patches", ""),
+    "reconstruction": (
+        "Patch-by-patch reconstruction",
+        "Each non-overlapping patch fitted by least squares with the basis plus a constant.",
+    ),
+}
+
+
+def explain_section(exp: ExplainRun, index: int, options: ReportOptions) -> Section:
+    run = exp.run
+    section = new_section(run, index, str(run.config.get("keys") or ""))
+    if exp.scalespace is not None:
+        cols = [c for c in ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine") if c in exp.scalespace]
+        section.table("Scale-space models (least-squares fits)", exp.scalespace[cols])
+    if exp.eigenpatches is not None:
+        table = exp.eigenpatches.copy()
+        if "component_variance" in table:
+            table["component_variance"] = 100 * table["component_variance"]
+            table = table.rename(columns={"component_variance": "variance of that eigen-patch %"})
+        section.table(
+            "Closest eigen-patch per key (|cos| of centred vectors)",
+            table,
+            digits={"abs_cos": 3, "variance of that eigen-patch %": 2},
+        )
+    if exp.reconstruction is not None:
+        from masterkey.eigenpatches import summarize_reconstruction
+
+        section.table(
+            "Reconstruction (mean over images; random: mean ± 95% CI over seeds)",
+            summarize_reconstruction(exp.reconstruction),
+        )
+    known = {p.stem: p for p in exp.figures}
+    ordered = [known.pop(name) for name in EXPLAIN_FIGURES if name in known] + sorted(known.values())
+    for path in ordered:
+        title, caption = EXPLAIN_FIGURES.get(path.stem, (path.stem.replace("_", " "), ""))
+        section.figure(path.stem, title, path.read_bytes(), caption)
+    if exp.summary_md and exp.scalespace is None:
+        section.text(exp.summary_md, preformatted=True)
+    return section
+
+
+_BUILDERS = {
+    FitRun: fit_section,
+    DiscoverRun: discover_section,
+    SwapRun: swap_section,
+    TrainRun: train_section,
+    ExperimentRun: experiment_section,
+    ExplainRun: explain_section,
+}
+
+
+def build_section(loaded: LoadedRun, index: int, options: ReportOptions | None = None) -> Section:
+    """The report section of one loaded run (see :func:`masterkey.report.runs.load_run`)."""
+    options = options or ReportOptions()
+    section = _BUILDERS[type(loaded)](loaded, index, options)  # type: ignore[operator]
+    section.notes = list(dict.fromkeys(loaded.run.notes))
+    return section
+
+
+def build_sections(runs: Sequence[LoadedRun], options: ReportOptions | None = None) -> list[Section]:
+    return [build_section(run, i + 1, options) for i, run in enumerate(runs)]

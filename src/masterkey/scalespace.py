@@ -1,0 +1,340 @@
+"""Discrete scale-space models of key filters (SPEC §2.6; Lindeberg, Babaiee & Kiasari, JMIV 2026).
+
+The discrete analogue of the Gaussian kernel is ``T(n; σ) = e^{-σ²} I_n(σ²)`` (``I_n`` the modified Bessel function
+of integer order, computed exponentially scaled by :func:`scipy.special.ive`); it sums to 1 over the integers and is
+the kernel of the semi-discrete diffusion equation ``∂T/∂(σ²) = ½ δ_nn T``. Two-dimensional kernels are separable:
+``T(x, y) = T(x; σx) T(y; σy)``. Model families apply small difference operators to it:
+
+================== ==============================================================================================
+family             kernel (x = column, increasing to the right; y = row, increasing downwards as in key files)
+================== ==============================================================================================
+gaussian           ``T``
+dx, dy             centred difference ``(T(n+1) - T(n-1)) / 2`` along x or y (first-order Gaussian derivatives)
+dx+, dy+           forward difference ``T(n+1) - T(n)`` (a one-pixel-shifted difference: peak before the centre)
+dx-, dy-           backward difference ``T(n) - T(n-1)`` (peak after the centre)
+laplacian          five-point Laplacian ``∇²T = δxx T + δyy T``
+gaussian-laplacian ``T - γ ∇²T`` (a sharp centre with a negative surround for γ > 0)
+================== ==============================================================================================
+
+The ``paper8`` keys map to families through their labels (key 1 "shift-down" = dy-, 2 "shift-right" = dx-,
+3 "shift-up" = dy+, 4 "shift-left" = dx+, 5 = dx, 6 = dy, 7 = gaussian-laplacian, 8 = gaussian). A fit chooses
+(σx, σy) and γ by least squares: for a centred unit key k̂ and a centred unit model m̂ the best affine fit
+``a m̂ + b`` leaves residual² = 1 - cos²(k̂, m̂), so least squares maximises |cos|; the sign of ``a`` is free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import least_squares
+from scipy.special import ive
+
+from masterkey.errors import MasterkeyError
+from masterkey.keys import KeySet
+
+#: Families with a description; ``gaussian-laplacian`` also has γ.
+FAMILIES: dict[str, str] = {
+    "gaussian": "discrete Gaussian T",
+    "dx": "centred x-difference of T (first-order derivative)",
+    "dy": "centred y-difference of T (first-order derivative)",
+    "dx+": "forward x-difference T(x+1) - T(x)",
+    "dx-": "backward x-difference T(x) - T(x-1)",
+    "dy+": "forward y-difference T(y+1) - T(y)",
+    "dy-": "backward y-difference T(y) - T(y-1)",
+    "laplacian": "five-point Laplacian of T",
+    "gaussian-laplacian": "T - γ ∇²T",
+}
+
+#: Upper bound of σ in fits; a 7x7 window cannot tell larger scales apart.
+SIGMA_MAX = 4.0
+#: Bound of |γ| in fits.
+GAMMA_MAX = 20.0
+
+_LABEL_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("shift-down", "dy-"),
+    ("shift-right", "dx-"),
+    ("shift-up", "dy+"),
+    ("shift-left", "dx+"),
+    ("d/dx", "dx"),
+    ("d/dy", "dy"),
+    ("centre-surround", "gaussian-laplacian"),
+    ("center-surround", "gaussian-laplacian"),
+    ("laplacian", "laplacian"),
+    ("gaussian", "gaussian"),
+)
+
+
+# ---------------------------------------------------------------------- kernels
+def discrete_gaussian(sigma: float, radius: int) -> np.ndarray:
+    """``T(n; σ) = e^{-σ²} I_n(σ²)`` for ``n = -radius .. radius`` (float64). ``σ = 0`` gives the unit impulse."""
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise MasterkeyError(f"scale-space: σ must be finite and >= 0, got {sigma}")
+    if radius < 0:
+        raise MasterkeyError(f"scale-space: radius must be >= 0, got {radius}")
+    n = np.arange(-radius, radius + 1)
+    return ive(n, sigma * sigma)
+
+
+def forward_difference(values: np.ndarray) -> np.ndarray:
+    """``f(n+1) - f(n)`` of a 1-D array over ``n = -r .. r``, returned over ``n = -(r-1) .. r-1``."""
+    return values[2:] - values[1:-1]
+
+
+def backward_difference(values: np.ndarray) -> np.ndarray:
+    """``f(n) - f(n-1)`` of a 1-D array over ``n = -r .. r``, returned over ``n = -(r-1) .. r-1``."""
+    return values[1:-1] - values[:-2]
+
+
+def central_difference(values: np.ndarray) -> np.ndarray:
+    """``(f(n+1) - f(n-1)) / 2`` of a 1-D array over ``n = -r .. r``, returned over ``n = -(r-1) .. r-1``."""
+    return (values[2:] - values[:-2]) / 2
+
+
+def second_difference(values: np.ndarray) -> np.ndarray:
+    """``f(n+1) - 2 f(n) + f(n-1)`` of a 1-D array over ``n = -r .. r``, returned over ``n = -(r-1) .. r-1``."""
+    return values[2:] - 2 * values[1:-1] + values[:-2]
+
+
+def gaussian_kernel_2d(sigma_x: float, sigma_y: float, size: int) -> np.ndarray:
+    """The separable kernel ``T(y; σy) T(x; σx)`` on a ``size x size`` grid (rows = y, columns = x)."""
+    radius = _radius(size)
+    return np.outer(discrete_gaussian(sigma_y, radius), discrete_gaussian(sigma_x, radius))
+
+
+def laplacian_kernel(sigma_x: float, sigma_y: float, size: int) -> np.ndarray:
+    """Five-point discrete Laplacian of the separable kernel: ``δxx T ⊗ T + T ⊗ δyy T`` (exact, no wrap-around)."""
+    radius = _radius(size)
+    tx, ty = discrete_gaussian(sigma_x, radius + 1), discrete_gaussian(sigma_y, radius + 1)
+    return np.outer(ty[1:-1], second_difference(tx)) + np.outer(second_difference(ty), tx[1:-1])
+
+
+def scalespace_kernel(
+    family: str, sigma_x: float, sigma_y: float | None = None, gamma: float = 0.0, size: int = 7
+) -> np.ndarray:
+    """The raw (not normalised) model kernel of ``family`` at scales (σx, σy) on a ``size x size`` grid.
+
+    ``sigma_y`` defaults to ``sigma_x``; ``gamma`` is used by ``gaussian-laplacian`` only.
+    """
+    if family not in FAMILIES:
+        raise MasterkeyError(f"scale-space family '{family}' is unknown; choose one of {', '.join(FAMILIES)}")
+    sigma_y = sigma_x if sigma_y is None else sigma_y
+    radius = _radius(size)
+    if family == "laplacian":
+        return laplacian_kernel(sigma_x, sigma_y, size)
+    if family == "gaussian-laplacian":
+        return gaussian_kernel_2d(sigma_x, sigma_y, size) - gamma * laplacian_kernel(sigma_x, sigma_y, size)
+    tx, ty = discrete_gaussian(sigma_x, radius + 1), discrete_gaussian(sigma_y, radius + 1)
+    operators = {"": lambda v: v[1:-1], "+": forward_difference, "-": backward_difference, "c": central_difference}
+    if family == "gaussian":
+        x_op, y_op = "", ""
+    elif family[:2] == "dx":
+        x_op, y_op = (family[2:] or "c"), ""
+    else:
+        x_op, y_op = "", (family[2:] or "c")
+    return np.outer(operators[y_op](ty), operators[x_op](tx))
+
+
+def _radius(size: int) -> int:
+    if size < 3 or size % 2 == 0:
+        raise MasterkeyError(f"scale-space kernels need an odd size >= 3, got {size}")
+    return size // 2
+
+
+def _unit(values: np.ndarray) -> np.ndarray | None:
+    flat = values.reshape(-1) - values.mean()
+    norm = float(np.linalg.norm(flat))
+    return flat / norm if norm > 1e-300 else None
+
+
+# ---------------------------------------------------------------------- fits
+@dataclass(frozen=True)
+class ScaleSpaceFit:
+    """A fitted model: family, scales, γ (NaN for families without it), the sign that aligns the model with the
+    key, the |cosine| of the centred key and model, and the model kernel (centred, unit-norm, sign-aligned)."""
+
+    family: str
+    sigma_x: float
+    sigma_y: float
+    gamma: float
+    sign: int
+    cosine: float
+    model: np.ndarray
+
+
+def family_for_label(label: str) -> str | None:
+    """The model family a key label names (``"1 shift-down"`` → ``"dy-"``), or None."""
+    text = label.lower()
+    for word, family in _LABEL_FAMILIES:
+        if word in text:
+            return family
+    return None
+
+
+def _as_array(key: np.ndarray | torch.Tensor) -> np.ndarray:
+    array = key.detach().cpu().double().numpy() if isinstance(key, torch.Tensor) else np.asarray(key, dtype=float)
+    if array.ndim != 2 or array.shape[0] != array.shape[1]:
+        raise MasterkeyError(f"scale-space fit: expected a square k x k key, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise MasterkeyError("scale-space fit: the key holds NaN or Inf values")
+    return array
+
+
+def _params(family: str, p: np.ndarray) -> tuple[float, float, float]:
+    gamma = float(p[2]) if family == "gaussian-laplacian" else math.nan
+    return float(p[0]), float(p[1]), gamma
+
+
+def _fit_family(target: np.ndarray, family: str, size: int) -> ScaleSpaceFit:
+    with_gamma = family == "gaussian-laplacian"
+
+    def model(p: np.ndarray) -> np.ndarray:
+        sx, sy, gamma = _params(family, p)
+        unit = _unit(scalespace_kernel(family, sx, sy, 0.0 if math.isnan(gamma) else gamma, size))
+        return np.zeros_like(target) if unit is None else unit
+
+    def residual(p: np.ndarray) -> np.ndarray:
+        m = model(p)
+        return target - (target @ m) * m
+
+    # Least squares from the best few points of a coarse grid: the cosine has local optima in σ (a blob can be
+    # matched by a tiny or by a wide kernel), so a single start is not enough.
+    grid_sigma = (0.2, 0.4, 0.7, 1.0, 1.5, 2.2)
+    grid_gamma = (-1.0, 0.3, 1.0, 3.0) if with_gamma else (0.0,)
+    starts = [
+        np.array([sx, sy, g][: 3 if with_gamma else 2]) for sx in grid_sigma for sy in grid_sigma for g in grid_gamma
+    ]
+    scored = sorted(starts, key=lambda p: -abs(target @ model(p)))
+    lower = [0.0, 0.0] + ([-GAMMA_MAX] if with_gamma else [])
+    upper = [SIGMA_MAX, SIGMA_MAX] + ([GAMMA_MAX] if with_gamma else [])
+    best: tuple[float, np.ndarray] | None = None
+    for start in scored[:3]:
+        result = least_squares(residual, start, bounds=(lower, upper), x_scale=1.0, xtol=1e-12, ftol=1e-12, gtol=1e-12)
+        cos = abs(float(target @ model(result.x)))
+        if best is None or cos > best[0] + 1e-12:
+            best = (cos, result.x)
+    assert best is not None
+    cos, p = best
+    m = model(p)
+    sign = 1 if float(target @ m) >= 0 else -1
+    sx, sy, gamma = _params(family, p)
+    return ScaleSpaceFit(family, sx, sy, gamma, sign, cos, (sign * m).reshape(size, size))
+
+
+def fit_scalespace(key: np.ndarray | torch.Tensor, family: str = "auto") -> ScaleSpaceFit:
+    """Least-squares fit of a scale-space model of ``family`` (or the best of all families, ``"auto"``) to ``key``.
+
+    Maximises the |cosine| between the centred key and the centred model over σx, σy ∈ [0, SIGMA_MAX] (and
+    γ ∈ [-GAMMA_MAX, GAMMA_MAX]); the sign is free and reported in ``ScaleSpaceFit.sign``.
+    """
+    array = _as_array(key)
+    size = array.shape[0]
+    _radius(size)
+    target = _unit(array)
+    if target is None:
+        raise MasterkeyError("scale-space fit: the key is constant (nothing is left after centring)")
+    if family == "auto":
+        fits = [_fit_family(target, name, size) for name in FAMILIES]
+        # Among near-equal fits prefer the earlier (simpler) family: a Gaussian before T - γ∇²T.
+        best = max(fits, key=lambda f: f.cosine)
+        return next(f for f in fits if f.cosine >= best.cosine - 1e-4)
+    if family not in FAMILIES:
+        raise MasterkeyError(f"scale-space family '{family}' is unknown; choose 'auto' or one of {', '.join(FAMILIES)}")
+    return _fit_family(target, family, size)
+
+
+FIT_COLUMNS = ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine")
+
+
+def fit_keyset(keyset: KeySet, families: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per key: ``key`` (1-based), ``label``, ``family``, ``sigma_x``, ``sigma_y``, ``gamma``, ``sign``,
+    ``cosine``. ``families`` defaults to the family each label names (:func:`family_for_label`), else ``auto``."""
+    labels = keyset.key_labels()
+    if families is None:
+        families = [family_for_label(label) or "auto" for label in labels]
+    if len(families) != len(keyset):
+        raise MasterkeyError(f"scale-space fit: {len(families)} families for {len(keyset)} keys of '{keyset.name}'")
+    rows = []
+    for i, (key, label, family) in enumerate(zip(keyset.keys, labels, families, strict=True)):
+        fit = fit_scalespace(key, family)
+        rows.append(
+            {
+                "key": i + 1,
+                "label": label,
+                "family": fit.family,
+                "sigma_x": fit.sigma_x,
+                "sigma_y": fit.sigma_y,
+                "gamma": fit.gamma,
+                "sign": fit.sign,
+                "cosine": fit.cosine,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(FIT_COLUMNS))
+
+
+def scalespace_keyset(params: pd.DataFrame, kernel_size: int, name: str = "scalespace") -> KeySet:
+    """A :class:`KeySet` of model kernels generated at ``kernel_size`` from a :func:`fit_keyset` table."""
+    missing = {"family", "sigma_x", "sigma_y"} - set(params.columns)
+    if missing:
+        raise MasterkeyError(f"scale-space parameters: missing columns {sorted(missing)}")
+    keys, labels = [], []
+    for row in params.itertuples(index=False):
+        gamma = getattr(row, "gamma", 0.0)
+        gamma = 0.0 if gamma is None or (isinstance(gamma, float) and math.isnan(gamma)) else float(gamma)
+        sign = int(getattr(row, "sign", 1))
+        keys.append(sign * scalespace_kernel(row.family, float(row.sigma_x), float(row.sigma_y), gamma, kernel_size))
+        labels.append(str(getattr(row, "label", len(labels) + 1)))
+    provenance = {
+        "source": "scalespace",
+        "parameters": params[[c for c in FIT_COLUMNS if c in params.columns]].to_dict(orient="records"),
+    }
+    return KeySet(name, torch.tensor(np.stack(keys)), provenance, tuple(labels))
+
+
+# ---------------------------------------------------------------------- scalespace8
+#: Parameters of the ``scalespace8`` built-in, obtained once offline by ``fit_keyset(load_keys("paper8"))``
+#: (7x7 keys; least squares as in :func:`fit_scalespace`) and rounded to 4 decimals; ``tests/test_scalespace.py``
+#: refits ``paper8`` and checks these values. Columns: label, family, σx, σy, γ (NaN: none), sign, cosine.
+PAPER8_SCALESPACE: tuple[tuple[str, str, float, float, float, int, float], ...] = (
+    ("1 shift-down", "dy-", 0.4166, 0.6097, math.nan, -1, 0.8479),
+    ("2 shift-right", "dx-", 0.5194, 0.4922, math.nan, -1, 0.9458),
+    ("3 shift-up", "dy+", 0.5485, 0.6546, math.nan, 1, 0.9162),
+    ("4 shift-left", "dx+", 0.7386, 0.3412, math.nan, 1, 0.9077),
+    ("5 d/dx", "dx", 1.0972, 0.9151, math.nan, 1, 0.9461),
+    ("6 d/dy", "dy", 0.8847, 0.8360, math.nan, -1, 0.9549),
+    ("7 centre-surround", "gaussian-laplacian", 0.6309, 0.5511, 0.7572, 1, 0.9989),
+    ("8 gaussian", "gaussian", 0.6272, 0.6200, math.nan, 1, 0.9972),
+)
+
+
+def paper8_parameters() -> pd.DataFrame:
+    """The stored ``scalespace8`` parameters as a :func:`fit_keyset`-style table."""
+    rows = [
+        {
+            "key": i + 1,
+            "label": label,
+            "family": family,
+            "sigma_x": sx,
+            "sigma_y": sy,
+            "gamma": g,
+            "sign": s,
+            "cosine": c,
+        }
+        for i, (label, family, sx, sy, g, s, c) in enumerate(PAPER8_SCALESPACE)
+    ]
+    return pd.DataFrame(rows, columns=list(FIT_COLUMNS))
+
+
+def scalespace8_keys(kernel_size: int = 7) -> KeySet:
+    """The ``scalespace8`` built-in: scale-space models of the 8 ``paper8`` keys, generated at any odd size."""
+    keyset = scalespace_keyset(paper8_parameters(), kernel_size, name="scalespace8")
+    provenance = {
+        **keyset.provenance,
+        "fitted_to": "paper8 (7x7)",
+        "model": "Lindeberg, Babaiee & Kiasari, JMIV 2026 (arXiv 2509.12746): differences of T(n; σ) = e^{-σ²} I_n(σ²)",
+    }
+    return KeySet(keyset.name, keyset.keys, provenance, keyset.labels)

@@ -1,0 +1,225 @@
+"""Report figures (masterkey.report.figures): each draws what it should, legibly sized, without global state."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+
+from masterkey.keys import load_keys
+from masterkey.report import figures as F
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def decoded(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def keys() -> np.ndarray:
+    return load_keys("paper8").keys.numpy()
+
+
+@pytest.fixture(scope="module")
+def labels() -> list[str]:
+    return load_keys("paper8").key_labels()
+
+
+def test_key_colors_are_distinct_and_never_grey() -> None:
+    for n in (1, 8, 9, 12, 18, 30):
+        colors = [to_rgb(c) for c in F.key_colors(n)]
+        assert len(colors) == n
+        assert len(set(colors)) == n
+        assert all(np.ptp(c) > 0.05 for c in colors), "grey is reserved for references"
+    assert F.key_colors(8) == F.key_colors(8)[:8]  # deterministic
+    assert F.key_colors(5) == F.key_colors(8)[:5]  # key i keeps its colour when K grows within a palette
+
+
+def test_figures_leave_global_matplotlib_state_alone(keys, labels) -> None:
+    backend, size = matplotlib.get_backend(), matplotlib.rcParams["font.size"]
+    matplotlib.rcParams["font.size"] = 13.0
+    try:
+        fig = F.key_grid(keys, labels)
+        assert matplotlib.rcParams["font.size"] == 13.0
+        assert matplotlib.get_backend() == backend
+        title_sizes = {t.get_fontsize() for t in fig.axes[0].texts if t.get_text() in labels}
+        assert title_sizes == {9.0}  # the report's style applied inside the figure
+    finally:
+        matplotlib.rcParams["font.size"] = size
+
+
+def test_key_grid_draws_each_key_with_its_label_and_colour(keys, labels) -> None:
+    fig = F.key_grid(keys, labels, "paper8")
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert len(ax.images) == 8
+    np.testing.assert_allclose(ax.images[6].get_array(), keys[6])
+    texts = {t.get_text(): t for t in ax.texts}
+    assert "1 shift-down" in texts
+    assert to_rgb(texts["5 d/dx"].get_color()) == to_rgb(F.key_colors(8)[4])
+    width, height = png_size(F.figure_png(fig))
+    assert 700 < width < 1400 and 150 < height < width
+
+
+def test_key_grid_wraps_many_keys() -> None:
+    many = load_keys("random:20:0").keys.numpy()
+    fig = F.key_grid(many, columns=8)
+    assert len(fig.axes[0].images) == 20
+    _, height = png_size(F.figure_png(fig))
+    assert height > 250
+
+
+def test_filter_panels_are_centred_on_zero(keys) -> None:
+    fig = F.filter_grid([("a", keys[:2], ["x", "y"]), ("b", -keys[:2], None)], column_titles=["k1", "k2"])
+    ax = fig.axes[0]
+    assert len(ax.images) == 4
+    for image in ax.images:
+        lo, hi = image.get_clim()
+        assert lo == pytest.approx(-hi)
+    # Red for positive: the centre pixel of key 7 is its largest value.
+    pixels = decoded(F.figure_png(F.key_grid(keys[6:7], ["7"])))
+    red = (pixels[..., 0] > 100) & (pixels[..., 1] < 40) & (pixels[..., 2] < 60)
+    assert red.sum() > 20
+
+
+def test_assigned_samples(keys, labels) -> None:
+    rng = np.random.default_rng(0)
+    samples = [rng.standard_normal((n, 7, 7)) for n in (3, 0, 5, 5, 5, 5, 5, 5)]
+    cos2 = [rng.random(len(s)) for s in samples]
+    counts = [30, 0, 50, 50, 50, 50, 50, 50]
+    fig = F.assigned_samples(keys, labels, samples, cos2, counts, "7x7")
+    assert len(fig.axes[0].images) == 8 + sum(len(s) for s in samples)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "30 (9.1%)" in texts and "0 (0.0%)" in texts  # 30 of 330
+    assert sum(t.startswith("cos² ") for t in texts) == sum(len(s) for s in samples)
+
+
+def test_short_layer_names() -> None:
+    names = ["stages.0.blocks.0.conv_dw", "stages.0.blocks.1.conv_dw", "stages.1.blocks.0.conv_dw"]
+    assert F._short_layers(names) == ["0.blocks.0", "0.blocks.1", "1.blocks.0"]
+    assert F._short_layers(["_blocks.0._depthwise_conv", "_blocks.12._depthwise_conv"]) == ["0", "12"]
+    assert F._short_layers(["conv"]) == ["conv"]
+
+
+def test_proportion_heatmap_one_panel_per_source(labels) -> None:
+    rows = []
+    rng = np.random.default_rng(0)
+    for source, n_layers in (("mnv2", 17), ("convnext", 6), ("effnet", 3)):
+        for i in range(n_layers):
+            p = rng.dirichlet(np.ones(8))
+            rows.append(
+                {"source": source, "layer": f"blocks.{i}.dw", "layer_index": n_layers - 1 - i, "n": 10}
+                | {f"p_{k + 1}": p[k] for k in range(8)}
+            )
+    fig = F.proportion_heatmap(pd.DataFrame(rows), labels)
+    panels = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["mnv2", "convnext", "effnet"]
+    # Layers are drawn in network order (layer_index), whatever the row order.
+    first = panels[0]
+    assert [t.get_text() for t in first.get_yticklabels()][:2] == ["16", "15"]
+    assert panels[0].images[0].get_array().shape == (17, 8)
+    assert png_size(F.figure_png(fig))[1] > 400
+
+
+def test_cos2_boxplots_with_reference(labels) -> None:
+    rng = np.random.default_rng(0)
+    groups = {
+        "7x7": ([rng.random(50) for _ in range(8)], rng.random(400) * 0.3),
+        "3x3": ([rng.random(50) for _ in range(7)] + [np.array([])], None),
+    }
+    fig = F.cos2_boxplots(groups, labels)
+    top_left, top_right, bottom_left, _ = fig.axes
+    assert [t.get_text() for t in top_left.get_xticklabels()] == [str(i) for i in range(1, 9)] + ["random"]
+    assert len(top_left.patches) == 9 and len(bottom_left.patches) == 8
+    assert "deviation" in top_right.get_ylabel()
+    assert to_rgb(top_left.patches[-1].get_facecolor()) == to_rgb(F.REFERENCE_COLOR)
+
+
+def test_greedy_path_and_baselines() -> None:
+    path = pd.DataFrame(
+        {
+            "round": [1] * 5 + [2] * 3,
+            "n_keys": [12, 11, 10, 9, 8, 10, 9, 8],
+            "objective": [0.7, 0.69, 0.67, 0.65, 0.6, 0.68, 0.66, 0.63],
+            "removed": range(8),
+        }
+    )
+    baselines = pd.DataFrame(
+        {"method": ["kmeans"] * 3 + ["pca"], "n_keys": [8] * 4, "objective": [0.5, 0.52, 0.51, 0.4]}
+    )
+    fig = F.greedy_path(path, baselines)
+    ax = fig.axes[0]
+    assert ax.xaxis_inverted()
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["greedy, round 1", "greedy, round 2", "kmeans", "pca"]
+
+
+def test_training_curves_band_over_seeds() -> None:
+    runs = {
+        mode: [
+            pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [2.0, 1.0, 0.5], "test_top1": [50.0 + s, 70.0, 80.0 + s]})
+            for s in range(3)
+        ]
+        for mode in ("normal", "frozen-keys")
+    }
+    fig = F.training_curves(runs)
+    _, acc_ax = fig.axes
+    assert len(acc_ax.lines) == 2 and len(acc_ax.collections) == 2  # a mean line and a min-max band per mode
+    np.testing.assert_allclose(acc_ax.lines[0].get_ydata(), [51.0, 70.0, 81.0])
+    steps = {"normal": [pd.DataFrame({"step": range(100), "train_loss": np.linspace(2, 0.5, 100)})]}
+    fig = F.training_curves({"normal": runs["normal"]}, steps)
+    assert fig.axes[0].get_xlabel() == "step"
+
+
+def test_swap_bars_show_baseline_both_variants_and_seed_intervals() -> None:
+    summary = pd.DataFrame(
+        {
+            "keys": ["none", "paper8", "paper8", "random:8"],
+            "recalibrated": [False, False, True, True],
+            "top1": [0.82, 0.40, 0.60, 0.02],
+            "top1_ci95": [None, None, None, 0.01],
+        }
+    )
+    ax = F.swap_bars(summary).axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    np.testing.assert_allclose(sorted(h for h in heights if np.isfinite(h)), [2.0, 40.0, 60.0])  # fractions → %
+    assert any("unswapped 82.0" in t for t in ax.get_legend_handles_labels()[1])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["paper8", "random:8"]
+    assert ax.get_ylabel() == "top-1 accuracy (%)"
+
+
+def test_sensitivity_bars_in_percentage_points() -> None:
+    sens = pd.DataFrame(
+        {"unit": "stage", "name": ["0", "1", "2"], "top1": [0.70, 0.75, 0.83], "drop": [0.12, 0.07, -0.01]}
+    )
+    ax = F.sensitivity_bars(sens).axes[0]
+    np.testing.assert_allclose([p.get_width() for p in ax.patches], [12.0, 7.0, -1.0])
+    assert "one stage" in ax.get_title()
+
+
+def test_matrix_heatmap_and_mean_bars() -> None:
+    fig = F.matrix_heatmap(np.eye(3), ["a", "b", "c"], ["x", "y", "z"], "m", vmin=0, vmax=1)
+    assert sum(t.get_text() == "1.00" for t in fig.axes[0].texts) == 3
+    table = pd.DataFrame({"mode": ["a", "b"], "top1": [90.0, 85.0], "ci95": [0.5, float("nan")]})
+    ax = F.mean_bars(table, "top1", "ci95", "mode", "t", "x").axes[0]
+    assert [t.get_text() for t in ax.texts] == ["90.00 ± 0.50", "85.00"]
+
+
+def test_image_panels() -> None:
+    images = {"a": np.zeros((20, 30)), "b": np.ones((20, 30))}
+    fig = F.image_panels(images, "two", columns=2)
+    assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
+    assert png_size(F.figure_png(fig))[0] > 300
