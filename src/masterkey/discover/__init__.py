@@ -1,0 +1,82 @@
+"""Key discovery (SPEC §2.3, §2.5): 1-D-latent autoencoder → candidates → greedy backward elimination, with
+baselines, an upper bound and a universality check.
+
+Typical use::
+
+    from masterkey.bank import open_bank
+    from masterkey.discover import DiscoverConfig, discover_bank, write_discover_run
+
+    found = discover_bank(open_bank(None), config=DiscoverConfig(n_keys=8))
+    found[7].keys            # KeySet of the 8 discovered 7x7 keys
+    found[7].comparison()    # objective vs K for discovered / k-means / PCA / random / paper8
+"""
+
+from masterkey.discover.autoencoder import (
+    AutoencoderConfig,
+    KeyAutoencoder,
+    TrainedAutoencoder,
+    sign_invariant_loss,
+    train_autoencoder,
+    uniform_latent_penalty,
+)
+from masterkey.discover.baselines import BASELINES, baseline_keysets, mean_ci95, pca_keys, spherical_kmeans
+from masterkey.discover.candidates import Candidates, dedupe, latent_grid, make_candidates, resample_around
+from masterkey.discover.greedy import GreedyPath, GreedyStep, find_elbow, greedy_backward
+from masterkey.discover.objectives import (
+    AccuracyObjective,
+    Objective,
+    Score,
+    VarianceObjective,
+    explained_variance,
+    source_weights,
+    span_explained_variance,
+)
+from masterkey.discover.output import write_discover_run, write_discovery
+from masterkey.discover.pipeline import (
+    AccuracySetup,
+    DiscoverConfig,
+    Discovery,
+    discover_bank,
+    discover_keys,
+    prepare_filters,
+)
+from masterkey.discover.universality import leave_one_source_out
+
+__all__ = [
+    "BASELINES",
+    "AccuracyObjective",
+    "AccuracySetup",
+    "AutoencoderConfig",
+    "Candidates",
+    "DiscoverConfig",
+    "Discovery",
+    "GreedyPath",
+    "GreedyStep",
+    "KeyAutoencoder",
+    "Objective",
+    "Score",
+    "TrainedAutoencoder",
+    "VarianceObjective",
+    "baseline_keysets",
+    "dedupe",
+    "discover_bank",
+    "discover_keys",
+    "explained_variance",
+    "find_elbow",
+    "greedy_backward",
+    "latent_grid",
+    "leave_one_source_out",
+    "make_candidates",
+    "mean_ci95",
+    "pca_keys",
+    "prepare_filters",
+    "resample_around",
+    "sign_invariant_loss",
+    "source_weights",
+    "span_explained_variance",
+    "spherical_kmeans",
+    "train_autoencoder",
+    "uniform_latent_penalty",
+    "write_discover_run",
+    "write_discovery",
+]

@@ -1,0 +1,180 @@
+"""Discover run directories (kind ``discover``, see the run-directory contracts) and their text summaries."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from masterkey.discover.pipeline import Discovery
+from masterkey.discover.plots import figure_bytes, key_grid, path_figure
+from masterkey.files import atomic_directory, atomic_write, write_json, write_text
+from masterkey.runs import write_run_info
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def comparison_text(disc: Discovery, digits: int = 4) -> str:
+    """Objective vs K as a plain-text table (random: mean ± 95% CI over seeds)."""
+    table = disc.comparison()
+    methods = [c for c in table.columns if c not in ("n_keys", "random_ci95")]
+    header = ["K", *methods]
+    body = []
+    for _, row in table.iterrows():
+        cells = [str(int(row["n_keys"]))]
+        for m in methods:
+            v = row[m]
+            if m == "random" and "random_ci95" in table and not pd.isna(row.get("random_ci95")):
+                cells.append(f"{_fmt(float(v), digits)}±{_fmt(float(row['random_ci95']), digits)}")
+            else:
+                cells.append(_fmt(float(v), digits) if not pd.isna(v) else "")
+        body.append(cells)
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _objective_label(disc: Discovery) -> str:
+    if disc.objective == "accuracy":
+        return "top-1 accuracy on the held-out split of training data after swapping every filter for its best fit"
+    weighting = "each source weighted equally" if disc.config.weighting == "source" else "each filter weighted equally"
+    return f"mean explained variance (cos²) of the bank's filters under their best single-key fits ({weighting})"
+
+
+def discovery_markdown(disc: Discovery, level: int = 1) -> str:
+    """``summary.md`` of one kernel size."""
+    h = "#" * level
+    k = disc.kernel_size
+    s = disc.summary()
+    lines = [
+        f"{h} Discovered keys, {k}x{k}",
+        "",
+        f"- filters: {disc.n_filters:,} usable from {len(disc.sources)} source(s): {', '.join(disc.sources)}",
+        f"- objective: {_objective_label(disc)}",
+        f"- K = {len(disc.keys)}: objective {s['objective_at_k']:.4f} (round {disc.final_round}); "
+        + "; ".join(f"elbow of round {r} at {e} keys" for r, e in disc.elbows.items()),
+        f"- candidates per round: {', '.join(str(n) for n in s['n_candidates'])} (after removing near-duplicates)",
+        f"- autoencoder: {disc.autoencoder.config.steps} steps, final loss "
+        f"{_fmt(s['autoencoder']['final_loss'])}, seed {disc.config.seed}",
+    ]
+    if "unswapped_objective" in disc.extra:
+        lines.append(f"- the model without any swap: {disc.extra['unswapped_objective']:.4f}")
+    timing = ", ".join(f"{name[:-2]} {sec:.1f} s" for name, sec in disc.timings.items())
+    lines += [f"- time: {timing}", ""]
+    lines += [f"{h}# Objective vs number of keys", "", "```", comparison_text(disc), "```", ""]
+    lines.append(
+        "discovered: the greedy path's set of that size (best round); kmeans: spherical sign-invariant k-means; "
+        "pca: top principal directions; random: mean ± 95% CI over seeds; paper8: the published keys"
+        + (" centre-cropped" if k < 7 else " zero-padded" if k > 7 else "")
+        + "; impulse: one centred impulse."
+    )
+    if not disc.baselines.empty and disc.baselines["span_objective"].notna().any():
+        span = disc.baselines[disc.baselines["n_keys"] == len(disc.keys)][["method", "objective", "span_objective"]]
+        lines += [
+            "",
+            f"{h}# One key per channel vs a least-squares mix of all {len(disc.keys)} keys",
+            "",
+            "```",
+            span.to_string(index=False, float_format=lambda v: f"{v:.4f}"),
+            "```",
+            "",
+            "span_objective: each filter fitted by a least-squares combination of all keys (plus a constant); "
+            "PCA's span is the best any K keys can do that way.",
+        ]
+    if disc.universality is not None:
+        lines += [
+            "",
+            f"{h}# Universality (keys from some sources fitted to another)",
+            "",
+            "```",
+            disc.universality.to_string(index=False, float_format=lambda v: f"{v:.4f}"),
+            "```",
+            "",
+            "own_objective: keys discovered on the fitted source itself (in-sample, so optimistic).",
+        ]
+    if disc.notes:
+        lines += ["", f"{h}# Notes", "", *(f"- {n}" for n in disc.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def write_discovery(out: Path, disc: Discovery) -> None:
+    """Write one kernel size's files into the existing directory ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    disc.keys.save(out / "keys.safetensors")
+    for i, cands in enumerate(disc.candidates):
+        name = "candidates.safetensors" if i == 0 else f"candidates_round{i + 1}.safetensors"
+        cands.keyset(
+            f"candidates-round{i + 1}-{disc.kernel_size}x{disc.kernel_size}",
+            {**{k: v for k, v in disc.keys.provenance.items() if k not in ("latents", "shares", "round")}},
+        ).save(out / name)
+    (out / "baseline_keys").mkdir(exist_ok=True)
+    for method, keyset in disc.baseline_keys.items():
+        keyset.save(out / "baseline_keys" / f"{method}.safetensors")
+    path = disc.path_frame()
+    _write_csv(out / "path.csv", path)
+    _write_csv(out / "baselines.csv", disc.baselines)
+    if disc.universality is not None:
+        _write_csv(out / "universality.csv", disc.universality)
+    write_json(out / "summary.json", disc.summary())
+    write_text(out / "summary.md", discovery_markdown(disc))
+    k = disc.kernel_size
+    title = f"{len(disc.keys)} discovered {k}x{k} keys (label: latent; ordered by share of filters)"
+    _write_png(out / "keys.png", figure_bytes(key_grid(disc.keys.keys.numpy(), disc.keys.key_labels(), title)))
+    ylabel = "held-out top-1" if disc.objective == "accuracy" else "mean cos² (source-weighted)"
+    fig = path_figure(path, disc.baselines, disc.elbows, f"{k}x{k}: greedy backward elimination", ylabel)
+    _write_png(out / "path.png", figure_bytes(fig))
+
+
+def _write_csv(path: Path, table: pd.DataFrame) -> None:
+    with atomic_write(path, "w") as f:
+        table.to_csv(f, index=False)
+
+
+def _write_png(path: Path, data: bytes) -> None:
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+def run_markdown(discoveries: Mapping[int, Discovery], bank: str) -> str:
+    """Top-level ``summary.md`` of a run covering several kernel sizes."""
+    lines = [f"# Key discovery on {bank}", ""]
+    for k, disc in discoveries.items():
+        lines += [discovery_markdown(disc, level=2), f"(files: `k{k}/`)", ""]
+    return "\n".join(lines)
+
+
+def write_discover_run(
+    out: str | Path,
+    discoveries: Mapping[int, Discovery],
+    config: dict[str, Any],
+    bank: str,
+    overwrite: bool = False,
+) -> Path:
+    """Write a discover run directory atomically: flat for one kernel size, ``k3/``, ``k5/`` ... for several."""
+    out = Path(out)
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        if len(discoveries) == 1:
+            write_discovery(tmp, next(iter(discoveries.values())))
+        else:
+            for k, disc in discoveries.items():
+                write_discovery(tmp / f"k{k}", disc)
+            write_json(
+                tmp / "summary.json",
+                {
+                    "bank": bank,
+                    "kernel_sizes": list(discoveries),
+                    "by_kernel": {str(k): d.summary() for k, d in discoveries.items()},
+                },
+            )
+            write_text(tmp / "summary.md", run_markdown(discoveries, bank))
+        write_run_info(tmp, "discover", config)
+    return out

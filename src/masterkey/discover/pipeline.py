@@ -1,0 +1,590 @@
+"""The discovery pipeline for one kernel size, and for every kernel size of a bank (SPEC §2.3, §2.5).
+
+autoencoder (1-D latent) → candidates (decoded evenly spaced latents) → greedy backward elimination under an
+objective → [second round: resample latents around the best 10, repeat] → keys; then baselines (k-means, PCA,
+random, impulse, paper8) and the least-squares-combination upper bound, scored on the same bank with the same
+objective; optionally the leave-one-source-out universality check.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from masterkey.bank import FilterBank
+from masterkey.discover.autoencoder import AutoencoderConfig, TrainedAutoencoder, cpu_threads, train_autoencoder
+from masterkey.discover.baselines import BASELINES, baseline_keysets, mean_ci95
+from masterkey.discover.candidates import SPACINGS, Candidates, latent_grid, make_candidates, resample_around
+from masterkey.discover.greedy import GreedyPath, greedy_backward
+from masterkey.discover.objectives import Objective, VarianceObjective, source_weights
+from masterkey.errors import MasterkeyError
+from masterkey.keys import KeySet
+
+ObjectiveFactory = Callable[[Tensor], Objective]
+WEIGHTINGS = ("source", "filter")
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    """Everything that shapes a discovery (saved in ``run.json`` and the keys' provenance)."""
+
+    n_keys: int = 8  #: K, the size of the final key set
+    n_candidates: int = 50  #: latents decoded per round
+    spacing: str = "range"  #: how latents are spread (see :func:`masterkey.discover.candidates.latent_grid`)
+    dedupe: float = 0.995  #: candidates with |cos| at least this with an earlier one are dropped
+    rounds: int = 2  #: 1, or 2 for the paper's second round around the best ``round2_best``
+    round2_best: int = 10
+    floor: int = 1  #: the greedy path goes down to this many keys (the elbow needs the path below K)
+    weighting: str = "source"  #: "source" (every source counts equally) or "filter" (every filter does)
+    compare_k: tuple[int, ...] = (1, 2, 4, 8, 16)  #: set sizes of the comparison table (K is always added)
+    baselines: tuple[str, ...] = BASELINES
+    random_seeds: int = 10  #: seeds of the random baseline (mean and 95% CI)
+    kmeans_init: int = 3  #: k-means restarts
+    seed: int = 0  #: seeds the autoencoder (and k-means)
+    cpu_threads: int | None = 1  #: torch CPU threads during discovery (None: leave torch's setting); see below
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.n_keys < 1:
+            raise MasterkeyError(f"-k: the number of keys must be at least 1, got {self.n_keys}")
+        if self.n_candidates < 2:
+            raise MasterkeyError(f"--candidates must be at least 2, got {self.n_candidates}")
+        if self.n_keys > self.n_candidates:
+            raise MasterkeyError(
+                f"-k {self.n_keys} is larger than the candidate count {self.n_candidates}; "
+                "lower -k or raise --candidates"
+            )
+        if self.rounds not in (1, 2):
+            raise MasterkeyError(f"--rounds must be 1 or 2, got {self.rounds}")
+        if not 1 <= self.floor <= self.n_keys:
+            raise MasterkeyError(f"--path-to must lie in 1..K ({self.n_keys}), got {self.floor}")
+        if self.spacing not in SPACINGS:
+            raise MasterkeyError(f"--spacing {self.spacing!r}: expected one of {', '.join(SPACINGS)}")
+        if self.weighting not in WEIGHTINGS:
+            raise MasterkeyError(f"--weighting {self.weighting!r}: expected one of {', '.join(WEIGHTINGS)}")
+        if not 0 < self.dedupe <= 1:
+            raise MasterkeyError(f"--dedupe must lie in (0, 1], got {self.dedupe}")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise MasterkeyError(f"unknown baseline(s) {unknown}: expected some of {', '.join(BASELINES)}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise MasterkeyError(f"--threads must be at least 1, got {self.cpu_threads}")
+        if self.random_seeds < 1:
+            raise MasterkeyError(f"--random-seeds must be at least 1, got {self.random_seeds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Discovery:
+    """What a discovery on one kernel size found."""
+
+    kernel_size: int
+    objective: str
+    keys: KeySet
+    candidates: list[Candidates]  #: per round
+    paths: list[GreedyPath]  #: per round
+    final_round: int
+    baselines: pd.DataFrame  #: method, n_keys, objective, span_objective, ci95, n_seeds, round
+    baseline_keys: dict[str, KeySet]
+    autoencoder: TrainedAutoencoder
+    n_filters: int
+    sources: list[str]
+    config: DiscoverConfig
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    universality: pd.DataFrame | None = None
+
+    @property
+    def elbows(self) -> dict[int, int]:
+        return {i + 1: p.elbow() for i, p in enumerate(self.paths)}
+
+    def path_frame(self) -> pd.DataFrame:
+        """``path.csv``: round, n_keys, objective, removed (the candidate index within that round's candidates)."""
+        return pd.concat([p.to_frame(i + 1) for i, p in enumerate(self.paths)], ignore_index=True)
+
+    def comparison(self) -> pd.DataFrame:
+        """Objective vs K: one row per set size, one column per method (random: mean, with ``random_ci95``)."""
+        table = self.baselines
+        if table.empty:
+            return pd.DataFrame({"n_keys": pd.Series(dtype=int)})
+        out = table.pivot_table(index="n_keys", columns="method", values="objective", aggfunc="first")
+        order = [m for m in ("discovered", "kmeans", "pca", "random", "paper8", "impulse") if m in out.columns]
+        out = out[order + [c for c in out.columns if c not in order]]
+        if "random" in set(table["method"]):
+            ci = table[table["method"] == "random"].set_index("n_keys")["ci95"]
+            out["random_ci95"] = ci.reindex(out.index)
+        out.columns.name = None
+        return out.reset_index()
+
+    def summary(self) -> dict[str, Any]:
+        k = len(self.keys)
+        return {
+            "kernel_size": self.kernel_size,
+            "objective": self.objective,
+            "n_keys": k,
+            "objective_at_k": self.paths[self.final_round - 1].objective_at(k),
+            "final_round": self.final_round,
+            "elbows": {str(r): e for r, e in self.elbows.items()},
+            "n_filters": self.n_filters,
+            "sources": self.sources,
+            "n_candidates": [len(c) for c in self.candidates],
+            "evaluations": [p.evaluations for p in self.paths],
+            "keys": {
+                "labels": self.keys.key_labels(),
+                "latents": self.keys.provenance.get("latents"),
+                "shares": self.keys.provenance.get("shares"),
+            },
+            "autoencoder": {
+                "config": asdict(self.autoencoder.config),
+                "final_loss": self.autoencoder.losses[-1][1] if self.autoencoder.losses else None,
+                "resumed_from_step": self.autoencoder.resumed_from,
+            },
+            "comparison": self.comparison().to_dict(orient="records"),
+            "baselines": self.baselines.to_dict(orient="records"),
+            "universality": None if self.universality is None else self.universality.to_dict(orient="records"),
+            "timings_s": self.timings,
+            "notes": self.notes,
+            **self.extra,
+        }
+
+
+def prepare_filters(bank: FilterBank, kernel_size: int) -> tuple[Tensor, np.ndarray, dict[str, int]]:
+    """The usable k x k filters of ``bank``, centred and unit-normed, their source labels, and how many filters of
+    that size were excluded (non-finite, all-zero, constant) and why."""
+    if len(bank) == 0:
+        raise MasterkeyError(f"{bank.path}: the bank (or query) holds no filters")
+    sizes = bank.kernel_sizes
+    if kernel_size not in sizes:
+        listed = ", ".join(f"{s}x{s}" for s in sizes)
+        raise MasterkeyError(f"{bank.path}: has no {kernel_size}x{kernel_size} filters (it holds {listed})")
+    view = bank.select((bank.metadata["kernel_size"] == kernel_size).to_numpy())
+    excluded = view.excluded_counts()
+    usable = view.usable()
+    if len(usable) == 0:
+        raise MasterkeyError(
+            f"{bank.path}: none of its {len(view)} {kernel_size}x{kernel_size} filters is usable (excluded: {excluded})"
+        )
+    return usable.filters(kernel_size, normalized=True), usable.metadata["source"].to_numpy(), excluded
+
+
+def _check_filters(filters: Tensor) -> Tensor:
+    if filters.ndim != 3 or filters.shape[1] != filters.shape[2]:
+        raise MasterkeyError(f"discover: expected filters of shape [N, k, k], got {tuple(filters.shape)}")
+    if filters.shape[0] == 0:
+        raise MasterkeyError("discover: no filters (the bank or selection is empty)")
+    if filters.shape[-1] < 2:
+        raise MasterkeyError(f"discover: {filters.shape[-1]}x{filters.shape[-1]} filters have no spatial structure")
+    finite = torch.isfinite(filters.reshape(filters.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        raise MasterkeyError(
+            f"discover: {int((~finite).sum())} of {filters.shape[0]} filters hold NaN or Inf; exclude them first "
+            "(a bank does so itself: FilterBank.usable())"
+        )
+    flat = filters.reshape(filters.shape[0], -1).to(torch.float64)
+    centred = flat - flat.mean(dim=1, keepdim=True)
+    norms = centred.norm(dim=1)
+    if bool((norms <= 1e-12 * flat.norm(dim=1).clamp_min(1e-300)).any()):
+        raise MasterkeyError("discover: some filters are constant or all-zero; exclude them first")
+    return (centred / norms[:, None]).reshape(filters.shape).to(torch.float32)
+
+
+def _shares(filters: Tensor, keys: Tensor, weights: Tensor) -> Tensor:
+    cos2 = (filters.reshape(len(filters), -1).double() @ keys.reshape(len(keys), -1).double().T).square()
+    return torch.zeros(len(keys), dtype=torch.float64).index_add_(0, cos2.argmax(dim=1), weights)
+
+
+def run_rounds(
+    filters: Tensor,
+    weights: Tensor,
+    config: DiscoverConfig,
+    objective_factory: ObjectiveFactory,
+    device: str | torch.device = "cpu",
+    checkpoint_dir: Path | None = None,
+    tag: str = "main",
+    progress: bool = True,
+) -> tuple[TrainedAutoencoder, list[Candidates], list[GreedyPath], list[Objective], list[str], dict[str, float]]:
+    """Autoencoder, then one or two rounds of candidates + greedy path (the core of :func:`discover_keys`)."""
+    k = int(filters.shape[-1])
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+    ae_config = replace(config.autoencoder, seed=config.seed, cpu_threads=config.cpu_threads)
+    ckpt = (lambda name: checkpoint_dir / f"k{k}-{tag}-{name}") if checkpoint_dir is not None else (lambda name: None)
+    t0 = time.perf_counter()
+    ae = train_autoencoder(
+        filters, weights, ae_config, device=device, checkpoint=ckpt("ae.pt"), progress=progress, desc=f"{k}x{k} ae"
+    )
+    timings["autoencoder_s"] = time.perf_counter() - t0
+    if ae.resumed_from:
+        notes.append(f"autoencoder resumed from a checkpoint at step {ae.resumed_from}")
+    latents = ae.encode(filters)
+    t0 = time.perf_counter()
+    cands = [make_candidates(ae, latent_grid(latents, config.n_candidates, config.spacing), config.dedupe)]
+    if len(cands[0]) < config.n_keys:
+        raise MasterkeyError(
+            f"{k}x{k}: -k {config.n_keys} is larger than the {len(cands[0])} distinct candidates the autoencoder "
+            f"gave (of {config.n_candidates}, near-duplicates removed); lower -k or raise --candidates"
+        )
+    objectives = [objective_factory(cands[0].keys)]
+    paths = [
+        greedy_backward(
+            objectives[0],
+            floor=config.floor,
+            checkpoint=ckpt("greedy-r1.json"),
+            progress=progress,
+            desc=f"{k}x{k} greedy r1",
+        )
+    ]
+    if config.rounds == 2:
+        best = max(config.round2_best, config.n_keys)
+        if len(cands[0]) <= best:
+            notes.append(f"second round skipped: only {len(cands[0])} candidates, not more than the best {best}")
+        else:
+            centres = cands[0].latents[list(paths[0].subset_at(best))]
+            second = make_candidates(ae, resample_around(centres, config.n_candidates), config.dedupe)
+            if len(second) < config.n_keys:
+                notes.append(
+                    f"second round skipped: {len(second)} distinct candidates around the best {best}, fewer than K"
+                )
+            else:
+                cands.append(second)
+                objectives.append(objective_factory(second.keys))
+                paths.append(
+                    greedy_backward(
+                        objectives[1],
+                        floor=config.floor,
+                        checkpoint=ckpt("greedy-r2.json"),
+                        progress=progress,
+                        desc=f"{k}x{k} greedy r2",
+                    )
+                )
+    timings["greedy_s"] = time.perf_counter() - t0
+    return ae, cands, paths, objectives, notes, timings
+
+
+def discover_keys(
+    filters: Tensor,
+    sources: Sequence[str] | np.ndarray | None = None,
+    config: DiscoverConfig | None = None,
+    objective_factory: ObjectiveFactory | None = None,
+    objective_name: str | None = None,
+    device: str | torch.device = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    provenance: dict[str, Any] | None = None,
+    with_baselines: bool = True,
+) -> Discovery:
+    """Discover ``config.n_keys`` keys from ``filters`` [N, k, k] of one kernel size.
+
+    ``sources`` labels each filter's source; with ``config.weighting == "source"`` every source weighs the same in
+    the autoencoder's sampling and in the data-free objective. ``objective_factory(candidates)`` builds the greedy
+    objective (default: :class:`VarianceObjective` on these filters); the baselines are scored with the same
+    objective. ``checkpoint_dir`` makes an interrupted run resume (autoencoder and greedy paths).
+
+    On CPU the work runs with ``config.cpu_threads`` torch threads (1 by default): its matrices are small, and on
+    shared cores waiting OpenMP threads made it several times slower (see ``docs/discover.md``).
+    """
+    config = config or DiscoverConfig()
+    with cpu_threads(config.cpu_threads if torch.device(device).type == "cpu" else None):
+        return _discover_keys(
+            filters,
+            sources,
+            config,
+            objective_factory,
+            objective_name,
+            device,
+            checkpoint_dir,
+            progress,
+            provenance,
+            with_baselines,
+        )
+
+
+def _discover_keys(
+    filters: Tensor,
+    sources: Sequence[str] | np.ndarray | None,
+    config: DiscoverConfig,
+    objective_factory: ObjectiveFactory | None,
+    objective_name: str | None,
+    device: str | torch.device,
+    checkpoint_dir: str | Path | None,
+    progress: bool,
+    provenance: dict[str, Any] | None,
+    with_baselines: bool,
+) -> Discovery:
+    x = _check_filters(filters)
+    n, k = int(x.shape[0]), int(x.shape[-1])
+    if config.n_keys > n:
+        raise MasterkeyError(f"-k {config.n_keys} is larger than the number of usable filters ({n})")
+    src = np.asarray(sources if sources is not None else ["filters"] * n)
+    if src.shape != (n,):
+        raise MasterkeyError(f"discover: {len(src)} source labels for {n} filters")
+    weights = source_weights(src if config.weighting == "source" else None, n)
+    if objective_factory is None:
+
+        def objective_factory(candidates: Tensor) -> Objective:
+            return VarianceObjective(x, candidates, weights, device=device)
+
+        objective_name = "variance"
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    ae, cands, paths, objectives, notes, timings = run_rounds(
+        x, weights, config, objective_factory, device, ckpt_dir, "main", progress
+    )
+    at_k = [
+        p.objective_at(config.n_keys) if config.n_keys <= len(c) else -math.inf
+        for p, c in zip(paths, cands, strict=True)
+    ]
+    final = int(np.argmax(at_k))  # first round wins ties
+    subset = list(paths[final].subset_at(config.n_keys))
+    keys = cands[final].keys[subset]
+    latents = cands[final].latents[subset]
+    shares = _shares(x, keys, weights)
+    order = torch.argsort(shares, descending=True, stable=True)
+    keys, latents, shares = keys[order], latents[order], shares[order]
+    sources_list = list(dict.fromkeys(src.tolist()))
+    prov = {
+        **(provenance or {}),
+        "method": "1-D-latent autoencoder -> candidates -> greedy backward elimination",
+        "objective": objective_name or getattr(objectives[0], "name", "custom"),
+        "kernel_size": k,
+        "sources": sources_list,
+        "n_filters": n,
+        "seed": config.seed,
+        "round": final + 1,
+        "latents": [round(float(z), 6) for z in latents],
+        "shares": [round(float(s), 6) for s in shares],
+    }
+    keyset = KeySet(f"discovered{config.n_keys}-{k}x{k}", keys, prov, tuple(f"z={float(z):.3f}" for z in latents))
+    disc = Discovery(
+        kernel_size=k,
+        objective=prov["objective"],
+        keys=keyset,
+        candidates=cands,
+        paths=paths,
+        final_round=final + 1,
+        baselines=pd.DataFrame(),
+        baseline_keys={},
+        autoencoder=ae,
+        n_filters=n,
+        sources=sources_list,
+        config=config,
+        timings=timings,
+        notes=notes,
+    )
+    if with_baselines:
+        t0 = time.perf_counter()
+        disc.baselines, disc.baseline_keys, more = score_baselines(
+            x, weights, config, objectives[0], paths, cands, provenance=provenance, progress=progress
+        )
+        disc.notes.extend(more)
+        disc.timings["baselines_s"] = time.perf_counter() - t0
+    disc.timings["total_s"] = time.perf_counter() - start
+    return disc
+
+
+def score_baselines(
+    filters: Tensor,
+    weights: Tensor,
+    config: DiscoverConfig,
+    objective: Objective,
+    paths: Sequence[GreedyPath],
+    cands: Sequence[Candidates],
+    provenance: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict[str, KeySet], list[str]]:
+    """The comparison table (discovered along the paths, and every baseline at each compared set size) and the
+    baselines' key sets at K. ``span_objective`` (data-free objectives only) is the score when every filter is a
+    least-squares combination of all the set's keys."""
+    from tqdm import tqdm
+
+    k = int(filters.shape[-1])
+    d = k * k
+    n = int(filters.shape[0])
+    span = getattr(objective, "span_keys", None)
+    sizes = sorted({s for s in (*config.compare_k, config.n_keys) if 1 <= s <= n})
+    rows: list[dict[str, Any]] = []
+    keysets: dict[str, KeySet] = {}
+    notes: list[str] = []
+
+    def span_of(keyset: KeySet) -> float:
+        return float(span(keyset).value) if span is not None else math.nan
+
+    for size in sizes:
+        best = None
+        for r, (p, c) in enumerate(zip(paths, cands, strict=True)):
+            if size <= len(c) and size >= min(p.n_keys):
+                val = p.objective_at(size)
+                if best is None or val > best[0]:
+                    best = (val, r, KeySet("d", c.keys[list(p.subset_at(size))]))
+        if best is not None:
+            rows.append(
+                {
+                    "method": "discovered",
+                    "n_keys": size,
+                    "objective": best[0],
+                    "span_objective": span_of(best[2]),
+                    "ci95": math.nan,
+                    "n_seeds": 1,
+                    "round": best[1] + 1,
+                }
+            )
+    seeds = list(range(config.seed, config.seed + config.random_seeds))
+    jobs = [(m, s) for m in config.baselines for s in (sizes if m in ("kmeans", "pca", "random") else [None])]
+    bar = tqdm(jobs, desc=f"{k}x{k} baselines", unit="set", disable=None if progress else True, leave=False)
+    for method, size in bar:
+        if method == "pca" and size is not None and size >= d:
+            continue  # k x k centred filters span only k*k - 1 directions
+        try:
+            sets = baseline_keysets(
+                method,
+                filters,
+                size or 1,
+                weights,
+                seeds=seeds if method == "random" else [config.seed],
+                kmeans_init=config.kmeans_init,
+                provenance={**(provenance or {}), "kernel_size": k, "seed": config.seed},
+            )
+        except MasterkeyError as exc:
+            notes.append(f"baseline {method} skipped: {exc}")
+            continue
+        values = [objective.score_keys(s).value for s in sets]
+        mean, ci = mean_ci95(values)
+        rows.append(
+            {
+                "method": method,
+                "n_keys": len(sets[0]),
+                "objective": mean,
+                "span_objective": float(np.mean([span_of(s) for s in sets])),
+                "ci95": ci,
+                "n_seeds": len(sets),
+                "round": math.nan,
+            }
+        )
+        if size is None or size == config.n_keys:
+            keysets[method] = sets[0]
+    table = pd.DataFrame(rows, columns=["method", "n_keys", "objective", "span_objective", "ci95", "n_seeds", "round"])
+    return table, keysets, notes
+
+
+@dataclass
+class AccuracySetup:
+    """What the accuracy objective needs: a model, a held-out split of its *training* data, its preprocessing."""
+
+    model: torch.nn.Module
+    images: Any  #: :class:`masterkey.images.ImageSet`, the held-out split
+    prep: Any  #: :class:`masterkey.evaluate.Preprocessing`
+    batch_size: int = 256
+    description: dict[str, Any] = field(default_factory=dict)  #: model / weights / data / split, for provenance
+
+
+def discover_bank(
+    bank: FilterBank,
+    kernel_sizes: Sequence[int] | None = None,
+    config: DiscoverConfig | None = None,
+    accuracy: AccuracySetup | None = None,
+    universality: bool = False,
+    device: str | torch.device = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[int, Discovery]:
+    """Run :func:`discover_keys` on each kernel size of ``bank`` (all by default), one at a time.
+
+    With ``accuracy`` the greedy objective and the baselines are scored by the model's held-out accuracy (only
+    the model's depthwise layers of the kernel size being discovered are swapped); the data-free objective
+    otherwise. ``universality`` adds the leave-one-source-out table for kernel sizes with several sources.
+    """
+    config = config or DiscoverConfig()
+    with cpu_threads(config.cpu_threads if torch.device(device).type == "cpu" else None):
+        return _discover_bank(bank, kernel_sizes, config, accuracy, universality, device, checkpoint_dir, progress)
+
+
+def _discover_bank(
+    bank: FilterBank,
+    kernel_sizes: Sequence[int] | None,
+    config: DiscoverConfig,
+    accuracy: AccuracySetup | None,
+    universality: bool,
+    device: str | torch.device,
+    checkpoint_dir: str | Path | None,
+    progress: bool,
+) -> dict[int, Discovery]:
+    from masterkey.discover.objectives import AccuracyObjective
+
+    if len(bank) == 0:
+        raise MasterkeyError(f"{bank.path}: the bank (or query) holds no filters")
+    sizes = list(kernel_sizes) if kernel_sizes else bank.kernel_sizes
+    missing = [s for s in sizes if s not in bank.kernel_sizes]
+    if missing:
+        held = ", ".join(f"{s}x{s}" for s in bank.kernel_sizes)
+        raise MasterkeyError(
+            f"{bank.path}: has no {missing[0]}x{missing[0]} filters (it holds {held}); choose --kernel-size among them"
+        )
+    provenance_base = {"bank": str(bank.path)}
+    results: dict[int, Discovery] = {}
+    for k in sizes:
+        filters, sources, excluded = prepare_filters(bank, k)
+        factory = None
+        name = "variance"
+        if accuracy is not None:
+            setup = accuracy
+
+            def factory(candidates: Tensor, setup: AccuracySetup = setup) -> Objective:
+                return AccuracyObjective(
+                    setup.model, setup.images, setup.prep, candidates, device=device, batch_size=setup.batch_size
+                )
+
+            name = "accuracy"
+        disc = discover_keys(
+            filters,
+            sources,
+            config,
+            objective_factory=factory,
+            objective_name=name,
+            device=device,
+            checkpoint_dir=checkpoint_dir,
+            progress=progress,
+            provenance={**provenance_base, **(accuracy.description if accuracy else {})},
+        )
+        disc.extra["excluded"] = excluded
+        if accuracy is not None:
+            probe = factory(disc.candidates[0].keys)  # type: ignore[misc]
+            disc.extra["unswapped_objective"] = probe.unswapped().value
+            disc.extra["accuracy"] = {
+                **accuracy.description,
+                "held_out_images": len(accuracy.images),
+                "swapped_layers": len(probe.layers),  # type: ignore[attr-defined]
+                "layers_left_alone": probe.skipped_layers,  # type: ignore[attr-defined]
+            }
+        if universality:
+            if len(disc.sources) < 2:
+                disc.notes.append(f"universality skipped: the {k}x{k} filters come from one source only")
+            else:
+                from masterkey.discover.universality import leave_one_source_out
+
+                t0 = time.perf_counter()
+                disc.universality = leave_one_source_out(
+                    filters,
+                    sources,
+                    config,
+                    device=device,
+                    checkpoint_dir=checkpoint_dir,
+                    progress=progress,
+                )
+                disc.timings["universality_s"] = time.perf_counter() - t0
+                disc.timings["total_s"] += disc.timings["universality_s"]
+        results[k] = disc
+    return results

@@ -1,0 +1,124 @@
+"""``masterkey discover``: the run directory contract, the main job's wiring, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from masterkey.cli import MAIN_JOB, build_parser, main
+from masterkey.keys import load_keys
+
+FAST = ["--ae-steps", "200", "--ae-hidden", "32", "--candidates", "16", "--random-seeds", "2", "--no-progress"]
+PER_KERNEL = [
+    "keys.safetensors",
+    "keys.png",
+    "candidates.safetensors",
+    "path.csv",
+    "path.png",
+    "baselines.csv",
+    "summary.json",
+    "summary.md",
+]
+
+
+def _check_kernel_dir(path: Path, n_keys: int, kernel_size: int) -> None:
+    for name in PER_KERNEL:
+        assert (path / name).is_file(), name
+    keys = load_keys(path / "keys.safetensors")
+    assert (len(keys), keys.kernel_size) == (n_keys, kernel_size)
+    assert keys.provenance["kernel_size"] == kernel_size and "seed" in keys.provenance
+    route = pd.read_csv(path / "path.csv")
+    assert list(route.columns) == ["round", "n_keys", "objective", "removed"]
+    table = pd.read_csv(path / "baselines.csv")
+    assert {"method", "n_keys", "objective", "ci95"} <= set(table.columns)
+    assert {"discovered", "kmeans", "pca", "random"} <= set(table["method"])
+    for method in ("kmeans", "pca", "random"):
+        assert load_keys(path / "baseline_keys" / f"{method}.safetensors", kernel_size=kernel_size)
+    assert (path / "keys.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_multi_kernel_run_writes_one_directory_per_size(tiny_bank: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["discover", str(tiny_bank), "-k", "4", "--compare-k", "2,4", *FAST, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3x3:" in printed and "5x5:" in printed and f"wrote {out}" in printed
+    assert "kmeans" in printed and "paper8" in printed
+    for k in (3, 5):
+        _check_kernel_dir(out / f"k{k}", 4, k)
+    info = json.loads((out / "run.json").read_text())
+    assert info["kind"] == "discover" and info["config"]["discover"]["n_keys"] == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["by_kernel"]) == ["3", "5"]
+    assert "## Discovered keys, 5x5" in (out / "summary.md").read_text()
+    assert not (tmp_path / ".run.checkpoint").exists()  # removed once the run is complete
+    # The keys feed the other commands.
+    from masterkey.bank import open_bank
+    from masterkey.fit import fit_bank
+
+    fit = fit_bank(open_bank(tiny_bank), str(out / "k5" / "keys.safetensors"))
+    k5 = json.loads((out / "k5" / "summary.json").read_text())
+    # Both 5x5 sources hold 300 filters, so the source-weighted objective is the plain mean cos² of the fit.
+    assert float(fit.table["cos2"].mean()) == pytest.approx(k5["objective_at_k"], abs=1e-4)
+
+
+def test_default_bank_single_kernel_is_flat(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "k3"
+    args = ["discover", "--kernel-size", "3", "--rounds", "1", "--compare-k", "8", *FAST, "-o", str(out), "--json"]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["out"] == str(out) and printed["3"]["n_keys"] == 8
+    _check_kernel_dir(out, 8, 3)
+    table = pd.read_csv(out / "baselines.csv")
+    paper8 = table[table["method"] == "paper8"]
+    assert len(paper8) == 1 and 0 < float(paper8["objective"].iloc[0]) < 1  # cropped to 3x3 and scored
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sources"] == ["mobilenet_v2_imagenet", "efficientnet_lite0_imagenet"]
+    assert summary["n_filters"] + sum(summary["excluded"].values()) == 9760  # every 3x3 filter, counted once
+
+
+def test_main_job_is_discover_with_the_documented_defaults() -> None:
+    assert MAIN_JOB == "discover"
+    args = build_parser().parse_args(["discover"])
+    assert (args.bank, args.n_keys, args.objective, args.candidates, args.rounds) == ("default", 8, "variance", 50, 2)
+    assert args.out is None
+
+
+def test_default_output_gets_a_numeric_suffix(tmp_path: Path, monkeypatch) -> None:
+    from masterkey.commands.discover import default_out
+
+    monkeypatch.chdir(tmp_path)
+    assert default_out() == Path("masterkey-runs/discover")
+    (tmp_path / "masterkey-runs" / "discover").mkdir(parents=True)
+    (tmp_path / "masterkey-runs" / "discover-2").mkdir()
+    assert default_out() == Path("masterkey-runs/discover-3")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--kernel-size", "7"], "has no 7x7 filters"),
+        (["-k", "60"], "larger than the candidate count"),
+        (["--query", "source == 'nobody'"], "holds no filters"),
+        (["--objective", "accuracy"], "needs --weights"),
+        (["--baselines", "kmeans,ica"], "unknown baseline"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tiny_bank: Path, tmp_path: Path, capsys, extra, message) -> None:
+    assert main(["discover", str(tiny_bank), *FAST, "-o", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("masterkey: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_refuses_a_test_split_and_an_existing_output(tiny_bank: Path, tmp_path: Path, shared: Path, capsys) -> None:
+    weights = shared / "models" / "cifar10-convnext" / "convnext_atto_s0_e20.safetensors"
+    test_split = shared / "data" / "cifar10" / "test"
+    args = ["discover", "--objective", "accuracy", "--weights", str(weights), "--data", str(test_split)]
+    assert main([*args, "-o", str(tmp_path / "acc")]) == 2
+    assert "test split" in capsys.readouterr().err
+    (tmp_path / "exists").mkdir()
+    assert main(["discover", str(tiny_bank), *FAST, "-o", str(tmp_path / "exists")]) == 2
+    assert "already exists" in capsys.readouterr().err
