@@ -1,0 +1,226 @@
+"""Training speed, side by side in one process: a plain eager PyTorch loop vs ``masterkey.train.train`` with the
+depthwise filters trainable vs frozen to keys (and frozen with a learnable scale), on the same timm model.
+
+The masterkey variants run the real training loop (``train()`` on a CIFAR-10 subset, its own data pipeline with
+uint8 images on the device, on-device crop / flip, label smoothing, the warm-up + cosine schedule, metric
+accumulation); their step times come from the loop's ``on_step`` callback. The plain loop feeds one pre-normalised
+float batch to ``model -> cross_entropy -> backward -> AdamW.step``, with the same precision and memory layout.
+Variants are interleaved over several rounds so that load from other processes hits all of them alike; the
+first ``--warmup`` steps of every measurement are dropped. Reported: images/s (median over rounds of the median
+step time) and the ratios the issue asks for. Because loop-level numbers on a shared machine are noisy, the cost
+of the frozen-key module itself is also measured on the bare model with trainable and frozen steps alternated one
+by one (median of the paired ratios).
+
+    python bench/bench_train.py                                # CPU: convnext_atto, patch 2, batch 64, 1 thread
+    python bench/bench_train.py --device cuda --patch-size 1 --batch-size 512 --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from masterkey.train import TrainConfig, train
+from masterkey.train.distributed import resolve_device
+
+
+def plain_eager(config: TrainConfig, steps: int, device: torch.device, amp: bool, channels_last: bool) -> list[float]:
+    """Step times of the textbook loop on one fixed batch."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(config.model, **config.model_kwargs).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    x = torch.randn(config.batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (config.batch_size,), device=device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=config.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def paired_model_steps(
+    config: TrainConfig, pairs: int, device: torch.device, amp: bool, channels_last: bool
+) -> dict[str, float]:
+    """The frozen-key module's own cost: single training steps of the same timm model with trainable and with
+    frozen depthwise filters, alternated step by step (so load changes hit both alike); median paired ratio."""
+    import timm
+
+    from masterkey.keyconv import convert_to_keys
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    models = {}
+    for mode in ("trainable", "frozen"):
+        torch.manual_seed(0)
+        model = timm.create_model(config.model, **config.model_kwargs)
+        convert_to_keys(model, "paper8", mode)
+        model = model.to(device).to(memory_format=fmt)
+        models[mode] = (model, torch.optim.AdamW(model.parameters(), lr=config.lr))
+    x = torch.randn(config.batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (config.batch_size,), device=device)
+
+    def step(mode: str) -> float:
+        model, opt = models[mode]
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for _ in range(3):
+        step("trainable"), step("frozen")
+    times: dict[str, list[float]] = {"trainable": [], "frozen": []}
+    ratios = []
+    for _ in range(pairs):
+        a, b = step("trainable"), step("frozen")
+        times["trainable"].append(a)
+        times["frozen"].append(b)
+        ratios.append(a / b)
+    return {
+        "trainable images/s": config.batch_size / statistics.median(times["trainable"]),
+        "frozen images/s": config.batch_size / statistics.median(times["frozen"]),
+        "median paired speed ratio frozen / trainable": statistics.median(ratios),
+    }
+
+
+def masterkey_loop(config: TrainConfig, device: torch.device) -> list[float]:
+    """Step times of ``train()`` itself (one epoch of exactly ``steps`` steps), from its ``on_step`` callback."""
+    stamps: list[float] = []
+
+    def on_step(epoch: int, step: int) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+
+    train(config, on_step=on_step)
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"))
+    p.add_argument("--model", default="convnext_atto")
+    p.add_argument("--patch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=12, help="measured steps per variant and round")
+    p.add_argument("--warmup", type=int, default=3, help="steps dropped at the start of every measurement")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--pairs", type=int, default=60, help="alternating trainable / frozen steps of the bare model")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: no oversubscription on a busy box)")
+    p.add_argument("--machine", default="2-core CPU sandbox, no GPU", help="how to name the machine in the report")
+    p.add_argument("-o", "--out", help="also write the results as JSON here")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    total = args.warmup + args.steps + 1  # +1: the first callback stamp only starts the clock
+    base = TrainConfig(
+        model=args.model,
+        model_kwargs={"num_classes": 10, "patch_size": args.patch_size},
+        data=args.data,
+        max_train_images=total * args.batch_size,
+        max_test_images=10,
+        epochs=1,
+        batch_size=args.batch_size,
+        device=str(device),
+        threads=args.threads if not cuda else None,
+        progress=False,
+        log_every=10**6,
+    )
+    variants = {
+        "plain eager PyTorch loop": None,
+        "masterkey train, trainable": base.replace(mode="trainable"),
+        "masterkey train, frozen paper8": base.replace(mode="frozen", keys="paper8"),
+        "masterkey train, frozen paper8 + scale": base.replace(mode="frozen", keys="paper8", learn_scale=True),
+    }
+    per_round: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(args.rounds):
+        for name, config in variants.items():
+            if config is None:
+                times = plain_eager(base, args.warmup + args.steps, device, amp=cuda, channels_last=cuda)
+            else:
+                times = masterkey_loop(config, device)
+            measured = times[args.warmup : args.warmup + args.steps]
+            per_round[name].append(statistics.median(measured))
+            print(f"round {r + 1} {name}: {args.batch_size / per_round[name][-1]:.1f} images/s", file=sys.stderr)
+    speed = {name: args.batch_size / statistics.median(v) for name, v in per_round.items()}
+    paired = paired_model_steps(base, args.pairs, device, amp=cuda, channels_last=cuda)
+    eager, trainable = speed["plain eager PyTorch loop"], speed["masterkey train, trainable"]
+    frozen = speed["masterkey train, frozen paper8"]
+    result: dict[str, Any] = {
+        "machine": args.machine if not cuda else torch.cuda.get_device_name(device),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": args.threads if not cuda else None,
+        "model": f"{args.model} (num_classes=10, patch_size={args.patch_size})",
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "amp": "bf16" if cuda else "none",
+        "channels_last": cuda,
+        "images_per_second": speed,
+        "ratios": {
+            "frozen / trainable (masterkey)": frozen / trainable,
+            "masterkey trainable / plain eager": trainable / eager,
+            "masterkey frozen / plain eager": frozen / eager,
+        },
+        "paired_model_steps": paired,
+        "argv": sys.argv,
+    }
+    lines = [
+        f"machine: {result['machine']}; torch {torch.__version__}; device {device}"
+        + (f", {args.threads} thread(s)" if not cuda else ", bf16 autocast, channels_last"),
+        f"model: {result['model']}; batch {args.batch_size}; median of {args.rounds} interleaved rounds of "
+        f"{args.steps} steps (after {args.warmup} warm-up steps)",
+        "",
+        "| variant | images/s |",
+        "| --- | --- |",
+        *(f"| {name} | {value:.1f} |" for name, value in speed.items()),
+        "",
+        "| ratio | value |",
+        "| --- | --- |",
+        *(f"| {name} | {value:.3f} |" for name, value in result["ratios"].items()),
+        "",
+        f"the module alone, {args.pairs} alternating single steps of the bare model (plain AdamW, no data pipeline):",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        *(f"| {name} | {value:.3f} |" for name, value in paired.items()),
+    ]
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""masterkey train --model NAME --data DATA --mode MODE [--keys KEYS] [--seeds 0,1,2 | --experiment FILE] -o OUT"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from masterkey.commands._common import format_table, note, parse_kwargs, print_json
+from masterkey.errors import MasterkeyError
+
+NAME = "train"
+ORDER = 6
+HELP = "train a DS-CNN with trainable, frozen-key or key-initialised depthwise filters (one run or a seed matrix)"
+DESCRIPTION = """Train a timm / torchvision model on DATA/train and evaluate on DATA/test (or DATA/val) with its
+depthwise filters trainable (as usual), frozen to keys (per-channel key + learnable offset b, optional scale a) or
+initialised from keys and then trained. One seed writes a train run; --seeds or --experiment write an experiment
+(arms x seeds) with mean ± 95% CI and curves. Runs checkpoint every epoch; --resume continues an interrupted run
+exactly. Under torchrun the same command trains with DDP on several GPUs (or CPU processes).
+
+modes: trainable | frozen (keys frozen, offset b learnable; --learn-scale adds a) | key-init
+keys: paper8, random:K[:SEED], impulse, scalespace8, or a key file (safetensors / text)
+assignment of keys to channels: convnextv2-b | hornet-t (published proportions) | uniform | proportions:P1,...
+  | fit:FITDIR (per-layer proportions of a 'masterkey fit' run) | model:WEIGHTS (best fit of a trained model)
+
+examples:
+  masterkey train --model convnext_atto --model-kwargs num_classes=10,patch_size=1 \\
+      --data ../shared/data/cifar10 --mode frozen --keys paper8 --epochs 20 --batch-size 512 -o runs/frozen
+  masterkey train --model convnext_atto --model-kwargs patch_size=1 --data ../shared/data/cifar10 \\
+      --mode frozen --keys random:8:0 --assignment uniform --seeds 0,1,2 -o runs/frozen-random
+  masterkey train --experiment bench/train_cifar_cpu.toml -o runs/bench       # the whole matrix
+  masterkey train --experiment bench/train_cifar_cpu.toml --arms frozen-discovered --mode frozen \\
+      --keys runs/discover/keys.safetensors -o runs/bench-discovered           # one more arm
+  masterkey train ... -o runs/frozen --resume                                  # after an interruption
+  torchrun --nproc_per_node=4 -m masterkey train ... -o runs/ddp                # 4 GPUs, one node
+"""
+
+# CLI option -> TrainConfig field, for options that override a config (default None = not given).
+_FIELDS = {
+    "model": "model",
+    "weights": "weights",
+    "mode": "mode",
+    "keys": "keys",
+    "assignment": "assignment",
+    "learn_scale": "learn_scale",
+    "key_gain": "key_gain",
+    "resize_keys": "resize_keys",
+    "data": "data",
+    "image_size": "image_size",
+    "max_train_images": "max_train_images",
+    "max_test_images": "max_test_images",
+    "normalize": "normalize",
+    "crop_padding": "crop_padding",
+    "hflip": "hflip",
+    "mixup": "mixup",
+    "cutmix": "cutmix",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "warmup_epochs": "warmup_epochs",
+    "min_lr": "min_lr",
+    "label_smoothing": "label_smoothing",
+    "grad_clip": "grad_clip",
+    "ema": "ema_decay",
+    "seed": "seed",
+    "eval_batch_size": "eval_batch_size",
+    "device": "device",
+    "amp": "amp",
+    "channels_last": "channels_last",
+    "compile": "compile",
+    "threads": "threads",
+    "log_every": "log_every",
+    "tensorboard": "tensorboard",
+    "progress": "progress",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from masterkey.keyconv import MODES
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="NAME", help="timm or torchvision model name (default convnext_atto)")
+    g.add_argument(
+        "--model-kwargs",
+        metavar="K=V,...",
+        help="model keyword arguments, e.g. num_classes=10,patch_size=1 (or a JSON object for lists)",
+    )
+    g.add_argument("--weights", metavar="FILE", help="start from these weights instead of a random init")
+    g = p.add_argument_group("depthwise filters")
+    g.add_argument("--mode", choices=MODES, help="trainable (default) | frozen | key-init")
+    g.add_argument("--keys", metavar="KEYS", help="key set: built-in name or key file (default paper8)")
+    g.add_argument("--assignment", metavar="SPEC", help="channel -> key rule (default convnextv2-b)")
+    g.add_argument("--learn-scale", action="store_true", default=None, help="frozen mode: learn a per-channel scale")
+    g.add_argument("--key-gain", type=float, metavar="G", help="kernels are G * unit-norm key (default 1)")
+    g.add_argument(
+        "--resize-keys",
+        action="store_true",
+        default=None,
+        help="centre-crop / zero-pad keys whose kernel size differs from the model's",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="DATA", help="folder with DATA/train and DATA/test (or DATA/val) ImageFolders")
+    g.add_argument("--image-size", type=int, metavar="N", help="resize shorter side + centre crop to N (cached)")
+    g.add_argument("--max-train-images", type=int, metavar="N", help="class-balanced subset of the training set")
+    g.add_argument("--max-test-images", type=int, metavar="N", help="class-balanced subset of the test set")
+    g.add_argument("--normalize", choices=("auto", "cifar10", "imagenet", "dataset"), help="normalisation statistics")
+    g.add_argument("--crop-padding", type=int, metavar="P", help="random crop with P reflect padding (default 4)")
+    g.add_argument("--no-hflip", dest="hflip", action="store_false", default=None, help="no horizontal flips")
+    g.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 off (default)")
+    g.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 off (default)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help="epochs (default 20)")
+    g.add_argument("--batch-size", type=int, help="global batch size (default 512)")
+    g.add_argument("--lr", type=float, help="peak learning rate of AdamW (default 3e-3)")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.05; none on 1-D params)")
+    g.add_argument("--warmup-epochs", type=float, help="linear warm-up epochs (default 1)")
+    g.add_argument("--min-lr", type=float, help="final learning rate of the cosine (default 0)")
+    g.add_argument("--label-smoothing", type=float, help="label smoothing (default 0.1)")
+    g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm (default off)")
+    g.add_argument("--ema", type=float, metavar="DECAY", help="keep an EMA of the weights, e.g. 0.999")
+    g.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default 1024)")
+    g = p.add_argument_group("seeds and experiments")
+    g.add_argument("--seed", type=int, help="seed of one run (default 0)")
+    g.add_argument("--seeds", metavar="LIST", help="several seeds, e.g. 0,1,2: writes an experiment with mean ± CI")
+    g.add_argument("--experiment", metavar="FILE", help="experiment file (TOML / JSON): base options, arms, seeds")
+    g.add_argument("--arms", metavar="A,B", help="run only these arms of the experiment (or define a new one)")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
+    g.add_argument("--amp", choices=("auto", "bf16", "none"), help="autocast: auto = bf16 on CUDA (default)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on CUDA only")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (1 is fastest on a busy machine)")
+    g.add_argument("--log-every", type=int, metavar="STEPS", help="steps between per-step metric rows (default 10)")
+    g.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard logs")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
+    g = p.add_argument_group("output")
+    g.add_argument("-o", "--out", metavar="OUT", required=True, help="run (or experiment) directory to write")
+    g.add_argument("--resume", action="store_true", help="continue OUT.partial from its last checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace OUT (or an interrupted OUT.partial)")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = {field: getattr(args, opt) for opt, field in _FIELDS.items() if getattr(args, opt) is not None}
+    if args.model_kwargs is not None:
+        text = args.model_kwargs.strip()
+        if text.startswith("{"):
+            try:
+                kwargs = json.loads(text)
+            except ValueError as exc:
+                raise MasterkeyError(f"--model-kwargs: not a JSON object ({exc})") from None
+            if not isinstance(kwargs, dict):
+                raise MasterkeyError("--model-kwargs: expected a JSON object")
+        else:
+            kwargs = parse_kwargs(text)
+        values["model_kwargs"] = kwargs
+    return values
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise MasterkeyError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise MasterkeyError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
+    return seeds
+
+
+def build_experiment(args: argparse.Namespace) -> Any:
+    """The experiment the options describe, or None for a single run."""
+    from masterkey.train import TrainConfig
+    from masterkey.train.experiment import Arm, Experiment, arm_name, load_experiment
+
+    overrides = _overrides(args)
+    if args.seed is not None and (args.seeds or args.experiment):
+        raise MasterkeyError("--seed is for one run; with --seeds or --experiment give the seeds there")
+    if args.experiment:
+        experiment = load_experiment(args.experiment)
+
+        # Options typed on the command line win over the file, for every arm; model kwargs are merged into the
+        # file's (an arm without its own model kwargs inherits the merged base ones).
+        def merged(values: dict[str, Any], inherit: bool) -> dict[str, Any]:
+            out = {**values, **{k: v for k, v in overrides.items() if k != "model_kwargs"}}
+            if "model_kwargs" in overrides and ("model_kwargs" in values or not inherit):
+                out["model_kwargs"] = {**values.get("model_kwargs", {}), **overrides["model_kwargs"]}
+            return out
+
+        experiment.base = merged(experiment.base, inherit=False)
+        experiment.arms = [Arm(a.name, merged(a.overrides, inherit=True)) for a in experiment.arms]
+        if args.seeds:
+            experiment.seeds = _seeds(args.seeds)
+        if args.arms:
+            names = [n.strip() for n in args.arms.split(",") if n.strip()]
+            known = {a.name for a in experiment.arms}
+            new = [n for n in names if n not in known]
+            if new and len(names) == 1 and args.mode is not None:
+                experiment.arms.append(Arm(new[0], dict(overrides)))
+            elif new:
+                raise MasterkeyError(
+                    f"--arms: no arm named {', '.join(new)} in {args.experiment} (arms: {', '.join(sorted(known))}); "
+                    "to define a new one give a single name with --mode (and --keys)"
+                )
+            experiment = experiment.select(names)
+        for arm in experiment.arms:
+            experiment.config(arm, experiment.seeds[0])
+        return experiment
+    if args.arms:
+        raise MasterkeyError("--arms selects arms of an --experiment file")
+    if args.seeds:
+        config = TrainConfig.from_dict(overrides, source="options")
+        return Experiment(overrides, [Arm(arm_name(config), {})], _seeds(args.seeds), None)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from masterkey.models import resolve_model_name
+    from masterkey.train import TrainConfig, run_experiment, train
+
+    experiment = build_experiment(args)
+    if experiment is None:
+        config = TrainConfig.from_dict(_overrides(args), source="options")
+        resolve_model_name(config.model)
+        result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+            return 0
+        if args.json:
+            print_json(result.summary)
+            return 0
+        s = result.summary
+        keys = f" keys {s['keys']} ({s['assignment']})" if s["keys"] else ""
+        print(f"{s['model']} {s['mode']}{keys} seed {s['seed']}: {s['epochs']} epochs, {s['steps']} steps")
+        print(
+            f"test top-1 {s['test_top1']:.2f}%  top-5 {s['test_top5']:.2f}%  loss {s['test_loss']:.4f}  "
+            f"(train loss {s['train_loss']:.4f}, {s['images_per_second']:.0f} images/s on {s['device']})"
+        )
+        print(f"\nwrote {args.out}")
+        return 0
+    for arm in experiment.arms:
+        resolve_model_name(experiment.config(arm, experiment.seeds[0]).model)
+    summary = run_experiment(experiment, args.out, resume=args.resume, overwrite=args.overwrite)
+    if not summary:  # not rank 0
+        return 0
+    if args.json:
+        print_json(summary)
+        return 0
+    rows = []
+    for arm, entry in summary["arms"].items():
+        top1 = entry["test_top1"]
+        rows.append(
+            {
+                "arm": arm,
+                "mode": entry["train_mode"],
+                "keys": entry["keys"] or "-",
+                "n": entry["n"],
+                "top1_mean": top1["mean"],
+                "top1_ci95": top1["ci95"],
+                "top5_mean": entry["test_top5"]["mean"],
+                "train_loss": entry["train_loss"]["mean"],
+            }
+        )
+    print(format_table(rows, digits=2))
+    note("test top-1 in percent: mean and 95% CI half-width (Student t) over seeds")
+    print(f"\nwrote {args.out}")
+    return 0

@@ -1,0 +1,195 @@
+"""Experiments: files, the modes x seeds matrix, mean ± 95% CI (Student t), curves, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from masterkey.cli import main
+from masterkey.errors import MasterkeyError
+from masterkey.train import TrainConfig, train
+from masterkey.train.experiment import (
+    Arm,
+    Experiment,
+    load_experiment,
+    mean_ci,
+    run_experiment,
+    standard_arms,
+    summarize_runs,
+)
+
+
+def test_mean_ci_is_the_student_t_interval() -> None:
+    mean, std, half = mean_ci([1.0, 2.0, 3.0])
+    assert (mean, std) == (2.0, 1.0)
+    assert half == pytest.approx(4.302652729911275 / math.sqrt(3))  # t(0.975, df=2) = 4.3027
+    assert math.isnan(mean_ci([5.0])[2]) and mean_ci([5.0])[0] == 5.0
+    assert all(math.isnan(v) for v in mean_ci([]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2, max_size=12))
+def test_mean_ci_agrees_with_scipy(values: list[float]) -> None:
+    mean, _, half = mean_ci(values)
+    sem = stats.sem(values)
+    if sem == 0 or not math.isfinite(sem):
+        assert half == pytest.approx(0.0, abs=1e-9)
+        return
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / len(values), scale=sem)
+    assert mean - half == pytest.approx(low, rel=1e-9, abs=1e-9)
+    assert mean + half == pytest.approx(high, rel=1e-9, abs=1e-9)
+
+
+def test_summaries_give_mean_ci_and_paired_differences() -> None:
+    rows = [
+        {"mode": arm, "train_mode": m, "keys": k, "seed": s, "test_top1": v, "train_loss": 1.0}
+        for arm, m, k, values in [
+            ("trainable", "trainable", None, [80.0, 82.0, 81.0]),
+            ("frozen-paper8", "frozen", "paper8", [79.0, 80.0, 80.5]),
+        ]
+        for s, v in enumerate(values)
+    ]
+    summary = summarize_runs(rows)
+    assert summary["trainable"]["n"] == 3 and summary["trainable"]["mean"] == pytest.approx(81.0)
+    assert summary["trainable"]["keys"] is None and summary["frozen-paper8"]["keys"] == "paper8"
+    assert summary["frozen-paper8"]["ci95"] == pytest.approx(mean_ci([79.0, 80.0, 80.5])[2])
+    delta = summary["frozen-paper8"]["delta_test_top1"]
+    assert delta["mean"] == pytest.approx(-1.1666666) and delta["ci95"] == pytest.approx(mean_ci([-1, -2, -0.5])[2])
+
+
+def test_experiment_files(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "keys.txt").write_text("Filter 1:\n1 0 0\n0 0 0\n0 0 -1\n")
+    path = tmp_path / "exp.toml"
+    path.write_text(
+        'seeds = [3, 4]\n[base]\ndata = "data"\nepochs = 2\nmodel_kwargs = { patch_size = 2 }\n'
+        '[[arms]]\nname = "trainable"\nmode = "trainable"\n'
+        '[[arms]]\nname = "mine"\nmode = "frozen"\nkeys = "keys.txt"\nassignment = "uniform"\n'
+        '[[arms]]\nname = "rand"\nmode = "frozen"\nkeys = "random:4:1"\nassignment = "uniform"\n'
+    )
+    exp = load_experiment(path)
+    assert exp.seeds == [3, 4] and [a.name for a in exp.arms] == ["trainable", "mine", "rand"]
+    config = exp.config(exp.arms[1], 4)
+    assert config.data == str(tmp_path / "data") and config.keys == str(tmp_path / "keys.txt")
+    assert config.seed == 4 and config.epochs == 2 and config.model_kwargs == {"patch_size": 2}
+    assert exp.config(exp.arms[2], 3).keys == "random:4:1"  # built-in specs are not paths
+    assert [a.name for a in exp.select(["rand"]).arms] == ["rand"]
+    with pytest.raises(MasterkeyError, match=r"no arm named nope \(arms: trainable, mine, rand\)"):
+        exp.select(["nope"])
+    json_path = tmp_path / "exp.json"
+    json_path.write_text(json.dumps({"base": {"data": "data"}}))
+    assert [a.name for a in load_experiment(json_path).arms] == [a.name for a in standard_arms()]
+    for text, message in [
+        ('[base]\ndata = "d"\nlearning_rate = 1\n', "unknown option.*'learning_rate'"),
+        ('seeds = [1, 1]\n[base]\ndata = "d"\n', "repeat a seed"),
+        ('seeds = "0,1"\n[base]\ndata = "d"\n', "seeds must be a non-empty list"),
+        ('[base]\ndata = "d"\n[[arms]]\nname = "a"\n[[arms]]\nname = "a"\n', "arm names repeat"),
+        ('[base]\ndata = "d"\n[[arms]]\nname = "a"\nmode = "half"\n', "arm 'a': mode='half'"),
+        ("[base\n", "not valid TOML"),
+        ('extra = 1\n[base]\ndata = "d"\n', "unknown top-level entries"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(MasterkeyError, match=message):
+            load_experiment(path)
+
+
+def test_an_experiment_runs_the_matrix_and_summarises_it(tiny: TrainConfig, tmp_path: Path) -> None:
+    base = {k: v for k, v in tiny.to_dict().items() if k != "seed"}
+    experiment = Experiment(
+        base,
+        [Arm("trainable", {"mode": "trainable"}), Arm("frozen-paper8", {"mode": "frozen", "keys": "paper8"})],
+        [0, 1],
+    )
+    out = tmp_path / "exp"
+    summary = run_experiment(experiment, out)
+    names = {p.name for p in out.iterdir()}
+    assert {"run.json", "summary.csv", "summary.json", "summary.md", "curves.png", "runs"} <= names
+    assert json.loads((out / "run.json").read_text())["kind"] == "experiment"
+    runs = sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith("."))  # not the lock files
+    assert runs == ["frozen-paper8-s0", "frozen-paper8-s1", "trainable-s0", "trainable-s1"]
+    table = pd.read_csv(out / "summary.csv")
+    assert {"mode", "seed", "test_top1", "test_top5", "test_loss", "train_loss"} <= set(table.columns)
+    for _, row in table.iterrows():
+        run = json.loads((out / row["run"] / "summary.json").read_text())
+        assert run["test_top1"] == pytest.approx(row["test_top1"]) and run["seed"] == row["seed"]
+        assert json.loads((out / row["run"] / "run.json").read_text())["kind"] == "train"
+    frozen = summary["arms"]["frozen-paper8"]
+    values = table[table["mode"] == "frozen-paper8"]["test_top1"].tolist()
+    assert frozen["n"] == 2 and frozen["mean"] == pytest.approx(sum(values) / 2)
+    assert frozen["ci95"] == pytest.approx(mean_ci(values)[2], nan_ok=True)
+    assert json.loads((out / "summary.json").read_text())["arms"]["frozen-paper8"]["n"] == 2
+    assert "| frozen-paper8 | frozen | paper8 | 2 |" in (out / "summary.md").read_text()
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(MasterkeyError, match="already complete"):
+        run_experiment(experiment, out, resume=True)
+
+
+def test_cli_trains_one_run_and_a_seed_matrix(tiny: TrainConfig, tmp_path: Path, capsys) -> None:
+    common = [
+        "train",
+        "--model-kwargs",
+        json.dumps(tiny.model_kwargs),
+        "--data",
+        tiny.data,
+        "--max-train-images",
+        "60",
+        "--max-test-images",
+        "40",
+        "--batch-size",
+        "30",
+        "--epochs",
+        "1",
+        "--no-progress",
+    ]
+    assert main([*common, "--mode", "frozen", "--keys", "paper8", "--learn-scale", "-o", str(tmp_path / "one")]) == 0
+    printed = capsys.readouterr().out
+    assert "convnext_atto frozen keys paper8 (convnextv2-b) seed 0" in printed and "test top-1" in printed
+    summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert summary["learn_scale"] is True and summary["batch_size"] == 30
+    assert main([*common, "--mode", "key-init", "--seeds", "0,1", "-o", str(tmp_path / "two"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["arms"]) == ["key-init-paper8"] and result["arms"]["key-init-paper8"]["n"] == 2
+    # bad input: one line, exit status 2
+    assert main([*common, "--model", "convnext_nope", "-o", str(tmp_path / "bad")]) == 2
+    assert "masterkey: error: model 'convnext_nope'" in capsys.readouterr().err
+    assert main([*common, "-o", str(tmp_path / "one")]) == 2
+    assert "already exists (pass --overwrite" in capsys.readouterr().err
+    assert main([*common, "--seed", "1", "--seeds", "0,1", "-o", str(tmp_path / "x")]) == 2
+    assert main([*common, "--seeds", "0,x", "-o", str(tmp_path / "x")]) == 2
+    assert "expected integers" in capsys.readouterr().err
+
+
+class Crash(Exception):
+    pass
+
+
+def test_an_interrupted_experiment_resumes_run_by_run(tiny: TrainConfig, tmp_path: Path) -> None:
+    base = {k: v for k, v in tiny.to_dict().items() if k != "seed"}
+    experiment = Experiment(base | {"epochs": 2}, [Arm("frozen", {"mode": "frozen"})], [0, 1])
+    out = tmp_path / "exp"
+
+    def crash_in_second_run(epoch: int, step: int) -> None:
+        if (out.with_name("exp.partial") / "runs" / "frozen-s0").exists() and step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_experiment(experiment, out, on_step=crash_in_second_run)
+    partial = tmp_path / "exp.partial" / "runs"
+    assert (partial / "frozen-s0" / "summary.json").is_file()  # the first run completed
+    assert (partial / "frozen-s1.partial" / "checkpoint.pt").is_file()  # the second stopped in epoch 2
+    with pytest.raises(MasterkeyError, match="interrupted experiment: pass --resume"):
+        run_experiment(experiment, out)
+    changed = Experiment(base | {"epochs": 2, "lr": 1e-3}, experiment.arms, [0, 1])
+    with pytest.raises(MasterkeyError, match=r"frozen-s0 was trained with a different config \(lr: 0\.003"):
+        run_experiment(changed, out, resume=True)
+    summary = run_experiment(experiment, out, resume=True)
+    assert summary["arms"]["frozen"]["n"] == 2
+    again = train(experiment.config(experiment.arms[0], 1))
+    assert again.summary["test_top1"] == summary["runs"][1]["test_top1"]  # the resumed run matches a fresh one

@@ -1,0 +1,177 @@
+"""The training loop: every mode trains, frozen keys stay bitwise frozen, run directories follow the contract, and a
+run killed mid-epoch resumes to exactly the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from masterkey.errors import MasterkeyError
+from masterkey.keyconv import PUBLISHED_PROPORTIONS, counts_from_proportions, key_layers
+from masterkey.keys import load_keys
+from masterkey.models import create_model
+from masterkey.train import TrainConfig, train
+from masterkey.train.data import derive_seed
+from masterkey.train.loop import CHECKPOINT, EPOCH_COLUMNS, build_model, lr_factor, partial_dir
+
+
+def initial_model(config: TrainConfig) -> torch.nn.Module:
+    torch.manual_seed(derive_seed(config.seed, "init"))  # what train() does before building
+    return build_model(config)[0]
+
+
+def depthwise_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "conv_dw" in n}
+
+
+@pytest.mark.parametrize(
+    ("mode", "learn_scale"), [("trainable", False), ("frozen", False), ("frozen", True), ("key-init", False)]
+)
+def test_every_mode_trains_and_frozen_keys_never_change(tiny: TrainConfig, mode: str, learn_scale: bool) -> None:
+    config = tiny.replace(mode=mode, learn_scale=learn_scale, keys="paper8", assignment="convnextv2-b")
+    before = initial_model(config)
+    result = train(config)
+    after = result.model
+    assert math.isfinite(result.summary["train_loss"]) and result.summary["steps"] == 3
+    if mode == "frozen":
+        keyconvs_before, keyconvs_after = key_layers(before), key_layers(after)
+        assert len(keyconvs_after) == 4
+        for (_, old), (_, new) in zip(keyconvs_before, keyconvs_after, strict=True):
+            assert torch.equal(old.key, new.key), "a frozen key changed"
+            assert torch.equal(old.key_index, new.key_index)
+            assert not torch.equal(old.offset, new.offset), "the offsets b did not train"
+            if learn_scale:
+                assert not torch.equal(old.scale, new.scale), "the scales a did not train"
+        expected = sum(counts_from_proportions(c, PUBLISHED_PROPORTIONS["convnextv2-b"]) for c in (8, 16, 24, 32))
+        assert result.summary["key_counts"] == expected.tolist()
+        assert result.summary["parameters"]["frozen_key_values"] == 80 * 49
+    else:
+        old, new = depthwise_weights(before), depthwise_weights(after)
+        assert len(old) == 8 and all(not torch.equal(old[n], new[n]) for n in old if n.endswith("weight"))
+    if mode == "key-init":
+        keys = load_keys("paper8").keys
+        w = before.stages[0].blocks[0].conv_dw.weight.detach()[:, 0]
+        assert float((w[:, None] - keys[None]).flatten(2).abs().amax(2).amin(1).max()) < 1e-6
+
+
+def test_run_directory_follows_the_contract_and_exports_plain_timm(tiny: TrainConfig, tmp_path: Path) -> None:
+    config = tiny.replace(mode="frozen", epochs=2, mixup=0.8, cutmix=1.0, ema_decay=0.9, learn_scale=True)
+    out = tmp_path / "run"
+    result = train(config, out)
+    assert not partial_dir(out).exists()
+    names = {p.name for p in out.iterdir()}
+    assert {"run.json", "metrics.csv", "metrics.jsonl", "summary.json", CHECKPOINT, "model.safetensors"} <= names
+    assert "model_ema.safetensors" in names
+    info = json.loads((out / "run.json").read_text())
+    assert info["kind"] == "train" and info["config"]["mode"] == "frozen"
+    assert info["config"]["model_kwargs"]["num_classes"] == 10 and info["config"]["normalize"] == "cifar10"
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics.columns[: len(EPOCH_COLUMNS)]) == EPOCH_COLUMNS
+    assert metrics["epoch"].tolist() == [1, 2] and metrics["step"].tolist() == [3, 6]
+    assert {"ema_test_top1", "images_per_second"} <= set(metrics.columns)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "test_top1" not in r] == [1, 2, 3, 4, 5, 6]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_top1"] == pytest.approx(metrics["test_top1"].iloc[-1])
+    assert summary["mode"] == "frozen" and summary["keys"] == "paper8" and summary["world_size"] == 1
+    # The export is a plain timm state dict: masterkey.models / timm load it strictly and compute the same.
+    plain = create_model(weights=out / "model.safetensors", dims=[8, 16, 24, 32], depths=[1, 1, 1, 1])
+    x = torch.randn(2, 3, 32, 32)
+    result.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), result.model(x))
+    # Schedule: linear warm-up over half an epoch (2 steps), then cosine to 0 at step 6.
+    assert lr_factor(0, 2, 6, 0.0) == 0.5 and lr_factor(1, 2, 6, 0.0) == 1.0
+    assert lr_factor(4, 2, 6, 0.0) == pytest.approx(0.5) and lr_factor(6, 2, 6, 0.0) == pytest.approx(0.0)
+    assert [r["lr"] for r in rows if "test_top1" not in r][:4] == pytest.approx(
+        [1.5e-3, 3e-3, 3e-3, 3e-3 * 0.5 * (1 + math.cos(math.pi / 4))]
+    )
+
+
+_KILLED_RUN = """
+import os, signal, sys
+import torch
+torch.set_num_threads(int(sys.argv[4]))
+from masterkey.train import TrainConfig, train
+config = TrainConfig.from_dict({k: v for k, v in __import__("json").loads(sys.argv[1]).items()})
+kill_at = int(sys.argv[3])
+def on_step(epoch, step):
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind, as in a crash
+train(config, sys.argv[2], on_step=on_step)
+"""
+
+
+def test_a_run_killed_mid_epoch_resumes_to_identical_weights(tiny: TrainConfig, tmp_path: Path) -> None:
+    config = tiny.replace(mode="frozen", epochs=2, mixup=0.5, model_kwargs={**tiny.model_kwargs, "drop_path_rate": 0.1})
+    out = tmp_path / "killed"
+    script = tmp_path / "run.py"
+    script.write_text(_KILLED_RUN)
+    proc = subprocess.run(
+        [sys.executable, str(script), json.dumps(config.to_dict()), str(out), "5", str(torch.get_num_threads())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    partial = partial_dir(out)
+    assert not out.exists() and (partial / CHECKPOINT).is_file() and not (partial / "summary.json").exists()
+    assert torch.load(partial / CHECKPOINT, weights_only=True)["epoch"] == 1  # killed in epoch 2 (steps 4-6)
+
+    with pytest.raises(MasterkeyError, match=r"different config: lr: 0\.003 \(checkpoint\) vs 0\.001 \(now\)"):
+        train(config.replace(lr=1e-3), out, resume=True)
+    with pytest.raises(MasterkeyError, match="interrupted run: pass --resume"):
+        train(config, out)
+    resumed = train(config, out, resume=True)
+    reference = train(config, tmp_path / "uninterrupted")
+
+    a = load_file(out / "model.safetensors")
+    b = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    ma, mb = (pd.read_csv(d / "metrics.csv") for d in (out, tmp_path / "uninterrupted"))
+    same = [c for c in ma.columns if c not in ("seconds", "images_per_second")]
+    pd.testing.assert_frame_equal(ma[same], mb[same])
+    assert resumed.summary["test_top1"] == reference.summary["test_top1"]
+    with pytest.raises(MasterkeyError, match="already complete"):
+        train(config, out, resume=True)
+
+
+def test_bad_inputs_give_clear_errors(tiny: TrainConfig, tmp_path: Path) -> None:
+    with pytest.raises(MasterkeyError, match="'convnext_nope': not a timm or torchvision model name"):
+        train(tiny.replace(model="convnext_nope"))
+    small_kernels = {**tiny.model_kwargs, "kernel_sizes": 3}
+    with pytest.raises(MasterkeyError, match=r"conv_dw: keys 'paper8' are 7x7 but 3x3.*--resize-keys"):
+        train(tiny.replace(mode="frozen", model_kwargs=small_kernels), tmp_path / "kernels")
+    with pytest.raises(MasterkeyError, match="num_classes=100 but .* has 10 classes"):
+        train(tiny.replace(model_kwargs={**tiny.model_kwargs, "num_classes": 100}))
+    with pytest.raises(MasterkeyError, match="not accepted by convnext_atto"):
+        train(tiny.replace(model_kwargs={**tiny.model_kwargs, "wings": 2}))
+    with pytest.raises(MasterkeyError, match="batch size 64 exceeds the 60 training images"):
+        train(tiny.replace(batch_size=64))
+    with pytest.raises(MasterkeyError, match="expected DATA/train and DATA/test"):
+        train(tiny.replace(data=str(Path(tiny.data) / "test")))
+    with pytest.raises(MasterkeyError, match="lr=-1.0: expected a finite number >= 0"):
+        tiny.replace(lr=-1.0)
+    with pytest.raises(MasterkeyError, match="unknown option"):
+        TrainConfig.from_dict({"data": "x", "learning_rate": 1})
+    with pytest.raises(MasterkeyError, match="nothing to resume"):
+        train(tiny, tmp_path / "never", resume=True)
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(MasterkeyError, match="already exists"):
+        train(tiny, tmp_path / "taken")
+    if not torch.cuda.is_available():
+        with pytest.raises(MasterkeyError, match="CUDA is not available"):
+            train(tiny.replace(device="cuda"))
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+    assert os.listdir(tmp_path / "taken") == []
