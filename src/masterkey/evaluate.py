@@ -18,7 +18,10 @@ from masterkey.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageSet,
+    _decode,
+    list_image_folder,
     load_image_folder,
+    stratified_split,
 )
 
 
@@ -64,11 +67,54 @@ def preprocessing_for(model: nn.Module, dataset: str | None = None) -> Preproces
     return TORCHVISION_IMAGENET
 
 
-def load_eval_images(root: str | Path, prep: Preprocessing, max_per_class: int | None = None) -> ImageSet:
-    """Decode (once, cached) the images of ``root`` with the geometric part of ``prep`` applied."""
-    return load_image_folder(
-        root, resize=prep.resize, crop=prep.crop, interpolation=prep.interpolation, max_per_class=max_per_class
-    )
+def preprocessing_named(name: str, model: nn.Module) -> Preprocessing:
+    """``"auto"`` (the model's own, see :func:`preprocessing_for`), ``"cifar10"`` or ``"imagenet"`` (torchvision's
+    resize 256 / crop 224 / ImageNet mean and std)."""
+    key = name.lower()
+    if key == "auto":
+        return preprocessing_for(model)
+    if key.startswith("cifar"):
+        return CIFAR10
+    if key == "imagenet":
+        return TORCHVISION_IMAGENET
+    raise MasterkeyError(f"preprocessing {name!r}: expected auto, cifar10 or imagenet")
+
+
+def load_eval_images(
+    root: str | Path,
+    prep: Preprocessing,
+    max_per_class: int | None = None,
+    max_images: int | None = None,
+    seed: int = 0,
+) -> ImageSet:
+    """Decode (once, cached) the images of ``root`` with the geometric part of ``prep`` applied.
+
+    ``max_per_class`` keeps the first N files of each class; ``max_images`` then a class-stratified random subset
+    of N images (seeded), decoding only those (handy for the 1000-class imagenet-samples with one image a class).
+    """
+    if max_images is None:
+        return load_image_folder(
+            root, resize=prep.resize, crop=prep.crop, interpolation=prep.interpolation, max_per_class=max_per_class
+        )
+    if max_images < 1:
+        raise MasterkeyError(f"max_images={max_images}: must be at least 1")
+    files, labels, classes = list_image_folder(root)
+    if max_per_class is not None:
+        seen: dict[int, int] = {}
+        keep_first = []
+        for i, lab in enumerate(labels):
+            seen[lab] = seen.get(lab, 0) + 1
+            if seen[lab] <= max_per_class:
+                keep_first.append(i)
+        files, labels = [files[i] for i in keep_first], [labels[i] for i in keep_first]
+    label_tensor = torch.tensor(labels, dtype=torch.long)
+    if max_images < len(files):
+        _, keep = stratified_split(label_tensor, held_out=max_images, seed=seed)
+        files, label_tensor = [files[i] for i in keep.tolist()], label_tensor[keep]
+    decoded = [_decode(f, prep.resize, prep.crop, prep.interpolation) for f in files]
+    if len({tuple(img.shape) for img in decoded}) > 1:
+        raise MasterkeyError(f"{root}: images have different sizes; the preprocessing must resize and crop them")
+    return ImageSet(torch.stack(decoded).contiguous(), label_tensor, classes, str(root))
 
 
 @torch.no_grad()
@@ -113,12 +159,24 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, float]:
-    """Top-1 / top-5 accuracy of ``model`` on ``images``; the class count must match the data's."""
+    """Top-1 / top-5 accuracy of ``model`` on ``images``; the class count must match the data's (checked on one
+    image before the whole set is run)."""
+    check_class_count(model, images, prep, device=device)
     logits = predict_logits(model, images, prep, batch_size=batch_size, device=device, progress=progress)
-    n_classes = len(images.classes)
-    if logits.shape[1] != n_classes:
-        raise MasterkeyError(
-            f"{images.root}: class-count mismatch: the data has {n_classes} classes, "
-            f"the model predicts {logits.shape[1]}"
-        )
     return accuracy(logits, images.labels)
+
+
+@torch.no_grad()
+def check_class_count(
+    model: nn.Module, images: ImageSet, prep: Preprocessing, device: str | torch.device = "cpu"
+) -> int:
+    """The number of classes ``model`` predicts; :class:`MasterkeyError` if it differs from the data's."""
+    if len(images) == 0:
+        raise MasterkeyError(f"{images.root}: no images to evaluate")
+    n_out = int(predict_logits(model, images.subset([0]), prep, batch_size=1, device=device, progress=False).shape[1])
+    n_classes = len(images.classes)
+    if n_out != n_classes:
+        raise MasterkeyError(
+            f"{images.root}: class-count mismatch: the data has {n_classes} classes, the model predicts {n_out}"
+        )
+    return n_out

@@ -250,3 +250,7 @@ def import_optional(module: str, extra: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise MasterkeyError(f"this needs the '{module}' package: pip install 'masterkey[{extra}]'") from None
+
+
+# Registers the foreign-naming checkpoint filters (efficientnet_pytorch → timm) for every create_model call.
+import masterkey.remap  # noqa: E402, F401

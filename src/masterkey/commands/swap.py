@@ -1,0 +1,195 @@
+"""masterkey swap --weights FILE --keys KEYS --data PATH"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from masterkey.commands._common import format_table, note, parse_kwargs, print_json
+from masterkey.errors import MasterkeyError
+
+NAME = "swap"
+ORDER = 6
+HELP = "swap keys into a pretrained network (every depthwise filter -> a * key + b) and measure its accuracy"
+DESCRIPTION = """Replace every depthwise filter of a pretrained network by its best affine fit a * key + b from a key
+set, with no fine-tuning, and report top-1 / top-5 before and after, the mean cos² (explained fraction of each
+centred filter) overall and per stage: the paper's Table 1, for any DS-CNN. Several --keys give a sweep;
+'random:K' with --seeds N runs N random key sets and reports mean ± 95% CI. BatchNorm networks (MobileNet,
+EfficientNet) can re-estimate their running statistics after each swap, on N training images (--recalibrate N
+--calib-data DIR) or cross-fitted on the evaluation set (--recalibrate N --crossfit K: each of K folds is classified
+after recalibrating on N images of the others); every key set is then reported with and without it, and the
+unswapped model recalibrated shows what the calibration images alone do (images unlike the evaluation set, e.g.
+upscaled 128 px Imagenette for ImageNet, hurt). --sensitivity swaps one stage or layer at a time and reports each
+one's accuracy drop.
+
+KEYS: a built-in (paper8, random:K[:SEED], impulse, scalespace8), a key file (.safetensors / text), a discover run
+directory (its keys, per kernel size) or DIR:METHOD (its baseline_keys/METHOD.safetensors, e.g. DIR:kmeans).
+Keys of another kernel size are used only with --resize-keys (centre crop / zero pad: a crop is not a re-fit).
+
+examples:
+  masterkey swap --weights ../shared/models/cifar10-convnext/convnext_atto_s2_e55.safetensors \\
+      --keys paper8 --keys random:8 --seeds 3 --data ../shared/data/cifar10/test
+  masterkey swap --model torchvision:mobilenet_v2 --weights ../shared/models/mobilenet_v2_imagenet.pth \\
+      --keys paper8 --resize-keys --data ../shared/data/imagenet-samples/val \\
+      --recalibrate 250 --crossfit 2 -o runs/swap-mnv2
+  masterkey swap --weights ../shared/models/efficientnet_lite0_imagenet.pth --keys paper8 --resize-keys \\
+      --data ../shared/data/imagenet-samples/val --sensitivity stage --json
+  masterkey swap --weights W.safetensors --keys runs/discover --keys runs/discover:kmeans --data DIR
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="NAME", help="timm or torchvision name (default: from the weights)")
+    p.add_argument("--weights", metavar="FILE", help="state_dict / safetensors file of the pretrained model")
+    p.add_argument("--pretrained", action="store_true", help="hub weights instead of --weights (needs the network)")
+    p.add_argument("--model-kwargs", metavar="K=V,...", help="extra model arguments, e.g. num_classes=10")
+    p.add_argument(
+        "--keys", action="append", required=True, metavar="KEYS", help="key set to swap in; repeat for a sweep"
+    )
+    p.add_argument("--seeds", type=int, default=1, help="random:K without a seed runs seeds 0..N-1 (default 1)")
+    p.add_argument("--data", required=True, metavar="PATH", help="evaluation ImageFolder (e.g. cifar10/test)")
+    p.add_argument(
+        "--preprocessing",
+        default="auto",
+        choices=["auto", "cifar10", "imagenet"],
+        help="auto: the model's own (timm data config / torchvision; CIFAR recipe when the weights say cifar)",
+    )
+    p.add_argument("--max-per-class", type=int, metavar="N", help="evaluate on the first N images of each class")
+    p.add_argument("--max-images", type=int, metavar="N", help="evaluate on N images (class-stratified random subset)")
+    p.add_argument("--recalibrate", type=int, metavar="N", help="re-estimate BatchNorm statistics on N images")
+    p.add_argument("--calib-data", metavar="PATH", help="training ImageFolder for --recalibrate (not the eval set)")
+    p.add_argument(
+        "--crossfit",
+        type=int,
+        metavar="K",
+        help="instead of --calib-data: K folds of the eval set, each classified after recalibrating on N images of "
+        "the other folds (no image calibrates the model that classifies it)",
+    )
+    p.add_argument("--calib-seed", type=int, default=0, help="seed choosing the calibration images")
+    p.add_argument("--sensitivity", choices=["stage", "layer"], help="swap one stage / layer at a time (first KEYS)")
+    p.add_argument("--layers", metavar="PATTERN", help="swap only these layers: globs / names / stage:S[-T], comma-sep")
+    p.add_argument("--resize-keys", action="store_true", help="centre-crop / zero-pad keys to other kernel sizes")
+    p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (default 128)")
+    p.add_argument("--calib-batch-size", type=int, default=64, help="recalibration batch size (default 64)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("-o", "--out", metavar="DIR", help="write a swap run directory")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from masterkey.evaluate import load_eval_images, preprocessing_for, preprocessing_named
+    from masterkey.recalibrate import calibration_images, has_batchnorm
+    from masterkey.swap import Calibration, SwapSession, check_keys, expand_seeds, load_model, write_swap_run
+
+    if args.recalibrate is not None and not (args.calib_data or args.crossfit):
+        raise MasterkeyError(
+            "--recalibrate needs --calib-data (a training ImageFolder, never the evaluation set) or --crossfit K"
+        )
+    if args.calib_data and args.crossfit:
+        raise MasterkeyError("--calib-data and --crossfit exclude each other: pick one source of calibration images")
+    if (args.calib_data or args.crossfit) and args.recalibrate is None:
+        raise MasterkeyError("--calib-data / --crossfit are only used with --recalibrate N")
+    if args.seeds < 1:
+        raise MasterkeyError(f"--seeds {args.seeds}: must be at least 1")
+    for opt in ("max_per_class", "max_images"):
+        value = getattr(args, opt)
+        if value is not None and value < 1:
+            raise MasterkeyError(f"--{opt.replace('_', '-')} {value}: must be at least 1")
+    kwargs = parse_kwargs(args.model_kwargs)
+    model, name, metadata = load_model(args.model, args.weights, pretrained=args.pretrained, **kwargs)
+    if args.preprocessing == "auto":
+        prep = preprocessing_for(model, metadata.get("dataset"))
+    else:
+        prep = preprocessing_named(args.preprocessing, model)
+    if args.recalibrate is not None and not has_batchnorm(model):
+        raise MasterkeyError(
+            f"--recalibrate: {name} has no BatchNorm layer (LayerNorm networks such as ConvNeXt keep no running "
+            "statistics); drop --recalibrate"
+        )
+    specs = expand_seeds(args.keys, args.seeds)
+    check_keys(model, specs, args.layers, args.resize_keys)
+    if args.sensitivity:
+        check_keys(model, specs[:1], None, args.resize_keys)
+    images = load_eval_images(args.data, prep, max_per_class=args.max_per_class, max_images=args.max_images)
+    calibration = None
+    if args.recalibrate is not None and args.calib_data:
+        calibration = Calibration(
+            images=calibration_images(args.calib_data, prep, args.recalibrate, seed=args.calib_seed, exclude=args.data)
+        )
+    elif args.recalibrate is not None:
+        calibration = Calibration(crossfit=args.crossfit, n_images=args.recalibrate, seed=args.calib_seed)
+    session = SwapSession(
+        model,
+        images,
+        prep,
+        calibration=calibration,
+        batch_size=args.batch_size,
+        calib_batch_size=args.calib_batch_size,
+        device=args.device,
+    )
+    recal = args.recalibrate is not None
+    results = session.sweep(specs, layers=args.layers, resize=args.resize_keys, recalibrate=recal)
+    if args.sensitivity:
+        results.sensitivity = session.sensitivity(
+            specs[0], by=args.sensitivity, resize=args.resize_keys, recalibrate=recal
+        )
+    results.info.update({"model": name, "weights": args.weights})
+    if args.out:
+        write_swap_run(args.out, results, _config(args, name, prep), overwrite=args.overwrite)
+    if args.json:
+        print_json(results.to_dict())
+    else:
+        print(render_text(results))
+        if args.out:
+            note(f"wrote {args.out}")
+    return 0
+
+
+def _config(args: argparse.Namespace, name: str, prep: Any) -> dict[str, Any]:
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    config["model"] = name
+    config["resolved_preprocessing"] = prep.to_dict()
+    return config
+
+
+def render_text(results: Any) -> str:
+    """Plain-text tables: accuracy per key set (and condition), seeds pooled; per-stage cos²; sensitivity."""
+    info = results.info
+    lines = [
+        f"swap into {info['model']} ({info['n_depthwise_layers']} depthwise layers)",
+        f"data {info['data']}: {info['n_images']:,} images, {info['n_classes']} classes",
+    ]
+    if info.get("calibration"):
+        lines.append(f"recalibration: {info['calibration']}")
+    summary = results.summary()
+    rows = []
+    for r in summary.to_dict(orient="records"):
+        rows.append(
+            {
+                "keys": r["keys"],
+                "n_keys": str(r["n_keys"]),
+                "recal": "yes" if r["recalibrated"] else "no",
+                "seeds": r["n_seeds"],
+                "top1": _pm(r["top1"], r["top1_ci95"]),
+                "top5": _pm(r["top5"], r["top5_ci95"]),
+                "d_top1": _pm(r["delta_top1"], r["delta_top1_ci95"]),
+                "mean_cos2": r["mean_cos2"],
+            }
+        )
+    lines += ["", "accuracy (%; mean ± 95% CI over seeds):", format_table(rows)]
+    if not results.per_stage.empty:
+        cols = ["keys", "stage", "n_layers", "n_filters", "kernel_sizes", "mean_cos2"]
+        lines += ["", "mean cos² per stage:", format_table(results.per_stage.to_dict(orient="records"), cols)]
+    if results.sensitivity is not None:
+        sens = results.sensitivity.to_dict(orient="records")
+        for row in sens:
+            for col in ("top1", "top5", "drop", "top1_recal", "drop_recal"):
+                if col in row:
+                    row[col] = round(100 * row[col], 2)
+        lines += ["", "sensitivity (one unit swapped at a time; top-1, top-5, drop in %):", format_table(sens)]
+    return "\n".join(lines)
+
+
+def _pm(mean: float, half: float) -> str:
+    return f"{100 * mean:.2f}" if half != half else f"{100 * mean:.2f} ± {100 * half:.2f}"

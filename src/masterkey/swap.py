@@ -1,0 +1,583 @@
+"""Swap keys into a pretrained network and measure what is left (the paper's Table 1, SPEC §2.8 and §3).
+
+:class:`SwapSession` holds one model, its evaluation images and (for BatchNorm networks) calibration images. For
+every key set it swaps each depthwise filter for its best affine fit (:func:`masterkey.surgery.swap_depthwise`),
+evaluates top-1 / top-5, optionally re-estimates the BatchNorm statistics and evaluates again, and restores the
+original weights before the next key set. :meth:`SwapSession.sweep` runs a list of key sets (plus the unswapped
+baseline) into :class:`SwapResults`; :meth:`SwapSession.sensitivity` swaps one stage or layer at a time.
+
+Key specs are anything :func:`masterkey.keys.load_keys` reads (``paper8``, ``random:8:0``, ``impulse``, a key
+file) plus discover run directories: ``DIR`` (its ``keys.safetensors``, or ``k3/``, ``k5/`` ... per kernel size)
+and ``DIR:METHOD`` (its ``baseline_keys/METHOD.safetensors``, e.g. ``runs/disc:kmeans``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from masterkey.errors import MasterkeyError
+from masterkey.evaluate import Preprocessing, accuracy, check_class_count, evaluate, predict_logits, preprocessing_for
+from masterkey.images import ImageSet
+from masterkey.keys import KeySet
+from masterkey.recalibrate import crossfit_folds, has_batchnorm, recalibrate_batchnorm
+from masterkey.surgery import Keys, LayerSelector, SwapReport, depthwise_layers, select_layers, swap_depthwise
+
+BASELINE = "none"
+RESULT_COLUMNS = (
+    "keys",
+    "group",
+    "seed",
+    "n_keys",
+    "recalibrated",
+    "calibration",
+    "top1",
+    "top5",
+    "delta_top1",
+    "mean_cos2",
+    "n_layers",
+    "n_filters",
+    "n_images",
+    "calib_images",
+    "seconds",
+)
+
+# ---------------------------------------------------------------------- key specs
+
+
+def resolve_key_spec(spec: str | KeySet) -> Keys:
+    """What a ``--keys`` value names: a built-in spec or key file (returned as it is), or a discover run:
+    ``DIR`` → its ``keys.safetensors`` (or ``{k: kK/keys.safetensors}``), ``DIR:METHOD`` → its
+    ``baseline_keys/METHOD.safetensors`` (per kernel size likewise)."""
+    if isinstance(spec, KeySet):
+        return spec
+    text = str(spec)
+    path, method = Path(text), None
+    if not path.exists() and ":" in text:
+        head, _, tail = text.rpartition(":")
+        if Path(head).is_dir():
+            path, method = Path(head), tail
+    if not path.is_dir():
+        return text
+    name = "keys.safetensors" if method is None else f"baseline_keys/{method}.safetensors"
+    if (path / name).is_file():
+        return str(path / name)
+    per_size = {}
+    for sub in sorted(path.glob("k*")):
+        m = re.fullmatch(r"k(\d+)", sub.name)
+        if m and (sub / name).is_file():
+            per_size[int(m.group(1))] = str(sub / name)
+    if per_size:
+        return per_size
+    what = "a discover run" if method is None else f"a discover run with {method} baseline keys"
+    raise MasterkeyError(f"keys '{text}': the folder {path} is not {what} (no {name}, nor k*/{name})")
+
+
+def expand_seeds(specs: Sequence[str], seeds: int) -> list[str]:
+    """``random:K`` without a seed becomes ``random:K:0`` .. ``random:K:{seeds-1}``; other specs stay."""
+    out: list[str] = []
+    for spec in specs:
+        m = re.fullmatch(r"random:(\d+)", str(spec))
+        if m and seeds > 1:
+            out.extend(f"random:{m.group(1)}:{s}" for s in range(seeds))
+        else:
+            out.append(str(spec))
+    return out
+
+
+def spec_group(name: str) -> tuple[str, int | None]:
+    """``("random:8", 3)`` for ``random:8:3``: the family a seeded key set belongs to, and its seed."""
+    m = re.fullmatch(r"(random:\d+):(\d+)", name)
+    if m:
+        return m.group(1), int(m.group(2))
+    return name, None
+
+
+def _display_name(spec: str | KeySet) -> str:
+    return spec.name if isinstance(spec, KeySet) else str(spec)
+
+
+def check_keys(
+    model: nn.Module, specs: Sequence[str | KeySet], layers: LayerSelector = None, resize: bool = False
+) -> None:
+    """Raise :class:`MasterkeyError` if some key spec cannot serve the kernel sizes of the selected layers."""
+    from masterkey.surgery import keys_for_kernel
+
+    positions = depthwise_layers(model)
+    if not positions:
+        raise MasterkeyError(f"{type(model).__name__}: the model has no depthwise convolution to swap")
+    chosen = select_layers(positions, layers)
+    if not chosen:
+        raise MasterkeyError("no depthwise layer matches the layer selection")
+    sizes = sorted({pos.kernel_size[0] for pos in chosen if pos.kernel_size[0] == pos.kernel_size[1]})
+    for spec in specs:
+        keys = resolve_key_spec(spec)
+        for k in sizes:
+            keys_for_kernel(keys, k, resize=resize)
+
+
+# ---------------------------------------------------------------------- results
+
+
+def ci95(values: Sequence[float]) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student t); NaN for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    from scipy import stats
+
+    series = pd.Series(list(values), dtype=float)
+    return float(stats.t.ppf(0.975, n - 1) * series.std(ddof=1) / math.sqrt(n))
+
+
+@dataclass
+class SwapResults:
+    """Rows (one per key set and condition, the unswapped baseline first), the per-stage cos² of each key set,
+    the optional sensitivity table, and what was evaluated (``info``)."""
+
+    rows: list[dict[str, Any]]
+    per_stage: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sensitivity: pd.DataFrame | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=list(RESULT_COLUMNS))
+
+    def summary(self) -> pd.DataFrame:
+        """One row per key family and condition: seeded key sets (``random:8:0..4``) are pooled into mean and
+        95% CI half-width over seeds; single key sets have ``n_seeds`` 1 and no CI."""
+        frame = self.frame()
+        out = []
+        for (group, recal, calib), part in frame.groupby(["group", "recalibrated", "calibration"], sort=False):
+            row: dict[str, Any] = {
+                "keys": group,
+                "n_keys": part["n_keys"].iloc[0],
+                "recalibrated": bool(recal),
+                "calibration": calib,
+                "n_seeds": len(part),
+            }
+            for col in ("top1", "top5", "delta_top1", "mean_cos2"):
+                row[col] = float(part[col].mean())
+                row[f"{col}_ci95"] = ci95(part[col].tolist())
+            out.append(row)
+        return pd.DataFrame(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON-ready data (NaN, e.g. the seed of a non-random key set, becomes None)."""
+        out: dict[str, Any] = {
+            "info": self.info,
+            "results": _records(self.frame()),
+            "summary": _records(self.summary()),
+            "per_stage": _records(self.per_stage),
+        }
+        if self.sensitivity is not None:
+            out["sensitivity"] = _records(self.sensitivity)
+        return out
+
+    def to_markdown(self) -> str:
+        """The summary, per-stage and sensitivity tables as Markdown."""
+        info = self.info
+        lines = [
+            f"# Swap: {info.get('model', '?')}",
+            "",
+            f"- weights: `{info.get('weights')}`",
+            f"- data: `{info.get('data')}` ({info.get('n_images')} images)",
+        ]
+        if info.get("calibration"):
+            lines.append(f"- recalibration: {info['calibration']}")
+        lines += ["", "## Accuracy", "", markdown_summary(self.summary()), ""]
+        if not self.per_stage.empty:
+            lines += ["## Mean cos² per stage", "", _markdown(self.per_stage), ""]
+        if self.sensitivity is not None:
+            lines += ["## Sensitivity (one unit swapped at a time)", "", _markdown(self.sensitivity), ""]
+        return "\n".join(lines)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in rows]
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _pct(mean: float, half: float) -> str:
+    return f"{100 * mean:.1f}" if half != half else f"{100 * mean:.1f} ± {100 * half:.1f}"
+
+
+def markdown_summary(summary: pd.DataFrame) -> str:
+    """The summary table with accuracies in percent and mean ± 95% CI over seeds."""
+    with_calib = "calibration" in summary and bool((summary["calibration"].fillna("") != "").any())
+    head = "| keys | n_keys | recalibrated |" + (" calibration |" if with_calib else "")
+    lines = [
+        head + " seeds | top-1 % | top-5 % | Δ top-1 (points) | mean cos² |",
+        "| --- | ---: | :---: |" + (" --- |" if with_calib else "") + " ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in summary.to_dict(orient="records"):
+        calib = f" {r.get('calibration') or '-'} |" if with_calib else ""
+        lines.append(
+            f"| {r['keys']} | {r['n_keys']} | {_fmt(r['recalibrated'])} |{calib} {r['n_seeds']} | "
+            f"{_pct(r['top1'], r['top1_ci95'])} | {_pct(r['top5'], r['top5_ci95'])} | "
+            f"{_pct(r['delta_top1'], r['delta_top1_ci95'])} | {r['mean_cos2']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- the session
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where recalibration images come from: separate ``images`` (training data, never the evaluation set), or
+    ``crossfit`` K folds of the evaluation images themselves, each fold classified after recalibrating on
+    ``n_images`` images (all, by default) of the other folds, so no image calibrates the model that classifies
+    it. ``name`` labels the result rows."""
+
+    images: ImageSet | None = None
+    crossfit: int = 0
+    n_images: int | None = None
+    seed: int = 0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.images is None) == (self.crossfit < 2):
+            raise MasterkeyError("a calibration takes either calibration images or crossfit >= 2 folds (not both)")
+
+    def label(self, eval_root: str) -> str:
+        if self.name:
+            return self.name
+        if self.images is not None:
+            return f"{len(self.images)} images of {self.images.root}"
+        n = self.n_images if self.n_images is not None else "all"
+        return f"crossfit {self.crossfit} folds of {eval_root} ({n} images of the other folds each)"
+
+
+class SwapSession:
+    """Swap experiments on one model: evaluate, swap, recalibrate, restore.
+
+    ``images`` are the evaluation images (decoded with ``prep``'s geometry, see
+    :func:`masterkey.evaluate.load_eval_images`). ``calibration`` (BatchNorm networks only) is an
+    :class:`ImageSet` of training images, a :class:`Calibration`, or several; with ``recalibrate`` every result
+    gets one recalibrated row per calibration. The model's original state is kept and restored before every key
+    set, so a session can run any number of them.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: ImageSet,
+        prep: Preprocessing | None = None,
+        calibration: ImageSet | Calibration | Sequence[Calibration] | None = None,
+        batch_size: int = 128,
+        calib_batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> None:
+        if not depthwise_layers(model):
+            raise MasterkeyError(f"{type(model).__name__}: the model has no depthwise convolution to swap")
+        if isinstance(calibration, ImageSet):
+            calibration = Calibration(images=calibration)
+        self.calibrations: list[Calibration] = (
+            [] if calibration is None else [calibration] if isinstance(calibration, Calibration) else list(calibration)
+        )
+        if self.calibrations and not has_batchnorm(model):
+            raise MasterkeyError(
+                f"{type(model).__name__}: recalibration asked for, but the model has no BatchNorm layer (LayerNorm "
+                "networks such as ConvNeXt keep no running statistics); drop the recalibration"
+            )
+        self.model = model.eval()
+        self.images = images
+        self.prep = prep or preprocessing_for(model)
+        self.batch_size = batch_size
+        self.calib_batch_size = calib_batch_size
+        self.device = torch.device(device)
+        self.progress = progress
+        self.original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._baseline: dict[str, float] | None = None
+
+    # -------------------------------------------------------------- basics
+    def restore(self) -> None:
+        """Put the original weights and BatchNorm statistics back."""
+        self.model.load_state_dict(self.original)
+
+    def evaluate(self) -> dict[str, float]:
+        """Top-1 / top-5 of the model as it is now."""
+        return evaluate(
+            self.model, self.images, self.prep, batch_size=self.batch_size, device=self.device, progress=self.progress
+        )
+
+    def _calib_count(self, calibration: Calibration) -> int:
+        if calibration.images is not None:
+            return len(calibration.images)
+        return len(self._folds(calibration)[0][0])
+
+    def _folds(self, calibration: Calibration) -> list[tuple[Tensor, Tensor]]:
+        return crossfit_folds(self.images.labels, calibration.crossfit, calibration.n_images, seed=calibration.seed)
+
+    def evaluate_recalibrated(self, calibration: Calibration) -> dict[str, float]:
+        """Re-estimate the BatchNorm statistics of the model as it is now, then evaluate it (on calibration
+        images, or cross-fitted). The recalibrated statistics stay in the model."""
+        kwargs = {"batch_size": self.calib_batch_size, "device": self.device, "progress": self.progress}
+        if calibration.images is not None:
+            recalibrate_batchnorm(self.model, calibration.images, self.prep, **kwargs)
+            return self.evaluate()
+        check_class_count(self.model, self.images, self.prep, device=self.device)
+        swapped = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        logits: Tensor | None = None
+        for calib_idx, eval_idx in self._folds(calibration):
+            self.model.load_state_dict(swapped)
+            recalibrate_batchnorm(self.model, self.images.subset(calib_idx), self.prep, **kwargs)
+            part = predict_logits(
+                self.model,
+                self.images.subset(eval_idx),
+                self.prep,
+                batch_size=self.batch_size,
+                device=self.device,
+                progress=self.progress,
+            )
+            if logits is None:
+                logits = torch.empty(len(self.images), part.shape[1])
+            logits[eval_idx] = part
+        assert logits is not None
+        return accuracy(logits, self.images.labels)
+
+    def baseline(self) -> dict[str, float]:
+        """Accuracy of the unswapped model (computed once)."""
+        if self._baseline is None:
+            self.restore()
+            self._baseline = self.evaluate()
+        return self._baseline
+
+    def check_keys(self, specs: Sequence[str | KeySet], layers: LayerSelector = None, resize: bool = False) -> None:
+        """Fail early, before any evaluation, if a key spec cannot serve the selected layers."""
+        check_keys(self.model, specs, layers, resize)
+
+    # -------------------------------------------------------------- one key set
+    def run(
+        self,
+        keys: str | KeySet,
+        layers: LayerSelector = None,
+        resize: bool = False,
+        recalibrate: bool = False,
+    ) -> tuple[list[dict[str, Any]], SwapReport]:
+        """Swap ``keys`` in, evaluate (and, with ``recalibrate``, recalibrate with each calibration and evaluate
+        again), restore. Returns the result rows and the swap's per-layer report."""
+        if recalibrate and not self.calibrations:
+            raise MasterkeyError("recalibration asked for, but the session has no calibration images")
+        base = self.baseline()
+        name = _display_name(keys)
+        group, seed = spec_group(name)
+        self.restore()
+        try:
+            start = time.perf_counter()
+            report = swap_depthwise(self.model, resolve_key_spec(keys), layers=layers, resize=resize)
+            common = {
+                "keys": name,
+                "group": group,
+                "seed": seed,
+                "n_keys": report.n_keys,
+                "mean_cos2": report.mean_cos2,
+                "n_layers": len(report.layers),
+                "n_filters": report.n_filters,
+            }
+            rows = [self._row(common, self.evaluate(), base, None, start)]
+            if recalibrate:
+                swapped = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                for calibration in self.calibrations:
+                    self.model.load_state_dict(swapped)
+                    start = time.perf_counter()
+                    acc = self.evaluate_recalibrated(calibration)
+                    rows.append(self._row(common, acc, base, calibration, start))
+        finally:
+            self.restore()
+        return rows, report
+
+    def _row(
+        self,
+        common: dict[str, Any],
+        acc: dict[str, float],
+        base: dict[str, float],
+        calibration: Calibration | None,
+        start: float,
+    ) -> dict[str, Any]:
+        return {
+            **common,
+            "recalibrated": calibration is not None,
+            "calibration": calibration.label(self.images.root) if calibration is not None else "",
+            "top1": acc["top1"],
+            "top5": acc["top5"],
+            "delta_top1": acc["top1"] - base["top1"],
+            "n_images": int(acc["n"]),
+            "calib_images": self._calib_count(calibration) if calibration is not None else 0,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+
+    def baseline_rows(self, recalibrate: bool = False) -> list[dict[str, Any]]:
+        """The unswapped model's row; with ``recalibrate`` also the unswapped model after each recalibration (a
+        control: what the calibration data alone do to the statistics)."""
+        start = time.perf_counter()
+        base = self.baseline()
+        common = {
+            "keys": BASELINE,
+            "group": BASELINE,
+            "seed": None,
+            "n_keys": 0,
+            "mean_cos2": 1.0,
+            "n_layers": 0,
+            "n_filters": 0,
+        }
+        rows = [self._row(common, base, base, None, start)]
+        if recalibrate:
+            for calibration in self.calibrations:
+                self.restore()
+                start = time.perf_counter()
+                try:
+                    rows.append(self._row(common, self.evaluate_recalibrated(calibration), base, calibration, start))
+                finally:
+                    self.restore()
+        return rows
+
+    # -------------------------------------------------------------- many key sets
+    def sweep(
+        self,
+        specs: Sequence[str | KeySet],
+        layers: LayerSelector = None,
+        resize: bool = False,
+        recalibrate: bool = False,
+    ) -> SwapResults:
+        """The baseline and every key set of ``specs`` (each with and without recalibration if asked)."""
+        self.check_keys(specs, layers, resize)
+        rows = self.baseline_rows(recalibrate)
+        stages = []
+        for spec in tqdm(specs, desc="key sets", unit="set", disable=None if self.progress else True):
+            new, report = self.run(spec, layers=layers, resize=resize, recalibrate=recalibrate)
+            rows.extend(new)
+            per_stage = report.per_stage()
+            per_stage.insert(0, "keys", _display_name(spec))
+            stages.append(per_stage)
+        per_stage = pd.concat(stages, ignore_index=True) if stages else pd.DataFrame()
+        return SwapResults(rows, per_stage, None, self.describe())
+
+    def sensitivity(
+        self,
+        keys: str | KeySet,
+        by: str = "stage",
+        resize: bool = False,
+        recalibrate: bool = False,
+    ) -> pd.DataFrame:
+        """Swap one stage (``by="stage"``) or one layer (``by="layer"``) at a time; the accuracy drop of each.
+
+        Columns: unit, name, keys, n_layers, n_filters, mean_cos2, top1, top5, drop (baseline top-1 minus
+        top-1) and, with ``recalibrate``, top1_recal / drop_recal.
+        """
+        if by not in ("stage", "layer"):
+            raise MasterkeyError(f"--sensitivity {by!r}: expected 'stage' or 'layer'")
+        base = self.baseline()
+        positions = depthwise_layers(self.model)
+        if by == "stage":
+            stages = sorted({p.stage for p in positions})
+            units = [(str(s), [p.name for p in positions if p.stage == s]) for s in stages]
+        else:
+            units = [(p.name, [p.name]) for p in positions]
+        self.check_keys([keys], resize=resize)
+        rows = []
+        for name, members in tqdm(units, desc=f"sensitivity by {by}", disable=None if self.progress else True):
+            new, report = self.run(keys, layers=members, resize=resize, recalibrate=recalibrate)
+            row: dict[str, Any] = {
+                "unit": by,
+                "name": name,
+                "keys": _display_name(keys),
+                "n_layers": len(report.layers),
+                "n_filters": report.n_filters,
+                "mean_cos2": report.mean_cos2,
+                "top1": new[0]["top1"],
+                "top5": new[0]["top5"],
+                "drop": base["top1"] - new[0]["top1"],
+            }
+            if recalibrate:
+                row["top1_recal"] = new[1]["top1"]
+                row["drop_recal"] = base["top1"] - new[1]["top1"]
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def describe(self) -> dict[str, Any]:
+        """What this session evaluates (for results' ``info``)."""
+        info: dict[str, Any] = {
+            "model": type(self.model).__name__,
+            "data": self.images.root,
+            "n_images": len(self.images),
+            "n_classes": len(self.images.classes),
+            "preprocessing": self.prep.to_dict(),
+            "n_depthwise_layers": len(depthwise_layers(self.model)),
+        }
+        if self.calibrations:
+            info["calibration"] = "; ".join(c.label(self.images.root) for c in self.calibrations)
+        return info
+
+
+# ---------------------------------------------------------------------- model loading and run directories
+
+
+def load_model(
+    name: str | None, weights: str | Path | None, pretrained: bool = False, **kwargs: Any
+) -> tuple[nn.Module, str, dict[str, str]]:
+    """A model for swapping: by name, or — with ``name`` omitted — named by the weights' safetensors metadata
+    (``arch``) or recognised from the state_dict (:func:`masterkey.remap.guess_model_name`). Returns the model,
+    the name used, and the weights' metadata (``dataset`` there picks the preprocessing)."""
+    from masterkey.models import create_model, read_state_dict
+    from masterkey.remap import guess_model_name
+
+    metadata: dict[str, str] = {}
+    if weights is not None:
+        state, metadata = read_state_dict(weights)
+        if name is None and "arch" not in metadata:
+            name = guess_model_name(state)
+            if name is None:
+                raise MasterkeyError(
+                    f"{weights}: the file names no architecture and matches none of the common DS-CNNs; "
+                    "give --model NAME (a timm or torchvision model name)"
+                )
+        name = name or metadata["arch"]
+    elif name is None:
+        raise MasterkeyError("no model: give --model NAME, --weights FILE, or both")
+    model = create_model(name, weights=weights, pretrained=pretrained, **kwargs)
+    return model, name, metadata
+
+
+def write_swap_run(out: str | Path, results: SwapResults, config: dict[str, Any], overwrite: bool = False) -> None:
+    """A "swap" run directory: results.csv / results.json, summary.csv, per_stage.csv, optional
+    sensitivity.csv, summary.md and run.json (see the run-directory contract)."""
+    from masterkey.files import atomic_directory, write_json, write_text
+    from masterkey.runs import write_run_info
+
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        results.frame().to_csv(tmp / "results.csv", index=False)
+        results.summary().to_csv(tmp / "summary.csv", index=False)
+        results.per_stage.to_csv(tmp / "per_stage.csv", index=False)
+        if results.sensitivity is not None:
+            results.sensitivity.to_csv(tmp / "sensitivity.csv", index=False)
+        write_json(tmp / "results.json", results.to_dict())
+        write_text(tmp / "summary.md", results.to_markdown())
+        write_run_info(tmp, "swap", {k: v for k, v in config.items() if not k.startswith("_")})

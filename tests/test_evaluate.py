@@ -1,0 +1,104 @@
+"""Evaluation: the model's own preprocessing, top-1 / top-5, clear errors for bad data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from masterkey.errors import MasterkeyError
+from masterkey.evaluate import (
+    CIFAR10,
+    TORCHVISION_IMAGENET,
+    accuracy,
+    check_class_count,
+    evaluate,
+    load_eval_images,
+    preprocessing_for,
+    preprocessing_named,
+)
+from masterkey.models import create_model
+
+
+@pytest.fixture(scope="module")
+def convnext(cifar_convnexts):
+    return create_model(weights=next(p for p in cifar_convnexts if "convnext_atto_s2" in p.name))
+
+
+def test_preprocessing_follows_the_model() -> None:
+    import timm
+    import torchvision
+
+    tf_lite = preprocessing_for(timm.create_model("tf_efficientnet_lite0"))
+    assert (tf_lite.resize, tf_lite.crop, tf_lite.interpolation) == (256, 224, "bicubic")
+    assert tf_lite.mean == (0.5, 0.5, 0.5) and tf_lite.std == (0.5, 0.5, 0.5)
+    assert preprocessing_for(torchvision.models.mobilenet_v2()) == TORCHVISION_IMAGENET
+    assert preprocessing_for(torchvision.models.mobilenet_v2(), "cifar10-jpeg") == CIFAR10
+    assert preprocessing_named("imagenet", torchvision.models.mobilenet_v2()) == TORCHVISION_IMAGENET
+    with pytest.raises(MasterkeyError, match="expected auto, cifar10 or imagenet"):
+        preprocessing_named("svhn", torchvision.models.mobilenet_v2())
+
+
+def test_accuracy_counts_top1_and_top5() -> None:
+    logits = torch.tensor([[0.0, 5, 1, 2, 3, 4, -1], [9.0, 0, 1, 2, 3, 4, 5], [0.0, 1, 2, 3, 4, 5, 6]])
+    labels = torch.tensor([1, 6, 0])
+    out = accuracy(logits, labels)
+    assert out == {"top1": pytest.approx(1 / 3), "top5": pytest.approx(2 / 3), "n": 3}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(2, 12), st.integers(0, 1000))
+def test_accuracy_matches_a_direct_count(n: int, classes: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, classes, generator=gen)
+    labels = torch.randint(classes, (n,), generator=gen)
+    out = accuracy(logits, labels)
+    ranks = (logits > logits.gather(1, labels[:, None])).sum(dim=1)
+    assert out["top1"] == pytest.approx(float((ranks == 0).float().mean()))
+    assert out["top5"] == pytest.approx(float((ranks < 5).float().mean()))
+    assert out["top1"] <= out["top5"]
+
+
+def test_cifar_convnext_accuracy_on_real_images(convnext, shared: Path) -> None:
+    images = load_eval_images(shared / "data" / "cifar10" / "test", CIFAR10, max_per_class=10)
+    assert len(images) == 100 and images.images.shape[1:] == (3, 32, 32)
+    out = evaluate(convnext, images, CIFAR10, progress=False)
+    # 85.1% on the full test set; 100 images leave several points of slack either way.
+    assert 0.72 <= out["top1"] <= 0.97 and out["top5"] >= 0.95
+
+
+def test_max_images_decodes_a_stratified_subset(shared: Path) -> None:
+    images = load_eval_images(shared / "data" / "imagenet-samples" / "val", TORCHVISION_IMAGENET, max_images=12)
+    assert len(images) == 12 and len(images.classes) == 1000
+    assert images.images.shape[1:] == (3, 224, 224)
+    assert len(set(images.labels.tolist())) == 12
+    again = load_eval_images(shared / "data" / "imagenet-samples" / "val", TORCHVISION_IMAGENET, max_images=12)
+    assert torch.equal(again.labels, images.labels)
+
+
+def test_missing_and_empty_data_folders(tmp_path: Path) -> None:
+    with pytest.raises(MasterkeyError, match="no such data folder"):
+        load_eval_images(tmp_path / "nope", CIFAR10)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MasterkeyError, match="ImageFolder layout"):
+        load_eval_images(tmp_path / "empty", CIFAR10)
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.png").write_bytes(b"")
+    with pytest.raises(MasterkeyError, match="one sub-folder per class"):
+        load_eval_images(tmp_path / "flat", CIFAR10)
+
+
+def test_class_count_mismatch(convnext, shared: Path, tmp_path: Path) -> None:
+    src = shared / "data" / "cifar10" / "test"
+    for cls in ("airplane", "cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for f in sorted((src / cls).iterdir())[:2]:
+            shutil.copy(f, tmp_path / cls / f.name)
+    images = load_eval_images(tmp_path, CIFAR10)
+    with pytest.raises(MasterkeyError, match="class-count mismatch: the data has 3 classes, the model predicts 10"):
+        evaluate(convnext, images, CIFAR10, progress=False)
+    assert check_class_count(convnext, load_eval_images(src, CIFAR10, max_per_class=1), CIFAR10) == 10
