@@ -123,3 +123,12 @@ def test_kernel_size_mismatch_is_a_clear_error():
         fit_bank(bank, "paper8")
     mixed = fit_bank(open_bank(None).query("kernel_size in [3, 7]"), "paper8")
     assert mixed.skipped_kernels == [3] and list(mixed.keysets) == [7]
+
+
+def test_non_finite_filters_give_nan_fits_not_errors():
+    filters = torch.randn(4, 3, 3)
+    filters[1, 0, 0] = float("nan")
+    filters[2, 1, 1] = float("inf")
+    fit = fit_affine(filters, load_keys("random:5:0", kernel_size=3))
+    assert fit.key.min() >= 0 and fit.key.max() < 5
+    assert torch.isfinite(fit.cos2[[0, 3]]).all() and not torch.isfinite(fit.a[1])
