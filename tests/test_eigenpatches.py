@@ -17,7 +17,6 @@ from masterkey.eigenpatches import (
     extract_patches,
     gaussian_window,
     load_gray_images,
-    mean_ci95,
     pca_basis,
     random_reference,
     reconstruct,
@@ -27,6 +26,7 @@ from masterkey.eigenpatches import (
 )
 from masterkey.errors import MasterkeyError
 from masterkey.keys import load_keys
+from masterkey.stats import mean_ci95
 
 
 @pytest.fixture(scope="module")

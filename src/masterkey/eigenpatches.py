@@ -30,6 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from masterkey.errors import MasterkeyError
 from masterkey.images import IMAGE_SUFFIXES
 from masterkey.keys import KeySet, load_keys
+from masterkey.stats import mean_ci95
 
 #: Natural images shipped with scikit-image (``skimage.data``) and scikit-learn (``load_sample_images``).
 BUILTIN_IMAGES: tuple[str, ...] = ("camera", "astronaut", "coffee", "chelsea", "rocket", "china", "flower")
@@ -251,16 +252,6 @@ def compare_with_keys(eigen: EigenPatches, keys: KeySet) -> pd.DataFrame:
             "component_variance": eigen.explained_variance_ratio[best],
         }
     )
-
-
-def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% confidence interval (Student t; NaN for fewer than two values)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return float(x.mean()) if len(x) else math.nan, math.nan
-    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
 def random_reference(eigen: EigenPatches, n_keys: int, seeds: Sequence[int] = range(10)) -> pd.DataFrame:

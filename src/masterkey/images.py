@@ -163,12 +163,19 @@ def stratified_split(labels: Tensor, held_out: float | int, seed: int = 0) -> tu
     if not 0 < n_out < n:
         raise MasterkeyError(f"held-out size {held_out!r} must leave both parts non-empty (of {n} images)")
     gen = torch.Generator().manual_seed(seed)
-    # Each image gets its random rank within its class as a fraction; taking the n_out smallest fractions gives
-    # exactly n_out images with class proportions as equal as the counts allow.
-    position = torch.empty(n, dtype=torch.float64)
-    for c in torch.unique(labels).tolist():
+    classes, counts = torch.unique(labels, return_counts=True)
+    # Largest-remainder allocation: every class gets floor or ceil of its exact share of n_out.
+    share = counts.double() * n_out / n
+    quota = share.floor().long()
+    remainder = share - quota
+    tiebreak = torch.rand(len(classes), generator=gen, dtype=torch.float64) * 1e-9
+    extra = torch.argsort(remainder + tiebreak, descending=True)[: n_out - int(quota.sum())]
+    quota[extra] += 1
+    out = []
+    for c, q in zip(classes.tolist(), quota.tolist(), strict=True):
         idx = torch.nonzero(labels == c)[:, 0]
-        ranks = torch.randperm(len(idx), generator=gen).double()
-        position[idx] = (ranks + torch.rand(len(idx), generator=gen, dtype=torch.float64)) / len(idx)
-    order = torch.argsort(position, stable=True)
-    return torch.sort(order[n_out:]).values, torch.sort(order[:n_out]).values
+        out.append(idx[torch.randperm(len(idx), generator=gen)[:q]])
+    held = torch.sort(torch.cat(out)).values
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[held] = False
+    return torch.nonzero(mask)[:, 0], held

@@ -13,7 +13,6 @@ and ``DIR:METHOD`` (its ``baseline_keys/METHOD.safetensors``, e.g. ``runs/disc:k
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from masterkey.evaluate import Preprocessing, accuracy, check_class_count, evalu
 from masterkey.images import ImageSet
 from masterkey.keys import KeySet
 from masterkey.recalibrate import crossfit_folds, has_batchnorm, recalibrate_batchnorm
+from masterkey.stats import ci95
 from masterkey.surgery import Keys, LayerSelector, SwapReport, depthwise_layers, select_layers, swap_depthwise
 
 BASELINE = "none"
@@ -127,17 +127,6 @@ def check_keys(
 
 
 # ---------------------------------------------------------------------- results
-
-
-def ci95(values: Sequence[float]) -> float:
-    """Half-width of the 95% confidence interval of the mean (Student t); NaN for fewer than two values."""
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    from scipy import stats
-
-    series = pd.Series(list(values), dtype=float)
-    return float(stats.t.ppf(0.975, n - 1) * series.std(ddof=1) / math.sqrt(n))
 
 
 @dataclass

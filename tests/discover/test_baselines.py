@@ -8,10 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from masterkey.discover.baselines import baseline_keysets, mean_ci95, pca_keys, spherical_kmeans
+from masterkey.discover.baselines import baseline_keysets, pca_keys, spherical_kmeans
 from masterkey.discover.objectives import explained_variance, source_weights, span_explained_variance
 from masterkey.errors import MasterkeyError
 from masterkey.normalize import center_norm
+from masterkey.stats import mean_ci95
 
 
 def _best_abs_cos(found: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from masterkey.discover.autoencoder import (
     train_autoencoder,
     uniform_latent_penalty,
 )
-from masterkey.discover.baselines import BASELINES, baseline_keysets, mean_ci95, pca_keys, spherical_kmeans
+from masterkey.discover.baselines import BASELINES, baseline_keysets, pca_keys, spherical_kmeans
 from masterkey.discover.candidates import Candidates, dedupe, latent_grid, make_candidates, resample_around
 from masterkey.discover.greedy import GreedyPath, GreedyStep, find_elbow, greedy_backward
 from masterkey.discover.objectives import (
@@ -41,6 +41,7 @@ from masterkey.discover.pipeline import (
     prepare_filters,
 )
 from masterkey.discover.universality import leave_one_source_out
+from masterkey.stats import mean_ci95
 
 __all__ = [
     "BASELINES",

@@ -25,16 +25,6 @@ from masterkey.keys import KeySet, load_keys
 BASELINES = ("kmeans", "pca", "random", "impulse", "paper8")
 
 
-def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% confidence interval (Student t; NaN for fewer than two values)."""
-    from scipy.special import stdtrit  # the Student t quantile; scipy.stats takes seconds to import
-
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return (float(x.mean()) if len(x) else math.nan), math.nan
-    return float(x.mean()), float(stdtrit(len(x) - 1, 0.975) * x.std(ddof=1) / math.sqrt(len(x)))
-
-
 def _unit_rows(filters: Tensor) -> Tensor:
     flat = filters.reshape(filters.shape[0], -1).to(torch.float64)
     flat = flat - flat.mean(dim=1, keepdim=True)

@@ -22,12 +22,13 @@ from torch import Tensor
 
 from masterkey.bank import FilterBank
 from masterkey.discover.autoencoder import AutoencoderConfig, TrainedAutoencoder, cpu_threads, train_autoencoder
-from masterkey.discover.baselines import BASELINES, baseline_keysets, mean_ci95
+from masterkey.discover.baselines import BASELINES, baseline_keysets
 from masterkey.discover.candidates import SPACINGS, Candidates, latent_grid, make_candidates, resample_around
 from masterkey.discover.greedy import GreedyPath, greedy_backward
 from masterkey.discover.objectives import Objective, VarianceObjective, source_weights
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet
+from masterkey.stats import mean_ci95
 
 ObjectiveFactory = Callable[[Tensor], Objective]
 WEIGHTINGS = ("source", "filter")

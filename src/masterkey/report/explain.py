@@ -24,7 +24,6 @@ from masterkey.eigenpatches import (
     compare_with_keys,
     eigen_patches,
     load_gray_images,
-    mean_ci95,
     pca_basis,
     random_reference,
     reconstruct,
@@ -38,6 +37,7 @@ from masterkey.report import figures as F
 from masterkey.report.html import markdown_table
 from masterkey.runs import write_run_info
 from masterkey.scalespace import fit_keyset, scalespace_keyset
+from masterkey.stats import mean_ci95
 
 
 @dataclass

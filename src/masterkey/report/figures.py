@@ -408,7 +408,7 @@ def greedy_path(
             if "ci95" in part and part["ci95"].notna().any():
                 err = part.groupby("n_keys")["ci95"].mean().reindex(mean.index)
             elif agg.size().max() > 1:
-                from masterkey.eigenpatches import mean_ci95
+                from masterkey.stats import mean_ci95
 
                 err = pd.Series({n: mean_ci95(g.tolist())[1] for n, g in agg}, dtype=float).reindex(mean.index)
             else:

@@ -427,7 +427,7 @@ def experiment_section(exp: ExperimentRun, index: int, options: ReportOptions) -
     section = new_section(run, index, str(run.config.get("model") or ""))
     table = exp.table
     if table is not None and len(table):
-        from masterkey.eigenpatches import mean_ci95
+        from masterkey.stats import mean_ci95
 
         rows = []
         for mode, group in table.groupby("mode", sort=False):

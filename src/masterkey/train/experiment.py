@@ -45,12 +45,12 @@ from masterkey.errors import MasterkeyError
 from masterkey.files import write_json, write_lock, write_text
 from masterkey.keys import builtin_keysets, load_keys
 from masterkey.runs import RUN_INFO, write_run_info
+from masterkey.stats import CONFIDENCE, mean_ci
 from masterkey.train.config import TrainConfig, config_differences
 from masterkey.train.data import find_splits
 from masterkey.train.distributed import barrier, init_distributed, run_on_main, shutdown
 from masterkey.train.loop import StepCallback, build_model, partial_dir, publish, train
 
-CONFIDENCE = 0.95
 METRICS = ("test_top1", "test_top5", "test_loss", "train_loss", "best_test_top1")
 
 
@@ -198,22 +198,6 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 # ---------------------------------------------------------------------- statistics
-def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """``(mean, sample std, half-width of the Student-t confidence interval)``; the std and half-width are NaN
-    for fewer than two values."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return float("nan"), float("nan"), float("nan")
-    if len(x) < 2:
-        return float(x.mean()), float("nan"), float("nan")
-    std = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * std / math.sqrt(len(x)))
-    return float(x.mean()), std, half
-
-
 def summarize_runs(rows: pd.DataFrame | list[dict[str, Any]], reference: str | None = "trainable") -> dict[str, Any]:
     """Per arm (column ``mode``): ``n``, ``mean`` / ``ci95`` of test top-1 and every metric in :data:`METRICS`
     as ``{mean, std, ci95, values}``, plus the paired difference to the ``reference`` arm (same seeds)."""
