@@ -121,19 +121,25 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         try:
             yield tmp
             _fsync_tree(tmp)
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
+            replace_directory(tmp, path)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise MasterkeyError(_describe_os_error(path, exc)) from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def replace_directory(src: Path, dst: Path) -> None:
+    """Move the complete directory ``src`` to ``dst``; an existing ``dst`` is moved aside first and deleted only
+    once ``src`` is in place (a writer killed in between is repaired by the next :func:`atomic_directory`)."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
 
 
 def _recover_leftovers(path: Path) -> None:

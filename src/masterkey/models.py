@@ -115,7 +115,10 @@ def resolve_model_name(name: str) -> tuple[str, str]:
     raise MasterkeyError(f"model '{name}': not a timm or torchvision model name, nor an existing file{hint}")
 
 
-def _int_or_str(value: str) -> Any:
+def parse_scalar(value: str) -> Any:
+    """``"10"`` → 10, ``"0.5"`` → 0.5, ``"true"`` → True; anything else stays a string."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
     for cast in (int, float):
         try:
             return cast(value)
@@ -145,7 +148,7 @@ def create_model(
             name = metadata["arch"]
         for key in ("num_classes", "patch_size", "in_chans"):
             if key in metadata and key not in kwargs:
-                kwargs[key] = _int_or_str(metadata[key])
+                kwargs[key] = parse_scalar(metadata[key])
     elif name is None:
         raise MasterkeyError("no model: give a model name, a weights file, or both")
     lib, model_name = resolve_model_name(name)

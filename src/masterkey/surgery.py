@@ -135,6 +135,17 @@ def _resolution_stages(convs: list[DepthwiseConv]) -> list[LayerPosition]:
     return out
 
 
+def chosen_layers(model: nn.Module, layers: LayerSelector) -> list[LayerPosition]:
+    """The depthwise layers of ``model`` picked by ``layers``; a clear error if there are none."""
+    positions = depthwise_layers(model)
+    if not positions:
+        raise MasterkeyError(f"{type(model).__name__}: the model has no depthwise convolution to swap")
+    chosen = select_layers(positions, layers)
+    if not chosen:
+        raise MasterkeyError("no depthwise layer matches the layer selection")
+    return chosen
+
+
 def select_layers(layers: Sequence[LayerPosition], selector: LayerSelector) -> list[LayerPosition]:
     """The layers a selector picks.
 
@@ -219,12 +230,7 @@ def swap_depthwise(
     kernel size are centre-cropped / zero-padded only with ``resize``. Non-square kernels are skipped (listed in
     ``SwapReport.skipped``); non-finite filters are left as they are. Returns per-layer mean cos².
     """
-    positions = depthwise_layers(model)
-    if not positions:
-        raise MasterkeyError(f"{type(model).__name__}: the model has no depthwise convolution to swap")
-    chosen = select_layers(positions, layers)
-    if not chosen:
-        raise MasterkeyError("no depthwise layer matches the layer selection")
+    chosen = chosen_layers(model, layers)
     by_size: dict[int, KeySet] = {}
     report: list[LayerSwap] = []
     skipped: list[tuple[str, str]] = []

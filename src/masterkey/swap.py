@@ -31,7 +31,7 @@ from masterkey.images import ImageSet
 from masterkey.keys import KeySet
 from masterkey.recalibrate import crossfit_folds, has_batchnorm, recalibrate_batchnorm
 from masterkey.stats import ci95
-from masterkey.surgery import Keys, LayerSelector, SwapReport, depthwise_layers, select_layers, swap_depthwise
+from masterkey.surgery import Keys, LayerSelector, SwapReport, depthwise_layers, swap_depthwise
 
 BASELINE = "none"
 RESULT_COLUMNS = (
@@ -111,14 +111,9 @@ def check_keys(
     model: nn.Module, specs: Sequence[str | KeySet], layers: LayerSelector = None, resize: bool = False
 ) -> None:
     """Raise :class:`MasterkeyError` if some key spec cannot serve the kernel sizes of the selected layers."""
-    from masterkey.surgery import keys_for_kernel
+    from masterkey.surgery import chosen_layers, keys_for_kernel
 
-    positions = depthwise_layers(model)
-    if not positions:
-        raise MasterkeyError(f"{type(model).__name__}: the model has no depthwise convolution to swap")
-    chosen = select_layers(positions, layers)
-    if not chosen:
-        raise MasterkeyError("no depthwise layer matches the layer selection")
+    chosen = chosen_layers(model, layers)
     sizes = sorted({pos.kernel_size[0] for pos in chosen if pos.kernel_size[0] == pos.kernel_size[1]})
     for spec in specs:
         keys = resolve_key_spec(spec)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from masterkey.errors import MasterkeyError
+from masterkey.models import parse_scalar
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, digits: int = 3) -> str:
@@ -50,19 +51,8 @@ def parse_kwargs(text: str | None, what: str = "--model-kwargs") -> dict[str, An
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise MasterkeyError(f"{what}: expected key=value pairs separated by commas, got {item!r}")
-        out[key.strip()] = _parse_value(value.strip())
+        out[key.strip()] = parse_scalar(value.strip())
     return out
-
-
-def _parse_value(value: str) -> Any:
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 def note(message: str) -> None:

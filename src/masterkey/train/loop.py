@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from masterkey.errors import MasterkeyError
-from masterkey.files import atomic_write, write_json, write_lock, write_text
+from masterkey.files import atomic_write, replace_directory, write_json, write_lock, write_text
 from masterkey.keyconv import ConvertedLayer, convert_to_keys, export_state_dict, key_counts, parameter_counts
 from masterkey.keys import load_keys
 from masterkey.runs import write_run_info
@@ -273,13 +272,7 @@ def _start_out(out: Path, resume: bool) -> None:
 
 def publish(partial: Path, out: Path) -> None:
     """Rename the finished ``OUT.partial`` to ``OUT`` (replacing an old ``OUT`` only now)."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out)
+    replace_directory(partial, out)
 
 
 # ---------------------------------------------------------------------- the loop
