@@ -6,7 +6,9 @@ Measures, in one run on one machine:
   - a straightforward single matrix product (the same closed form, unchunked) as the reference implementation;
   - a naive per-filter loop calling numpy.linalg.lstsq with design matrix [key, 1] for every key, timed on a
     subsample and scaled to N, and the ratio.
-Usage: python bench/bench_fit.py [--n 1000000] [--keys 50] [--repeats 5] [--naive 300]
+With ``--device cuda`` the filters stay in host memory (as a bank's do) and stream through the GPU chunk by chunk;
+the GPU's results are compared with the CPU's on a subsample, and the device's peak memory is reported.
+Usage: python bench/bench_fit.py [--n 1000000] [--keys 50] [--repeats 5] [--naive 300] [--device cuda]
 """
 
 from __future__ import annotations
@@ -65,27 +67,38 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--naive", type=int, default=300, help="filters in the naive-loop subsample")
     p.add_argument("--chunk-size", type=int, default=8192)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     torch.set_num_threads(os.cpu_count() or 1)
     gen = torch.Generator().manual_seed(0)
     filters = torch.randn(args.n, args.kernel, args.kernel, generator=gen)
     keys = load_keys(f"random:{args.keys}:0", kernel_size=args.kernel)
-    fit_affine(filters[:100_000], keys, chunk_size=args.chunk_size)  # warm-up
+    fit_affine(filters[:100_000], keys, chunk_size=args.chunk_size, device=device)  # warm-up
 
     before = rss_kib("VmRSS")
     reset_peak()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        result = fit_affine(filters, keys, chunk_size=args.chunk_size)
+        result = fit_affine(filters, keys, chunk_size=args.chunk_size, device=device)  # results land on the host
         times.append(time.perf_counter() - t0)
     extra_mib = (rss_kib("VmHWM") - before) / 1024
+    device_mib = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else 0.0
+    if cuda:  # the same numbers as on the CPU?
+        m = min(args.n, 200_000)
+        on_cpu = fit_affine(filters[:m], keys, chunk_size=args.chunk_size)
+        same_key = float((on_cpu.key == result.key[:m]).double().mean())
+        cos2_err = float((on_cpu.cos2 - result.cos2[:m]).abs().max())
     del result
 
     plain_times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        plain_matmul(filters, keys.keys)
+        plain_matmul(filters.to(device), keys.keys.to(device)).cpu()
         plain_times.append(time.perf_counter() - t0)
 
     sub = filters[: args.naive].reshape(args.naive, -1).double().numpy()
@@ -102,17 +115,24 @@ def main() -> None:
     explained_times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        explained = fit_affine(filters, keys, chunk_size=args.chunk_size)
+        explained = fit_affine(filters, keys, chunk_size=args.chunk_size, device=device)
         explained_times.append(time.perf_counter() - t0)
 
     best, med = min(times), statistics.median(times)
     naive_total = naive_per_filter * args.n
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+        f", fit on {device}"
     )
     print(f"fit_affine: {args.n:,} {args.kernel}x{args.kernel} filters x {args.keys} keys, chunk {args.chunk_size}")
     print(f"  best {best:.3f} s, median {med:.3f} s over {args.repeats} runs ({args.n / best / 1e6:.1f} M filters/s)")
     print(f"  extra peak memory: {extra_mib:.0f} MiB (input itself: {filters.numel() * 4 / 2**20:.0f} MiB)")
+    if cuda:
+        print(f"  device: {torch.cuda.get_device_name(device)}, peak device memory {device_mib:.0f} MiB")
+        print(
+            f"  vs CPU on {min(args.n, 200_000):,} filters: same best key {same_key:.4%}, "
+            f"max |cos² diff| {cos2_err:.2e}"
+        )
     print(
         f"  well-explained filters (mean cos² {float(explained.cos2.mean()):.2f}): best {min(explained_times):.3f} s, "
         f"median {statistics.median(explained_times):.3f} s"

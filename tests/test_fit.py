@@ -132,3 +132,18 @@ def test_non_finite_filters_give_nan_fits_not_errors():
     fit = fit_affine(filters, load_keys("random:5:0", kernel_size=3))
     assert fit.key.min() >= 0 and fit.key.max() < 5
     assert torch.isfinite(fit.cos2[[0, 3]]).all() and not torch.isfinite(fit.a[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_on_cuda_agrees_with_the_cpu():
+    bank = open_bank(None).query("kernel_size == 7")
+    filters = bank.filters(7)
+    keys = load_keys("paper8")
+    on_cpu = fit_affine(filters, keys, chunk_size=1000)
+    on_gpu = fit_affine(filters, keys, chunk_size=1000, device="cuda")
+    assert on_gpu.key.device.type == "cpu"  # results come back to the host
+    same = on_cpu.key == on_gpu.key
+    assert float(same.double().mean()) > 0.999  # only near-ties may differ
+    assert torch.allclose(on_cpu.cos2, on_gpu.cos2, atol=1e-4, equal_nan=True)
+    assert torch.allclose(on_cpu.a[same], on_gpu.a[same], rtol=1e-3, atol=1e-5)
+    assert torch.allclose(on_cpu.b[same], on_gpu.b[same], rtol=1e-3, atol=1e-5)

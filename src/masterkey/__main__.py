@@ -2,4 +2,6 @@ import sys
 
 from masterkey.cli import main
 
-sys.exit(main())
+# Guarded: worker processes started with "spawn" (train --jobs) re-import this module as __mp_main__.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -193,3 +195,24 @@ def test_an_interrupted_experiment_resumes_run_by_run(tiny: TrainConfig, tmp_pat
     assert summary["arms"]["frozen"]["n"] == 2
     again = train(experiment.config(experiment.arms[0], 1))
     assert again.summary["test_top1"] == summary["runs"][1]["test_top1"]  # the resumed run matches a fresh one
+
+
+def test_runs_trained_side_by_side_match_runs_trained_one_after_another(tiny: TrainConfig, tmp_path: Path) -> None:
+    base = {k: v for k, v in tiny.to_dict().items() if k != "seed"} | {"threads": 1}
+    arms = [Arm("trainable", {"mode": "trainable"}), Arm("frozen", {"mode": "frozen", "keys": "paper8"})]
+    one = run_experiment(Experiment(base, arms, [0, 1]), tmp_path / "one")
+    # The CLI as a user runs it (python -m masterkey: its spawned workers must not re-run the command).
+    spec = {"seeds": [0, 1], "base": base, "arms": [{"name": a.name, **a.overrides} for a in arms]}
+    (tmp_path / "exp.json").write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "masterkey", "train", "--experiment", str(tmp_path / "exp.json"), "--jobs", "2"]
+    done = subprocess.run([*cmd, "-o", str(tmp_path / "two"), "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    two = json.loads(done.stdout)
+    assert [r["test_top1"] for r in two["runs"]] == [r["test_top1"] for r in one["runs"]]
+    assert [r["train_loss"] for r in two["runs"]] == [r["train_loss"] for r in one["runs"]]
+    assert two["arms"]["frozen"]["n"] == 2
+    assert "[frozen-s1]" in done.stderr  # the workers' notes, named by run
+    with pytest.raises(MasterkeyError, match="--jobs 0: expected a positive number"):
+        run_experiment(Experiment(base, arms, [0, 1]), tmp_path / "three", jobs=0)
+    with pytest.raises(MasterkeyError, match="on_step needs jobs=1"):
+        run_experiment(Experiment(base, arms, [0, 1]), tmp_path / "three", jobs=2, on_step=lambda e, s: None)

@@ -64,6 +64,21 @@ def test_every_mode_trains_and_frozen_keys_never_change(tiny: TrainConfig, mode:
         assert float((w[:, None] - keys[None]).flatten(2).abs().amax(2).amin(1).max()) < 1e-6
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_frozen_keys_train_on_cuda_with_bf16_and_channels_last(tiny: TrainConfig, tmp_path: Path) -> None:
+    config = tiny.replace(mode="frozen", keys="paper8", device="cuda", epochs=2)
+    before = initial_model(config)
+    result = train(config, tmp_path / "run")
+    assert result.summary["device"] == torch.cuda.get_device_name(0)
+    assert math.isfinite(result.summary["train_loss"]) and result.summary["steps"] == 6
+    for (_, old), (_, new) in zip(key_layers(before), key_layers(result.model), strict=True):
+        assert torch.equal(old.key, new.key.cpu()), "a frozen key changed"
+        assert not torch.equal(old.offset, new.offset.cpu()), "the offsets b did not train"
+    exported = create_model(config.model, **config.model_kwargs)
+    exported.load_state_dict(load_file(str(tmp_path / "run" / "model.safetensors")))
+    assert all(torch.isfinite(p).all() for p in exported.parameters())
+
+
 def test_run_directory_follows_the_contract_and_exports_plain_timm(tiny: TrainConfig, tmp_path: Path) -> None:
     config = tiny.replace(mode="frozen", epochs=2, mixup=0.8, cutmix=1.0, ema_decay=0.9, learn_scale=True)
     out = tmp_path / "run"

@@ -126,6 +126,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seeds", metavar="LIST", help="several seeds, e.g. 0,1,2: writes an experiment with mean ± CI")
     g.add_argument("--experiment", metavar="FILE", help="experiment file (TOML / JSON): base options, arms, seeds")
     g.add_argument("--arms", metavar="A,B", help="run only these arms of the experiment (or define a new one)")
+    g.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N runs of the experiment at once, each in its own process on the same device (default 1; "
+        "small models on a large GPU)",
+    )
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
     g.add_argument("--amp", choices=("auto", "bf16", "none"), help="autocast: auto = bf16 on CUDA (default)")
@@ -221,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
 
     experiment = build_experiment(args)
     if experiment is None:
+        if args.jobs != 1:
+            raise MasterkeyError("--jobs trains several runs of an experiment at once: give --seeds or --experiment")
         config = TrainConfig.from_dict(_overrides(args), source="options")
         resolve_model_name(config.model)
         result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
@@ -240,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for arm in experiment.arms:
         resolve_model_name(experiment.config(arm, experiment.seeds[0]).model)
-    summary = run_experiment(experiment, args.out, resume=args.resume, overwrite=args.overwrite)
+    summary = run_experiment(experiment, args.out, resume=args.resume, overwrite=args.overwrite, jobs=args.jobs)
     if not summary:  # not rank 0
         return 0
     if args.json:

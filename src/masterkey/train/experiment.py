@@ -336,6 +336,68 @@ def _check_completed(sub: Path, config: TrainConfig) -> None:
         )
 
 
+class _LinePrefix:
+    """A text stream that starts every line with ``prefix`` (the run's name) before passing it on."""
+
+    def __init__(self, stream: Any, prefix: str) -> None:
+        self.stream, self.prefix, self.at_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        out = []
+        for piece in text.splitlines(keepends=True):
+            out.append((self.prefix if self.at_start else "") + piece)
+            self.at_start = piece.endswith(("\n", "\r"))
+        self.stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _train_job(config: TrainConfig, sub: Path, resume: bool) -> None:
+    """One run of :func:`_train_side_by_side`, in a worker process; its output lines start with ``[run name]``."""
+    import logging
+    import sys
+
+    sys.stderr = _LinePrefix(sys.stderr, f"[{sub.name}] ")  # type: ignore[assignment]
+    logger = logging.getLogger("masterkey")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("masterkey: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    train(config, sub, resume=resume)
+    sys.stderr.flush()
+
+
+def _train_side_by_side(experiment: Experiment, run_dir: Path, jobs: int) -> None:
+    """Train the experiment's missing runs, ``jobs`` at a time in spawned processes, seed by seed."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    todo = []
+    for seed in experiment.seeds:
+        for arm in experiment.arms:
+            sub = run_dir / "runs" / f"{arm.name}-s{seed}"
+            if not sub.exists():
+                # Several progress bars on one terminal garble each other; workers log their epochs instead.
+                todo.append((experiment.config(arm, seed).replace(progress=False), sub, partial_dir(sub).exists()))
+    if not todo:
+        return
+    # spawn, not fork: CUDA cannot be re-initialised in a forked child.
+    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_job, *job) for job in todo]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            pool.shutdown(cancel_futures=True)
+            raise failed[0].exception()  # type: ignore[misc]
+
+
 def run_experiment(
     experiment: Experiment,
     out: str | Path,
@@ -343,15 +405,27 @@ def run_experiment(
     resume: bool = False,
     overwrite: bool = False,
     on_step: StepCallback | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Train every arm with every seed (in that order) and write the experiment directory ``out``.
 
     Completed runs are kept when resuming (after checking that they were trained with the same config; the arm
     selection may change); an interrupted run resumes from its checkpoint. Returns the summary
     (``summary.json``). Under ``torchrun`` every rank calls this; rank 0 writes.
+
+    ``jobs > 1`` trains that many runs at once, each in its own process on the same device — for small models that
+    leave a large GPU idle between kernels. They are started seed by seed (seed 0 of every arm first), so an
+    experiment cut short holds whole seeds of every arm. Each run's result does not depend on ``jobs``.
     """
     out = Path(out)
+    if jobs < 1:
+        raise MasterkeyError(f"--jobs {jobs}: expected a positive number of runs to train at once")
+    if jobs > 1 and on_step is not None:
+        raise MasterkeyError("run_experiment: on_step needs jobs=1 (the runs of jobs > 1 train in other processes)")
     info, _ = init_distributed(str(experiment.base.get("device", "auto")))
+    if jobs > 1 and info.world_size > 1:
+        shutdown(info)
+        raise MasterkeyError("--jobs trains runs side by side on one device; under torchrun every run uses all ranks")
     try:
         with contextlib.ExitStack() as stack:
             if info.is_main:
@@ -385,6 +459,8 @@ def run_experiment(
                 write_run_info(run_dir, "experiment", experiment.to_dict())
 
             run_on_main(info, prepare)
+            if jobs > 1:
+                _train_side_by_side(experiment, run_dir, jobs)
             rows: list[dict[str, Any]] = []
             curves: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {}
             for arm in experiment.arms:
