@@ -74,8 +74,7 @@ def test_frozen_keys_train_on_cuda_with_bf16_and_channels_last(tiny: TrainConfig
     for (_, old), (_, new) in zip(key_layers(before), key_layers(result.model), strict=True):
         assert torch.equal(old.key, new.key.cpu()), "a frozen key changed"
         assert not torch.equal(old.offset, new.offset.cpu()), "the offsets b did not train"
-    exported = create_model(config.model, **config.model_kwargs)
-    exported.load_state_dict(load_file(str(tmp_path / "run" / "model.safetensors")))
+    exported = create_model(config.model, weights=tmp_path / "run" / "model.safetensors", **config.model_kwargs)
     assert all(torch.isfinite(p).all() for p in exported.parameters())
 
 
