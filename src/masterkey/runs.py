@@ -50,6 +50,15 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def command_argv() -> list[str]:
+    """``sys.argv``, with the program called ``masterkey`` when it is the console script or ``python -m masterkey``."""
+    argv = list(sys.argv)
+    if argv and (Path(argv[0]).name == "masterkey" or Path(argv[0]).parts[-2:] == ("masterkey", "__main__.py")):
+        argv[0] = "masterkey"
+    return argv
+
+
 def write_run_info(out: str | Path, kind: str, config: dict[str, Any]) -> None:
     """Write ``run.json`` (kind, resolved config, environment, command line) into ``out``."""
-    write_json(Path(out) / RUN_INFO, {"kind": kind, "config": config, "environment": environment(), "argv": sys.argv})
+    info = {"kind": kind, "config": config, "environment": environment(), "argv": command_argv()}
+    write_json(Path(out) / RUN_INFO, info)

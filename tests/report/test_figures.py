@@ -216,6 +216,8 @@ def test_matrix_heatmap_and_mean_bars() -> None:
     table = pd.DataFrame({"mode": ["a", "b"], "top1": [90.0, 85.0], "ci95": [0.5, float("nan")]})
     ax = F.mean_bars(table, "top1", "ci95", "mode", "t", "x").axes[0]
     assert [t.get_text() for t in ax.texts] == ["90.00 ± 0.50", "85.00"]
+    assert ax.texts[0].get_position()[0] > 90.5  # printed past the error bar, not on it
+    assert ax.get_xlim()[1] > 95.0  # with room for the text
 
 
 def test_image_panels() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 from masterkey.commands._common import format_table, print_json
@@ -61,9 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _command_line() -> str | None:
     """The command line, when run as the ``masterkey`` script (not when called from Python)."""
-    if sys.argv and Path(sys.argv[0]).name == "masterkey":
-        return shlex.join(["masterkey", *sys.argv[1:]])
-    return None
+    from masterkey.runs import command_argv
+
+    argv = command_argv()
+    return shlex.join(argv) if argv and argv[0] == "masterkey" else None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -562,10 +562,16 @@ def mean_bars(table: pd.DataFrame, value: str, error: str | None, label: str, ti
     ax.invert_yaxis()
     finite = values[np.isfinite(values)]
     span = (finite.max() - min(0, finite.min())) if len(finite) else 1
+    right = 0.0
     for i, v in enumerate(values):
         if np.isfinite(v):
-            text = f"{v:.2f}" + (f" ± {errors[i]:.2f}" if errors is not None and np.isfinite(errors[i]) else "")
-            ax.text(v + 0.01 * span, i, text, va="center", fontsize=8)
+            err = errors[i] if errors is not None and np.isfinite(errors[i]) else None
+            text = f"{v:.2f}" + (f" ± {err:.2f}" if err is not None else "")
+            end = v + (err or 0.0)  # past the error bar's cap, so the number never sits on it
+            ax.text(end + 0.015 * span, i, text, va="center", fontsize=8)
+            right = max(right, end)
+    if len(finite):
+        ax.set_xlim(right=right + 0.22 * span)  # room for the printed values
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
