@@ -20,6 +20,7 @@ from masterkey.train import TrainConfig, train
 from masterkey.train.experiment import (
     Arm,
     Experiment,
+    collect_experiments,
     load_experiment,
     mean_ci,
     run_experiment,
@@ -216,3 +217,39 @@ def test_runs_trained_side_by_side_match_runs_trained_one_after_another(tiny: Tr
         run_experiment(Experiment(base, arms, [0, 1]), tmp_path / "three", jobs=0)
     with pytest.raises(MasterkeyError, match="on_step needs jobs=1"):
         run_experiment(Experiment(base, arms, [0, 1]), tmp_path / "three", jobs=2, on_step=lambda e, s: None)
+
+
+def test_experiments_trained_apart_are_collected_into_one(tiny: TrainConfig, tmp_path: Path, capsys) -> None:
+    base = {k: v for k, v in tiny.to_dict().items() if k != "seed"}
+    trainable, frozen = Arm("trainable", {"mode": "trainable"}), Arm("frozen", {"mode": "frozen", "keys": "paper8"})
+    together = run_experiment(Experiment(base, [trainable, frozen], [0, 1]), tmp_path / "together")
+    run_experiment(Experiment(base, [frozen], [0, 1]), tmp_path / "a")
+    run_experiment(Experiment(base, [trainable], [0]), tmp_path / "b")
+    train(tiny.replace(seed=1), tmp_path / "c")  # a single run joins as arm 'trainable', seed 1
+    out = tmp_path / "all"
+    assert (
+        main(["train", "--collect", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c"), "-o", str(out)]) == 0
+    )
+    assert "trainable" in capsys.readouterr().out
+    collected = json.loads((out / "summary.json").read_text())
+    assert list(collected["arms"]) == ["trainable", "frozen"] and collected["seeds"] == [0, 1]
+    for arm in ("trainable", "frozen"):
+        assert collected["arms"][arm]["test_top1"]["values"] == together["arms"][arm]["test_top1"]["values"]
+    delta = collected["arms"]["frozen"]["delta_test_top1"]
+    assert delta == pytest.approx(together["arms"]["frozen"]["delta_test_top1"], nan_ok=True)
+    assert (out / "curves.png").is_file() and (out / "runs" / "frozen-s1" / "model.safetensors").is_file()
+    assert not (out / "runs" / "frozen-s1" / "checkpoint.pt").exists()
+    assert json.loads((out / "run.json").read_text())["config"]["collected_from"][0].endswith("a")
+    # refused: the same arm and seed twice, runs trained differently, not a run directory, OUT taken
+    with pytest.raises(MasterkeyError, match="arm 'frozen' seed 0 is in both"):
+        collect_experiments([tmp_path / "a", tmp_path / "together"], tmp_path / "x")
+    train(tiny.replace(seed=5, epochs=2), tmp_path / "longer")
+    with pytest.raises(MasterkeyError, match="trained differently and cannot be compared: epochs: 1"):
+        collect_experiments([tmp_path / "a", tmp_path / "longer"], tmp_path / "x")
+    with pytest.raises(MasterkeyError, match="not an experiment or train run directory"):
+        collect_experiments([tmp_path / "nothing"], tmp_path / "x")
+    with pytest.raises(MasterkeyError, match="already exists"):
+        collect_experiments([tmp_path / "a"], out)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+    (tmp_path / "a").rename(tmp_path / "cut.partial")  # an experiment cut short: its finished runs count
+    assert collect_experiments([tmp_path / "cut"], tmp_path / "y")["arms"]["frozen"]["n"] == 2

@@ -127,6 +127,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--experiment", metavar="FILE", help="experiment file (TOML / JSON): base options, arms, seeds")
     g.add_argument("--arms", metavar="A,B", help="run only these arms of the experiment (or define a new one)")
     g.add_argument(
+        "--collect",
+        nargs="+",
+        metavar="DIR",
+        help="train nothing: summarise the finished runs of these experiment (or run) directories as one "
+        "experiment in OUT, e.g. arms trained on different machines",
+    )
+    g.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -227,6 +234,14 @@ def run(args: argparse.Namespace) -> int:
     from masterkey.models import resolve_model_name
     from masterkey.train import TrainConfig, run_experiment, train
 
+    if args.collect:
+        from masterkey.train.experiment import collect_experiments
+
+        if args.experiment or args.seeds or args.seed is not None or args.resume or args.jobs != 1:
+            raise MasterkeyError("--collect trains nothing: it takes only run directories, -o OUT and --overwrite")
+
+        summary = collect_experiments(args.collect, args.out, overwrite=args.overwrite)
+        return _report_experiment(summary, args)
     experiment = build_experiment(args)
     if experiment is None:
         if args.jobs != 1:
@@ -253,6 +268,10 @@ def run(args: argparse.Namespace) -> int:
     summary = run_experiment(experiment, args.out, resume=args.resume, overwrite=args.overwrite, jobs=args.jobs)
     if not summary:  # not rank 0
         return 0
+    return _report_experiment(summary, args)
+
+
+def _report_experiment(summary: dict[str, Any], args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
         return 0

@@ -153,16 +153,16 @@ def config_differences(saved: dict[str, Any], current: TrainConfig) -> list[str]
         if name in runtime:
             continue
         old = saved.get(name, "<missing>")
-        if _normal(old) != _normal(value):
+        if normal_form(old) != normal_form(value):
             out.append(f"{name}: {old!r} (checkpoint) vs {value!r} (now)")
     return out
 
 
-def _normal(value: Any) -> Any:
+def normal_form(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
-        return [_normal(v) for v in value]
+        return [normal_form(v) for v in value]
     if isinstance(value, dict):
-        return {k: _normal(v) for k, v in sorted(value.items())}
+        return {k: normal_form(v) for k, v in sorted(value.items())}
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value

@@ -46,7 +46,7 @@ from masterkey.files import write_json, write_lock, write_text
 from masterkey.keys import builtin_keysets, load_keys
 from masterkey.runs import RUN_INFO, write_run_info
 from masterkey.stats import CONFIDENCE, mean_ci
-from masterkey.train.config import TrainConfig, config_differences
+from masterkey.train.config import TrainConfig, config_differences, normal_form
 from masterkey.train.data import find_splits
 from masterkey.train.distributed import barrier, init_distributed, run_on_main, shutdown
 from masterkey.train.loop import StepCallback, build_model, partial_dir, publish, train
@@ -321,6 +321,50 @@ def _read_run(run: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     return summary, epochs, steps
 
 
+def _run_row(arm: str, train_mode: str, seed: int, sub: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """One row of ``summary.csv`` for the finished run ``sub``, and its epoch / step curves."""
+    summary, epochs, steps = _read_run(sub)
+    row = {
+        "mode": arm,
+        "train_mode": train_mode,
+        "keys": summary["keys"],
+        "seed": seed,
+        **{m: summary[m] for m in METRICS},
+        **{k: summary[k] for k in ("ema_test_top1",) if k in summary},
+        "train_seconds": summary["train_seconds"],
+        "images_per_second": summary["images_per_second"],
+        "run": str(Path("runs") / sub.name),
+    }
+    return row, epochs, steps
+
+
+def _write_summary(
+    run_dir: Path,
+    experiment: Experiment,
+    rows: list[dict[str, Any]],
+    curves: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]],
+) -> dict[str, Any]:
+    """``summary.csv`` / ``.json`` / ``.md`` and ``curves.png`` of an experiment directory; returns the summary."""
+    from masterkey.files import atomic_write
+
+    frame = pd.DataFrame(rows)
+    names = [a.name for a in experiment.arms]
+    reference = "trainable" if "trainable" in names else None
+    result = {
+        "metric": "test_top1",
+        "confidence": CONFIDENCE,
+        "seeds": experiment.seeds,
+        "arms": summarize_runs(frame, reference),
+        "runs": rows,
+    }
+    with atomic_write(run_dir / "summary.csv", "w") as f:
+        frame.to_csv(f, index=False)
+    write_json(run_dir / "summary.json", result)
+    write_text(run_dir / "summary.md", render_markdown(result, experiment))
+    plot_curves(curves, run_dir / "curves.png")
+    return result
+
+
 def _check_completed(sub: Path, config: TrainConfig) -> None:
     """A completed run is reused only if it was trained with this arm's config."""
     saved = json.loads((sub / RUN_INFO).read_text()).get("config", {})
@@ -473,42 +517,101 @@ def run_experiment(
                         exists = run_on_main(info, lambda sub=sub: partial_dir(sub).exists())
                         train(config, sub, resume=exists, on_step=on_step)
                     if info.is_main:
-                        summary, epochs, steps = _read_run(sub)
-                        rows.append(
-                            {
-                                "mode": arm.name,
-                                "train_mode": config.mode,
-                                "keys": summary["keys"],
-                                "seed": seed,
-                                **{m: summary[m] for m in METRICS},
-                                **{k: summary[k] for k in ("ema_test_top1",) if k in summary},
-                                "train_seconds": summary["train_seconds"],
-                                "images_per_second": summary["images_per_second"],
-                                "run": str(Path("runs") / sub.name),
-                            }
-                        )
+                        row, epochs, steps = _run_row(arm.name, config.mode, seed, sub)
+                        rows.append(row)
                         curves.setdefault(arm.name, []).append((epochs, steps))
             result: dict[str, Any] = {}
             if info.is_main:
-                frame = pd.DataFrame(rows)
-                names = [a.name for a in experiment.arms]
-                reference = "trainable" if "trainable" in names else None
-                result = {
-                    "metric": "test_top1",
-                    "confidence": CONFIDENCE,
-                    "seeds": experiment.seeds,
-                    "arms": summarize_runs(frame, reference),
-                    "runs": rows,
-                }
-                from masterkey.files import atomic_write
-
-                with atomic_write(run_dir / "summary.csv", "w") as f:
-                    frame.to_csv(f, index=False)
-                write_json(run_dir / "summary.json", result)
-                write_text(run_dir / "summary.md", render_markdown(result, experiment))
-                plot_curves(curves, run_dir / "curves.png")
+                result = _write_summary(run_dir, experiment, rows, curves)
                 publish(run_dir, out)
             barrier(info)
             return result
     finally:
         shutdown(info)
+
+
+# ---------------------------------------------------------------------- collecting
+#: Config fields that define an arm; every other non-runtime field (model, data protocol, optimiser, epochs ...)
+#: must agree across the collected runs, or their comparison would mean nothing. ``data`` may differ (the same
+#: data set under another path on another machine).
+ARM_FIELDS = ("mode", "keys", "assignment", "learn_scale", "key_gain", "resize_keys", "weights")
+
+
+def _finished_runs(source: Path) -> list[tuple[str, Path]]:
+    """``(arm, run directory)`` of every finished run in an experiment directory (or its ``.partial``, when it was
+    cut short) or of a single train run directory."""
+    candidates = [source] if source.exists() else []
+    if partial_dir(source).is_dir():
+        candidates.append(partial_dir(source))
+    for root in candidates:
+        info = root / RUN_INFO
+        kind = json.loads(info.read_text()).get("kind") if info.is_file() else None
+        if kind == "train" and (root / "summary.json").is_file():
+            config = TrainConfig.from_dict(json.loads(info.read_text())["config"], source=str(info))
+            return [(arm_name(config), root)]
+        if kind == "experiment":
+            runs = sorted(p for p in (root / "runs").glob("*-s*") if p.is_dir() and (p / "summary.json").is_file())
+            return [(p.name.rsplit("-s", 1)[0], p) for p in runs]
+    raise MasterkeyError(
+        f"--collect {source}: not an experiment or train run directory (no run.json of kind 'experiment' or 'train' "
+        "with finished runs, here or in a .partial beside it)"
+    )
+
+
+def collect_experiments(sources: Sequence[str | Path], out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Summarise the finished runs of several experiment (or single-run) directories as one experiment in ``out``
+    — for a matrix whose arms or seeds were trained on different machines or at different times. Nothing is
+    trained. Runs are copied into ``out/runs`` (without their resume checkpoints). Every run must share the
+    protocol (model, data, optimiser, epochs ...); an arm and seed may come from one source only."""
+    out = Path(out)
+    if not sources:
+        raise MasterkeyError("--collect: give at least one experiment or run directory")
+    found: dict[tuple[str, int], Path] = {}
+    configs: dict[tuple[str, int], dict[str, Any]] = {}
+    for source in map(Path, sources):
+        for arm, run in _finished_runs(source):
+            config = json.loads((run / RUN_INFO).read_text())["config"]
+            key = (arm, int(config["seed"]))
+            if key in found:
+                raise MasterkeyError(f"--collect: arm '{arm}' seed {key[1]} is in both {found[key]} and {run}")
+            found[key], configs[key] = run, config
+    runtime = TrainConfig.runtime_fields() | set(ARM_FIELDS) | {"seed", "data"}
+    first_key = next(iter(configs))
+    reference = configs[first_key]
+    for key, config in configs.items():
+        diffs = [
+            f"{name}: {reference.get(name)!r} ({found[first_key]}) vs {config.get(name)!r} ({found[key]})"
+            for name in sorted(set(reference) | set(config))
+            if name not in runtime and normal_form(reference.get(name)) != normal_form(config.get(name))
+        ]
+        if diffs:
+            raise MasterkeyError(f"--collect: these runs were trained differently and cannot be compared: {diffs[0]}")
+    arms: dict[str, Arm] = {}
+    for (arm, _), config in sorted(configs.items(), key=lambda kv: (kv[0][0] != "trainable", kv[0])):
+        arms.setdefault(arm, Arm(arm, {k: config[k] for k in ARM_FIELDS if k in config}))
+    seeds = sorted({seed for _, seed in found})
+    base = {k: v for k, v in reference.items() if k not in runtime}
+    experiment = Experiment(base, list(arms.values()), seeds, "collected from " + ", ".join(map(str, sources)))
+    with write_lock(out):
+        if out.exists() and not overwrite:
+            raise MasterkeyError(f"{out} already exists (pass --overwrite to replace it)")
+        run_dir = partial_dir(out)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        (run_dir / "runs").mkdir(parents=True)
+        info = experiment.to_dict() | {"collected_from": [str(Path(s).resolve()) for s in sources]}
+        write_run_info(run_dir, "experiment", info)
+        rows: list[dict[str, Any]] = []
+        curves: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {}
+        for arm in experiment.arms:
+            for seed in seeds:
+                if (arm.name, seed) not in found:
+                    continue
+                sub = run_dir / "runs" / f"{arm.name}-s{seed}"
+                shutil.copytree(found[(arm.name, seed)], sub, ignore=shutil.ignore_patterns("checkpoint.pt", ".*"))
+                row, epochs, steps = _run_row(arm.name, str(arm.overrides["mode"]), seed, sub)
+                rows.append(row)
+                curves.setdefault(arm.name, []).append((epochs, steps))
+        result = _write_summary(run_dir, experiment, rows, curves)
+        publish(run_dir, out)
+    return result
