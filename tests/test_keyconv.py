@@ -35,13 +35,7 @@ from masterkey.models import read_state_dict
 TINY = {"num_classes": 10, "dims": (8, 16, 24, 32), "depths": (1, 1, 1, 1), "patch_size": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    """Small models run fastest on one thread (and far faster than on two when other jobs share the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_convnext(**extra: object) -> nn.Module:

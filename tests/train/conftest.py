@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from masterkey.train import TrainConfig
 
@@ -14,12 +13,8 @@ TINY_KWARGS = {"num_classes": 10, "dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> object:
-    """Tiny models train fastest on one thread, and far faster than on two when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def tiny_models_on_one_thread(one_thread: object) -> None:
+    """Every training test runs on one thread (the ``one_thread`` fixture of tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

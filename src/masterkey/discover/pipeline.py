@@ -237,16 +237,18 @@ def run_rounds(
             f"{k}x{k}: -k {config.n_keys} is larger than the {len(cands[0])} distinct candidates the autoencoder "
             f"gave (of {config.n_candidates}, near-duplicates removed); lower -k or raise --candidates"
         )
-    objectives = [objective_factory(cands[0].keys)]
-    paths = [
-        greedy_backward(
-            objectives[0],
+
+    def greedy(objective: Objective, round_: int) -> GreedyPath:
+        return greedy_backward(
+            objective,
             floor=config.floor,
-            checkpoint=ckpt("greedy-r1.json"),
+            checkpoint=ckpt(f"greedy-r{round_}.json"),
             progress=progress,
-            desc=f"{k}x{k} greedy r1",
+            desc=f"{k}x{k} greedy r{round_}",
         )
-    ]
+
+    objectives = [objective_factory(cands[0].keys)]
+    paths = [greedy(objectives[0], 1)]
     if config.rounds == 2:
         best = max(config.round2_best, config.n_keys)
         if len(cands[0]) <= best:
@@ -261,15 +263,7 @@ def run_rounds(
             else:
                 cands.append(second)
                 objectives.append(objective_factory(second.keys))
-                paths.append(
-                    greedy_backward(
-                        objectives[1],
-                        floor=config.floor,
-                        checkpoint=ckpt("greedy-r2.json"),
-                        progress=progress,
-                        desc=f"{k}x{k} greedy r2",
-                    )
-                )
+                paths.append(greedy(objectives[1], 2))
     timings["greedy_s"] = time.perf_counter() - t0
     return ae, cands, paths, objectives, notes, timings
 

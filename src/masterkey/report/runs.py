@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,22 +51,20 @@ class Run:
 
     def read_csv(self, name: str, required: Sequence[str] = (), optional: bool = False) -> pd.DataFrame | None:
         """A CSV file of the run; None (with a note) when absent, unreadable or without the ``required`` columns."""
-        path = self.file(name, optional)
-        if path is None:
-            return None
-        try:
-            table = pd.read_csv(path)
-        except Exception as exc:
-            self.notes.append(f"{name} is unreadable ({str(exc).splitlines()[0][:100]})")
-            return None
-        return self._check_columns(name, table, required)
+        return self._read_table(name, pd.read_csv, required, optional)
 
     def read_parquet(self, name: str, required: Sequence[str] = (), optional: bool = False) -> pd.DataFrame | None:
+        """A Parquet file of the run; None (with a note) as :meth:`read_csv`."""
+        return self._read_table(name, pd.read_parquet, required, optional)
+
+    def _read_table(
+        self, name: str, reader: Callable[[Path], pd.DataFrame], required: Sequence[str], optional: bool
+    ) -> pd.DataFrame | None:
         path = self.file(name, optional)
         if path is None:
             return None
         try:
-            table = pd.read_parquet(path)
+            table = reader(path)
         except Exception as exc:
             self.notes.append(f"{name} is unreadable ({str(exc).splitlines()[0][:100]})")
             return None

@@ -545,10 +545,10 @@ def _finished_runs(source: Path) -> list[tuple[str, Path]]:
         candidates.append(partial_dir(source))
     for root in candidates:
         info = root / RUN_INFO
-        kind = json.loads(info.read_text()).get("kind") if info.is_file() else None
+        saved = json.loads(info.read_text()) if info.is_file() else {}
+        kind = saved.get("kind")
         if kind == "train" and (root / "summary.json").is_file():
-            config = TrainConfig.from_dict(json.loads(info.read_text())["config"], source=str(info))
-            return [(arm_name(config), root)]
+            return [(arm_name(TrainConfig.from_dict(saved["config"], source=str(info))), root)]
         if kind == "experiment":
             runs = sorted(p for p in (root / "runs").glob("*-s*") if p.is_dir() and (p / "summary.json").is_file())
             return [(p.name.rsplit("-s", 1)[0], p) for p in runs]
