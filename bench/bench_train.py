@@ -75,7 +75,7 @@ def paired_model_steps(
     frozen depthwise filters, alternated step by step (so load changes hit both alike); median paired ratio."""
     import timm
 
-    from masterkey.keyconv import convert_to_keys
+    from masterkey.networks.keyconv import convert_to_keys
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     models = {}

@@ -40,10 +40,10 @@ import pandas as pd
 import torch
 
 from masterkey.bank import open_bank
-from masterkey.evaluate import load_eval_images, preprocessing_for
 from masterkey.files import write_json, write_text
 from masterkey.keys import KeySet
-from masterkey.recalibrate import calibration_images
+from masterkey.networks.evaluate import load_eval_images, preprocessing_for
+from masterkey.networks.recalibrate import calibration_images
 from masterkey.swap import Calibration, SwapResults, SwapSession, load_model, markdown_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -439,7 +439,8 @@ def main() -> None:
             other = results.info["efficientnet_lite0"]
             sections += [
                 "The weights (efficientnet_pytorch naming) load into both timm implementations through "
-                "`masterkey.remap`. They were trained with TensorFlow SAME padding, BatchNorm eps 1e-3 and inputs "
+                "`masterkey.networks.models`. They were trained with TensorFlow SAME padding, BatchNorm eps 1e-3 and "
+                "inputs "
                 f"in [-1, 1]: timm `tf_efficientnet_lite0` gives the table above; timm `efficientnet_lite0` "
                 f"(symmetric padding, eps 1e-5, ImageNet mean / std) gives top-1 {100 * other['top1']:.1f}% / top-5 "
                 f"{100 * other['top5']:.1f}% on the same images — the remap is right, the implementation differs.",

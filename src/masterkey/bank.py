@@ -208,7 +208,9 @@ class FilterBank:
             if len(sizes) != 1:
                 raise MasterkeyError(f"{self.path}: holds kernel sizes {sizes}; choose one (kernel_size=...)")
             return sizes[0]
-        if kernel_size not in sizes:
+        # An empty view of a bank that holds this size reads as zero filters, not as a missing size.
+        held = {int(k) for k in self.manifest.get("counts_by_kernel", {})}
+        if kernel_size not in sizes and kernel_size not in held:
             raise MasterkeyError(
                 f"{self.path}: has no {kernel_size}x{kernel_size} filters (kernel sizes: {sizes or 'none'})"
             )

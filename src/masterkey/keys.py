@@ -307,9 +307,19 @@ def impulse(kernel_size: int | None, args: list[str]) -> KeySet:
 
 @register_keyset("scalespace8", "the 8 keys modelled by discrete scale-space kernels (Lindeberg et al. 2026)")
 def scalespace8(kernel_size: int | None, args: list[str]) -> KeySet:
-    from masterkey.scalespace import scalespace8_keys
+    from masterkey.kernels import PAPER8_SCALESPACE, scalespace8_kernels
 
-    return scalespace8_keys(kernel_size or 7)
+    kernels, labels = scalespace8_kernels(kernel_size or 7)
+    columns = ("label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine")
+    provenance = {
+        "source": "scalespace",
+        "parameters": [
+            {"key": i + 1, **dict(zip(columns, row, strict=True))} for i, row in enumerate(PAPER8_SCALESPACE)
+        ],
+        "fitted_to": "paper8 (7x7)",
+        "model": "Lindeberg, Babaiee & Kiasari, JMIV 2026 (arXiv 2509.12746): differences of T(n; σ) = e^{-σ²} I_n(σ²)",
+    }
+    return KeySet("scalespace8", torch.from_numpy(kernels), provenance, labels)
 
 
 _GENERATED = {"random", "impulse", "scalespace8"}
@@ -341,3 +351,31 @@ def load_keys(spec: str | Path | KeySet, kernel_size: int | None = None, resize:
             )
         keyset = keyset.resized(kernel_size)
     return keyset
+
+
+def resolve_key_spec(spec: str | KeySet) -> KeySet | str | dict[int, str]:
+    """What a ``--keys`` value names: a built-in spec or key file (returned as it is), or a discover run:
+    ``DIR`` → its ``keys.safetensors`` (or ``{k: kK/keys.safetensors}``), ``DIR:METHOD`` → its
+    ``baseline_keys/METHOD.safetensors`` (per kernel size likewise)."""
+    if isinstance(spec, KeySet):
+        return spec
+    text = str(spec)
+    path, method = Path(text), None
+    if not path.exists() and ":" in text:
+        head, _, tail = text.rpartition(":")
+        if Path(head).is_dir():
+            path, method = Path(head), tail
+    if not path.is_dir():
+        return text
+    name = "keys.safetensors" if method is None else f"baseline_keys/{method}.safetensors"
+    if (path / name).is_file():
+        return str(path / name)
+    per_size = {}
+    for sub in sorted(path.glob("k*")):
+        m = re.fullmatch(r"k(\d+)", sub.name)
+        if m and (sub / name).is_file():
+            per_size[int(m.group(1))] = str(sub / name)
+    if per_size:
+        return per_size
+    what = "a discover run" if method is None else f"a discover run with {method} baseline keys"
+    raise MasterkeyError(f"keys '{text}': the folder {path} is not {what} (no {name}, nor k*/{name})")

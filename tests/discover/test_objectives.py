@@ -72,9 +72,9 @@ def test_explained_variance_matches_the_affine_fit() -> None:
 @pytest.fixture(scope="module")
 def cifar_setup(cifar_convnexts: list[Path], shared: Path):
     """A CIFAR-10 ConvNeXt and 40 held-out images of the CIFAR-10 *training* split."""
-    from masterkey.evaluate import CIFAR10
     from masterkey.images import load_image_folder, stratified_split
-    from masterkey.models import create_model
+    from masterkey.networks.evaluate import CIFAR10
+    from masterkey.networks.models import create_model
 
     model = create_model(weights=cifar_convnexts[0])
     images = load_image_folder(shared / "data" / "cifar10" / "train", max_per_class=8)
@@ -92,8 +92,8 @@ def _check_accuracy_objective(model, images, prep) -> None:
     from masterkey.bank import open_bank
     from masterkey.discover.baselines import spherical_kmeans
     from masterkey.discover.pipeline import prepare_filters
-    from masterkey.evaluate import evaluate
-    from masterkey.surgery import swap_depthwise
+    from masterkey.networks.evaluate import evaluate
+    from masterkey.networks.surgery import swap_depthwise
 
     filters, _, _ = prepare_filters(open_bank(None), 7)
     candidates, _ = spherical_kmeans(filters[::8], 4, seed=0, n_init=1)

@@ -77,10 +77,10 @@ def test_bad_input_gives_clear_errors(make_filters, make_keys, tiny_bank: Path) 
 def test_accuracy_objective_end_to_end_on_cifar(cifar_convnexts: list[Path], shared: Path) -> None:
     """The accuracy objective with a real CIFAR-10 ConvNeXt on a held-out split of the TRAINING images."""
     from masterkey.bank import open_bank
-    from masterkey.evaluate import CIFAR10, evaluate
     from masterkey.images import load_image_folder, stratified_split
-    from masterkey.models import create_model
-    from masterkey.surgery import swap_depthwise
+    from masterkey.networks.evaluate import CIFAR10, evaluate
+    from masterkey.networks.models import create_model
+    from masterkey.networks.surgery import swap_depthwise
 
     model = create_model(weights=cifar_convnexts[0])
     images = load_image_folder(shared / "data" / "cifar10" / "train", max_per_class=8)

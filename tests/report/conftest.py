@@ -213,8 +213,8 @@ def make_experiment_run(path: Path) -> Path:
 def make_explain_run(path: Path) -> Path:
     from PIL import Image
 
-    from masterkey.eigenpatches import builtin_image
-    from masterkey.report.explain import explain_keys, write_explain_run
+    from masterkey.explain.eigenpatches import builtin_image
+    from masterkey.explain.run import explain_keys, write_explain_run
 
     images = path.with_name(path.name + "-images")
     images.mkdir()

@@ -214,7 +214,7 @@ def test_report_command(run_dirs, tmp_path, capsys) -> None:
 def test_explain_command_writes_a_run_the_report_reads(tmp_path, capsys) -> None:
     from PIL import Image
 
-    from masterkey.eigenpatches import builtin_image
+    from masterkey.explain.eigenpatches import builtin_image
 
     images = tmp_path / "images"
     images.mkdir()

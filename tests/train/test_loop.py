@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from masterkey.errors import MasterkeyError
-from masterkey.keyconv import PUBLISHED_PROPORTIONS, counts_from_proportions, key_layers
 from masterkey.keys import load_keys
-from masterkey.models import create_model
+from masterkey.networks.keyconv import PUBLISHED_PROPORTIONS, counts_from_proportions, key_layers
+from masterkey.networks.models import create_model
 from masterkey.train import TrainConfig, train
 from masterkey.train.data import derive_seed
 from masterkey.train.loop import CHECKPOINT, EPOCH_COLUMNS, build_model, lr_factor, partial_dir
@@ -98,7 +98,7 @@ def test_run_directory_follows_the_contract_and_exports_plain_timm(tiny: TrainCo
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_top1"] == pytest.approx(metrics["test_top1"].iloc[-1])
     assert summary["mode"] == "frozen" and summary["keys"] == "paper8" and summary["world_size"] == 1
-    # The export is a plain timm state dict: masterkey.models / timm load it strictly and compute the same.
+    # The export is a plain timm state dict: masterkey.networks.models / timm load it strictly and compute the same.
     plain = create_model(weights=out / "model.safetensors", dims=[8, 16, 24, 32], depths=[1, 1, 1, 1])
     x = torch.randn(2, 3, 32, 32)
     result.model.eval()
@@ -169,7 +169,7 @@ def test_bad_inputs_give_clear_errors(tiny: TrainConfig, tmp_path: Path) -> None
         train(tiny.replace(mode="frozen", model_kwargs=small_kernels), tmp_path / "kernels")
     with pytest.raises(MasterkeyError, match="num_classes=100 but .* has 10 classes"):
         train(tiny.replace(model_kwargs={**tiny.model_kwargs, "num_classes": 100}))
-    with pytest.raises(MasterkeyError, match="not accepted by convnext_atto"):
+    with pytest.raises(MasterkeyError, match="convnext_atto.*bad keyword arguments"):
         train(tiny.replace(model_kwargs={**tiny.model_kwargs, "wings": 2}))
     with pytest.raises(MasterkeyError, match="batch size 64 exceeds the 60 training images"):
         train(tiny.replace(batch_size=64))

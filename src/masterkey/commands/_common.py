@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from masterkey.errors import MasterkeyError
-from masterkey.models import parse_scalar
+from masterkey.networks.models import parse_scalar
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, digits: int = 3) -> str:

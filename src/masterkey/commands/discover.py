@@ -125,9 +125,9 @@ def default_out(base: Path = DEFAULT_OUT) -> Path:
 
 def _accuracy_setup(args: argparse.Namespace) -> Any:
     from masterkey.discover import AccuracySetup
-    from masterkey.evaluate import load_eval_images, preprocessing_for
     from masterkey.images import stratified_split
-    from masterkey.models import create_model, read_state_dict
+    from masterkey.networks.evaluate import load_eval_images, preprocessing_for
+    from masterkey.networks.models import create_model, read_state_dict
 
     if not args.weights:
         raise MasterkeyError("--objective accuracy needs --weights FILE (and --model NAME if the file names no arch)")

@@ -67,10 +67,10 @@ def _command_line() -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masterkey.eigenpatches import summarize_reconstruction
     from masterkey.errors import MasterkeyError
+    from masterkey.explain.eigenpatches import summarize_reconstruction
+    from masterkey.explain.run import explain_keys, write_explain_run
     from masterkey.keys import load_keys
-    from masterkey.report.explain import explain_keys, write_explain_run
 
     for name in ("components", "stride", "max_patches", "seeds", "max_images"):
         if getattr(args, name) < 1:

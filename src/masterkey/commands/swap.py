@@ -78,8 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masterkey.evaluate import load_eval_images, preprocessing_for, preprocessing_named
-    from masterkey.recalibrate import calibration_images, has_batchnorm
+    from masterkey.networks.evaluate import load_eval_images, preprocessing_for, preprocessing_named
+    from masterkey.networks.recalibrate import calibration_images, has_batchnorm
     from masterkey.swap import Calibration, SwapSession, check_keys, expand_seeds, load_model, write_swap_run
 
     if args.recalibrate is not None and not (args.calib_data or args.crossfit):

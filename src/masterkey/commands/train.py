@@ -78,7 +78,7 @@ _FIELDS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from masterkey.keyconv import MODES
+    from masterkey.networks.keyconv import MODES
 
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="NAME", help="timm or torchvision model name (default convnext_atto)")
@@ -231,7 +231,7 @@ def build_experiment(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masterkey.models import resolve_model_name
+    from masterkey.networks.models import resolve_model_name
     from masterkey.train import TrainConfig, run_experiment, train
 
     if args.collect:

@@ -34,12 +34,12 @@ from masterkey.discover.objectives import (
 from masterkey.discover.output import write_discover_run, write_discovery
 from masterkey.discover.pipeline import (
     AccuracySetup,
-    DiscoverConfig,
     Discovery,
     discover_bank,
     discover_keys,
     prepare_filters,
 )
+from masterkey.discover.rounds import DiscoverConfig
 from masterkey.discover.universality import leave_one_source_out
 from masterkey.stats import mean_ci95
 

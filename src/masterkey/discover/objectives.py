@@ -3,8 +3,9 @@
 * :class:`VarianceObjective` (data-free): the mean explained variance (cos²) of a bank's filters under their best
   affine fits, averaged per source first, so that one big model cannot dominate.
 * :class:`AccuracyObjective`: the top-1 accuracy of a model on a held-out split of *training* images after every
-  depthwise filter is swapped for its best fit (:func:`masterkey.surgery.swap_depthwise`); the original weights are
-  restored before every evaluation. Ties in top-1 (common on small splits) are broken by the mean log-likelihood.
+  depthwise filter is swapped for its best fit (:func:`~masterkey.networks.surgery.swap_depthwise`); the original
+  weights are restored before every evaluation. Ties in top-1 (common on small splits) are broken by the mean
+  log-likelihood.
 
 An objective scores subsets of a fixed list of candidate keys (``value(subset)``), all one-candidate removals of a
 subset at once (``removal_values(subset)``, what the greedy step needs), and any other key set (``score_keys``,
@@ -228,7 +229,7 @@ class AccuracyObjective:
         self.model.load_state_dict(self.original)
 
     def _evaluate(self) -> Score:
-        from masterkey.evaluate import predict_logits
+        from masterkey.networks.evaluate import predict_logits
 
         logits = predict_logits(
             self.model, self.images, self.prep, batch_size=self.batch_size, device=self.device, progress=False
@@ -245,7 +246,7 @@ class AccuracyObjective:
         return Score(top1, loglik)
 
     def score_keys(self, keys: KeySet) -> Score:
-        from masterkey.surgery import swap_depthwise
+        from masterkey.networks.surgery import swap_depthwise
 
         self._restore()
         try:

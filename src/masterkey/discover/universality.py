@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from masterkey.discover.baselines import spherical_kmeans
 from masterkey.discover.objectives import VarianceObjective, explained_variance, source_weights
-from masterkey.discover.pipeline import DiscoverConfig, run_rounds
+from masterkey.discover.rounds import DiscoverConfig, run_rounds
 from masterkey.errors import MasterkeyError
 
 COLUMNS = ["keys_from", "fitted_to", "objective", "own_objective", "kmeans_objective", "kmeans_own_objective"]

@@ -500,7 +500,7 @@ def explain_section(exp: ExplainRun, index: int, options: ReportOptions) -> Sect
             digits={"abs_cos": 3, "variance of that eigen-patch %": 2},
         )
     if exp.reconstruction is not None:
-        from masterkey.eigenpatches import summarize_reconstruction
+        from masterkey.explain.eigenpatches import summarize_reconstruction
 
         section.table(
             "Reconstruction (mean over images; random: mean ± 95% CI over seeds)",

@@ -11,7 +11,7 @@ from torch import nn
 from masterkey.depthwise import find_depthwise
 from masterkey.errors import MasterkeyError
 from masterkey.files import sha256_file
-from masterkey.models import create_model, resolve_model_name
+from masterkey.networks.models import create_model, resolve_model_name
 from masterkey.sources.base import HarvestedLayer, HarvestedSource, accept_layer
 
 

@@ -13,7 +13,7 @@ import torch
 
 from masterkey.errors import MasterkeyError
 from masterkey.files import sha256_file
-from masterkey.models import import_optional
+from masterkey.networks.models import import_optional
 from masterkey.sources.base import HarvestedLayer, HarvestedSource, accept_layer
 
 

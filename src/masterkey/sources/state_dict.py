@@ -9,7 +9,7 @@ from torch import Tensor
 
 from masterkey.errors import MasterkeyError
 from masterkey.files import sha256_file
-from masterkey.models import read_state_dict
+from masterkey.networks.models import read_state_dict
 from masterkey.sources.base import HarvestedLayer, HarvestedSource, accept_layer
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from masterkey.errors import MasterkeyError
-from masterkey.keyconv import MODES
+from masterkey.networks.keyconv import MODES
 
 
 def _runtime(default: Any) -> Any:
@@ -31,7 +31,7 @@ class TrainConfig:
     # depthwise filters
     mode: str = "trainable"  # trainable | frozen | key-init
     keys: str = "paper8"  # built-in key set name or key file (ignored for mode trainable)
-    assignment: str = "convnextv2-b"  # see masterkey.keyconv.make_assigner
+    assignment: str = "convnextv2-b"  # see masterkey.networks.keyconv.make_assigner
     learn_scale: bool = False  # frozen mode: learn a per-channel scale a as well as the offset b
     key_gain: float = 1.0  # keys are unit-norm; their kernels are key_gain * key (+ offset)
     resize_keys: bool = False  # centre-crop / zero-pad keys whose kernel size differs from the model's

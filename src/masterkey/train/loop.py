@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from masterkey.errors import MasterkeyError
 from masterkey.files import atomic_write, replace_directory, write_json, write_lock, write_text
-from masterkey.keyconv import ConvertedLayer, convert_to_keys, export_state_dict, key_counts, parameter_counts
 from masterkey.keys import load_keys
+from masterkey.networks.keyconv import ConvertedLayer, convert_to_keys, export_state_dict, key_counts, parameter_counts
 from masterkey.runs import write_run_info
 from masterkey.train import data as D
 from masterkey.train.config import TrainConfig, config_differences
@@ -59,7 +59,8 @@ StepCallback = Callable[[int, int], None]
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the summary (also ``summary.json``), the trained model (DDP / compile wrappers
-    removed; frozen layers are :class:`~masterkey.keyconv.KeyConv2d`), the EMA model if any, and the run dir."""
+    removed; frozen layers are :class:`~masterkey.networks.keyconv.KeyConv2d`), the EMA model if any, and the run
+    dir."""
 
     summary: dict[str, Any]
     model: nn.Module
@@ -77,25 +78,9 @@ def partial_dir(out: str | Path) -> Path:
 def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
     """The network of ``config`` (timm / torchvision by name with ``model_kwargs``), optionally loaded from
     ``config.weights``, then given keys as ``config.mode`` says. Seed the global RNG first for a fixed init."""
-    from masterkey.models import load_weights, read_state_dict, resolve_model_name
+    from masterkey.networks.models import build_architecture, load_weights, read_state_dict
 
-    lib, name = resolve_model_name(config.model)
-    kwargs = dict(config.model_kwargs)
-    try:
-        if lib == "timm":
-            import timm
-
-            model = timm.create_model(name, pretrained=False, **kwargs)
-        else:
-            import torchvision
-
-            model = torchvision.models.get_model(name, weights=None, **kwargs)
-    except TypeError as exc:
-        raise MasterkeyError(f"--model-kwargs {kwargs}: not accepted by {config.model} ({_first_line(exc)})") from None
-    except Exception as exc:
-        raise MasterkeyError(
-            f"model '{config.model}' with {kwargs}: could not be created ({_first_line(exc)})"
-        ) from None
+    model = build_architecture(config.model, **config.model_kwargs)
     if config.weights:
         state, _ = read_state_dict(config.weights)
         load_weights(model, state, source=config.weights)
@@ -290,7 +275,7 @@ def train(
     in anything but runtime fields). ``on_step(epoch, global_step)`` is called after every optimiser step.
     Under ``torchrun`` every rank calls this; rank 0 writes the files.
     """
-    from masterkey.models import resolve_model_name
+    from masterkey.networks.models import resolve_model_name
 
     config = config.validated()
     resolve_model_name(config.model)  # an unknown name fails before any data is read
@@ -376,7 +361,7 @@ def _train(
         epoch_rows: list[dict[str, Any]] = []
         step_rows: list[dict[str, Any]] = []
         if ckpt is not None:
-            from masterkey.models import describe_mismatch
+            from masterkey.networks.models import describe_mismatch
 
             try:
                 model.load_state_dict(ckpt["model"], strict=True)
@@ -418,7 +403,7 @@ def _train(
             write_run_info(run_dir, "train", resolved)
         writer = None
         if config.tensorboard and run_dir is not None and info.is_main:
-            from masterkey.models import import_optional
+            from masterkey.networks.models import import_optional
 
             import_optional("tensorboard", "tensorboard")
             from torch.utils.tensorboard import SummaryWriter

@@ -12,17 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from masterkey.errors import MasterkeyError
-from masterkey.evaluate import CIFAR10, Preprocessing, evaluate, load_eval_images
 from masterkey.images import IMAGENET_MEAN, IMAGENET_STD, ImageSet
-from masterkey.models import create_model
-from masterkey.recalibrate import (
+from masterkey.networks.evaluate import CIFAR10, Preprocessing, evaluate, load_eval_images
+from masterkey.networks.models import create_model
+from masterkey.networks.recalibrate import (
     batchnorm_layers,
     calibration_images,
     crossfit_folds,
     has_batchnorm,
     recalibrate_batchnorm,
 )
-from masterkey.surgery import swap_depthwise
+from masterkey.networks.surgery import swap_depthwise
 
 SMALL = Preprocessing(146, 128, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
 

@@ -14,16 +14,15 @@ from torch import nn
 
 from masterkey.cli import main
 from masterkey.errors import MasterkeyError
-from masterkey.evaluate import CIFAR10, Preprocessing, load_eval_images
 from masterkey.images import IMAGENET_MEAN, IMAGENET_STD
-from masterkey.keys import KeySet, load_keys
-from masterkey.models import create_model
-from masterkey.surgery import filters_as_keys
+from masterkey.keys import KeySet, load_keys, resolve_key_spec
+from masterkey.networks.evaluate import CIFAR10, Preprocessing, load_eval_images
+from masterkey.networks.models import create_model
+from masterkey.networks.surgery import filters_as_keys
 from masterkey.swap import (
     Calibration,
     SwapSession,
     expand_seeds,
-    resolve_key_spec,
     spec_group,
 )
 

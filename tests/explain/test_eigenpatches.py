@@ -1,4 +1,4 @@
-"""Eigen-patches of natural images and patch-by-patch reconstruction (masterkey.eigenpatches)."""
+"""Eigen-patches of natural images and patch-by-patch reconstruction (masterkey.explain.eigenpatches)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from masterkey.eigenpatches import (
+from masterkey.errors import MasterkeyError
+from masterkey.explain.eigenpatches import (
     BUILTIN_IMAGES,
     abs_cos_matrix,
     builtin_image,
@@ -24,7 +25,6 @@ from masterkey.eigenpatches import (
     reconstruction_table,
     summarize_reconstruction,
 )
-from masterkey.errors import MasterkeyError
 from masterkey.keys import load_keys
 from masterkey.stats import mean_ci95
 

@@ -1,7 +1,7 @@
 """Explain a key set: scale-space models of its keys, eigen-patches of natural images, and patch-by-patch
 reconstruction — tables, figures and an "explain" run directory that ``masterkey report`` renders.
 
-    from masterkey.report.explain import explain_keys, write_explain_run
+    from masterkey.explain.run import explain_keys, write_explain_run
     explanation = explain_keys("paper8")
     write_explain_run(explanation, "runs/explain-paper8", config={"keys": "paper8"})
 """
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from masterkey.eigenpatches import (
+from masterkey.explain.eigenpatches import (
     EigenPatches,
     abs_cos_matrix,
     compare_with_keys,
@@ -31,12 +31,12 @@ from masterkey.eigenpatches import (
     reconstruction_table,
     summarize_reconstruction,
 )
+from masterkey.explain.scalespace import fit_keyset, scalespace_keyset
 from masterkey.files import atomic_directory, write_json, write_text
 from masterkey.keys import KeySet, load_keys
 from masterkey.report import figures as F
 from masterkey.report.html import markdown_table
 from masterkey.runs import write_run_info
-from masterkey.scalespace import fit_keyset, scalespace_keyset
 from masterkey.stats import mean_ci95
 
 

@@ -1,4 +1,4 @@
-"""Discrete scale-space kernels and least-squares fits of keys (masterkey.scalespace)."""
+"""Discrete scale-space kernels and least-squares fits of keys (masterkey.explain.scalespace)."""
 
 from __future__ import annotations
 
@@ -11,25 +11,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from masterkey.errors import MasterkeyError
-from masterkey.keys import load_keys
-from masterkey.scalespace import (
+from masterkey.explain.scalespace import (
+    family_for_label,
+    fit_keyset,
+    fit_scalespace,
+    paper8_parameters,
+    scalespace8_keys,
+    scalespace_keyset,
+)
+from masterkey.kernels import (
     FAMILIES,
     PAPER8_SCALESPACE,
     backward_difference,
     central_difference,
     discrete_gaussian,
-    family_for_label,
-    fit_keyset,
-    fit_scalespace,
     forward_difference,
     gaussian_kernel_2d,
     laplacian_kernel,
-    paper8_parameters,
-    scalespace8_keys,
     scalespace_kernel,
-    scalespace_keyset,
     second_difference,
 )
+from masterkey.keys import load_keys
 
 sigmas = st.floats(0.0, 3.0, allow_nan=False)
 fit_sigmas = st.floats(0.35, 1.6, allow_nan=False)

@@ -9,9 +9,14 @@ import timm
 import torch
 
 from masterkey.errors import MasterkeyError
-from masterkey.evaluate import evaluate, load_eval_images, preprocessing_for
-from masterkey.models import create_model, read_state_dict
-from masterkey.remap import efficientnet_pytorch_to_timm, guess_model_name, is_efficientnet_pytorch
+from masterkey.networks.evaluate import evaluate, load_eval_images, preprocessing_for
+from masterkey.networks.models import (
+    create_model,
+    efficientnet_pytorch_to_timm,
+    guess_model_name,
+    is_efficientnet_pytorch,
+    read_state_dict,
+)
 
 
 @pytest.fixture(scope="module")

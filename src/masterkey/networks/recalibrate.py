@@ -21,8 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 from masterkey.errors import MasterkeyError
-from masterkey.evaluate import Preprocessing, load_eval_images
 from masterkey.images import ImageSet, list_image_folder, stratified_split
+from masterkey.networks.evaluate import Preprocessing, load_eval_images
 
 
 @dataclass(frozen=True)

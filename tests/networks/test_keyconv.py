@@ -14,7 +14,8 @@ from masterkey.bank import open_bank
 from masterkey.depthwise import find_depthwise
 from masterkey.errors import MasterkeyError
 from masterkey.fit import fit_affine, fit_bank
-from masterkey.keyconv import (
+from masterkey.keys import load_keys
+from masterkey.networks.keyconv import (
     PUBLISHED_PROPORTIONS,
     KeyConv2d,
     assign_by_proportions,
@@ -29,8 +30,7 @@ from masterkey.keyconv import (
     make_assigner,
     materialize,
 )
-from masterkey.keys import load_keys
-from masterkey.models import read_state_dict
+from masterkey.networks.models import read_state_dict
 
 TINY = {"num_classes": 10, "dims": (8, 16, 24, 32), "depths": (1, 1, 1, 1), "patch_size": 2}
 

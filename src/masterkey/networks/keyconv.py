@@ -308,7 +308,7 @@ def make_assigner(spec: str | Sequence[float] | Assigner) -> Assigner:
     if name == "fit" and arg:
         return _fit_table_assigner(Path(arg))
     if name == "model" and arg:
-        from masterkey.models import read_state_dict
+        from masterkey.networks.models import read_state_dict
 
         state, _ = read_state_dict(arg)
         return _model_assigner(state, arg)

@@ -1,14 +1,13 @@
-"""Swap keys into a pretrained network and measure what is left (the paper's Table 1, SPEC §2.8 and §3).
+"""Swap keys into a pretrained network and measure what is left (the paper's Table 1).
 
 :class:`SwapSession` holds one model, its evaluation images and (for BatchNorm networks) calibration images. For
-every key set it swaps each depthwise filter for its best affine fit (:func:`masterkey.surgery.swap_depthwise`),
-evaluates top-1 / top-5, optionally re-estimates the BatchNorm statistics and evaluates again, and restores the
-original weights before the next key set. :meth:`SwapSession.sweep` runs a list of key sets (plus the unswapped
-baseline) into :class:`SwapResults`; :meth:`SwapSession.sensitivity` swaps one stage or layer at a time.
+every key set it swaps each depthwise filter for its best affine fit
+(:func:`~masterkey.networks.surgery.swap_depthwise`), evaluates top-1 / top-5, optionally re-estimates the
+BatchNorm statistics and evaluates again, and restores the original weights before the next key set.
+:meth:`SwapSession.sweep` runs a list of key sets (plus the unswapped baseline) into
+:class:`~masterkey.swap.results.SwapResults`; :meth:`SwapSession.sensitivity` swaps one stage or layer at a time.
 
-Key specs are anything :func:`masterkey.keys.load_keys` reads (``paper8``, ``random:8:0``, ``impulse``, a key
-file) plus discover run directories: ``DIR`` (its ``keys.safetensors``, or ``k3/``, ``k5/`` ... per kernel size)
-and ``DIR:METHOD`` (its ``baseline_keys/METHOD.safetensors``, e.g. ``runs/disc:kmeans``).
+Key specs are anything :func:`masterkey.keys.resolve_key_spec` resolves: built-ins, key files and discover runs.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,61 +25,21 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from masterkey.errors import MasterkeyError
-from masterkey.evaluate import Preprocessing, accuracy, check_class_count, evaluate, predict_logits, preprocessing_for
 from masterkey.images import ImageSet
-from masterkey.keys import KeySet
-from masterkey.recalibrate import crossfit_folds, has_batchnorm, recalibrate_batchnorm
-from masterkey.stats import ci95
-from masterkey.surgery import Keys, LayerSelector, SwapReport, depthwise_layers, swap_depthwise
-
-BASELINE = "none"
-RESULT_COLUMNS = (
-    "keys",
-    "group",
-    "seed",
-    "n_keys",
-    "recalibrated",
-    "calibration",
-    "top1",
-    "top5",
-    "delta_top1",
-    "mean_cos2",
-    "n_layers",
-    "n_filters",
-    "n_images",
-    "calib_images",
-    "seconds",
+from masterkey.keys import KeySet, resolve_key_spec
+from masterkey.networks.evaluate import (
+    Preprocessing,
+    accuracy,
+    check_class_count,
+    evaluate,
+    predict_logits,
+    preprocessing_for,
 )
+from masterkey.networks.recalibrate import crossfit_folds, has_batchnorm, recalibrate_batchnorm
+from masterkey.networks.surgery import LayerSelector, SwapReport, depthwise_layers, swap_depthwise
+from masterkey.swap.results import BASELINE, SwapResults
 
 # ---------------------------------------------------------------------- key specs
-
-
-def resolve_key_spec(spec: str | KeySet) -> Keys:
-    """What a ``--keys`` value names: a built-in spec or key file (returned as it is), or a discover run:
-    ``DIR`` → its ``keys.safetensors`` (or ``{k: kK/keys.safetensors}``), ``DIR:METHOD`` → its
-    ``baseline_keys/METHOD.safetensors`` (per kernel size likewise)."""
-    if isinstance(spec, KeySet):
-        return spec
-    text = str(spec)
-    path, method = Path(text), None
-    if not path.exists() and ":" in text:
-        head, _, tail = text.rpartition(":")
-        if Path(head).is_dir():
-            path, method = Path(head), tail
-    if not path.is_dir():
-        return text
-    name = "keys.safetensors" if method is None else f"baseline_keys/{method}.safetensors"
-    if (path / name).is_file():
-        return str(path / name)
-    per_size = {}
-    for sub in sorted(path.glob("k*")):
-        m = re.fullmatch(r"k(\d+)", sub.name)
-        if m and (sub / name).is_file():
-            per_size[int(m.group(1))] = str(sub / name)
-    if per_size:
-        return per_size
-    what = "a discover run" if method is None else f"a discover run with {method} baseline keys"
-    raise MasterkeyError(f"keys '{text}': the folder {path} is not {what} (no {name}, nor k*/{name})")
 
 
 def expand_seeds(specs: Sequence[str], seeds: int) -> list[str]:
@@ -111,7 +70,7 @@ def check_keys(
     model: nn.Module, specs: Sequence[str | KeySet], layers: LayerSelector = None, resize: bool = False
 ) -> None:
     """Raise :class:`MasterkeyError` if some key spec cannot serve the kernel sizes of the selected layers."""
-    from masterkey.surgery import chosen_layers, keys_for_kernel
+    from masterkey.networks.surgery import chosen_layers, keys_for_kernel
 
     chosen = chosen_layers(model, layers)
     sizes = sorted({pos.kernel_size[0] for pos in chosen if pos.kernel_size[0] == pos.kernel_size[1]})
@@ -119,114 +78,6 @@ def check_keys(
         keys = resolve_key_spec(spec)
         for k in sizes:
             keys_for_kernel(keys, k, resize=resize)
-
-
-# ---------------------------------------------------------------------- results
-
-
-@dataclass
-class SwapResults:
-    """Rows (one per key set and condition, the unswapped baseline first), the per-stage cos² of each key set,
-    the optional sensitivity table, and what was evaluated (``info``)."""
-
-    rows: list[dict[str, Any]]
-    per_stage: pd.DataFrame = field(default_factory=pd.DataFrame)
-    sensitivity: pd.DataFrame | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=list(RESULT_COLUMNS))
-
-    def summary(self) -> pd.DataFrame:
-        """One row per key family and condition: seeded key sets (``random:8:0..4``) are pooled into mean and
-        95% CI half-width over seeds; single key sets have ``n_seeds`` 1 and no CI."""
-        frame = self.frame()
-        out = []
-        for (group, recal, calib), part in frame.groupby(["group", "recalibrated", "calibration"], sort=False):
-            row: dict[str, Any] = {
-                "keys": group,
-                "n_keys": part["n_keys"].iloc[0],
-                "recalibrated": bool(recal),
-                "calibration": calib,
-                "n_seeds": len(part),
-            }
-            for col in ("top1", "top5", "delta_top1", "mean_cos2"):
-                row[col] = float(part[col].mean())
-                row[f"{col}_ci95"] = ci95(part[col].tolist())
-            out.append(row)
-        return pd.DataFrame(out)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything as plain JSON-ready data (NaN, e.g. the seed of a non-random key set, becomes None)."""
-        out: dict[str, Any] = {
-            "info": self.info,
-            "results": _records(self.frame()),
-            "summary": _records(self.summary()),
-            "per_stage": _records(self.per_stage),
-        }
-        if self.sensitivity is not None:
-            out["sensitivity"] = _records(self.sensitivity)
-        return out
-
-    def to_markdown(self) -> str:
-        """The summary, per-stage and sensitivity tables as Markdown."""
-        info = self.info
-        lines = [
-            f"# Swap: {info.get('model', '?')}",
-            "",
-            f"- weights: `{info.get('weights')}`",
-            f"- data: `{info.get('data')}` ({info.get('n_images')} images)",
-        ]
-        if info.get("calibration"):
-            lines.append(f"- recalibration: {info['calibration']}")
-        lines += ["", "## Accuracy", "", markdown_summary(self.summary()), ""]
-        if not self.per_stage.empty:
-            lines += ["## Mean cos² per stage", "", _markdown(self.per_stage), ""]
-        if self.sensitivity is not None:
-            lines += ["## Sensitivity (one unit swapped at a time)", "", _markdown(self.sensitivity), ""]
-        return "\n".join(lines)
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in rows]
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return "-" if value != value else f"{value:.{digits}f}"
-    return str(value)
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def _pct(mean: float, half: float) -> str:
-    return f"{100 * mean:.1f}" if half != half else f"{100 * mean:.1f} ± {100 * half:.1f}"
-
-
-def markdown_summary(summary: pd.DataFrame) -> str:
-    """The summary table with accuracies in percent and mean ± 95% CI over seeds."""
-    with_calib = "calibration" in summary and bool((summary["calibration"].fillna("") != "").any())
-    head = "| keys | n_keys | recalibrated |" + (" calibration |" if with_calib else "")
-    lines = [
-        head + " seeds | top-1 % | top-5 % | Δ top-1 (points) | mean cos² |",
-        "| --- | ---: | :---: |" + (" --- |" if with_calib else "") + " ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in summary.to_dict(orient="records"):
-        calib = f" {r.get('calibration') or '-'} |" if with_calib else ""
-        lines.append(
-            f"| {r['keys']} | {r['n_keys']} | {_fmt(r['recalibrated'])} |{calib} {r['n_seeds']} | "
-            f"{_pct(r['top1'], r['top1_ci95'])} | {_pct(r['top5'], r['top5_ci95'])} | "
-            f"{_pct(r['delta_top1'], r['delta_top1_ci95'])} | {r['mean_cos2']:.3f} |"
-        )
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- the session
@@ -262,7 +113,7 @@ class SwapSession:
     """Swap experiments on one model: evaluate, swap, recalibrate, restore.
 
     ``images`` are the evaluation images (decoded with ``prep``'s geometry, see
-    :func:`masterkey.evaluate.load_eval_images`). ``calibration`` (BatchNorm networks only) is an
+    :func:`masterkey.networks.evaluate.load_eval_images`). ``calibration`` (BatchNorm networks only) is an
     :class:`ImageSet` of training images, a :class:`Calibration`, or several; with ``recalibrate`` every result
     gets one recalibrated row per calibration. The model's original state is kept and restored before every key
     set, so a session can run any number of them.
@@ -528,10 +379,10 @@ def load_model(
     name: str | None, weights: str | Path | None, pretrained: bool = False, **kwargs: Any
 ) -> tuple[nn.Module, str, dict[str, str]]:
     """A model for swapping: by name, or — with ``name`` omitted — named by the weights' safetensors metadata
-    (``arch``) or recognised from the state_dict (:func:`masterkey.remap.guess_model_name`). Returns the model,
+    (``arch``) or recognised from the state_dict (:func:`~masterkey.networks.models.guess_model_name`). Returns the
+    model,
     the name used, and the weights' metadata (``dataset`` there picks the preprocessing)."""
-    from masterkey.models import create_model, read_state_dict
-    from masterkey.remap import guess_model_name
+    from masterkey.networks.models import create_model, guess_model_name, read_state_dict
 
     metadata: dict[str, str] = {}
     if weights is not None:

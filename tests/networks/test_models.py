@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from masterkey.errors import MasterkeyError
-from masterkey.models import create_model, read_state_dict, resolve_model_name
+from masterkey.networks.models import create_model, read_state_dict, resolve_model_name
 
 
 def test_create_from_safetensors_metadata(cifar_convnexts):

@@ -13,8 +13,8 @@ from torch import nn
 from masterkey.errors import MasterkeyError
 from masterkey.fit import fit_affine
 from masterkey.keys import KeySet, load_keys
-from masterkey.models import create_model
-from masterkey.surgery import (
+from masterkey.networks.models import create_model
+from masterkey.networks.surgery import (
     depthwise_layers,
     filters_as_keys,
     keys_for_kernel,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from masterkey.errors import MasterkeyError
-from masterkey.evaluate import (
+from masterkey.networks.evaluate import (
     CIFAR10,
     TORCHVISION_IMAGENET,
     accuracy,
@@ -21,7 +21,7 @@ from masterkey.evaluate import (
     preprocessing_for,
     preprocessing_named,
 )
-from masterkey.models import create_model
+from masterkey.networks.models import create_model
 
 
 @pytest.fixture(scope="module")
