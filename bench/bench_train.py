@@ -4,7 +4,9 @@ depthwise filters trainable vs frozen to keys (and frozen with a learnable scale
 The masterkey variants run the real training loop (``train()`` on a CIFAR-10 subset, its own data pipeline with
 uint8 images on the device, on-device crop / flip, label smoothing, the warm-up + cosine schedule, metric
 accumulation); their step times come from the loop's ``on_step`` callback. The plain loop feeds one pre-normalised
-float batch to ``model -> cross_entropy -> backward -> AdamW.step``, with the same precision and memory layout.
+float batch to ``model -> cross_entropy -> backward -> AdamW.step`` with the *same* optimiser as masterkey (AdamW
+with timm's weight-decay parameter groups, fused on CUDA: :func:`masterkey.train.loop.make_optimizer`), the same
+precision and the same memory layout, so the ratio compares the loops, not two optimisers.
 Variants are interleaved over several rounds so that load from other processes hits all of them alike; the
 first ``--warmup`` steps of every measurement are dropped. Each measurement times a window of ``--steps`` steps with
 the device synchronised only at its two ends, as in real training (a synchronisation after every step would stall
@@ -31,8 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from machine import describe_machine
 from masterkey.train import TrainConfig, train
 from masterkey.train.distributed import resolve_device
+from masterkey.train.loop import make_optimizer
 
 
 def sync(device: torch.device) -> None:
@@ -50,7 +54,7 @@ def plain_eager(
     model = timm.create_model(config.model, **config.model_kwargs).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = make_optimizer(model, config, device)
     x = torch.randn(config.batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (config.batch_size,), device=device)
     start = 0.0
@@ -84,7 +88,7 @@ def paired_model_steps(
         model = timm.create_model(config.model, **config.model_kwargs)
         convert_to_keys(model, "paper8", mode)
         model = model.to(device).to(memory_format=fmt)
-        models[mode] = (model, torch.optim.AdamW(model.parameters(), lr=config.lr))
+        models[mode] = (model, make_optimizer(model, config, device))
     x = torch.randn(config.batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (config.batch_size,), device=device)
 
@@ -143,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=60, help="alternating trainable / frozen steps of the bare model")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1: no oversubscription on a busy box)")
-    p.add_argument("--machine", default="2-core CPU sandbox, no GPU", help="how to name the machine in the report")
     p.add_argument("-o", "--out", help="also write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     eager, trainable = speed["plain eager PyTorch loop"], speed["masterkey train, trainable"]
     frozen = speed["masterkey train, frozen paper8"]
     result: dict[str, Any] = {
-        "machine": args.machine if not cuda else torch.cuda.get_device_name(device),
+        "machine": describe_machine(device),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "device": str(device),
@@ -220,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | --- |",
         *(f"| {name} | {value:.3f} |" for name, value in result["ratios"].items()),
         "",
-        f"the module alone, {args.pairs} alternating single steps of the bare model (plain AdamW, no data pipeline):",
+        f"the module alone, {args.pairs} alternating single steps of the bare model (masterkey's AdamW, no data "
+        "pipeline):",
         "",
         "| measure | value |",
         "| --- | --- |",
