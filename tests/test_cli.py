@@ -93,3 +93,28 @@ def test_console_script_entry_point():
         [sys.executable, "-m", "masterkey", "keys", "list"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0 and "paper8" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("spec", "gpus", "message"),
+    [
+        ("cuda", 0, "CUDA is not available on this machine"),
+        ("cuda:7", 1, "this machine has 1 CUDA device(s), cuda:0 .. cuda:0"),
+        ("tpu", 1, "expected cpu, cuda, cuda:N or auto"),
+        ("cpu:0", 1, "expected cpu, cuda, cuda:N or auto"),
+    ],
+)
+def test_devices_are_checked_against_the_machine(monkeypatch, spec, gpus, message):
+    import argparse
+
+    import torch
+
+    from masterkey.commands._common import device_arg
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(argparse.ArgumentTypeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        device_arg(spec)
+    assert device_arg("CPU") == "cpu" and device_arg("auto") == "auto"
+    if gpus:
+        assert device_arg("cuda:0") == "cuda:0"

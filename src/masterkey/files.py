@@ -185,6 +185,8 @@ def check_output(
     blocker = next((p for p in target.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise MasterkeyError(f"cannot write {path}: {blocker} is a file, not a folder")
+    if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):  # found now, not after hours of work
+        raise MasterkeyError(f"cannot write {path}: the folder {blocker} is not writable")
     for spec in inputs:
         if spec is None:
             continue
@@ -236,6 +238,16 @@ def _remove_empty(folders: Iterable[Path]) -> None:
     for folder in folders:
         with contextlib.suppress(OSError):
             folder.rmdir()
+
+
+def missing_parents(path: str | Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, deepest first (to remove again after a failure)."""
+    return [p for p in Path(path).absolute().parents if not p.exists()]
+
+
+def remove_empty_folders(folders: Iterable[Path]) -> None:
+    """Remove each folder that is empty (deepest first, as :func:`missing_parents` lists them); others stay."""
+    _remove_empty(folders)
 
 
 @contextlib.contextmanager

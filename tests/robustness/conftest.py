@@ -253,3 +253,21 @@ def full_disk(folder: Path, size_kib: int) -> Iterator[str]:
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` made unwritable: a read-only tmpfs mounted on it as root, else permissions 0555."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if tmpfs_available():
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=16k", "tmpfs", str(folder)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+        return
+    folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        folder.chmod(0o755)

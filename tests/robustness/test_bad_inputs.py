@@ -41,7 +41,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("harvest-name-two-sources", ["harvest", M, M, "--name", "x", "-o", "{out}"], "--weights and --name go with"),
     ("harvest-same-source-twice", ["harvest", M, M, "-o", "{out}"], "are given twice"),
     ("harvest-bad-kwargs", ["harvest", "convnext_atto", "--model-kwargs", "=3", "-o", "{out}"], "key=value pairs"),
-    ("harvest-second-source-bad", ["harvest", M, f"{S}/empty.pth", "-o", "{out}"], "empty.pth: not a readable"),
+    (
+        "harvest-second-source-bad",
+        ["harvest", M, f"{S}/empty.pth", "-o", "{ws}/new/deeper/bank"],
+        "empty.pth: not a readable",
+    ),
     (
         "harvest-model-too-big",
         ["harvest", f"convnext_atto@{M}", "--model-kwargs", "num_classes=1000000000", "-o", "{out}"],

@@ -15,7 +15,7 @@ import pytest
 
 from masterkey.cli import main
 
-from .conftest import assert_clean_failure, full_disk, run_cli, snapshot
+from .conftest import assert_clean_failure, full_disk, read_only, run_cli, snapshot
 
 M = "{ws}/model.safetensors"
 TINY_TRAIN = [
@@ -38,15 +38,15 @@ TINY_TRAIN = [
 
 # command, output (under the full disk), KiB of the tmpfs, KiB of the file-size limit used without root
 DISK_FULL = [
-    ("harvest", ["harvest", M, "-o", "{full}/bank"], 500, 100),
+    ("harvest", ["harvest", M, "-o", "{full}/new/bank"], 500, 100),
     ("bank-query", ["bank", "query", "{ws}/bank", "stage >= 1", "-o", "{full}/bank"], 100, 100),
     ("keys-convert", ["keys", "convert", "random:1000", "-o", "{full}/keys.safetensors"], 64, 64),
-    ("fit", ["fit", "{ws}/bank", "--keys", "paper8", "-o", "{full}/fit"], 64, 16),
+    ("fit", ["fit", "{ws}/bank", "--keys", "paper8", "-o", "{full}/new/sub/fit"], 64, 16),
     (
         "discover",
         [
             *["discover", "{ws}/bank", "-k", "2", "--candidates", "8", "--rounds", "1", "--ae-steps", "60"],
-            *["--baselines", "kmeans", "--compare-k", "2", "--no-progress", "-o", "{full}/disc"],
+            *["--baselines", "kmeans", "--compare-k", "2", "--no-progress", "-o", "{full}/new/disc"],
         ],
         16,
         16,
@@ -57,8 +57,8 @@ DISK_FULL = [
         8,
         1,
     ),
-    ("train", ["train", *TINY_TRAIN, "-o", "{full}/train"], 1024, 1024),
-    ("report", ["report", "{ws}/fit", "--samples", "2", "-o", "{full}/report"], 64, 64),
+    ("train", ["train", *TINY_TRAIN, "-o", "{full}/new/train"], 1024, 1024),
+    ("report", ["report", "{ws}/fit", "--samples", "2", "-o", "{full}/new/report"], 64, 64),
     (
         "explain",
         ["explain", "--images", "camera", "--max-patches", "500", "--seeds", "1", "--stride", "8", "-o", "{full}/ex"],
@@ -88,6 +88,25 @@ def _tmpfs() -> bool:
     from .conftest import tmpfs_available
 
     return tmpfs_available()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["harvest", M, "-o", "{ro}/bank"],
+        ["fit", "{ws}/bank", "--keys", "paper8", "-o", "{ro}/fit"],
+        ["keys", "convert", "paper8", "-o", "{ro}/k.safetensors"],
+        ["discover", "{ws}/bank", "-o", "{ro}/sub/disc"],
+    ],
+    ids=["harvest", "fit", "keys-convert", "discover"],
+)
+def test_an_unwritable_output_folder_is_refused_before_any_work(workspace, tmp_path, capsys, argv):
+    before = snapshot(workspace)
+    with read_only(tmp_path / "ro"):
+        outcome = run_cli(capsys, [a.format(ws=workspace, ro=tmp_path / "ro") for a in argv])
+        left = list((tmp_path / "ro").iterdir())
+    assert_clean_failure(outcome, f"the folder {tmp_path / 'ro'} is not writable")
+    assert left == [] and snapshot(workspace) == before
 
 
 def test_a_failed_harvest_keeps_nothing_so_the_rerun_succeeds(workspace, tmp_path, capsys, monkeypatch):

@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     from masterkey.depthwise import find_depthwise
     from masterkey.discover import AutoencoderConfig, DiscoverConfig, discover_bank, write_discover_run
     from masterkey.discover.output import comparison_text
-    from masterkey.files import check_output
+    from masterkey.files import check_output, missing_parents, remove_empty_folders
 
     started = time.perf_counter()
     device = resolved_device(args.device)
@@ -276,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_dir = out.with_name(f".{out.name}.checkpoint")
     if args.no_resume and checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
+    created = missing_parents(out)
     try:
         discoveries = discover_bank(
             bank,
@@ -293,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
     except Exception:
         # A failed discovery leaves nothing behind; only a killed or interrupted one keeps its checkpoint to resume.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        remove_empty_folders(created)
         raise
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     elapsed = time.perf_counter() - started

@@ -28,7 +28,7 @@ from masterkey.commands._common import (
     print_json,
 )
 from masterkey.errors import MasterkeyError
-from masterkey.files import OutputBusyError, check_output
+from masterkey.files import OutputBusyError, check_output, missing_parents, remove_empty_folders
 
 NAME = "train"
 ORDER = 6
@@ -351,7 +351,7 @@ def _failed_run_cleanup(out: str) -> Iterator[None]:
     from masterkey.train.loop import partial_dir
 
     partial = partial_dir(out)
-    existed = partial.exists()
+    existed, created = partial.exists(), missing_parents(out)
     try:
         yield
     except OutputBusyError:
@@ -360,6 +360,7 @@ def _failed_run_cleanup(out: str) -> Iterator[None]:
         kept = partial.is_dir() and any(p.name in ("checkpoint.pt", "summary.json") for p in partial.rglob("*"))
         if partial.is_dir() and not existed and not kept:
             shutil.rmtree(partial, ignore_errors=True)
+            remove_empty_folders(created)
         if kept and isinstance(exc, MasterkeyError):
             raise MasterkeyError(f"{exc}; the work so far is kept in {partial}: rerun with --resume") from exc
         raise

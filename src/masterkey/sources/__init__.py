@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from masterkey.errors import MasterkeyError
-from masterkey.files import atomic_write, check_output, safetensors_bytes
+from masterkey.files import atomic_write, check_output, missing_parents, remove_empty_folders, safetensors_bytes
 from masterkey.sources.base import HarvestedLayer, HarvestedSource, accept_layer
 from masterkey.sources.network import harvest_model, harvest_module
 from masterkey.sources.onnx_graph import harvest_onnx
@@ -150,6 +150,7 @@ def harvest_bank(
     options = {"weights": weights, "name": name, "kwargs": model_kwargs, "pretrained": pretrained}
     harvested = []
     resumed = 0
+    created = missing_parents(out)
     try:
         for spec in progress(sources) if progress else sources:
             cache = work / f"{_cache_key(str(spec), options)}.safetensors"
@@ -169,6 +170,7 @@ def harvest_bank(
         # A failed harvest (bad source, full disk ...) leaves nothing behind; only a killed or interrupted one
         # keeps its finished sources for the rerun to resume with.
         shutil.rmtree(work, ignore_errors=True)
+        remove_empty_folders(created)
         raise
     shutil.rmtree(work, ignore_errors=True)
     return bank
