@@ -106,24 +106,134 @@ def test_corruption_is_detected(tmp_path):
         FilterBank.open(tmp_path / "nope")
 
 
+def _resign(bank_dir, manifest=None):
+    """What a careful forger does: record the current size and sha256 of every data file in the manifest."""
+    from masterkey.files import sha256_file
+
+    manifest = manifest or json.loads((bank_dir / "manifest.json").read_text())
+    for name in manifest["files"]:
+        manifest["files"][name] = {"bytes": (bank_dir / name).stat().st_size, "sha256": sha256_file(bank_dir / name)}
+    (bank_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_metadata_row_count_must_match_tensors(tmp_path):
     import pyarrow.parquet as pq
-
-    from masterkey.files import sha256_file
 
     bank_dir = tmp_path / "b"
     write_bank([_source("a", [(8, 3)])], bank_dir)
     table = pq.read_table(bank_dir / "metadata.parquet").slice(0, 5)
     pq.write_table(table, bank_dir / "metadata.parquet")
     manifest = json.loads((bank_dir / "manifest.json").read_text())
-    manifest["files"]["metadata.parquet"] = {
-        "bytes": (bank_dir / "metadata.parquet").stat().st_size,
-        "sha256": sha256_file(bank_dir / "metadata.parquet"),
-    }
-    manifest["n_filters"] = 5
-    (bank_dir / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(MasterkeyError, match=r"holds 8 filters .* metadata lists 5"):
+    manifest.update(n_filters=5, counts_by_kernel={"3": 5})
+    manifest["sources"][0]["n_filters"] = 5
+    _resign(bank_dir, manifest)  # every count agrees with the table, but the tensor file still holds 8 filters
+    with pytest.raises(MasterkeyError, match=r"shape \[8, 3, 3\] but the metadata lists 5 3x3"):
         FilterBank.open(bank_dir)
+
+
+def test_a_resigned_bank_with_altered_metadata_is_still_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bank_dir = tmp_path / "b"
+    write_bank([_source("a", [(6, 3), (4, 5)])], bank_dir)
+    table = pq.read_table(bank_dir / "metadata.parquet")
+    index = table.column("index").to_pylist()
+    swapped = table.set_column(table.schema.get_field_index("index"), "index", pa.array(index[::-1], pa.int64()))
+    pq.write_table(swapped, bank_dir / "metadata.parquet")
+    _resign(bank_dir)
+    with pytest.raises(MasterkeyError, match="index column of the 3x3 filters is not 0..5 in order"):
+        FilterBank.open(bank_dir)
+    retyped = table.set_column(table.schema.get_field_index("stage"), "stage", table.column("stage").cast(pa.int64()))
+    pq.write_table(retyped, bank_dir / "metadata.parquet")
+    _resign(bank_dir)
+    with pytest.raises(MasterkeyError, match="column stage is int64, expected int16"):
+        FilterBank.open(bank_dir)
+
+
+def test_bank_files_must_stay_inside_the_bank(tmp_path):
+    bank_dir = tmp_path / "b"
+    write_bank([_source("a", [(4, 3)])], bank_dir)
+    outside = tmp_path / "elsewhere.safetensors"
+    (bank_dir / "filters_k3.safetensors").rename(outside)
+    (bank_dir / "filters_k3.safetensors").symlink_to(outside)
+    with pytest.raises(MasterkeyError, match="a link that leads outside the bank directory"):
+        FilterBank.open(bank_dir)
+
+
+def _valid_manifest_and_bank(tmp) -> tuple[dict, object]:
+    from pathlib import Path
+
+    bank_dir = Path(tmp) / "b"
+    write_bank([_source("a", [(5, 3), (3, 5)]), _source("b", [(2, 3)], seed=1)], bank_dir)
+    return json.loads((bank_dir / "manifest.json").read_text()), bank_dir
+
+
+#: Manifest fields that only describe provenance: changing them within their type is not corruption.
+_FREE = {("package_version",), ("sources", "kind"), ("sources", "model"), ("sources", "path"), ("sources", "sha256")}
+_FREE |= {("sources", "n_layers"), ("sources", "skipped")}
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.data())
+def test_any_altered_manifest_is_refused_or_harmless(data):
+    """Random edits of a valid manifest (a field deleted, replaced by any JSON value, or added): opening the bank
+    gives a bank or one MasterkeyError, never another exception; an edit of anything but provenance is refused."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        original, bank_dir = _valid_manifest_and_bank(tmp)
+        manifest = json.loads(json.dumps(original))
+        where = data.draw(st.sampled_from(["top", "source", "file", "count", "excluded"]))
+        container, path = {
+            "top": (manifest, ()),
+            "source": (manifest["sources"][data.draw(st.integers(0, 1))], ("sources",)),
+            "file": (manifest["files"][data.draw(st.sampled_from(sorted(manifest["files"])))], ("files",)),
+            "count": (manifest["counts_by_kernel"], ("counts_by_kernel",)),
+            "excluded": (manifest["excluded"], ("excluded",)),
+        }[where]
+        action = data.draw(st.sampled_from(["delete", "replace", "add"]))
+        key = data.draw(st.sampled_from(sorted(container))) if action != "add" else data.draw(st.text(max_size=8))
+        if action == "delete":
+            del container[key]
+        else:
+            container[key] = data.draw(_JSON)
+        (Path(bank_dir) / "manifest.json").write_text(json.dumps(manifest))
+        try:
+            FilterBank.open(bank_dir)
+        except MasterkeyError as exc:
+            assert "\n" not in str(exc)
+            return
+        changed = manifest != original
+        assert not changed or (*path, key) in _FREE, f"accepted a bank whose manifest {where}.{key} was altered"
+
+
+@settings(max_examples=60, deadline=None)
+@given(_JSON)
+def test_any_json_document_as_manifest_is_refused(document):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, bank_dir = _valid_manifest_and_bank(tmp)
+        (Path(bank_dir) / "manifest.json").write_text(json.dumps(document))
+        with pytest.raises(MasterkeyError, match="manifest.json"):
+            FilterBank.open(bank_dir)
+
+
+def test_validate_manifest_accepts_what_the_writer_writes(tmp_path):
+    from masterkey.bank import validate_manifest
+
+    original, _ = _valid_manifest_and_bank(tmp_path)
+    assert validate_manifest(original) is original
+    default = json.loads((open_bank(None).path / "manifest.json").read_text())
+    assert validate_manifest(default)["n_filters"] == 25_664
 
 
 def test_writing_is_deterministic(tmp_path):

@@ -48,7 +48,9 @@ def test_fit_text_output_mentions_crops(capsys):
         (["fit", "default", "--keys", "paper8", "--query", "kernel_size == 3"], "kernel-size mismatch"),
         (["harvest", "nonexistent/model.pth", "-o", "X"], "no such file"),
         (["bank", "info", "/nonexistent/bank"], "no such bank directory"),
-        (["fit", "--keys", "random:x"], "must be an integer"),
+        (["fit", "--keys", "random:x"], "must be a whole number"),
+        (["fit", "--chunk-size", "0"], "argument --chunk-size: expected an integer from 1"),
+        (["keys", "show"], "the following arguments are required: KEYS"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(capsys, argv, message):
@@ -62,8 +64,26 @@ def test_bad_bank_leaves_no_partial_output(tmp_path, capsys):
     (tmp_path / "junk.pth").write_text("not a model")
     code, _, err = run(capsys, "harvest", str(tmp_path / "junk.pth"), "-o", str(tmp_path / "bank"))
     assert code == 2 and "junk.pth" in err
-    assert not (tmp_path / "bank").exists()
-    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["junk.pth"]
+    assert [p.name for p in tmp_path.iterdir()] == ["junk.pth"]  # hidden leftovers included
+
+
+def test_outputs_leave_no_lock_files_and_refuse_to_replace_user_data(tmp_path, capsys):
+    code, _, _ = run(capsys, "keys", "convert", "paper8", "-o", str(tmp_path / "k.safetensors"))
+    assert code == 0
+    code, _, _ = run(capsys, "keys", "convert", "paper8", "-o", str(tmp_path / "k.safetensors"), "--overwrite")
+    assert code == 0
+    (tmp_path / "weights.safetensors").write_bytes(b"a model the user cares about")
+    code, _, err = run(capsys, "keys", "convert", "paper8", "-o", str(tmp_path / "weights.safetensors"))
+    assert code == 2 and "already exists (pass --overwrite" in err
+    code, _, err = run(capsys, "keys", "convert", "paper8", "-o", str(tmp_path / "weights.safetensors"), "--overwrite")
+    assert code == 2 and "is not a masterkey output" in err
+    assert (tmp_path / "weights.safetensors").read_bytes() == b"a model the user cares about"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.safetensors", "weights.safetensors"]
+
+
+def test_help_and_version_exit_zero(capsys):
+    assert main(["--version"]) == 0 and "masterkey" in capsys.readouterr().out
+    assert main(["keys", "--help"]) == 0 and "convert" in capsys.readouterr().out
 
 
 def test_console_script_entry_point():
@@ -73,3 +93,28 @@ def test_console_script_entry_point():
         [sys.executable, "-m", "masterkey", "keys", "list"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0 and "paper8" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("spec", "gpus", "message"),
+    [
+        ("cuda", 0, "CUDA is not available on this machine"),
+        ("cuda:7", 1, "this machine has 1 CUDA device(s), cuda:0 .. cuda:0"),
+        ("tpu", 1, "expected cpu, cuda, cuda:N or auto"),
+        ("cpu:0", 1, "expected cpu, cuda, cuda:N or auto"),
+    ],
+)
+def test_devices_are_checked_against_the_machine(monkeypatch, spec, gpus, message):
+    import argparse
+
+    import torch
+
+    from masterkey.commands._common import device_arg
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    with pytest.raises(argparse.ArgumentTypeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        device_arg(spec)
+    assert device_arg("CPU") == "cpu" and device_arg("auto") == "auto"
+    if gpus:
+        assert device_arg("cuda:0") == "cuda:0"

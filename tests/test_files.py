@@ -1,12 +1,32 @@
 import errno
+import json
 import multiprocessing as mp
 import os
 import time
 
 import pytest
+import torch
 
+import masterkey.files as files
 from masterkey.errors import MasterkeyError
-from masterkey.files import atomic_directory, atomic_write, write_json, write_lock
+from masterkey.files import (
+    atomic_directory,
+    atomic_write,
+    check_output,
+    describe_os_error,
+    output_file,
+    output_kind,
+    remove_stale_temporaries,
+    safetensors_bytes,
+    write_json,
+    write_lock,
+)
+
+
+def _run_dir(path, kind):
+    path.mkdir(parents=True)
+    write_json(path / "run.json", {"kind": kind, "config": {}})
+    return path
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -17,23 +37,117 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    with pytest.raises(RuntimeError), atomic_write(tmp_path / "new" / "deeper" / "x", "w"):
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]  # the folders it made are gone too
     write_json(target, {"a": 1})
     assert target.read_text().strip().startswith("{")
 
 
-def test_atomic_directory(tmp_path):
-    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "run") as tmp:
+def test_atomic_directory_builds_a_recognisable_output(tmp_path):
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "run", "fit") as tmp:
         (tmp / "x").write_text("partial")
         raise RuntimeError("interrupted")
-    assert not (tmp_path / "run").exists()
-    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
-    with atomic_directory(tmp_path / "run") as tmp:
-        (tmp / "x").write_text("v1")
-    with pytest.raises(MasterkeyError, match="already exists"), atomic_directory(tmp_path / "run"):
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary folder, no lock file
+    with atomic_directory(tmp_path / "run", "fit") as tmp:
+        write_json(tmp / "run.json", {"kind": "fit"})
+    with pytest.raises(MasterkeyError, match="already exists"), atomic_directory(tmp_path / "run", "fit"):
         pass
-    with atomic_directory(tmp_path / "run", overwrite=True) as tmp:
+    with atomic_directory(tmp_path / "run", "fit", overwrite=True) as tmp:
+        write_json(tmp / "run.json", {"kind": "fit"})
         (tmp / "y").write_text("v2")
-    assert [p.name for p in (tmp_path / "run").iterdir()] == ["y"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.json", "y"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    with pytest.raises(RuntimeError, match="without its swap marker"), atomic_directory(tmp_path / "s", "swap") as tmp:
+        (tmp / "results.csv").write_text("a,b\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_output_kinds_are_recognised(tmp_path):
+    assert output_kind(_run_dir(tmp_path / "fit", "fit")) == "fit"
+    (tmp_path / "bank").mkdir()
+    write_json(tmp_path / "bank" / "manifest.json", {"format": "masterkey-bank"})
+    assert output_kind(tmp_path / "bank") == "bank"
+    (tmp_path / "old_report").mkdir()
+    for name in ("report.html", "report.md", "fig.png"):
+        (tmp_path / "old_report" / name).write_text("x")
+    assert output_kind(tmp_path / "old_report") == "report"
+    (tmp_path / "old_report" / "thesis.tex").write_text("mine")
+    assert output_kind(tmp_path / "old_report") is None
+    (tmp_path / "empty").mkdir()
+    assert output_kind(tmp_path / "empty") == "empty"
+    (tmp_path / "bad_run").mkdir()
+    (tmp_path / "bad_run" / "run.json").write_text("{oops")
+    assert output_kind(tmp_path / "bad_run") is None
+    from masterkey.keys import load_keys
+
+    load_keys("paper8").save(tmp_path / "k.safetensors")
+    load_keys("paper8").save_text(tmp_path / "k.txt")
+    assert output_kind(tmp_path / "k.safetensors") == output_kind(tmp_path / "k.txt") == "keys"
+    (tmp_path / "weights.safetensors").write_bytes(safetensors_bytes({"w": torch.zeros(2)}, {"format": "pt"}))
+    (tmp_path / "notes.txt").write_text("Filter 1:\n1 0\n0 -1\n")
+    assert output_kind(tmp_path / "weights.safetensors") is None and output_kind(tmp_path / "notes.txt") is None
+    (tmp_path / "link").symlink_to(tmp_path / "fit")
+    assert output_kind(tmp_path / "link") is None
+    assert output_kind(tmp_path / "nothing") is None
+
+
+@pytest.mark.parametrize(
+    ("out", "kind", "overwrite", "inputs", "message"),
+    [
+        ("fit", "fit", False, [], "already exists (pass --overwrite"),
+        ("fit", "fit", True, [], None),
+        ("fit", "discover", True, [], "is a masterkey fit output; --overwrite replaces only a discover output"),
+        ("train", "experiment", True, [], None),
+        ("user", "fit", True, [], "user is not a masterkey output"),
+        ("user/new", "fit", False, ["user"], "lies inside the input"),
+        ("user", "fit", True, ["user/data.csv"], "holds the input"),
+        ("user/data.csv", "keys", True, ["user/data.csv"], "is an input of this command"),
+        ("user/hardlink.csv", "keys", True, ["user/data.csv"], "is an input of this command"),
+        ("fit", "fit", True, ["fit:kmeans"], "is an input of this command"),
+        ("fit", "fit", True, ["convnext_atto@fit/run.json"], "holds the input"),
+        ("empty", "bank", True, [], None),
+        ("user/data.csv/x", "fit", False, [], "data.csv is a file, not a folder"),
+        ("new/deep/out", "fit", False, ["paper8", "random:8", None], None),
+        ("link", "fit", True, [], "link is not a masterkey output"),
+    ],
+)
+def test_the_output_rule(tmp_path, monkeypatch, out, kind, overwrite, inputs, message):
+    monkeypatch.chdir(tmp_path)
+    _run_dir(tmp_path / "fit", "fit")
+    _run_dir(tmp_path / "train", "experiment")
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "data.csv").write_text("1,2\n")
+    os.link(tmp_path / "user" / "data.csv", tmp_path / "user" / "hardlink.csv")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "fit")
+    if message is None:
+        assert check_output(out, kind, overwrite=overwrite, inputs=inputs) == tmp_path.joinpath(out).relative_to(
+            tmp_path
+        )
+    else:
+        with pytest.raises(MasterkeyError) as err:
+            check_output(out, kind, overwrite=overwrite, inputs=inputs)
+        assert message in str(err.value)
+
+
+def test_output_file_replaces_only_its_own_kind(tmp_path):
+    from masterkey.keys import load_keys
+
+    target = tmp_path / "k.safetensors"
+    with output_file(target, "keys") as f:
+        f.write(load_keys("paper8").to_bytes())
+    with pytest.raises(MasterkeyError, match="already exists"), output_file(target, "keys"):
+        pass
+    with output_file(target, "keys", overwrite=True) as f:
+        f.write(load_keys("impulse").to_bytes())
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(safetensors_bytes({"w": torch.ones(3)}))
+    before = model.read_bytes()
+    with pytest.raises(MasterkeyError, match="not a masterkey output"), output_file(model, "keys", overwrite=True):
+        pass
+    assert model.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.safetensors", "model.safetensors"]
 
 
 def _hold(path, ready):
@@ -42,18 +156,60 @@ def _hold(path, ready):
         time.sleep(3)
 
 
-def test_second_writer_is_refused(tmp_path):
+def test_second_writer_is_refused_and_no_lock_file_stays(tmp_path):
     ready = mp.get_context("fork").Event()
     proc = mp.get_context("fork").Process(target=_hold, args=(tmp_path / "bank", ready))
     proc.start()
     try:
         assert ready.wait(10)
-        with pytest.raises(MasterkeyError, match="being written by another process"), write_lock(tmp_path / "bank"):
+        assert (tmp_path / ".bank.lock").exists()
+        with (
+            pytest.raises(files.OutputBusyError, match="being written by another process"),
+            write_lock(tmp_path / "bank"),
+        ):
             pass
     finally:
         proc.join()
+    assert list(tmp_path.iterdir()) == []  # the holder removed its lock file
     with write_lock(tmp_path / "bank"):  # free again once the holder is gone
         pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_file_left_by_a_killed_writer_is_reused_and_removed(tmp_path):
+    (tmp_path / ".bank.lock").write_bytes(b"")  # kill -9 leaves the file; the kernel dropped the lock
+    with write_lock(tmp_path / "bank"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_on_an_unlinked_file_is_retried_on_the_current_one(tmp_path, monkeypatch):
+    """Between our open and our flock the holder unlinked the file and a third writer created a new one: locking
+    the stale inode would let two writers in, so the lock must be taken on the file now at the path."""
+    lock_path = tmp_path / ".bank.lock"
+    lock_path.write_bytes(b"")
+    real_flock = files.fcntl.flock
+    swapped = []
+
+    def racing_flock(fd, op):
+        if not swapped and op & files.fcntl.LOCK_EX:
+            swapped.append(os.fstat(fd).st_ino)
+            lock_path.unlink()
+            lock_path.write_bytes(b"")
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(files.fcntl, "flock", racing_flock)
+    fd = files._acquire(lock_path, tmp_path / "bank")
+    try:
+        assert os.fstat(fd).st_ino == os.stat(lock_path).st_ino != swapped[0]
+    finally:
+        os.close(fd)
+
+
+def test_write_lock_removes_the_folders_it_made_when_the_block_fails(tmp_path):
+    with pytest.raises(RuntimeError), write_lock(tmp_path / "a" / "b" / "out"):
+        raise RuntimeError("bad input found after locking")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_and_full_locations_give_clean_errors(tmp_path, monkeypatch):
@@ -69,3 +225,46 @@ def test_unwritable_and_full_locations_give_clean_errors(tmp_path, monkeypatch):
     with pytest.raises(MasterkeyError, match="no space left on device"), atomic_write(tmp_path / "big") as f:
         f.write(b"x" * 1000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "cannot write out: no space left on device"),
+        (PermissionError(errno.EACCES, "Permission denied", "x/y"), "cannot write out: permission denied"),
+        (OSError(errno.EROFS, "Read-only file system"), "cannot write out: read-only file system"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), "cannot write out: disk quota exceeded"),
+        (OSError("Error writing bytes to file. Detail: [errno 28] No space left"), "no space left on device"),
+        (OSError(errno.EFBIG, "Error writing bytes to file. Detail: [errno 27] File too large"), "file too large"),
+    ],
+)
+def test_os_errors_are_described_in_one_line(error, expected):
+    assert describe_os_error(error, "out").endswith(expected)
+    assert describe_os_error(error).startswith("cannot write")
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"half")
+    (tmp_path / "checkpoint.pt").write_bytes(b"whole")
+    remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_safetensors_bytes_are_stable_and_readable(tmp_path):
+    from safetensors.torch import load, save
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(2, dtype=torch.int64)}
+    metadata = {f"key{i}": "v" * i for i in range(12)}
+    assert len({save(tensors, metadata=metadata) for _ in range(10)}) > 1  # what this fixes: hash-ordered metadata
+    outputs = {safetensors_bytes(tensors, metadata) for _ in range(10)}
+    assert len(outputs) == 1
+    data = outputs.pop()
+    assert all(torch.equal(load(data)[k], v) for k, v in tensors.items())
+    (tmp_path / "x.safetensors").write_bytes(data)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "x.safetensors"), framework="pt") as f:
+        assert f.metadata() == metadata
+    assert json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"] == dict(
+        sorted(metadata.items())
+    )

@@ -3,6 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet, builtin_keysets, load_keys
@@ -106,3 +108,99 @@ def test_bad_safetensors_keys(tmp_path):
         KeySet.load(tmp_path / "trunc.safetensors")
     with pytest.raises(MasterkeyError, match="neither a key file nor a built-in"):
         load_keys("no_such_keys")
+
+
+@pytest.mark.parametrize(
+    ("spec", "kernel_size", "message"),
+    [
+        ("random:abc", None, "the number of keys K must be a whole number from 1 to 10,000, got 'abc'"),
+        ("random:0", None, "must be from 1 to 10,000, got 0"),
+        ("random:10001", None, "got 10,001"),
+        ("random: 8", None, "got ' 8'"),
+        ("random:8_000", None, "got '8_000'"),
+        ("random:8:-1", None, "the seed must be a whole number"),
+        ("random:8:4294967296", None, "the seed must be from 0 to 4,294,967,295"),
+        ("random:8:0:0", None, "random is written random:K[:SEED]"),
+        ("random", None, "give the number of keys"),
+        ("paper8:1", None, "paper8 takes no arguments"),
+        ("scalespace8:x", None, "scalespace8 takes no arguments"),
+        ("", None, "empty"),
+        ("impulse", 0, "kernel size 0: expected an integer from 2 to 63"),
+        ("impulse", 64, "kernel size 64"),
+        ("scalespace8", 4, "odd kernel sizes >= 3"),
+    ],
+)
+def test_key_specs_are_parsed_strictly_and_bounded_before_any_work(spec, kernel_size, message):
+    with pytest.raises(MasterkeyError) as err:
+        load_keys(spec, kernel_size=kernel_size)
+    assert message in str(err.value)
+
+
+def test_the_largest_random_key_set_is_made_and_one_more_is_refused():
+    assert len(load_keys("random:10000:3", kernel_size=3)) == 10_000
+    with pytest.raises(MasterkeyError, match="10,001"):
+        load_keys("random:10001", kernel_size=3)
+
+
+def test_key_file_metadata_is_validated(tmp_path):
+    from safetensors.torch import save_file
+
+    keys = torch.randn(3, 3, 3)
+    for meta, message in (
+        ("[1, 2]", "not a JSON object"),
+        ('{"labels": "abc"}', "labels='abc'"),
+        ('{"labels": [1, 2, 3]}', "labels=[1, 2, 3]"),
+        ('{"provenance": 5}', "provenance=5"),
+        ('{"name": 7}', "name=7"),
+        ('{"format": "other"}', "format='other'"),
+    ):
+        save_file({"keys": keys}, str(tmp_path / "k.safetensors"), metadata={"masterkey": meta})
+        with pytest.raises(MasterkeyError, match="corrupt key-set metadata") as err:
+            KeySet.load(tmp_path / "k.safetensors")
+        assert message in str(err.value)
+    save_file({"keys": keys}, str(tmp_path / "k.safetensors"), metadata={"masterkey": '{"labels": ["a", "b"]}'})
+    with pytest.raises(MasterkeyError, match="2 labels for 3 keys"):
+        KeySet.load(tmp_path / "k.safetensors")
+    save_file({"keys": torch.randn(3, 64, 64)}, str(tmp_path / "big.safetensors"))
+    with pytest.raises(MasterkeyError, match="64x64 keys; kernel sizes go up to 63"):
+        KeySet.load(tmp_path / "big.safetensors")
+
+
+def test_text_key_files_are_bounded_and_must_be_square(tmp_path, monkeypatch):
+    import masterkey.keys as keys_module
+
+    path = tmp_path / "k.txt"
+    path.write_text("Filter 1:\n1 2 3\n4 5 6\n")
+    with pytest.raises(MasterkeyError, match="key 1 is 2 row"):
+        KeySet.load(path)
+    load_keys("paper8").save_text(path)
+    monkeypatch.setattr(keys_module, "MAX_TEXT_BYTES", 100)
+    with pytest.raises(MasterkeyError, match="too large for a text key file"):
+        KeySet.load(path)
+
+
+_SPEC_PARTS = st.one_of(
+    st.sampled_from(["paper8", "random", "impulse", "scalespace8", "", "random ", "RANDOM", "8"]),
+    st.integers(-(10**12), 10**12).map(str),
+    st.integers(0, 12_000).map(str),
+    st.text(alphabet="0123456789abc-+._ eE:", max_size=8),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(st.lists(_SPEC_PARTS, min_size=1, max_size=4).map(":".join), st.text(max_size=20)),
+    st.one_of(st.none(), st.integers(-3, 70)),
+    st.booleans(),
+)
+def test_any_key_spec_gives_a_key_set_or_one_clean_error(spec, kernel_size, resize):
+    """Random spec strings: a valid key set of the asked size, or a MasterkeyError, never another exception."""
+    if spec.strip() and Path(spec).exists():  # a spec that happens to name a real path is another test's business
+        return
+    try:
+        keys = load_keys(spec, kernel_size=kernel_size, resize=resize)
+    except MasterkeyError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert 1 <= len(keys) <= 10_000 and torch.isfinite(keys.keys).all()
+    assert kernel_size is None or keys.kernel_size == kernel_size

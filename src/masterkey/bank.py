@@ -31,13 +31,22 @@ from torch import Tensor
 
 from masterkey.depthwise import stage_block
 from masterkey.errors import MasterkeyError
-from masterkey.files import atomic_directory, sha256_file
+from masterkey.files import (
+    BANK_FORMAT,
+    BANK_MANIFEST,
+    atomic_directory,
+    check_output,
+    describe_os_error,
+    safetensors_bytes,
+    sha256_file,
+)
 from masterkey.normalize import EXCLUDED, FilterFlag, center_norm, excluded_counts, filter_flags
 from masterkey.sources.base import HarvestedSource
 
-FORMAT = "masterkey-bank"
+FORMAT = BANK_FORMAT
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+MANIFEST = BANK_MANIFEST
+MAX_MANIFEST_BYTES = 64 << 20
 METADATA = "metadata.parquet"
 TENSOR_NAME = "filters"
 
@@ -68,6 +77,136 @@ def tensor_file(kernel_size: int) -> str:
     return f"filters_k{kernel_size}.safetensors"
 
 
+# ---------------------------------------------------------------------- the manifest schema
+#: Fields of the manifest and of each of its sources, with the JSON types they may hold (None: null).
+MANIFEST_FIELDS: dict[str, tuple[Any, ...]] = {
+    "format": (str,),
+    "schema_version": (int,),
+    "package_version": (str,),
+    "n_filters": (int,),
+    "counts_by_kernel": (dict,),
+    "excluded": (dict,),
+    "sources": (list,),
+    "files": (dict,),
+}
+SOURCE_FIELDS: dict[str, tuple[Any, ...]] = {
+    "name": (str,),
+    "kind": (str,),
+    "model": (str, None),
+    "path": (str, None),
+    "sha256": (str, None),
+    "n_layers": (int,),
+    "n_filters": (int,),
+    "skipped": (list,),
+}
+EXCLUDED_NAMES = tuple(excluded_counts(np.zeros(0, dtype=np.int64)))
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_KERNEL = re.compile(r"[1-9][0-9]*")
+
+
+def _has_type(value: Any, types: tuple[Any, ...]) -> bool:
+    for t in types:
+        if t is None and value is None:
+            return True
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if t not in (None, int) and isinstance(value, t):
+            return True
+    return False
+
+
+def _check_fields(obj: Any, fields: dict[str, tuple[Any, ...]], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise MasterkeyError(f"{where}: expected a JSON object")
+    missing = [name for name in fields if name not in obj]
+    if missing:
+        raise MasterkeyError(f"{where}: missing field(s) {', '.join(map(repr, missing))} (corrupt or altered)")
+    unknown = [name for name in obj if name not in fields]
+    if unknown:
+        raise MasterkeyError(f"{where}: unknown field(s) {', '.join(map(repr, unknown[:5]))}")
+    for name, types in fields.items():
+        if not _has_type(obj[name], types):
+            expected = " or ".join(
+                "null" if t is None else {int: "integer", str: "string"}.get(t, t.__name__) for t in types
+            )
+            raise MasterkeyError(f"{where}: '{name}' is {json.dumps(obj[name])[:40]}, expected {expected}")
+
+
+def _read_manifest(mpath: Path, bank: Path) -> Any:
+    try:
+        size = mpath.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise MasterkeyError(f"{mpath}: {size:,} bytes is too large for a bank manifest (corrupt?)")
+        return json.loads(mpath.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MasterkeyError(f"{mpath}: missing; {bank} is not a filter bank") from None
+    except OSError as exc:
+        raise MasterkeyError(describe_os_error(exc, mpath, "read")) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MasterkeyError(f"{mpath}: corrupt manifest ({str(exc).splitlines()[0][:100]})") from None
+
+
+def validate_manifest(manifest: Any, where: str | Path = MANIFEST) -> dict[str, Any]:
+    """Check a bank manifest against the schema as a whole; raise :class:`MasterkeyError` naming ``where`` and the
+    first problem. Every field is required and typed (:data:`MANIFEST_FIELDS`, :data:`SOURCE_FIELDS`); counts must
+    be non-negative and add up; ``files`` must list exactly the metadata table and one tensor file per kernel size,
+    each with its size and sha256, by plain names that stay inside the bank directory. Returns the manifest."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise MasterkeyError(f"{where}: not a masterkey bank manifest (format {FORMAT!r})")
+    version = manifest.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise MasterkeyError(
+            f"{where}: schema version {version} is newer than this masterkey supports ({SCHEMA_VERSION})"
+        )
+    _check_fields(manifest, MANIFEST_FIELDS, str(where))
+    if version != SCHEMA_VERSION:
+        raise MasterkeyError(f"{where}: schema version {version}, expected {SCHEMA_VERSION}")
+    n = manifest["n_filters"]
+    if n < 1:
+        raise MasterkeyError(f"{where}: n_filters is {n}; a bank holds at least one filter")
+    counts = manifest["counts_by_kernel"]
+    for k, c in counts.items():
+        if not _KERNEL.fullmatch(k) or not 2 <= int(k) <= 1024 or not _has_type(c, (int,)) or c < 1:
+            raise MasterkeyError(
+                f"{where}: counts_by_kernel has {k!r}: {json.dumps(c)[:20]}; expected kernel sizes >= 2, counts >= 1"
+            )
+    if sum(counts.values()) != n:
+        raise MasterkeyError(f"{where}: counts_by_kernel add up to {sum(counts.values())}, not n_filters {n}")
+    excluded = manifest["excluded"]
+    if set(excluded) != set(EXCLUDED_NAMES) or not all(_has_type(v, (int,)) and 0 <= v <= n for v in excluded.values()):
+        raise MasterkeyError(f"{where}: excluded must count {', '.join(EXCLUDED_NAMES)} with integers in 0..{n}")
+    if not manifest["sources"]:
+        raise MasterkeyError(f"{where}: lists no sources")
+    names: set[str] = set()
+    for i, src in enumerate(manifest["sources"]):
+        _check_fields(src, SOURCE_FIELDS, f"{where}: sources[{i}]")
+        if not src["name"] or src["name"] in names:
+            raise MasterkeyError(f"{where}: sources[{i}] has an empty or repeated name {src['name']!r}")
+        names.add(src["name"])
+        if src["n_filters"] < 0 or src["n_layers"] < 0:
+            raise MasterkeyError(f"{where}: sources[{i}] has a negative count")
+        if not all(isinstance(x, dict) and all(isinstance(v, str) for v in x.values()) for x in src["skipped"]):
+            raise MasterkeyError(f"{where}: sources[{i}].skipped must be a list of {{layer, reason}} objects")
+    if sum(s["n_filters"] for s in manifest["sources"]) != n:
+        raise MasterkeyError(
+            f"{where}: the sources' n_filters add up to {sum(s['n_filters'] for s in manifest['sources'])}, not {n}"
+        )
+    expected = {METADATA, *(tensor_file(int(k)) for k in counts)}
+    files = manifest["files"]
+    if set(files) != expected:
+        extra, absent = sorted(set(files) - expected), sorted(expected - set(files))
+        raise MasterkeyError(
+            f"{where}: 'files' must list exactly {', '.join(sorted(expected))}"
+            + (f"; it lacks {', '.join(absent)}" if absent else "")
+            + (f"; it also names {', '.join(map(repr, extra[:3]))}" if extra else "")
+        )
+    for fname, info in files.items():
+        _check_fields(info, {"bytes": (int,), "sha256": (str,)}, f"{where}: files[{fname!r}]")
+        if info["bytes"] < 0 or not _SHA256.fullmatch(info["sha256"]):
+            raise MasterkeyError(f"{where}: files[{fname!r}] needs a size >= 0 and a 64-digit hex sha256")
+    return manifest
+
+
 def default_bank_path() -> Path:
     """The small real bank shipped inside the package (see ``masterkey/data/default_bank/LICENSES.md``)."""
     return Path(str(resources.files("masterkey") / "data" / "default_bank"))
@@ -94,32 +233,35 @@ class FilterBank:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> FilterBank:
-        """Open the bank at ``path``; with ``verify`` every file's size and sha256 is checked against the manifest.
+        """Open the bank at ``path``, failing closed.
 
-        Raises :class:`MasterkeyError` naming the file for a missing, truncated, corrupt or inconsistent bank.
+        The manifest is validated as a whole (:func:`validate_manifest`); every data file must be listed in it,
+        stay inside the bank directory and have the listed size (and, with ``verify``, sha256); the metadata
+        table must have the schema's columns and types, and every count of the manifest must agree with it and
+        with the tensor files. Raises :class:`MasterkeyError` naming the file for a missing, truncated, corrupt,
+        altered or inconsistent bank.
         """
         path = Path(path)
-        if not path.is_dir():
+        if not path.exists():
             raise MasterkeyError(f"{path}: no such bank directory")
+        if not path.is_dir():
+            raise MasterkeyError(f"{path}: a file, not a bank directory")
         mpath = path / MANIFEST
+        manifest = validate_manifest(_read_manifest(mpath, path), mpath)
         try:
-            manifest = json.loads(mpath.read_text())
-        except FileNotFoundError:
-            raise MasterkeyError(f"{mpath}: missing; {path} is not a filter bank") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MasterkeyError(f"{mpath}: corrupt manifest ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise MasterkeyError(f"{mpath}: not a masterkey bank manifest")
-        version = manifest.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise MasterkeyError(
-                f"{mpath}: schema version {version!r} is newer than this masterkey supports ({SCHEMA_VERSION})"
-            )
-        files = manifest.get("files", {})
-        for fname, info in files.items():
+            return cls._open_checked(path, manifest, verify)
+        except OSError as exc:
+            raise MasterkeyError(describe_os_error(exc, verb="read")) from exc
+
+    @classmethod
+    def _open_checked(cls, path: Path, manifest: dict[str, Any], verify: bool) -> FilterBank:
+        root = path.resolve()
+        for fname, info in manifest["files"].items():
             fpath = path / fname
             if not fpath.is_file():
                 raise MasterkeyError(f"{fpath}: missing from the bank (listed in the manifest)")
+            if root not in fpath.resolve().parents:
+                raise MasterkeyError(f"{fpath}: a link that leads outside the bank directory")
             size = fpath.stat().st_size
             if size != info["bytes"]:
                 raise MasterkeyError(
@@ -134,28 +276,58 @@ class FilterBank:
         missing = [c for c in METADATA_SCHEMA.names if c not in table.column_names]
         if missing:
             raise MasterkeyError(f"{path / METADATA}: missing columns {missing}")
-        metadata = table.to_pandas()
-        if len(metadata) != manifest.get("n_filters"):
-            raise MasterkeyError(
-                f"{path / METADATA}: {len(metadata)} rows, the manifest says {manifest.get('n_filters')} filters"
-            )
-        bank = cls(path, manifest, metadata)
-        for k, n in metadata["kernel_size"].value_counts().items():
-            shape = bank._tensor_shape(int(k))
-            if shape[0] != n or tuple(shape[1:]) != (k, k):
+        for field in METADATA_SCHEMA:
+            if table.schema.field(field.name).type != field.type:
                 raise MasterkeyError(
-                    f"{path / tensor_file(int(k))}: holds {shape[0]} filters of {shape[1:]} "
-                    f"but the metadata lists {n} {k}x{k} filters"
+                    f"{path / METADATA}: column {field.name} is {table.schema.field(field.name).type}, "
+                    f"expected {field.type}"
                 )
+        bank = cls(path, manifest, table.to_pandas())
+        bank._check_counts()
         return bank
 
-    def _tensor_shape(self, k: int) -> tuple[int, ...]:
+    def _check_counts(self) -> None:
+        """Every count of the manifest agrees with the metadata, and the metadata with the tensor files."""
+        meta, manifest, where = self.metadata, self.manifest, self.path / METADATA
+        if len(meta) != manifest["n_filters"]:
+            raise MasterkeyError(f"{where}: {len(meta)} rows, the manifest says {manifest['n_filters']} filters")
+        counts = {str(int(k)): int(n) for k, n in meta["kernel_size"].value_counts().items()}
+        if counts != manifest["counts_by_kernel"]:
+            raise MasterkeyError(
+                f"{where}: filters per kernel size {counts}, the manifest says {manifest['counts_by_kernel']}"
+            )
+        per_source = meta["source"].value_counts()
+        listed = {s["name"]: s["n_filters"] for s in manifest["sources"]}
+        unlisted = sorted(set(per_source.index) - set(listed))
+        if unlisted:
+            raise MasterkeyError(f"{where}: rows of source(s) {unlisted[:3]} that the manifest does not list")
+        for name, n in listed.items():
+            if int(per_source.get(name, 0)) != n:
+                raise MasterkeyError(
+                    f"{where}: {int(per_source.get(name, 0))} rows of source '{name}', the manifest says {n}"
+                )
+        excluded = excluded_counts(meta["flags"].to_numpy())
+        if excluded != manifest["excluded"]:
+            raise MasterkeyError(f"{where}: excluded filters {excluded}, the manifest says {manifest['excluded']}")
+        for k, n in ((int(k), n) for k, n in counts.items()):
+            index = meta.loc[meta["kernel_size"] == k, "index"].to_numpy()
+            if not np.array_equal(index, np.arange(n)):
+                raise MasterkeyError(f"{where}: the index column of the {k}x{k} filters is not 0..{n - 1} in order")
+            shape, dtype = self._tensor_shape(k)
+            if shape != (n, k, k) or dtype != "F32":
+                raise MasterkeyError(
+                    f"{self.path / tensor_file(k)}: holds {dtype} filters of shape {list(shape)} "
+                    f"but the metadata lists {n} {k}x{k} float32 filters"
+                )
+
+    def _tensor_shape(self, k: int) -> tuple[tuple[int, ...], str]:
         from safetensors import safe_open
 
         fpath = self.path / tensor_file(k)
         try:
             with safe_open(str(fpath), framework="pt") as f:
-                return tuple(f.get_slice(TENSOR_NAME).get_shape())
+                tensor = f.get_slice(TENSOR_NAME)
+                return tuple(tensor.get_shape()), tensor.get_dtype()
         except Exception as exc:
             raise MasterkeyError(f"{fpath}: unreadable filter tensor ({str(exc).splitlines()[0]})") from None
 
@@ -262,10 +434,13 @@ class FilterBank:
 
     # ------------------------------------------------------------------ writing
     def save(self, path: str | Path, overwrite: bool = False) -> FilterBank:
-        """Write this view as a new, self-contained bank."""
+        """Write this view as a new, self-contained bank (never over the bank it is a view of)."""
+        check_output(path, "bank", overwrite=overwrite, inputs=[self.path])
+        if len(self) == 0:
+            raise MasterkeyError(f"{path}: no filters to write (the selection of {self.path} is empty)")
         tensors = {k: self.filters(k) for k in self.kernel_sizes}
-        sources = [s for s in self.manifest["sources"] if s["name"] in set(self.metadata["source"])]
-        return _write(path, tensors, self.metadata.copy(), sources, overwrite=overwrite)
+        sources = [dict(s) for s in self.manifest["sources"] if s["name"] in set(self.metadata["source"])]
+        return _write(path, tensors, self.metadata.copy(), sources, overwrite=overwrite, inputs=[self.path])
 
     @staticmethod
     def merge(banks: Sequence[FilterBank], path: str | Path, overwrite: bool = False) -> FilterBank:
@@ -276,6 +451,8 @@ class FilterBank:
         """
         if not banks:
             raise MasterkeyError("merge: no banks given")
+        inputs = [b.path for b in banks]
+        check_output(path, "bank", overwrite=overwrite, inputs=inputs)
         sizes = sorted({k for b in banks for k in b.kernel_sizes})
         seen_names: set[str] = set()
         seen_sha: dict[str, str] = {}
@@ -309,7 +486,7 @@ class FilterBank:
                 tensors[k].append(bank.filters(k))
             tables.append(meta)
         merged = {k: torch.cat(ts) for k, ts in tensors.items()}
-        return _write(path, merged, pd.concat(tables, ignore_index=True), sources, overwrite=overwrite)
+        return _write(path, merged, pd.concat(tables, ignore_index=True), sources, overwrite=overwrite, inputs=inputs)
 
     # ------------------------------------------------------------------ summaries
     def info(self) -> dict[str, Any]:
@@ -442,7 +619,8 @@ def write_bank(sources: Sequence[HarvestedSource], path: str | Path, overwrite: 
         for s in sources
     ]
     merged = {k: torch.cat(v) for k, v in tensors.items()}
-    return _write(path, merged, pd.concat(frames, ignore_index=True), entries, overwrite=overwrite)
+    inputs = [s.path for s in sources]
+    return _write(path, merged, pd.concat(frames, ignore_index=True), entries, overwrite=overwrite, inputs=inputs)
 
 
 def _write(
@@ -451,9 +629,8 @@ def _write(
     metadata: pd.DataFrame,
     sources: list[dict[str, Any]],
     overwrite: bool = False,
+    inputs: Sequence[str | Path | None] = (),
 ) -> FilterBank:
-    from safetensors.torch import save_file
-
     from masterkey import __version__
 
     path = Path(path)
@@ -467,11 +644,11 @@ def _write(
             raise MasterkeyError(f"{path}: internal error, {int(sel.sum())} rows vs {len(t)} {k}x{k} filters")
         metadata.loc[sel, "index"] = np.arange(len(t))
     table = pa.Table.from_pandas(metadata[METADATA_SCHEMA.names], schema=METADATA_SCHEMA, preserve_index=False)
-    with atomic_directory(path, overwrite=overwrite) as tmp:
+    with atomic_directory(path, "bank", overwrite=overwrite, inputs=inputs) as tmp:
         files = {}
         for k in sorted(tensors):
             fname = tensor_file(k)
-            save_file({TENSOR_NAME: tensors[k].contiguous()}, str(tmp / fname), metadata={"format": FORMAT})
+            (tmp / fname).write_bytes(safetensors_bytes({TENSOR_NAME: tensors[k].contiguous()}, {"format": FORMAT}))
             files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": sha256_file(tmp / fname)}
         pq.write_table(table, tmp / METADATA, compression="zstd")
         files[METADATA] = {"bytes": (tmp / METADATA).stat().st_size, "sha256": sha256_file(tmp / METADATA)}

@@ -6,14 +6,28 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from masterkey.errors import MasterkeyError
 
 MAIN_JOB = "discover"
+#: Exit statuses: bad input or an expected failure; a genuine bug; a closed output pipe (as SIGPIPE would);
+#: an interruption (as SIGINT would).
+EXIT_ERROR, EXIT_BUG, EXIT_PIPE, EXIT_INTERRUPTED = 2, 1, 141, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other masterkey error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"masterkey: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
 
 
 def _commands() -> dict[str, ModuleType]:
@@ -30,7 +44,7 @@ def _commands() -> dict[str, ModuleType]:
 def build_parser() -> argparse.ArgumentParser:
     from masterkey import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="masterkey",
         description=(
             "Master key filters of depthwise-separable CNNs: harvest filters into banks, discover and fit key sets, "
@@ -40,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"masterkey {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module in _commands().items():
         p = sub.add_parser(
             name,
@@ -54,24 +68,88 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``masterkey`` console script."""
+    """Entry point of the ``masterkey`` console script: the one error boundary of the CLI.
+
+    Expected failures become one line ``masterkey: error: ...`` and exit status 2: bad input
+    (:class:`MasterkeyError`, argument errors), operating-system errors (no space, permission, read-only, ...)
+    naming the file, running out of memory. A closed output pipe (``masterkey ... | head -1``) ends the command
+    quietly, as it ends Unix tools. Only a genuine bug shows a traceback, followed by a line asking for a report.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     _log_to_stderr()
-    parser = build_parser()
-    if not argv:
-        argv = [MAIN_JOB] if MAIN_JOB in _commands() else ["fit"]
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help()
-        return 2
     try:
-        return int(args._run(args) or 0)
-    except MasterkeyError as exc:
-        print(f"masterkey: error: {exc}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        if not argv:
+            argv = [MAIN_JOB] if MAIN_JOB in _commands() else ["fit"]
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return EXIT_ERROR
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the boundary, not at interpreter exit
+        return code
+    except SystemExit as exc:  # argparse: --help, --version, argument errors
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_PIPE
     except KeyboardInterrupt:
-        print("masterkey: interrupted", file=sys.stderr)
-        return 130
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except MasterkeyError as exc:
+        _error(str(exc))
+    except OSError as exc:
+        from masterkey.files import describe_os_error
+
+        _error(describe_os_error(exc, verb="access"))
+    except MemoryError:
+        _error("out of memory: ask for less (smaller batches, chunks, images or key sets)")
+    except RuntimeError as exc:
+        if not _out_of_memory(exc):
+            return _bug()
+        _error(f"out of memory ({_first_line(exc)}): ask for less (smaller batches, chunks, images or key sets)")
+    except Exception:
+        return _bug()
+    return EXIT_ERROR
+
+
+def _error(message: str) -> None:
+    """Print ``masterkey: error: <message>`` as one line (a message with line breaks has them joined)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()] or ["failed"]
+    print(f"masterkey: error: {'; '.join(lines)}", file=sys.stderr)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _out_of_memory(exc: RuntimeError) -> bool:
+    """torch reports a failed allocation as a RuntimeError (``torch.OutOfMemoryError`` on CUDA)."""
+    import torch
+
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def _bug() -> int:
+    traceback.print_exc()
+    print(
+        "masterkey: internal error: this is a bug in masterkey; please report it with the command line, the "
+        "traceback above and the output of 'masterkey --version'",
+        file=sys.stderr,
+    )
+    return EXIT_BUG
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so that the interpreter's final flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (e.g. captured output)
+        pass
 
 
 class _StderrHandler(logging.Handler):

@@ -1,7 +1,16 @@
-"""Safe file output: atomic writes, atomic directories, write locks, checksums.
+"""Safe file output: the one output rule, atomic writes, atomic directories, write locks, checksums.
+
+Every output a command writes goes through :func:`check_output`, the one rule for outputs:
+
+- an output never replaces an input of the same command (resolved paths are compared, so ``-o`` may name neither
+  an input, nor a folder inside an input, nor a folder that holds an input);
+- an existing path is replaced only with ``overwrite`` (the CLI's ``--overwrite``), and then only when it is a
+  masterkey output of the same kind, recognised by :func:`output_kind` (a run's ``run.json``, a bank's
+  ``manifest.json``, a key-set file's own metadata) or an empty folder; anything else is refused.
 
 Nothing half-written is ever left at a final path: files are written to a temporary sibling and renamed;
-directories are built under a temporary name and renamed into place only when complete.
+directories are built under a temporary name and renamed into place only when complete. A second process writing
+the same output is refused (:func:`write_lock`).
 """
 
 from __future__ import annotations
@@ -13,13 +22,35 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from masterkey.errors import MasterkeyError
+
+
+class OutputBusyError(MasterkeyError):
+    """Another process holds the write lock of the output (see :func:`write_lock`)."""
+
+
+#: The file that says what a run directory holds (see :mod:`masterkey.runs`).
+RUN_INFO = "run.json"
+#: The file that makes a directory a filter bank (see :mod:`masterkey.bank`).
+BANK_MANIFEST = "manifest.json"
+BANK_FORMAT = "masterkey-bank"
+#: The ``format`` in a key-set file's metadata (see :mod:`masterkey.keys`).
+KEYSET_FORMAT = "masterkey-keyset"
+#: The first line of a key set saved as text.
+KEYSET_TEXT_HEADER = "# key set "
+
+#: Output kinds that may replace each other: the train command writes single runs and experiments.
+_REPLACEABLE = {"train": {"train", "experiment"}, "experiment": {"train", "experiment"}}
+#: A run.json or manifest larger than this is not one masterkey wrote.
+_MAX_INFO_BYTES = 64 << 20
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -37,41 +68,235 @@ def _umask() -> int:
     return mask
 
 
-def _describe_os_error(path: Path, exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return f"cannot write {path}: no space left on device"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write {path}: permission denied (is the location writable?)"
-    return f"cannot write {path}: {exc.strerror or exc}"
+def describe_os_error(exc: OSError, path: str | Path | None = None, verb: str = "write") -> str:
+    """One line for an OS error: the file it concerns (``path`` when given, else ``exc.filename``) and the cause."""
+    where = path if path is not None else (exc.filename or None)
+    prefix = f"cannot {verb} {where}" if where is not None else f"cannot {verb}"
+    code = exc.errno
+    if code is None:  # pyarrow and others put the errno only in the message: "... Detail: [errno 28] ..."
+        found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+        code = int(found.group(1)) if found else None
+    if code == errno.ENOSPC:
+        return f"{prefix}: no space left on device"
+    if code == errno.EDQUOT:
+        return f"{prefix}: disk quota exceeded"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"{prefix}: permission denied"
+    if code == errno.EROFS:
+        return f"{prefix}: read-only file system"
+    # The system's wording for the code: libraries (pyarrow ...) put long messages in ``strerror``.
+    reason = os.strerror(code) if code is not None else (str(exc) or type(exc).__name__).splitlines()[0]
+    return f"{prefix}: {reason[:1].lower()}{reason[1:]}"
+
+
+# ---------------------------------------------------------------------- the output rule
+def _read_small_json(path: Path) -> Any:
+    try:
+        if path.stat().st_size > _MAX_INFO_BYTES:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _keyset_file_kind(path: Path) -> str | None:
+    """``"keys"`` for a key-set file written by masterkey (safetensors metadata or the text header)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if path.suffix == ".safetensors":
+                if len(head) < 8:
+                    return None
+                (size,) = struct.unpack("<Q", head)
+                if size > _MAX_INFO_BYTES:
+                    return None
+                header = json.loads(f.read(size))
+                meta = json.loads(header.get("__metadata__", {}).get("masterkey", "{}"))
+                return "keys" if isinstance(meta, dict) and meta.get("format") == KEYSET_FORMAT else None
+            first = (head + f.read(len(KEYSET_TEXT_HEADER))).decode("utf-8", errors="replace")
+            return "keys" if first.startswith(KEYSET_TEXT_HEADER) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def output_kind(path: str | Path) -> str | None:
+    """What masterkey output ``path`` is, or None when it is not one.
+
+    A directory with a ``run.json`` is a run of the kind it names (``fit``, ``discover``, ``report`` ...); one
+    with a bank ``manifest.json`` is a ``"bank"``; a folder holding only ``report.html``, ``report.md`` and PNGs
+    is a ``"report"`` written before reports had a ``run.json``; an empty folder is ``"empty"``. A file is
+    ``"keys"`` when it is a key set masterkey wrote. Links are never masterkey outputs.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        return None
+    if path.is_dir():
+        try:
+            names = {p.name for p in path.iterdir()}
+        except OSError:
+            return None
+        if not names:
+            return "empty"
+        if RUN_INFO in names:
+            info = _read_small_json(path / RUN_INFO)
+            kind = info.get("kind") if isinstance(info, dict) else None
+            return kind if isinstance(kind, str) and kind else None
+        if BANK_MANIFEST in names:
+            manifest = _read_small_json(path / BANK_MANIFEST)
+            return "bank" if isinstance(manifest, dict) and manifest.get("format") == BANK_FORMAT else None
+        if {"report.html", "report.md"} <= names and all(
+            n in ("report.html", "report.md") or n.endswith(".png") for n in names
+        ):
+            return "report"
+        return None
+    if path.is_file():
+        return _keyset_file_kind(path)
+    return None
+
+
+def _named_paths(spec: str | Path) -> list[Path]:
+    """The existing files a command-line value names: itself, ``FILE`` of ``NAME@FILE``, ``DIR`` of
+    ``DIR:METHOD``."""
+    text = str(spec)
+    candidates = [text, text.partition("@")[2], text.rpartition(":")[0]]
+    return [Path(c) for c in dict.fromkeys(candidates) if c and os.path.lexists(c)]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(
+    path: str | Path, kind: str, *, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()
+) -> Path:
+    """Apply the output rule to ``path`` for an output of ``kind``; raise :class:`MasterkeyError` when it is broken.
+
+    ``inputs`` are the command's inputs as given (files, folders, or specs such as ``NAME@FILE`` and
+    ``DIR:METHOD``; values that name no existing path are ignored). Returns ``path`` as a :class:`Path`.
+    """
+    path = Path(path)
+    target = path.resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise MasterkeyError(f"{path or '.'} is the current folder or holds it; write the output elsewhere")
+    blocker = next((p for p in target.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise MasterkeyError(f"cannot write {path}: {blocker} is a file, not a folder")
+    if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):  # found now, not after hours of work
+        raise MasterkeyError(f"cannot write {path}: the folder {blocker} is not writable")
+    for spec in inputs:
+        if spec is None:
+            continue
+        for source in _named_paths(spec):
+            resolved = source.resolve()
+            if resolved == target or _same_file(source, path):
+                raise MasterkeyError(f"{path} is an input of this command ({spec}); write the output elsewhere")
+            if resolved in target.parents:
+                raise MasterkeyError(f"{path} lies inside the input {spec}; write the output elsewhere")
+            if target in resolved.parents:
+                raise MasterkeyError(
+                    f"{path} holds the input {spec}; replacing it would delete that input, write the output elsewhere"
+                )
+    if os.path.lexists(path):
+        if not overwrite:
+            raise MasterkeyError(f"{path} already exists (pass --overwrite to replace it)")
+        found = output_kind(path)
+        if found != "empty" and found not in _REPLACEABLE.get(kind, {kind}):
+            what = "not a masterkey output" if found is None else f"{_a(found)} masterkey {found} output"
+            raise MasterkeyError(
+                f"{path} is {what}; --overwrite replaces only {_a(kind)} {kind} output written by masterkey, so it "
+                "is left alone: choose another output"
+            )
+    return path
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+# ---------------------------------------------------------------------- writing
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the ones created, deepest first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    created = []
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        created.append(folder)
+    return created[::-1]
+
+
+def _remove_empty(folders: Iterable[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def missing_parents(path: str | Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, deepest first (to remove again after a failure)."""
+    return [p for p in Path(path).absolute().parents if not p.exists()]
+
+
+def remove_empty_folders(folders: Iterable[Path]) -> None:
+    """Remove each folder that is empty (deepest first, as :func:`missing_parents` lists them); others stay."""
+    _remove_empty(folders)
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary sibling of ``path`` for writing and rename it over ``path`` on success.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file (and any parent folder this call created) is removed and ``path`` is left as
+    it was. This is the low-level writer: outputs a user names go through :func:`output_file` or
+    :func:`atomic_directory`, which apply the output rule first.
     """
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = _make_parents(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are ordinary files
     except OSError as exc:
-        raise MasterkeyError(_describe_os_error(path, exc)) from exc
+        raise MasterkeyError(describe_os_error(exc, path)) from exc
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise MasterkeyError(_describe_os_error(path, exc)) from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _remove_empty(created)
+        if isinstance(exc, OSError):
+            raise MasterkeyError(describe_os_error(exc, path)) from exc
         raise
+
+
+@contextlib.contextmanager
+def output_file(
+    path: str | Path,
+    kind: str,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | Path | None] = (),
+    mode: str = "wb",
+) -> Iterator[Any]:
+    """:func:`atomic_write` for a single-file output the user named: the output rule is applied first (and again
+    under the write lock)."""
+    inputs = list(inputs)
+    check_output(path, kind, overwrite=overwrite, inputs=inputs)
+    with write_lock(path):
+        check_output(path, kind, overwrite=overwrite, inputs=inputs)
+        with atomic_write(path, mode) as f:
+            yield f
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -97,36 +322,62 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Build a directory under a temporary name; rename it to ``path`` when the block succeeds.
+def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """``safetensors.torch.save`` with its header in a fixed order, so identical tensors and metadata give
+    identical bytes (safetensors writes the metadata entries in hash order, which changes from run to run)."""
+    from safetensors.torch import save
 
-    With ``overwrite`` an existing ``path`` is replaced only after the new one is complete. A second process
-    building the same ``path`` at the same time is refused (see :func:`write_lock`). Leftovers of a writer that
-    was killed (temporary directories, a replaced directory not yet deleted) are cleaned up first.
+    data = save(tensors, metadata=metadata)
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the data that follows to 8 bytes
+    return struct.pack("<Q", len(text)) + text + data[8 + size :]
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    path: str | Path,
+    kind: str,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | Path | None] = (),
+) -> Iterator[Path]:
+    """Build the output directory ``path`` (a ``kind`` output) under a temporary name; rename it into place when
+    the block succeeds.
+
+    The output rule (:func:`check_output`) is applied before and again under the write lock. With ``overwrite``
+    an existing output is replaced only after the new one is complete. A second process building the same
+    ``path`` at the same time is refused (see :func:`write_lock`). Leftovers of a writer that was killed
+    (temporary directories, a replaced directory not yet deleted) are cleaned up first. The finished directory
+    must be recognisable as ``kind`` (its ``run.json`` or bank manifest), so that a later ``--overwrite`` can tell
+    it from user data.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise MasterkeyError(f"{path} already exists (pass --overwrite to replace it)")
+    inputs = list(inputs)
+    check_output(path, kind, overwrite=overwrite, inputs=inputs)
     with write_lock(path):
         _recover_leftovers(path)
-        if path.exists() and not overwrite:  # another process may have finished it while we waited
-            raise MasterkeyError(f"{path} already exists (pass --overwrite to replace it)")
+        check_output(path, kind, overwrite=overwrite, inputs=inputs)  # it may have changed while we waited
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
             os.chmod(tmp, 0o777 & ~_umask())
         except OSError as exc:
-            raise MasterkeyError(_describe_os_error(path, exc)) from exc
+            raise MasterkeyError(describe_os_error(exc, path)) from exc
         try:
             yield tmp
+            if output_kind(tmp) != kind:
+                raise RuntimeError(f"internal error: the {kind} output {path} was built without its {kind} marker")
             _fsync_tree(tmp)
             replace_directory(tmp, path)
-        except OSError as exc:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise MasterkeyError(_describe_os_error(path, exc)) from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise MasterkeyError(describe_os_error(exc, path)) from exc
+            if isinstance(exc, MasterkeyError) and str(tmp) in str(exc):  # name the output, not its build folder
+                raise MasterkeyError(str(exc).replace(str(tmp), str(path))) from exc
             raise
 
 
@@ -158,6 +409,16 @@ def _recover_leftovers(path: Path) -> None:
                 stale.unlink()
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files ``.<name>.*.tmp`` that writers killed in :func:`atomic_write` left in ``folder``
+    (e.g. a half-written ``.checkpoint.pt.*.tmp`` of a training run killed while saving). Call it only while
+    holding the write lock of the output that ``folder`` belongs to, so that no live writer owns them."""
+    for stale in Path(folder).glob(".*.tmp"):
+        if stale.is_file():
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
 def _fsync_tree(path: Path) -> None:
     mode = 0o666 & ~_umask()
     for root, _dirs, files in os.walk(path):
@@ -172,28 +433,54 @@ def _fsync_tree(path: Path) -> None:
 def write_lock(path: str | Path) -> Iterator[None]:
     """Hold an exclusive, non-blocking lock for writing ``path``; refuse if another process holds it.
 
-    The lock is a ``flock`` on ``.<name>.lock`` beside ``path``; the kernel releases it when the holder dies,
-    so a killed writer never leaves a stale lock behind.
+    The lock is a ``flock`` on ``.<name>.lock`` beside ``path``, so every process that can write ``path`` (other
+    users, other hosts of a shared file system) sees the same lock; the kernel releases it when the holder dies,
+    so a killed writer never blocks the next one. The lock file exists only while the lock is held: the holder
+    unlinks it before releasing, and a process that locked a file which was unlinked meanwhile (its inode no
+    longer at the path) starts over, so two writers can never hold locks on different inodes. A lock file left by
+    a writer killed with ``kill -9`` is reused and removed by the next writer of the same output. Parent folders
+    created for the lock are removed again when the block fails.
     """
     path = Path(path)
     lock_path = path.with_name(f".{path.name}.lock")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        created = _make_parents(path.parent)
     except OSError as exc:
-        raise MasterkeyError(_describe_os_error(path, exc)) from exc
+        raise MasterkeyError(describe_os_error(exc, path)) from exc
+    succeeded = False
     try:
+        fd = _acquire(lock_path, path)
+        try:
+            yield
+            succeeded = True
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+    finally:
+        if not succeeded:
+            _remove_empty(created)
+
+
+def _acquire(lock_path: Path, path: Path) -> int:
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise MasterkeyError(describe_os_error(exc, path)) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise MasterkeyError(
+            os.close(fd)
+            raise OutputBusyError(
                 f"{path} is being written by another process; wait for it to finish or choose another output"
             ) from None
         try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        # The lock file stays: unlinking it would let a third process lock a fresh inode while a second
-        # still waits on the old one.
-        os.close(fd)
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)  # the previous holder unlinked this file after we opened it: lock the new one

@@ -55,7 +55,7 @@ def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
     """Files, labels and class names of an ImageFolder tree; clear errors for a wrong layout."""
     root = Path(root)
     if not root.is_dir():
-        raise MasterkeyError(f"{root}: no such data folder")
+        raise MasterkeyError(f"{root}: {'a file, not a' if root.exists() else 'no such'} data folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files: list[Path] = []
     labels: list[int] = []

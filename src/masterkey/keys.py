@@ -20,10 +20,13 @@ import torch
 from torch import Tensor
 
 from masterkey.errors import MasterkeyError
-from masterkey.files import atomic_write
+from masterkey.files import KEYSET_FORMAT, KEYSET_TEXT_HEADER, atomic_write, safetensors_bytes
 from masterkey.normalize import excluded_counts, filter_flags, usable_mask
 
-KEYSET_FORMAT = "masterkey-keyset"
+#: Bounds of a key set: keys, kernel size, and the largest text key file read (larger sets: use safetensors).
+MAX_KEYS = 10_000
+MAX_KERNEL_SIZE = 63
+MAX_TEXT_BYTES = 64 << 20
 PAPER8_ATTRIBUTION = (
     "Babaiee, Kiasari, Rus, Grosu, 'The Quest for Universal Master Key Filters in DS-CNNs', NeurIPS 2025 "
     "(arXiv 2509.11711); values from tonylindeberg/masterfiltmodel model-fitting/8Filters.txt, CC-BY-4.0, "
@@ -118,40 +121,76 @@ class KeySet:
             raise MasterkeyError(f"{exc} after resizing to {kernel_size}x{kernel_size}") from None
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | Path) -> None:
-        """Write as safetensors (atomically)."""
-        from safetensors.torch import save
-
+    def to_bytes(self) -> bytes:
+        """The key set as a safetensors file (tensor ``keys`` plus one JSON metadata entry), bitwise stable."""
         meta = {
             "format": KEYSET_FORMAT,
             "name": self.name,
             "provenance": self.provenance,
             "labels": self.labels,
         }
-        # One metadata entry: safetensors does not fix the order of several, and files should be bitwise stable.
-        data = save({"keys": self.keys}, metadata={"masterkey": json.dumps(meta, sort_keys=True)})
-        with atomic_write(path) as f:
-            f.write(data)
+        return safetensors_bytes({"keys": self.keys}, metadata={"masterkey": json.dumps(meta, sort_keys=True)})
 
-    def save_text(self, path: str | Path) -> None:
-        """Write in the ``Filter N:`` text format (atomically)."""
-        lines = [f"# key set {self.name}: {json.dumps(self.provenance, sort_keys=True)}"]
+    def to_text(self) -> str:
+        """The key set in the ``Filter N:`` text format (values rounded to 6 decimals)."""
+        lines = [f"{KEYSET_TEXT_HEADER}{self.name}: {json.dumps(self.provenance, sort_keys=True)}"]
         for i, key in enumerate(self.keys):
             lines.append(f"Filter {i + 1}:")
             lines.extend(" ".join(f"{v:.6f}" for v in row.tolist()) for row in key)
             lines.append("")
+        return "\n".join(lines)
+
+    def save(self, path: str | Path) -> None:
+        """Write as safetensors (atomically; no output rule: for files inside an output being built)."""
+        with atomic_write(path) as f:
+            f.write(self.to_bytes())
+
+    def save_text(self, path: str | Path) -> None:
+        """Write in the ``Filter N:`` text format (atomically; no output rule, as :meth:`save`)."""
         with atomic_write(path, "w") as f:
-            f.write("\n".join(lines))
+            f.write(self.to_text())
 
     @classmethod
     def load(cls, path: str | Path) -> KeySet:
         """Read a key set from ``.safetensors`` or a text file; errors name the file and the problem."""
         path = Path(path)
+        if path.is_dir():
+            hint = f"; did you mean {path / 'keys.safetensors'}?" if (path / "keys.safetensors").is_file() else ""
+            raise MasterkeyError(f"{path}: a folder, not a key file{hint}")
         if not path.is_file():
             raise MasterkeyError(f"{path}: no such key file")
         if path.suffix == ".safetensors":
             return _load_safetensors(path)
         return _load_text(path)
+
+
+def _check_size(path: Path, count: int, k: int) -> None:
+    if count > MAX_KEYS:
+        raise MasterkeyError(f"{path}: {count:,} keys; a key set holds at most {MAX_KEYS:,}")
+    if k > MAX_KERNEL_SIZE:
+        raise MasterkeyError(f"{path}: {k}x{k} keys; kernel sizes go up to {MAX_KERNEL_SIZE}")
+
+
+def _keyset_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
+    """The validated ``masterkey`` metadata entry of a key file (empty for a foreign safetensors file)."""
+    if "masterkey" not in raw:
+        return {}
+    try:
+        meta = json.loads(raw["masterkey"])
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise MasterkeyError(f"{path}: corrupt key-set metadata (not a JSON object)")
+    checks = {
+        "name": lambda v: v is None or isinstance(v, str),
+        "provenance": lambda v: v is None or isinstance(v, dict),
+        "labels": lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+        "format": lambda v: v is None or v == KEYSET_FORMAT,
+    }
+    for name, ok in checks.items():
+        if not ok(meta.get(name)):
+            raise MasterkeyError(f"{path}: corrupt key-set metadata ({name}={meta.get(name)!r})")
+    return meta
 
 
 def _load_safetensors(path: Path) -> KeySet:
@@ -160,13 +199,17 @@ def _load_safetensors(path: Path) -> KeySet:
     try:
         with safe_open(str(path), framework="pt") as f:
             names = list(f.keys())
-            meta = json.loads((f.metadata() or {}).get("masterkey", "{}"))
+            meta = _keyset_metadata(path, f.metadata() or {})
             if "keys" in names:
-                keys = f.get_tensor("keys")
+                name = "keys"
             elif len(names) == 1:
-                keys = f.get_tensor(names[0])
+                name = names[0]
             else:
-                raise MasterkeyError(f"{path}: expected one tensor named 'keys', found {names}")
+                raise MasterkeyError(f"{path}: expected one tensor named 'keys', found {names[:10]}")
+            shape = tuple(f.get_slice(name).get_shape())
+            if len(shape) in (3, 4) and shape[-1] == shape[-2]:
+                _check_size(path, shape[0], shape[-1])
+            keys = f.get_tensor(name)
     except MasterkeyError:
         raise
     except Exception as exc:
@@ -175,13 +218,15 @@ def _load_safetensors(path: Path) -> KeySet:
         keys = keys[:, 0]
     if keys.ndim != 3 or keys.shape[1] != keys.shape[2]:
         raise MasterkeyError(f"{path}: keys must have shape [K, k, k] (or [K, 1, k, k]), got {tuple(keys.shape)}")
-    if not torch.isfinite(keys).all():
+    if not (keys.is_floating_point() or keys.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise MasterkeyError(f"{path}: keys must be real numbers, got {keys.dtype}")
+    if not torch.isfinite(keys.double()).all():
         raise MasterkeyError(f"{path}: keys hold NaN or Inf values")
     try:
         return KeySet(
             meta.get("name") or path.stem,
             keys.float(),
-            {**meta.get("provenance", {}), "file": str(path)},
+            {**(meta.get("provenance") or {}), "file": str(path)},
             meta.get("labels"),
         )
     except MasterkeyError as exc:
@@ -189,15 +234,19 @@ def _load_safetensors(path: Path) -> KeySet:
 
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_EXPECTED_TEXT = "expected 'Filter N:' blocks of k rows of k numbers"
 
 
 def _load_text(path: Path) -> KeySet:
+    size = path.stat().st_size
+    if size > MAX_TEXT_BYTES:
+        raise MasterkeyError(
+            f"{path}: {size:,} bytes is too large for a text key file (at most {MAX_TEXT_BYTES:,}); use .safetensors"
+        )
     try:
         text = path.read_text()
     except UnicodeDecodeError:
-        raise MasterkeyError(
-            f"{path}: not a text key file (expected 'Filter N:' blocks of k rows of k numbers)"
-        ) from None
+        raise MasterkeyError(f"{path}: not a text key file ({_EXPECTED_TEXT})") from None
     blocks: list[list[list[float]]] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -217,16 +266,23 @@ def _load_text(path: Path) -> KeySet:
         blocks[-1].append(values)
     blocks = [b for b in blocks if b]
     if not blocks:
-        raise MasterkeyError(f"{path}: no keys found (expected 'Filter N:' blocks of k rows of k numbers)")
+        raise MasterkeyError(f"{path}: no keys found ({_EXPECTED_TEXT})")
+    for i, block in enumerate(blocks, 1):
+        widths = sorted({len(row) for row in block})
+        if widths != [len(block)]:
+            shown = ", ".join(map(str, widths))
+            raise MasterkeyError(
+                f"{path}: key {i} is {len(block)} row(s) of {shown} number(s); a key is square, k rows of k numbers"
+            )
     k = len(blocks[0])
     for i, block in enumerate(blocks, 1):
-        if len(block) != k or any(len(row) != k for row in block):
-            widths = sorted({len(row) for row in block})
+        if len(block) != k:
             raise MasterkeyError(
-                f"{path}: key {i} is {len(block)} rows of {widths} numbers; every key must be {k}x{k} like key 1"
+                f"{path}: key {i} is {len(block)}x{len(block)} but key 1 is {k}x{k}; keys share one size"
             )
     if k < 2:
         raise MasterkeyError(f"{path}: keys are {k}x{k}; need k >= 2")
+    _check_size(path, len(blocks), k)
     try:
         return KeySet(path.stem, torch.tensor(blocks, dtype=torch.float64), {"file": str(path)})
     except MasterkeyError as exc:
@@ -239,14 +295,15 @@ def _finite(x: float) -> bool:
 
 # ---------------------------------------------------------------------- built-ins
 Builtin = Callable[[int | None, list[str]], KeySet]
-_BUILTINS: dict[str, tuple[Builtin, str]] = {}
+_BUILTINS: dict[str, tuple[Builtin, str, str]] = {}
 
 
-def register_keyset(name: str, help: str) -> Callable[[Builtin], Builtin]:
-    """Register a built-in key set factory ``fn(kernel_size or None, extra args) -> KeySet``."""
+def register_keyset(name: str, help: str, usage: str | None = None) -> Callable[[Builtin], Builtin]:
+    """Register a built-in key set factory ``fn(kernel_size or None, args) -> KeySet``. ``usage`` shows the
+    ``:``-separated arguments it takes, e.g. ``random:K[:SEED]`` (None: no arguments); more are refused."""
 
     def deco(fn: Builtin) -> Builtin:
-        _BUILTINS[name] = (fn, help)
+        _BUILTINS[name] = (fn, help, usage or name)
         return fn
 
     return deco
@@ -254,7 +311,7 @@ def register_keyset(name: str, help: str) -> Callable[[Builtin], Builtin]:
 
 def builtin_keysets() -> dict[str, str]:
     """Names of the built-in key sets and what they are."""
-    return {name: help for name, (_, help) in sorted(_BUILTINS.items())}
+    return {name: help for name, (_, help, _) in sorted(_BUILTINS.items())}
 
 
 @register_keyset("paper8", "the 8 published 7x7 master keys (Babaiee et al. 2025; values CC-BY-4.0 Lindeberg)")
@@ -274,23 +331,24 @@ def paper8(kernel_size: int | None = None, args: list[str] | None = None) -> Key
     return KeySet("paper8", loaded.keys, {"source": "paper8", "attribution": PAPER8_ATTRIBUTION}, labels)
 
 
-def _seed_arg(args: list[str], i: int, what: str, default: int | None = None) -> int:
-    if len(args) <= i:
-        if default is None:
-            raise MasterkeyError(f"key set spec: {what} missing")
-        return default
-    try:
-        return int(args[i])
-    except ValueError:
-        raise MasterkeyError(f"key set spec: {what} must be an integer, got {args[i]!r}") from None
+def _int_part(spec: str, text: str, what: str, low: int, high: int) -> int:
+    if not re.fullmatch(r"\d+", text):
+        raise MasterkeyError(f"keys {spec!r}: {what} must be a whole number from {low:,} to {high:,}, got {text!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise MasterkeyError(f"keys {spec!r}: {what} must be from {low:,} to {high:,}, got {value:,}")
+    return value
 
 
-@register_keyset("random", "random:K[:SEED] — K Gaussian random keys (a reference with no structure)")
+@register_keyset(
+    "random", "random:K[:SEED] — K Gaussian random keys (a reference with no structure)", "random:K[:SEED]"
+)
 def random_keys(kernel_size: int | None, args: list[str]) -> KeySet:
-    count = _seed_arg(args, 0, "random:K needs the number of keys K")
-    seed = _seed_arg(args, 1, "seed", default=0)
-    if count < 1:
-        raise MasterkeyError(f"random:{count}: K must be at least 1")
+    spec = ":".join(["random", *args])
+    if not args:
+        raise MasterkeyError(f"keys {spec!r}: give the number of keys, as in random:8 or random:8:SEED")
+    count = _int_part(spec, args[0], "the number of keys K", 1, MAX_KEYS)
+    seed = _int_part(spec, args[1], "the seed", 0, 2**32 - 1) if len(args) > 1 else 0
     k = kernel_size or 7
     gen = torch.Generator().manual_seed(seed)
     keys = torch.randn(count, k, k, generator=gen, dtype=torch.float64)
@@ -309,6 +367,8 @@ def impulse(kernel_size: int | None, args: list[str]) -> KeySet:
 def scalespace8(kernel_size: int | None, args: list[str]) -> KeySet:
     from masterkey.kernels import PAPER8_SCALESPACE, scalespace8_kernels
 
+    if kernel_size is not None and (kernel_size < 3 or kernel_size % 2 == 0):
+        raise MasterkeyError(f"keys 'scalespace8' are made at odd kernel sizes >= 3, not {kernel_size}x{kernel_size}")
     kernels, labels = scalespace8_kernels(kernel_size or 7)
     columns = ("label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine")
     provenance = {
@@ -325,24 +385,38 @@ def scalespace8(kernel_size: int | None, args: list[str]) -> KeySet:
 _GENERATED = {"random", "impulse", "scalespace8"}
 
 
+def check_kernel_size(kernel_size: int | None, what: str = "kernel size") -> None:
+    """Refuse kernel sizes outside ``2..MAX_KERNEL_SIZE`` (``None`` means: the key set's own)."""
+    if kernel_size is not None and not (isinstance(kernel_size, int) and 2 <= kernel_size <= MAX_KERNEL_SIZE):
+        raise MasterkeyError(f"{what} {kernel_size!r}: expected an integer from 2 to {MAX_KERNEL_SIZE}")
+
+
 def load_keys(spec: str | Path | KeySet, kernel_size: int | None = None, resize: bool = False) -> KeySet:
     """A key set from a built-in spec (``paper8``, ``random:8:0``, ``impulse``, ``scalespace8``) or a file.
 
     ``kernel_size`` asks for keys of that size: generated built-ins are made at that size; fixed ones (``paper8``,
-    files) must match it, or are centre-cropped / zero-padded when ``resize`` is true.
+    files) must match it, or are centre-cropped / zero-padded when ``resize`` is true. Every size is bounded
+    (:data:`MAX_KEYS`, :data:`MAX_KERNEL_SIZE`) before anything is made.
     """
+    check_kernel_size(kernel_size)
     if isinstance(spec, KeySet):
         keyset = spec
     else:
         text = str(spec)
         name, *args = text.split(":")
+        if not text.strip():
+            raise MasterkeyError("keys '': empty; give a built-in key set or a key file")
         if name in _BUILTINS and not Path(text).is_file():
-            keyset = _BUILTINS[name][0](kernel_size if name in _GENERATED else None, args)
+            factory, _, usage = _BUILTINS[name]
+            if len(args) > usage.count(":"):
+                takes = f"is written {usage}" if ":" in usage else "takes no arguments"
+                raise MasterkeyError(f"keys {text!r}: {name} {takes}")
+            keyset = factory(kernel_size if name in _GENERATED else None, args)
         elif Path(text).exists():
             keyset = KeySet.load(text)
         else:
             known = ", ".join(_BUILTINS)
-            raise MasterkeyError(f"keys '{text}': neither a key file nor a built-in key set ({known})")
+            raise MasterkeyError(f"keys {text!r}: neither a key file nor a built-in key set ({known})")
     if kernel_size is not None and keyset.kernel_size != kernel_size:
         if not resize:
             raise MasterkeyError(

@@ -9,15 +9,17 @@ so that ``masterkey report`` can tell what a directory holds and anyone can see 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
 from pathlib import Path
 from typing import Any
 
-from masterkey.files import write_json
+from masterkey.errors import MasterkeyError
+from masterkey.files import RUN_INFO, write_json
 
-RUN_INFO = "run.json"
+__all__ = ["RUN_INFO", "command_argv", "environment", "read_run_info", "write_run_info"]
 
 
 def environment() -> dict[str, Any]:
@@ -62,3 +64,32 @@ def write_run_info(out: str | Path, kind: str, config: dict[str, Any]) -> None:
     """Write ``run.json`` (kind, resolved config, environment, command line) into ``out``."""
     info = {"kind": kind, "config": config, "environment": environment(), "argv": command_argv()}
     write_json(Path(out) / RUN_INFO, info)
+
+
+def read_run_info(run_dir: str | Path, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The ``run.json`` of ``run_dir``, validated: an object with a string ``kind`` (one of ``kinds`` when given),
+    a ``config`` and an ``environment`` object and an ``argv`` list (the last three may be absent: they read as
+    empty). Raises :class:`MasterkeyError` naming the file otherwise."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_INFO
+    if not run_dir.is_dir():
+        raise MasterkeyError(f"{run_dir}: no such run directory")
+    if not path.is_file():
+        raise MasterkeyError(
+            f"{run_dir}: not a run directory (no {RUN_INFO}; runs are written by masterkey commands with -o)"
+        )
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MasterkeyError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:100]})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("kind"), str):
+        raise MasterkeyError(f"{path}: expected an object with a string 'kind'")
+    if kinds is not None and info["kind"] not in kinds:
+        raise MasterkeyError(f"{path}: a run of kind '{info['kind']}', expected {' or '.join(kinds)}")
+    out = {"kind": info["kind"]}
+    for name, default in (("config", {}), ("environment", {}), ("argv", [])):
+        value = default if info.get(name) is None else info[name]
+        if type(value) is not type(default):
+            raise MasterkeyError(f"{path}: '{name}' must be {'a list' if name == 'argv' else 'an object'}")
+        out[name] = value
+    return {**info, **out}

@@ -243,7 +243,7 @@ def test_scalespace8_at_any_odd_size(size: int) -> None:
 
 
 def test_scalespace8_rejects_even_sizes() -> None:
-    with pytest.raises(MasterkeyError, match="odd size"):
+    with pytest.raises(MasterkeyError, match="odd kernel sizes >= 3, not 4x4"):
         scalespace8_keys(4)
 
 

@@ -162,9 +162,13 @@ def test_report_refuses_to_overwrite_and_leaves_nothing_half_written(run_dirs, t
     with pytest.raises(MasterkeyError, match="already exists"):
         build_report([run_dirs["swap"]], out)
     assert sorted(p.name for p in out.iterdir()) == before
+    (tmp_path / "notes").mkdir()
     with pytest.raises(MasterkeyError, match="not a run directory"):
-        build_report([run_dirs["swap"], tmp_path], tmp_path / "never")
+        build_report([run_dirs["swap"], tmp_path / "notes"], tmp_path / "never")
     assert not (tmp_path / "never").exists()
+    with pytest.raises(MasterkeyError, match="lies inside the input"):
+        build_report([run_dirs["swap"], tmp_path], tmp_path / "never")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "r"]  # no lock or temporary file either
     build_report([run_dirs["swap"]], out, overwrite=True)
     assert "swap" in (out / "report.html").read_text()
 
@@ -257,7 +261,7 @@ def test_explain_command_writes_a_run_the_report_reads(tmp_path, capsys) -> None
         "reconstruction",
     }
     assert main(["explain", "paper8", "--images", str(images), "--components", "0"]) == 2
-    assert "--components must be at least 1" in capsys.readouterr().err
+    assert "argument --components: expected an integer from 1" in capsys.readouterr().err
     assert main(["explain", "paper8", "--images", str(images), "-o", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
 

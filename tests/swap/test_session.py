@@ -137,7 +137,7 @@ def test_crossfit_recalibration_rows(models_dir: Path, shared: Path) -> None:
     assert "crossfit 2 folds" in rows[1]["calibration"]
     # Restored: the BatchNorm statistics are the pretrained ones again.
     assert torch.equal(model.features[1].conv[0][1].running_var, session.original["features.1.conv.0.1.running_var"])
-    with pytest.raises(MasterkeyError, match="crossfit >= 2"):
+    with pytest.raises(MasterkeyError, match="cross-fitting needs at least 2 folds"):
         Calibration(crossfit=1)
 
 

@@ -1,14 +1,124 @@
-"""Small helpers shared by the commands: tables, JSON output, option parsing."""
+"""Small helpers shared by the commands: tables, JSON output, option parsing, and the bounds of every size a user
+gives (checked while the command line is parsed, before any work)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from masterkey.errors import MasterkeyError
 from masterkey.networks.models import parse_scalar
+
+#: Upper bounds of user-given sizes. They are far above any real use and far below what would exhaust a machine.
+MAX_BATCH = 65_536  # images (or filters) per batch
+MAX_IMAGES = 100_000_000  # images read from a folder or held out
+MAX_SEEDS = 1_000  # repetitions with different seeds
+MAX_SEED = 2**32 - 1  # seeds must fit every generator (numpy's legacy one takes 32 bits)
+MAX_THREADS = 1_024
+MAX_KEYS = 10_000  # keys in a key set (also masterkey.keys.MAX_KEYS)
+MAX_KERNEL_SIZE = 63  # kernel sizes (also masterkey.keys.MAX_KERNEL_SIZE)
+MAX_CHUNK = 1 << 24  # filters per matrix product
+MAX_STEPS = 100_000_000  # optimisation steps
+
+
+def int_arg(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a decimal integer in ``low..high``; anything else is one clear line."""
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"\s*[-+]?\d+\s*", text):
+            raise argparse.ArgumentTypeError(f"expected an integer from {low:,} to {high:,}, got {text!r}")
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low:,} to {high:,}, got {value:,}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_arg(low: float, high: float, *, open_low: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in ``[low, high]`` (``(low, high]`` with ``open_low``)."""
+    where = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {where}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or value > high or (open_low and value == low):
+            raise argparse.ArgumentTypeError(f"expected a finite number in {where}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def int_list_arg(low: int, high: int) -> Callable[[str], tuple[int, ...]]:
+    """An argparse ``type``: integers in ``low..high`` separated by commas, e.g. ``3,5,7``."""
+    one = int_arg(low, high)
+
+    def parse(text: str) -> tuple[int, ...]:
+        parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected integers from {low:,} to {high:,} separated by commas")
+        try:
+            return tuple(one(p) for p in parts)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (in {text!r})" if len(parts) > 1 else str(exc)) from None
+
+    parse.__name__ = "integer list"
+    return parse
+
+
+SEED = int_arg(0, MAX_SEED)
+THREADS = int_arg(1, MAX_THREADS)
+BATCH = int_arg(1, MAX_BATCH)
+IMAGES = int_arg(1, MAX_IMAGES)
+SEEDS = int_arg(1, MAX_SEEDS)
+KERNEL_SIZE = int_arg(2, MAX_KERNEL_SIZE)
+
+
+def device_arg(text: str) -> str:
+    """An argparse ``type`` for ``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available),
+    checked against this machine, so a missing GPU is one clear line before any work."""
+    import torch
+
+    spec = text.strip().lower()
+    if spec == "auto":
+        return spec
+    match = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", spec)
+    if not match or (match.group(1) == "cpu" and match.group(2) is not None):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or auto, got {text!r}")
+    if match.group(1) == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine (use --device cpu)")
+        count = torch.cuda.device_count()
+        if match.group(2) is not None and int(match.group(2)) >= count:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}"
+            )
+    return spec
+
+
+def output_arg(text: str) -> str:
+    """An argparse ``type`` for ``-o``: a non-empty path (an empty value is a mistake, never "no output")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty value")
+    return text
+
+
+def resolved_device(spec: str) -> str:
+    """``auto`` → ``cuda`` when CUDA is available, else ``cpu``; other specs unchanged."""
+    if spec != "auto":
+        return spec
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, digits: int = 3) -> str:

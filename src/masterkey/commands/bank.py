@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from masterkey.bank import FilterBank, open_bank
-from masterkey.commands._common import format_table, print_json
+from masterkey.commands._common import format_table, output_arg, print_json
 
 NAME = "bank"
 ORDER = 2
@@ -27,12 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     query = sub.add_parser("query", help="select filters by a pandas query over the metadata")
     query.add_argument("bank", metavar="BANK")
     query.add_argument("expr", metavar="EXPR", help="e.g. \"source == 'x' and kernel_size == 7\"")
-    query.add_argument("-o", "--out", metavar="BANK", help="write the selection as a new bank")
+    query.add_argument("-o", "--out", type=output_arg, metavar="BANK", help="write the selection as a new bank")
     query.add_argument("--overwrite", action="store_true")
     query.add_argument("--json", action="store_true")
     merge = sub.add_parser("merge", help="union of banks (a source present twice is refused)")
     merge.add_argument("banks", nargs="+", metavar="BANK")
-    merge.add_argument("-o", "--out", required=True, metavar="BANK")
+    merge.add_argument("-o", "--out", type=output_arg, required=True, metavar="BANK")
     merge.add_argument("--overwrite", action="store_true")
     merge.add_argument("--json", action="store_true")
     verify = sub.add_parser("verify", help="check every file against the manifest's checksums")

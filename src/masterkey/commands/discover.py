@@ -8,7 +8,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from masterkey.commands._common import note, print_json
+from masterkey.commands._common import (
+    BATCH,
+    IMAGES,
+    MAX_IMAGES,
+    MAX_KERNEL_SIZE,
+    MAX_KEYS,
+    MAX_STEPS,
+    SEED,
+    SEEDS,
+    THREADS,
+    device_arg,
+    float_arg,
+    int_arg,
+    int_list_arg,
+    note,
+    output_arg,
+    print_json,
+)
 from masterkey.errors import MasterkeyError
 
 NAME = "discover"
@@ -47,11 +64,8 @@ DEFAULT_OUT = Path("masterkey-runs") / "discover"
 _TEST_SPLITS = {"test", "tests", "testing"}
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+#: Candidates decoded per round (the greedy reduction costs grow with their square).
+MAX_CANDIDATES = 1_000
 
 
 def _str_list(text: str) -> tuple[str, ...]:
@@ -62,16 +76,35 @@ def _held_out(text: str) -> float | int:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an image count or a fraction, got {text!r}") from None
-    return value if value < 1 else int(value)
+        raise argparse.ArgumentTypeError(f"expected an image count or a fraction in (0, 1), got {text!r}") from None
+    if 0 < value < 1:
+        return value
+    if value.is_integer() and 1 <= value <= MAX_IMAGES:
+        return int(value)
+    raise argparse.ArgumentTypeError(
+        f"expected an image count (1 to {MAX_IMAGES:,}) or a fraction in (0, 1), got {text!r}"
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from masterkey.discover import BASELINES, AutoencoderConfig
 
     p.add_argument("bank", nargs="?", default="default", metavar="BANK", help="bank directory (default: embedded)")
-    p.add_argument("-k", "--keys", dest="n_keys", type=int, default=8, metavar="K", help="keys to keep (default 8)")
-    p.add_argument("--kernel-size", type=_int_list, metavar="K1,K2", help="kernel sizes to discover (default: all)")
+    p.add_argument(
+        "-k",
+        "--keys",
+        dest="n_keys",
+        type=int_arg(1, MAX_CANDIDATES),
+        default=8,
+        metavar="K",
+        help="keys to keep (default 8)",
+    )
+    p.add_argument(
+        "--kernel-size",
+        type=int_list_arg(2, MAX_KERNEL_SIZE),
+        metavar="K1,K2",
+        help="kernel sizes to discover (default: all)",
+    )
     p.add_argument("--query", metavar="EXPR", help="use only the bank rows matching this metadata query")
     p.add_argument("--objective", choices=("variance", "accuracy"), default="variance", help="greedy objective")
     g = p.add_argument_group("accuracy objective")
@@ -81,34 +114,67 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--held-out", type=_held_out, default=5000, metavar="N", help="held-out images (count, or fraction < 1)"
     )
-    g.add_argument("--max-per-class", type=int, metavar="N", help="read only the first N images of each class")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the stratified held-out split")
-    g.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    g.add_argument("--max-per-class", type=IMAGES, metavar="N", help="read only the first N images of each class")
+    g.add_argument("--split-seed", type=SEED, default=0, help="seed of the stratified held-out split")
+    g.add_argument("--batch-size", type=BATCH, default=256, help="evaluation batch size")
     d = p.add_argument_group("discovery")
-    d.add_argument("--candidates", type=int, default=50, help="latents decoded per round (default 50)")
+    d.add_argument(
+        "--candidates", type=int_arg(2, MAX_CANDIDATES), default=50, help="latents decoded per round (default 50)"
+    )
     d.add_argument("--rounds", type=int, choices=(1, 2), default=2, help="2 adds the paper's second round")
     d.add_argument("--spacing", choices=("range", "unit", "quantile"), default="range", help="latent spacing")
-    d.add_argument("--dedupe", type=float, default=0.995, help="|cos| at which candidates count as duplicates")
-    d.add_argument("--path-to", type=int, default=1, metavar="N", help="continue the greedy path down to N keys")
+    d.add_argument(
+        "--dedupe",
+        type=float_arg(0, 1, open_low=True),
+        default=0.995,
+        help="|cos| at which candidates count as duplicates",
+    )
+    d.add_argument(
+        "--path-to",
+        type=int_arg(1, MAX_CANDIDATES),
+        default=1,
+        metavar="N",
+        help="continue the greedy path down to N keys",
+    )
     d.add_argument("--weighting", choices=("source", "filter"), default="source", help="what counts equally")
-    d.add_argument("--seed", type=int, default=0, help="seed of the autoencoder and k-means")
+    d.add_argument("--seed", type=SEED, default=0, help="seed of the autoencoder and k-means")
     ae = AutoencoderConfig()
-    d.add_argument("--ae-steps", type=int, default=ae.steps, help=f"autoencoder training steps (default {ae.steps})")
-    d.add_argument("--ae-hidden", type=int, default=ae.hidden, help=f"autoencoder width (default {ae.hidden})")
-    d.add_argument("--ae-batch", type=int, default=ae.batch_size, help=f"autoencoder batch (default {ae.batch_size})")
-    d.add_argument("--ae-lr", type=float, default=ae.lr, help=f"autoencoder peak learning rate (default {ae.lr})")
+    d.add_argument(
+        "--ae-steps",
+        type=int_arg(1, MAX_STEPS),
+        default=ae.steps,
+        help=f"autoencoder training steps (default {ae.steps})",
+    )
+    d.add_argument(
+        "--ae-hidden", type=int_arg(1, 4096), default=ae.hidden, help=f"autoencoder width (default {ae.hidden})"
+    )
+    d.add_argument("--ae-batch", type=BATCH, default=ae.batch_size, help=f"autoencoder batch (default {ae.batch_size})")
+    d.add_argument(
+        "--ae-lr",
+        type=float_arg(0, 10, open_low=True),
+        default=ae.lr,
+        help=f"autoencoder peak learning rate (default {ae.lr})",
+    )
     d.add_argument("--loss", choices=("cosine", "mse"), default="cosine", help="sign-invariant reconstruction loss")
-    d.add_argument("--spread", type=float, default=1.0, help="weight of the uniform-latent term (0: off)")
+    d.add_argument("--spread", type=float_arg(0, 1000), default=1.0, help="weight of the uniform-latent term (0: off)")
     b = p.add_argument_group("comparison")
     b.add_argument(
         "--baselines", type=_str_list, default=BASELINES, metavar="LIST", help=f"default {','.join(BASELINES)}"
     )
-    b.add_argument("--compare-k", type=_int_list, metavar="LIST", help="set sizes compared (default 1,2,4,8,16; K)")
-    b.add_argument("--random-seeds", type=int, default=10, help="seeds of the random baseline")
+    b.add_argument(
+        "--compare-k", type=int_list_arg(1, MAX_KEYS), metavar="LIST", help="set sizes compared (default 1,2,4,8,16; K)"
+    )
+    b.add_argument("--random-seeds", type=SEEDS, default=10, help="seeds of the random baseline")
     b.add_argument("--universality", action="store_true", help="add the leave-one-source-out table (slower)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1, see docs)")
-    p.add_argument("-o", "--out", metavar="OUT", help=f"run directory (default {DEFAULT_OUT}, -2, -3 ... if taken)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=THREADS, default=1, metavar="N", help="torch CPU threads (default 1, see docs)")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=output_arg,
+        metavar="OUT",
+        help=f"run directory (default {DEFAULT_OUT}, -2, -3 ... if taken)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-resume", action="store_true", help="ignore (and delete) a checkpoint of an earlier run")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -157,19 +223,19 @@ def _accuracy_setup(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from masterkey.bank import open_bank
+    from masterkey.bank import default_bank_path, open_bank
+    from masterkey.commands._common import resolved_device
     from masterkey.depthwise import find_depthwise
     from masterkey.discover import AutoencoderConfig, DiscoverConfig, discover_bank, write_discover_run
     from masterkey.discover.output import comparison_text
+    from masterkey.files import check_output, missing_parents, remove_empty_folders
 
     started = time.perf_counter()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise MasterkeyError(f"--device {args.device}: CUDA is not available on this machine")
+    device = resolved_device(args.device)
     out = Path(args.out) if args.out else default_out()
-    if out.exists() and not args.overwrite:
-        raise MasterkeyError(f"{out} already exists (pass --overwrite to replace it)")
+    bank_path = default_bank_path() if args.bank == "default" else args.bank
+    inputs = [bank_path, args.weights, args.data]
+    check_output(out, "discover", overwrite=args.overwrite, inputs=inputs)
     bank = open_bank(args.bank)
     if args.query:
         bank = bank.query(args.query)
@@ -210,19 +276,26 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_dir = out.with_name(f".{out.name}.checkpoint")
     if args.no_resume and checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
-    discoveries = discover_bank(
-        bank,
-        kernel_sizes,
-        config,
-        accuracy=accuracy,
-        universality=args.universality,
-        device=args.device,
-        checkpoint_dir=checkpoint_dir,
-        progress=not args.no_progress,
-    )
-    run_config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    run_config.update(out=str(out), discover=config.to_dict(), kernel_sizes=list(discoveries))
-    write_discover_run(out, discoveries, run_config, str(bank.path), overwrite=args.overwrite)
+    created = missing_parents(out)
+    try:
+        discoveries = discover_bank(
+            bank,
+            kernel_sizes,
+            config,
+            accuracy=accuracy,
+            universality=args.universality,
+            device=device,
+            checkpoint_dir=checkpoint_dir,
+            progress=not args.no_progress,
+        )
+        run_config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+        run_config.update(out=str(out), discover=config.to_dict(), kernel_sizes=list(discoveries))
+        write_discover_run(out, discoveries, run_config, str(bank.path), overwrite=args.overwrite)
+    except Exception:
+        # A failed discovery leaves nothing behind; only a killed or interrupted one keeps its checkpoint to resume.
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        remove_empty_folders(created)
+        raise
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     elapsed = time.perf_counter() - started
     if args.json:

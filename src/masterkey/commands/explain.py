@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from pathlib import Path
 
-from masterkey.commands._common import format_table, print_json
+from masterkey.commands._common import SEED, SEEDS, float_arg, format_table, int_arg, output_arg, print_json
+
+#: Patch values held for the PCA (patches x k x k); 2^27 float64 values are 1 GiB.
+MAX_PATCH_VALUES = 1 << 27
 
 NAME = "explain"
 ORDER = 9
@@ -41,19 +43,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="'builtin' (camera, astronaut, coffee, chelsea, rocket, china, flower), comma-separated built-in names "
         "(also grass, gravel, brick, moon, coins, ...), an image file, or an image folder (searched recursively)",
     )
-    p.add_argument("--max-images", type=int, default=64, help="images read from a folder (evenly spaced; default 64)")
+    p.add_argument(
+        "--max-images",
+        type=int_arg(1, 100_000),
+        default=64,
+        help="images read from a folder (evenly spaced; default 64)",
+    )
     p.add_argument(
         "--family",
         default=None,
         help="scale-space family for every key ('auto' = best of all); default: from the key labels, else auto",
     )
-    p.add_argument("--components", type=int, default=16, help="eigen-patches computed (default 16)")
-    p.add_argument("--window-sigma", type=float, default=1.0, help="σ of the Gaussian patch window in pixels (1.0)")
-    p.add_argument("--stride", type=int, default=2, help="patch stride for the PCA (default 2)")
-    p.add_argument("--max-patches", type=int, default=200_000, help="patches drawn for the PCA (default 200000)")
-    p.add_argument("--seeds", type=int, default=10, help="random key sets in the references (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the patch sample")
-    p.add_argument("-o", "--out", metavar="OUT", help="write an explain run directory here")
+    p.add_argument("--components", type=int_arg(1, 63 * 63), default=16, help="eigen-patches computed (default 16)")
+    p.add_argument(
+        "--window-sigma",
+        type=float_arg(0, 1000, open_low=True),
+        default=1.0,
+        help="σ of the Gaussian patch window in pixels (1.0)",
+    )
+    p.add_argument("--stride", type=int_arg(1, 1024), default=2, help="patch stride for the PCA (default 2)")
+    p.add_argument(
+        "--max-patches", type=int_arg(1, 10_000_000), default=200_000, help="patches drawn for the PCA (default 200000)"
+    )
+    p.add_argument("--seeds", type=SEEDS, default=10, help="random key sets in the references (default 10)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the patch sample")
+    p.add_argument("-o", "--out", type=output_arg, metavar="OUT", help="write an explain run directory here")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -70,16 +84,22 @@ def run(args: argparse.Namespace) -> int:
     from masterkey.errors import MasterkeyError
     from masterkey.explain.eigenpatches import summarize_reconstruction
     from masterkey.explain.run import explain_keys, write_explain_run
+    from masterkey.files import check_output
     from masterkey.keys import load_keys
 
-    for name in ("components", "stride", "max_patches", "seeds", "max_images"):
-        if getattr(args, name) < 1:
-            raise MasterkeyError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not args.window_sigma > 0:
-        raise MasterkeyError(f"--window-sigma must be > 0, got {args.window_sigma}")
-    if args.out and Path(args.out).exists() and not args.overwrite:
-        raise MasterkeyError(f"{args.out} already exists (pass --overwrite to replace it)")
+    if args.out:
+        check_output(args.out, "explain", overwrite=args.overwrite, inputs=[args.keys, args.images])
     keys = load_keys(args.keys)
+    if args.components > keys.kernel_size**2:
+        raise MasterkeyError(
+            f"--components {args.components}: {keys.kernel_size}x{keys.kernel_size} patches have at most "
+            f"{keys.kernel_size**2} principal components"
+        )
+    if args.max_patches * keys.kernel_size**2 > MAX_PATCH_VALUES:
+        raise MasterkeyError(
+            f"--max-patches {args.max_patches:,}: {keys.kernel_size}x{keys.kernel_size} patches would hold "
+            f"{args.max_patches * keys.kernel_size**2:,} values, at most {MAX_PATCH_VALUES:,}; ask for fewer"
+        )
     families = [args.family] * len(keys) if args.family else None
     expl = explain_keys(
         keys,

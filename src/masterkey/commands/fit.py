@@ -6,9 +6,19 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from masterkey.bank import open_bank
-from masterkey.commands._common import format_table, note, print_json
-from masterkey.files import atomic_directory, write_json, write_text
+from masterkey.bank import default_bank_path, open_bank
+from masterkey.commands._common import (
+    MAX_CHUNK,
+    SEED,
+    device_arg,
+    format_table,
+    int_arg,
+    note,
+    output_arg,
+    print_json,
+    resolved_device,
+)
+from masterkey.files import atomic_directory, check_output, write_json, write_text
 from masterkey.fit import BankFit, fit_bank, fit_report
 from masterkey.runs import write_run_info
 
@@ -31,32 +41,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", default="paper8", metavar="KEYS", help="key set: built-in name or file (default paper8)")
     p.add_argument("--resize-keys", action="store_true", help="centre-crop / zero-pad keys to other kernel sizes")
     p.add_argument("--query", metavar="EXPR", help="fit only the bank rows matching this metadata query")
-    p.add_argument("--reference", default="random", help="'random' (random:K:SEED keys, default) or 'none'")
-    p.add_argument("--reference-seed", type=int, default=0, help="seed of the random reference key set")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--chunk-size", type=int, default=65536, help="filters per matrix product")
-    p.add_argument("-o", "--out", metavar="FITS", help="write per-filter fits and summaries to this directory")
+    p.add_argument(
+        "--reference", default="random", choices=("random", "none"), help="'random' (random:K:SEED keys) or 'none'"
+    )
+    p.add_argument("--reference-seed", type=SEED, default=0, help="seed of the random reference key set")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument(
+        "--chunk-size", type=int_arg(1, MAX_CHUNK), default=65536, help="filters per matrix product (default 65536)"
+    )
+    p.add_argument(
+        "-o", "--out", type=output_arg, metavar="FITS", help="write per-filter fits and summaries to this directory"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace FITS if it exists")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:
+        bank_path = default_bank_path() if args.bank == "default" else args.bank
+        check_output(args.out, "fit", overwrite=args.overwrite, inputs=[bank_path, args.keys])
     bank = open_bank(args.bank)
     if args.query:
         bank = bank.query(args.query)
-    fit = fit_bank(bank, args.keys, resize=args.resize_keys, chunk_size=args.chunk_size, device=args.device)
+    device = resolved_device(args.device)
+    fit = fit_bank(bank, args.keys, resize=args.resize_keys, chunk_size=args.chunk_size, device=device)
     for k in fit.skipped_kernels:
         note(f"skipped the {k}x{k} filters: keys are {fit_kernel(fit)}x{fit_kernel(fit)} (--resize-keys fits them too)")
     reference = None
     if args.reference != "none":
         spec = f"random:{fit.n_keys}:{args.reference_seed}"
-        reference = fit_bank(bank.query(f"kernel_size in {sorted(fit.keysets)}"), spec, resize=True, device=args.device)
+        reference = fit_bank(bank.query(f"kernel_size in {sorted(fit.keysets)}"), spec, resize=True, device=device)
     report = fit_report(fit, reference)
     report["bank"] = str(bank.path)
     if args.query:
         report["query"] = args.query
     if args.out:
-        write_fit_run(args.out, fit, report, vars(args), overwrite=args.overwrite)
+        write_fit_run(args.out, fit, report, vars(args), overwrite=args.overwrite, inputs=[bank.path, args.keys])
     if args.json:
         print_json(report)
     else:
@@ -71,10 +91,15 @@ def fit_kernel(fit: BankFit) -> int:
 
 
 def write_fit_run(
-    out: str | Path, fit: BankFit, report: dict[str, Any], config: dict[str, Any], overwrite: bool
+    out: str | Path,
+    fit: BankFit,
+    report: dict[str, Any],
+    config: dict[str, Any],
+    overwrite: bool,
+    inputs: list[Any] | None = None,
 ) -> None:
     """A fit run directory: fits.parquet, summary.json, summary.md, keys_k*.safetensors, run.json."""
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, "fit", overwrite=overwrite, inputs=inputs or []) as tmp:
         fit.table.to_parquet(tmp / "fits.parquet", index=False)
         for k, keyset in fit.keysets.items():
             keyset.save(tmp / f"keys_k{k}.safetensors")

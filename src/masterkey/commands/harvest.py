@@ -6,7 +6,7 @@ import argparse
 
 from tqdm import tqdm
 
-from masterkey.commands._common import parse_kwargs, print_json
+from masterkey.commands._common import output_arg, parse_kwargs, print_json
 from masterkey.commands.bank import print_info
 from masterkey.sources import harvest_bank
 
@@ -30,7 +30,7 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="weights files, ONNX files or model names")
-    p.add_argument("-o", "--out", required=True, metavar="BANK", help="bank directory to create")
+    p.add_argument("-o", "--out", type=output_arg, required=True, metavar="BANK", help="bank directory to create")
     p.add_argument("--weights", metavar="FILE", help="local weights for a single model-name SOURCE")
     p.add_argument("--name", help="source name in the bank (single SOURCE; default: file stem or model name)")
     p.add_argument("--model-kwargs", metavar="K=V,...", help="keyword arguments for the model constructor")

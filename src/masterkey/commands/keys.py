@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from masterkey.commands._common import format_table, print_json
+from masterkey.commands._common import KERNEL_SIZE, format_table, output_arg, print_json
+from masterkey.files import check_output, output_file
 from masterkey.keys import builtin_keysets, load_keys
 
 NAME = "keys"
@@ -26,24 +27,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, help in (("show", "print a key set's values"), ("convert", "save a key set as a file")):
         q = sub.add_parser(name, help=help)
         q.add_argument("keys", metavar="KEYS")
-        q.add_argument("--kernel-size", type=int, help="make / resize the keys to this size")
+        q.add_argument("--kernel-size", type=KERNEL_SIZE, help="make / resize the keys to this size (2 to 63)")
         q.add_argument("--resize-keys", action="store_true", help="allow centre crop / zero pad")
         if name == "show":
             q.add_argument("--json", action="store_true")
         else:
-            q.add_argument("-o", "--out", required=True, help=".safetensors or text (any other suffix)")
+            q.add_argument(
+                "-o", "--out", type=output_arg, required=True, help=".safetensors or text (any other suffix)"
+            )
+            q.add_argument("--overwrite", action="store_true", help="replace OUT if it is a key file masterkey wrote")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.keys_command == "list":
         print(format_table([{"name": n, "what": h} for n, h in builtin_keysets().items()]))
         return 0
+    if args.keys_command == "convert":
+        check_output(args.out, "keys", overwrite=args.overwrite, inputs=[args.keys])
     keyset = load_keys(args.keys, kernel_size=args.kernel_size, resize=args.resize_keys)
     if args.keys_command == "convert":
-        if args.out.endswith(".safetensors"):
-            keyset.save(args.out)
-        else:
-            keyset.save_text(args.out)
+        binary = args.out.endswith(".safetensors")
+        with output_file(
+            args.out, "keys", overwrite=args.overwrite, inputs=[args.keys], mode="wb" if binary else "w"
+        ) as f:
+            f.write(keyset.to_bytes() if binary else keyset.to_text())
         print(f"wrote {args.out}: {keyset}")
     elif args.json:
         print_json(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from masterkey.commands._common import int_arg, output_arg
+
 NAME = "report"
 ORDER = 10
 HELP = "one self-contained HTML page (plus Markdown and PNGs) from fit, discover, swap, train, explain runs"
@@ -13,7 +15,8 @@ reference (fit); greedy path and baselines (discover); accuracy bars (swap); tra
 scale-space and eigen-patch figures (explain). Missing optional files are skipped and listed in the report.
 
 OUT is a directory holding report.html (figures embedded, opens offline), report.md and the figures as PNG files;
-it is written atomically.
+it is written atomically, with a run.json of kind "report"; --overwrite replaces only an earlier report, and OUT
+may be neither one of the RUN_DIRs nor inside or around one.
 
 examples:
   masterkey fit --keys paper8 --resize-keys -o runs/fit && masterkey report runs/fit -o runs/report
@@ -23,20 +26,19 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (written by masterkey commands with -o)")
-    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output directory")
+    p.add_argument("-o", "--out", type=output_arg, required=True, metavar="OUT", help="output directory")
     p.add_argument("--title", default="masterkey report", help="page title")
-    p.add_argument("--samples", type=int, default=8, help="real filters shown per key in fit reports (0: none)")
+    p.add_argument(
+        "--samples", type=int_arg(0, 64), default=8, help="real filters shown per key in fit reports (0: none)"
+    )
     p.add_argument("--bank", help="bank to read real filters from (default: the bank named in the fit run)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
-    from masterkey.errors import MasterkeyError
     from masterkey.report import build_report
     from masterkey.report.sections import ReportOptions
 
-    if args.samples < 0:
-        raise MasterkeyError(f"--samples must be >= 0, got {args.samples}")
     out = build_report(
         args.runs, args.out, title=args.title, options=ReportOptions(args.samples, args.bank), overwrite=args.overwrite
     )

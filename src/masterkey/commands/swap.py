@@ -5,7 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from masterkey.commands._common import format_table, note, parse_kwargs, print_json
+from masterkey.commands._common import (
+    BATCH,
+    IMAGES,
+    MAX_BATCH,
+    SEED,
+    SEEDS,
+    device_arg,
+    format_table,
+    int_arg,
+    note,
+    output_arg,
+    parse_kwargs,
+    print_json,
+    resolved_device,
+)
 from masterkey.errors import MasterkeyError
 
 NAME = "swap"
@@ -46,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keys", action="append", required=True, metavar="KEYS", help="key set to swap in; repeat for a sweep"
     )
-    p.add_argument("--seeds", type=int, default=1, help="random:K without a seed runs seeds 0..N-1 (default 1)")
+    p.add_argument("--seeds", type=SEEDS, default=1, help="random:K without a seed runs seeds 0..N-1 (default 1)")
     p.add_argument("--data", required=True, metavar="PATH", help="evaluation ImageFolder (e.g. cifar10/test)")
     p.add_argument(
         "--preprocessing",
@@ -54,30 +68,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["auto", "cifar10", "imagenet"],
         help="auto: the model's own (timm data config / torchvision; CIFAR recipe when the weights say cifar)",
     )
-    p.add_argument("--max-per-class", type=int, metavar="N", help="evaluate on the first N images of each class")
-    p.add_argument("--max-images", type=int, metavar="N", help="evaluate on N images (class-stratified random subset)")
-    p.add_argument("--recalibrate", type=int, metavar="N", help="re-estimate BatchNorm statistics on N images")
+    p.add_argument("--max-per-class", type=IMAGES, metavar="N", help="evaluate on the first N images of each class")
+    p.add_argument(
+        "--max-images", type=IMAGES, metavar="N", help="evaluate on N images (class-stratified random subset)"
+    )
+    p.add_argument("--recalibrate", type=IMAGES, metavar="N", help="re-estimate BatchNorm statistics on N images")
     p.add_argument("--calib-data", metavar="PATH", help="training ImageFolder for --recalibrate (not the eval set)")
     p.add_argument(
         "--crossfit",
-        type=int,
+        type=int_arg(2, 100),
         metavar="K",
         help="instead of --calib-data: K folds of the eval set, each classified after recalibrating on N images of "
         "the other folds (no image calibrates the model that classifies it)",
     )
-    p.add_argument("--calib-seed", type=int, default=0, help="seed choosing the calibration images")
+    p.add_argument("--calib-seed", type=SEED, default=0, help="seed choosing the calibration images")
     p.add_argument("--sensitivity", choices=["stage", "layer"], help="swap one stage / layer at a time (first KEYS)")
     p.add_argument("--layers", metavar="PATTERN", help="swap only these layers: globs / names / stage:S[-T], comma-sep")
     p.add_argument("--resize-keys", action="store_true", help="centre-crop / zero-pad keys to other kernel sizes")
-    p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (default 128)")
-    p.add_argument("--calib-batch-size", type=int, default=64, help="recalibration batch size (default 64)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("-o", "--out", metavar="DIR", help="write a swap run directory")
+    p.add_argument("--batch-size", type=BATCH, default=128, help="evaluation batch size (default 128)")
+    p.add_argument(
+        "--calib-batch-size", type=int_arg(2, MAX_BATCH), default=64, help="recalibration batch size (default 64)"
+    )
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("-o", "--out", type=output_arg, metavar="DIR", help="write a swap run directory")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    from masterkey.files import check_output
     from masterkey.networks.evaluate import load_eval_images, preprocessing_for, preprocessing_named
     from masterkey.networks.recalibrate import calibration_images, has_batchnorm
     from masterkey.swap import Calibration, SwapSession, check_keys, expand_seeds, load_model, write_swap_run
@@ -90,12 +109,9 @@ def run(args: argparse.Namespace) -> int:
         raise MasterkeyError("--calib-data and --crossfit exclude each other: pick one source of calibration images")
     if (args.calib_data or args.crossfit) and args.recalibrate is None:
         raise MasterkeyError("--calib-data / --crossfit are only used with --recalibrate N")
-    if args.seeds < 1:
-        raise MasterkeyError(f"--seeds {args.seeds}: must be at least 1")
-    for opt in ("max_per_class", "max_images"):
-        value = getattr(args, opt)
-        if value is not None and value < 1:
-            raise MasterkeyError(f"--{opt.replace('_', '-')} {value}: must be at least 1")
+    if args.out:
+        inputs = [args.weights, args.data, args.calib_data, *args.keys]
+        check_output(args.out, "swap", overwrite=args.overwrite, inputs=inputs)
     kwargs = parse_kwargs(args.model_kwargs)
     model, name, metadata = load_model(args.model, args.weights, pretrained=args.pretrained, **kwargs)
     if args.preprocessing == "auto":
@@ -126,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         calibration=calibration,
         batch_size=args.batch_size,
         calib_batch_size=args.calib_batch_size,
-        device=args.device,
+        device=resolved_device(args.device),
     )
     recal = args.recalibrate is not None
     results = session.sweep(specs, layers=args.layers, resize=args.resize_keys, recalibrate=recal)

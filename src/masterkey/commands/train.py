@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from typing import Any
 
-from masterkey.commands._common import format_table, note, parse_kwargs, print_json
+from masterkey.commands._common import (
+    BATCH,
+    IMAGES,
+    MAX_SEED,
+    MAX_SEEDS,
+    MAX_STEPS,
+    SEED,
+    THREADS,
+    device_arg,
+    float_arg,
+    format_table,
+    int_arg,
+    note,
+    output_arg,
+    parse_kwargs,
+    print_json,
+)
 from masterkey.errors import MasterkeyError
+from masterkey.files import OutputBusyError, check_output, missing_parents, remove_empty_folders
 
 NAME = "train"
 ORDER = 6
@@ -93,7 +113,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keys", metavar="KEYS", help="key set: built-in name or key file (default paper8)")
     g.add_argument("--assignment", metavar="SPEC", help="channel -> key rule (default convnextv2-b)")
     g.add_argument("--learn-scale", action="store_true", default=None, help="frozen mode: learn a per-channel scale")
-    g.add_argument("--key-gain", type=float, metavar="G", help="kernels are G * unit-norm key (default 1)")
+    g.add_argument(
+        "--key-gain", type=float_arg(-1e6, 1e6), metavar="G", help="kernels are G * unit-norm key (default 1)"
+    )
     g.add_argument(
         "--resize-keys",
         action="store_true",
@@ -102,27 +124,70 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DATA", help="folder with DATA/train and DATA/test (or DATA/val) ImageFolders")
-    g.add_argument("--image-size", type=int, metavar="N", help="resize shorter side + centre crop to N (cached)")
-    g.add_argument("--max-train-images", type=int, metavar="N", help="class-balanced subset of the training set")
-    g.add_argument("--max-test-images", type=int, metavar="N", help="class-balanced subset of the test set")
+    g.add_argument(
+        "--image-size", type=int_arg(1, 1024), metavar="N", help="resize shorter side + centre crop to N (cached)"
+    )
+    g.add_argument("--max-train-images", type=IMAGES, metavar="N", help="class-balanced subset of the training set")
+    g.add_argument("--max-test-images", type=IMAGES, metavar="N", help="class-balanced subset of the test set")
     g.add_argument("--normalize", choices=("auto", "cifar10", "imagenet", "dataset"), help="normalisation statistics")
-    g.add_argument("--crop-padding", type=int, metavar="P", help="random crop with P reflect padding (default 4)")
+    g.add_argument(
+        "--crop-padding", type=int_arg(0, 256), metavar="P", help="random crop with P reflect padding (default 4)"
+    )
     g.add_argument("--no-hflip", dest="hflip", action="store_false", default=None, help="no horizontal flips")
-    g.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 off (default)")
-    g.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 off (default)")
+    g.add_argument("--mixup", type=float_arg(0, 100), metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 off (default)")
+    g.add_argument(
+        "--cutmix", type=float_arg(0, 100), metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 off (default)"
+    )
+    _add_training_options(p)
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", type=device_arg, help="auto (default) | cpu | cuda | cuda:N")
+    g.add_argument("--amp", choices=("auto", "bf16", "none"), help="autocast: auto = bf16 on CUDA (default)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on CUDA only")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument(
+        "--threads", type=THREADS, metavar="N", help="CPU threads for torch (1 is fastest on a busy machine)"
+    )
+    g.add_argument(
+        "--log-every",
+        type=int_arg(1, MAX_STEPS),
+        metavar="STEPS",
+        help="steps between per-step metric rows (default 10)",
+    )
+    g.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard logs")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "-o", "--out", type=output_arg, metavar="OUT", required=True, help="run (or experiment) directory to write"
+    )
+    g.add_argument("--resume", action="store_true", help="continue OUT.partial from its last checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace OUT (or an interrupted OUT.partial)")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """The optimisation, seed and experiment options of ``train``."""
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help="epochs (default 20)")
-    g.add_argument("--batch-size", type=int, help="global batch size (default 512)")
-    g.add_argument("--lr", type=float, help="peak learning rate of AdamW (default 3e-3)")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.05; none on 1-D params)")
-    g.add_argument("--warmup-epochs", type=float, help="linear warm-up epochs (default 1)")
-    g.add_argument("--min-lr", type=float, help="final learning rate of the cosine (default 0)")
-    g.add_argument("--label-smoothing", type=float, help="label smoothing (default 0.1)")
-    g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm (default off)")
-    g.add_argument("--ema", type=float, metavar="DECAY", help="keep an EMA of the weights, e.g. 0.999")
-    g.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default 1024)")
+    g.add_argument("--epochs", type=int_arg(1, 100_000), help="epochs (default 20)")
+    g.add_argument("--batch-size", type=BATCH, help="global batch size (default 512)")
+    g.add_argument("--lr", type=float_arg(0, 100, open_low=True), help="peak learning rate of AdamW (default 3e-3)")
+    g.add_argument(
+        "--weight-decay", type=float_arg(0, 100), help="AdamW weight decay (default 0.05; none on 1-D params)"
+    )
+    g.add_argument("--warmup-epochs", type=float_arg(0, 100_000), help="linear warm-up epochs (default 1)")
+    g.add_argument("--min-lr", type=float_arg(0, 100), help="final learning rate of the cosine (default 0)")
+    g.add_argument("--label-smoothing", type=float_arg(0, 1), help="label smoothing (default 0.1)")
+    g.add_argument(
+        "--grad-clip",
+        type=float_arg(0, 1e9, open_low=True),
+        metavar="NORM",
+        help="clip the gradient norm (default off)",
+    )
+    g.add_argument(
+        "--ema", type=float_arg(0, 1, open_low=True), metavar="DECAY", help="keep an EMA of the weights, e.g. 0.999"
+    )
+    g.add_argument("--eval-batch-size", type=BATCH, help="evaluation batch size (default 1024)")
     g = p.add_argument_group("seeds and experiments")
-    g.add_argument("--seed", type=int, help="seed of one run (default 0)")
+    g.add_argument("--seed", type=SEED, help="seed of one run (default 0)")
     g.add_argument("--seeds", metavar="LIST", help="several seeds, e.g. 0,1,2: writes an experiment with mean ± CI")
     g.add_argument("--experiment", metavar="FILE", help="experiment file (TOML / JSON): base options, arms, seeds")
     g.add_argument("--arms", metavar="A,B", help="run only these arms of the experiment (or define a new one)")
@@ -135,26 +200,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--jobs",
-        type=int,
+        type=int_arg(1, 64),
         default=1,
         metavar="N",
         help="train N runs of the experiment at once, each in its own process on the same device (default 1; "
         "small models on a large GPU)",
     )
-    g = p.add_argument_group("runtime")
-    g.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
-    g.add_argument("--amp", choices=("auto", "bf16", "none"), help="autocast: auto = bf16 on CUDA (default)")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on CUDA only")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    g.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (1 is fastest on a busy machine)")
-    g.add_argument("--log-every", type=int, metavar="STEPS", help="steps between per-step metric rows (default 10)")
-    g.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard logs")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
-    g = p.add_argument_group("output")
-    g.add_argument("-o", "--out", metavar="OUT", required=True, help="run (or experiment) directory to write")
-    g.add_argument("--resume", action="store_true", help="continue OUT.partial from its last checkpoint")
-    g.add_argument("--overwrite", action="store_true", help="replace OUT (or an interrupted OUT.partial)")
-    g.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -175,12 +226,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise MasterkeyError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise MasterkeyError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
+    parts = [s.strip() for s in text.split(",") if s.strip()]
+    if not parts or not all(p.isdigit() and int(p) <= MAX_SEED for p in parts):
+        raise MasterkeyError(
+            f"--seeds {text!r}: expected integers from 0 to {MAX_SEED:,} separated by commas, e.g. 0,1,2"
+        )
+    seeds = [int(p) for p in parts]
+    if len(set(seeds)) != len(seeds):
+        raise MasterkeyError(f"--seeds {text!r}: each seed once, e.g. 0,1,2")
+    if len(seeds) > MAX_SEEDS:
+        raise MasterkeyError(f"--seeds: {len(seeds):,} seeds, at most {MAX_SEEDS:,}")
     return seeds
 
 
@@ -190,7 +245,7 @@ def build_experiment(args: argparse.Namespace) -> Any:
     from masterkey.train.experiment import Arm, Experiment, arm_name, load_experiment
 
     overrides = _overrides(args)
-    if args.seed is not None and (args.seeds or args.experiment):
+    if args.seed is not None and (args.seeds is not None or args.experiment):
         raise MasterkeyError("--seed is for one run; with --seeds or --experiment give the seeds there")
     if args.experiment:
         experiment = load_experiment(args.experiment)
@@ -205,7 +260,7 @@ def build_experiment(args: argparse.Namespace) -> Any:
 
         experiment.base = merged(experiment.base, inherit=False)
         experiment.arms = [Arm(a.name, merged(a.overrides, inherit=True)) for a in experiment.arms]
-        if args.seeds:
+        if args.seeds is not None:
             experiment.seeds = _seeds(args.seeds)
         if args.arms:
             names = [n.strip() for n in args.arms.split(",") if n.strip()]
@@ -224,7 +279,7 @@ def build_experiment(args: argparse.Namespace) -> Any:
         return experiment
     if args.arms:
         raise MasterkeyError("--arms selects arms of an --experiment file")
-    if args.seeds:
+    if args.seeds is not None:
         config = TrainConfig.from_dict(overrides, source="options")
         return Experiment(overrides, [Arm(arm_name(config), {})], _seeds(args.seeds), None)
     return None
@@ -237,9 +292,10 @@ def run(args: argparse.Namespace) -> int:
     if args.collect:
         from masterkey.train.experiment import collect_experiments
 
-        if args.experiment or args.seeds or args.seed is not None or args.resume or args.jobs != 1:
+        if args.experiment or args.seeds is not None or args.seed is not None or args.resume or args.jobs != 1:
             raise MasterkeyError("--collect trains nothing: it takes only run directories, -o OUT and --overwrite")
 
+        _check_out(args, args.collect)
         summary = collect_experiments(args.collect, args.out, overwrite=args.overwrite)
         return _report_experiment(summary, args)
     experiment = build_experiment(args)
@@ -247,8 +303,10 @@ def run(args: argparse.Namespace) -> int:
         if args.jobs != 1:
             raise MasterkeyError("--jobs trains several runs of an experiment at once: give --seeds or --experiment")
         config = TrainConfig.from_dict(_overrides(args), source="options")
+        _check_out(args, [config.data, config.weights, config.keys if config.mode != "trainable" else None])
         resolve_model_name(config.model)
-        result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
+        with _failed_run_cleanup(args.out):
+            result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
         if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
             return 0
         if args.json:
@@ -263,12 +321,49 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"\nwrote {args.out}")
         return 0
-    for arm in experiment.arms:
-        resolve_model_name(experiment.config(arm, experiment.seeds[0]).model)
-    summary = run_experiment(experiment, args.out, resume=args.resume, overwrite=args.overwrite, jobs=args.jobs)
+    configs = [experiment.config(arm, experiment.seeds[0]) for arm in experiment.arms]
+    inputs = [
+        args.experiment,
+        *(x for c in configs for x in (c.data, c.weights, c.keys if c.mode != "trainable" else None)),
+    ]
+    _check_out(args, inputs)
+    for config in configs:
+        resolve_model_name(config.model)
+    with _failed_run_cleanup(args.out):
+        summary = run_experiment(experiment, args.out, resume=args.resume, overwrite=args.overwrite, jobs=args.jobs)
     if not summary:  # not rank 0
         return 0
     return _report_experiment(summary, args)
+
+
+def _check_out(args: argparse.Namespace, inputs: list[Any]) -> None:
+    """The output rule for OUT and OUT.partial, before anything is read or trained."""
+    from masterkey.train.loop import partial_dir
+
+    check_output(args.out, "train", overwrite=args.overwrite or args.resume, inputs=inputs)
+    check_output(partial_dir(args.out), "train", overwrite=True, inputs=inputs)
+
+
+@contextlib.contextmanager
+def _failed_run_cleanup(out: str) -> Iterator[None]:
+    """When training fails, an ``OUT.partial`` this command started is removed unless it holds work to resume (a
+    checkpoint or a finished run); then the error says that ``--resume`` continues it."""
+    from masterkey.train.loop import partial_dir
+
+    partial = partial_dir(out)
+    existed, created = partial.exists(), missing_parents(out)
+    try:
+        yield
+    except OutputBusyError:
+        raise
+    except Exception as exc:
+        kept = partial.is_dir() and any(p.name in ("checkpoint.pt", "summary.json") for p in partial.rglob("*"))
+        if partial.is_dir() and not existed and not kept:
+            shutil.rmtree(partial, ignore_errors=True)
+            remove_empty_folders(created)
+        if kept and isinstance(exc, MasterkeyError):
+            raise MasterkeyError(f"{exc}; the work so far is kept in {partial}: rerun with --resume") from exc
+        raise
 
 
 def _report_experiment(summary: dict[str, Any], args: argparse.Namespace) -> int:

@@ -161,7 +161,7 @@ def write_discover_run(
 ) -> Path:
     """Write a discover run directory atomically: flat for one kernel size, ``k3/``, ``k5/`` ... for several."""
     out = Path(out)
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, "discover", overwrite=overwrite) as tmp:
         if len(discoveries) == 1:
             write_discovery(tmp, next(iter(discoveries.values())))
         else:

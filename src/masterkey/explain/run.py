@@ -261,7 +261,7 @@ def write_explain_run(
     config = dict(config or {})
     figs = {name: F.figure_png(fig) for name, fig in explain_figures(expl).items()}
     out = Path(out)
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, "explain", overwrite=overwrite) as tmp:
         expl.scalespace.to_csv(tmp / "scalespace.csv", index=False)
         expl.eigen_table.to_csv(tmp / "eigenpatches.csv", index=False)
         expl.reconstruction.to_csv(tmp / "reconstruction.csv", index=False)

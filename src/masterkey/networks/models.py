@@ -74,7 +74,10 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    first = text[0] if text else ""
+    if len(first) < 8:  # a bare key or code (e.g. "101") says nothing without the exception's name
+        first = f"{type(exc).__name__} {first}".strip()
+    return first[:200]
 
 
 def _unwrap(obj: Any) -> StateDict:
@@ -135,14 +138,20 @@ def build_architecture(name: str, pretrained: bool = False, **kwargs: Any) -> nn
     The one place where masterkey constructs a network; every failure is a :class:`MasterkeyError`.
     """
     lib, model_name = resolve_model_name(name)
-    try:
+
+    def construct(weights: bool) -> nn.Module:
         if lib == "timm":
             import timm
 
-            return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+            return timm.create_model(model_name, pretrained=weights, **kwargs)
         import torchvision
 
-        return torchvision.models.get_model(model_name, weights="DEFAULT" if pretrained else None, **kwargs)
+        return torchvision.models.get_model(model_name, weights="DEFAULT" if weights else None, **kwargs)
+
+    try:
+        if kwargs and not pretrained:
+            _check_parameter_count(name, kwargs, construct)
+        return construct(pretrained)
     except TypeError as exc:
         raise MasterkeyError(f"model '{name}': bad keyword arguments {kwargs} ({_short(exc)})") from None
     except (OSError, RuntimeError, ValueError) as exc:
@@ -152,6 +161,26 @@ def build_architecture(name: str, pretrained: bool = False, **kwargs: Any) -> nn
                 "offline? pass a local weights file instead"
             ) from None
         raise MasterkeyError(f"model '{name}': could not be created ({_short(exc)})") from None
+
+
+#: The largest network masterkey builds (8 GB of float32 weights); keyword arguments such as a huge
+#: ``num_classes`` would otherwise exhaust the machine's memory before anything could be said.
+MAX_PARAMETERS = 2_000_000_000
+
+
+def _check_parameter_count(name: str, kwargs: dict[str, Any], construct: Callable[[bool], nn.Module]) -> None:
+    """Build the network on the meta device (no memory) and refuse it when it exceeds :data:`MAX_PARAMETERS`.
+    A network that cannot be built there is left to the real construction to judge."""
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in construct(False).parameters())
+    except Exception:
+        return
+    if count > MAX_PARAMETERS:
+        raise MasterkeyError(
+            f"model '{name}' with {kwargs} would have {count:,} parameters, more than {MAX_PARAMETERS:,}; "
+            "check the model keyword arguments"
+        )
 
 
 def create_model(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from masterkey.errors import MasterkeyError
+from masterkey.files import check_output
 from masterkey.report.html import Section, render_html, render_markdown, write_report
 from masterkey.report.runs import KINDS, Run, load_run, read_run
 from masterkey.report.sections import ReportOptions, build_section, build_sections
@@ -29,11 +30,11 @@ def build_report(
     """Read every run of ``run_dirs`` and write ``out/report.html``, ``out/report.md`` and the figure PNGs."""
     if not run_dirs:
         raise MasterkeyError("report: give at least one run directory")
-    if Path(out).exists() and not overwrite:  # fail before the figures are drawn (write_report checks again)
-        raise MasterkeyError(f"{out} already exists (pass --overwrite to replace it)")
+    inputs = [*run_dirs, *([options.bank] if options is not None and options.bank else [])]
+    check_output(out, "report", overwrite=overwrite, inputs=inputs)  # before the figures are drawn
     loaded = [load_run(path) for path in run_dirs]
     sections = build_sections(loaded, options)
-    return write_report(sections, out, title=title, overwrite=overwrite)
+    return write_report(sections, out, title=title, overwrite=overwrite, inputs=inputs)
 
 
 __all__ = [

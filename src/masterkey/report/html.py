@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import html
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -253,21 +254,40 @@ def render_markdown(sections: Sequence[Section], title: str, generated: str | No
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+def generated_time() -> str:
+    """When a report is made: now, or ``SOURCE_DATE_EPOCH`` (UTC) when set, so a rebuilt report can be bitwise
+    identical (the reproducible-builds convention)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch.isdigit():
+        return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+
 def write_report(
-    sections: Sequence[Section], out: str | Path, title: str = "masterkey report", overwrite: bool = False
+    sections: Sequence[Section],
+    out: str | Path,
+    title: str = "masterkey report",
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
+    config: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``out/report.html`` (self-contained), ``out/report.md`` and one PNG per figure, atomically."""
+    """Write ``out/report.html`` (self-contained), ``out/report.md``, one PNG per figure and ``run.json`` (kind
+    ``report``, with ``config``), atomically. ``out`` follows the output rule (:func:`masterkey.files.check_output`):
+    it is never one of the ``inputs`` (the run directories reported), nor inside or around one."""
+    from masterkey.runs import write_run_info
+
     names = [b.name for s in sections for b in s.blocks if isinstance(b, FigureBlock)]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates or not all(_SAFE_NAME.match(n) for n in names):
         raise ValueError(f"figure names must be unique file stems, got {duplicates or names}")
-    generated = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    generated = generated_time()
     out = Path(out)
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, "report", overwrite=overwrite, inputs=inputs) as tmp:
         for section in sections:
             for block in section.blocks:
                 if isinstance(block, FigureBlock):
                     (tmp / f"{block.name}.png").write_bytes(block.png)
         write_text(tmp / "report.md", render_markdown(sections, title, generated))
         write_text(tmp / "report.html", render_html(sections, title, generated))
+        write_run_info(tmp, "report", {"title": title, "inputs": [str(p) for p in inputs], **(config or {})})
     return out

@@ -19,7 +19,7 @@ import pandas as pd
 
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet
-from masterkey.runs import RUN_INFO
+from masterkey.runs import RUN_INFO, read_run_info
 
 KINDS = ("fit", "discover", "swap", "train", "experiment", "explain")
 
@@ -128,28 +128,10 @@ class Run:
 def read_run(path: str | Path) -> Run:
     """The :class:`Run` of a directory; ``run.json`` must exist and name one of :data:`KINDS`."""
     path = Path(path)
-    if not path.is_dir():
-        raise MasterkeyError(f"{path}: no such run directory")
-    info_path = path / RUN_INFO
-    if not info_path.is_file():
-        raise MasterkeyError(
-            f"{path}: not a run directory (no {RUN_INFO}; runs are written by masterkey commands with -o)"
-        )
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise MasterkeyError(f"{info_path}: not valid JSON ({str(exc).splitlines()[0][:100]})") from None
-    if not isinstance(info, dict) or not isinstance(info.get("kind"), str):
-        raise MasterkeyError(f"{info_path}: expected an object with a string 'kind'")
-    kind = info["kind"]
-    if kind not in KINDS:
-        raise MasterkeyError(f"{info_path}: unknown run kind '{kind}' (known: {', '.join(KINDS)})")
-    config = {} if info.get("config") is None else info["config"]
-    environment = {} if info.get("environment") is None else info["environment"]
-    argv = [] if info.get("argv") is None else info["argv"]
-    if not isinstance(config, dict) or not isinstance(environment, dict) or not isinstance(argv, list):
-        raise MasterkeyError(f"{info_path}: 'config' and 'environment' must be objects and 'argv' a list")
-    return Run(path, kind, config, environment, [str(a) for a in argv])
+    info = read_run_info(path)
+    if info["kind"] not in KINDS:
+        raise MasterkeyError(f"{path / RUN_INFO}: unknown run kind '{info['kind']}' (known: {', '.join(KINDS)})")
+    return Run(path, info["kind"], info["config"], info["environment"], [str(a) for a in info["argv"]])
 
 
 # ---------------------------------------------------------------------- per kind

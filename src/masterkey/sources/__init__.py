@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from masterkey.errors import MasterkeyError
-from masterkey.files import atomic_write
+from masterkey.files import atomic_write, check_output, missing_parents, remove_empty_folders, safetensors_bytes
 from masterkey.sources.base import HarvestedLayer, HarvestedSource, accept_layer
 from masterkey.sources.network import harvest_model, harvest_module
 from masterkey.sources.onnx_graph import harvest_onnx
@@ -57,6 +57,11 @@ def harvest(
     """
     text = str(source)
     path = Path(text)
+    if path.is_dir():
+        raise MasterkeyError(
+            f"{path}: a folder; a SOURCE is a weights file (.pth, .pt, .bin, .safetensors), an .onnx file or a "
+            "model name"
+        )
     if path.is_file():
         if weights is not None:
             raise MasterkeyError(f"{path}: --weights goes with a model name, not with a weights file")
@@ -69,7 +74,8 @@ def harvest(
     elif path.suffix.lower() in _FILE_SUFFIXES or "/" in text:
         raise MasterkeyError(f"{text}: no such file")
     if weights is not None and not Path(weights).is_file():
-        raise MasterkeyError(f"{weights}: no such weights file")
+        what = "a folder, not a weights file" if Path(weights).is_dir() else "no such weights file"
+        raise MasterkeyError(f"{weights}: {what}")
     return harvest_model(text, weights=weights, name=name, model_kwargs=model_kwargs, pretrained=pretrained)
 
 
@@ -82,8 +88,6 @@ def _cache_key(spec: str, options: dict[str, Any]) -> str:
 
 
 def _save_partial(source: HarvestedSource, path: Path) -> None:
-    from safetensors.torch import save
-
     meta = {
         "name": source.name,
         "kind": source.kind,
@@ -96,7 +100,7 @@ def _save_partial(source: HarvestedSource, path: Path) -> None:
             for x in source.layers
         ],
     }
-    blob = save(
+    blob = safetensors_bytes(
         {f"layer{i}": x.weight.contiguous() for i, x in enumerate(source.layers)},
         metadata={"masterkey": json.dumps(meta)},
     )
@@ -137,27 +141,36 @@ def harvest_bank(
     from masterkey.bank import write_bank
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise MasterkeyError(f"{out} already exists (pass --overwrite to replace it)")
+    if not sources:
+        raise MasterkeyError("harvest: give at least one SOURCE")
+    check_output(out, "bank", overwrite=overwrite, inputs=[*sources, weights])
     if (weights is not None or name is not None) and len(sources) > 1:
         raise MasterkeyError("--weights and --name go with a single SOURCE (use NAME@WEIGHTS for several)")
     work = out.with_name(f".{out.name}.partial")
     options = {"weights": weights, "name": name, "kwargs": model_kwargs, "pretrained": pretrained}
     harvested = []
     resumed = 0
-    for spec in progress(sources) if progress else sources:
-        cache = work / f"{_cache_key(str(spec), options)}.safetensors"
-        src = _load_partial(cache) if cache.is_file() else None
-        if src is None:
-            src = harvest(spec, weights=weights, name=name, model_kwargs=model_kwargs, pretrained=pretrained)
-            _save_partial(src, cache)
-        else:
-            resumed += 1
-        for skip in src.skipped:
-            log.info("%s: skipped %s: %s", src.name, skip["layer"], skip["reason"])
-        harvested.append(src)
-    if resumed:
-        log.info("resumed an interrupted harvest: %d of %d sources were already harvested", resumed, len(sources))
-    bank = write_bank(harvested, out, overwrite=overwrite)
+    created = missing_parents(out)
+    try:
+        for spec in progress(sources) if progress else sources:
+            cache = work / f"{_cache_key(str(spec), options)}.safetensors"
+            src = _load_partial(cache) if cache.is_file() else None
+            if src is None:
+                src = harvest(spec, weights=weights, name=name, model_kwargs=model_kwargs, pretrained=pretrained)
+                _save_partial(src, cache)
+            else:
+                resumed += 1
+            for skip in src.skipped:
+                log.info("%s: skipped %s: %s", src.name, skip["layer"], skip["reason"])
+            harvested.append(src)
+        if resumed:
+            log.info("resumed an interrupted harvest: %d of %d sources were already harvested", resumed, len(sources))
+        bank = write_bank(harvested, out, overwrite=overwrite)
+    except Exception:
+        # A failed harvest (bad source, full disk ...) leaves nothing behind; only a killed or interrupted one
+        # keeps its finished sources for the rerun to resume with.
+        shutil.rmtree(work, ignore_errors=True)
+        remove_empty_folders(created)
+        raise
     shutil.rmtree(work, ignore_errors=True)
     return bank

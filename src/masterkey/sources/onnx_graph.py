@@ -27,6 +27,9 @@ def harvest_onnx(path: str | Path, name: str | None = None) -> HarvestedSource:
         model = onnx.load(str(path))
     except Exception as exc:
         raise MasterkeyError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+    if model.ir_version == 0 or not model.graph.node:
+        # Protocol buffers parse an empty (or unrelated) file as an empty model rather than failing.
+        raise MasterkeyError(f"{path}: not an ONNX model (the file is empty or holds no graph)")
     graph = model.graph
     tensors: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:

@@ -97,8 +97,10 @@ class Calibration:
     name: str = ""
 
     def __post_init__(self) -> None:
-        if (self.images is None) == (self.crossfit < 2):
-            raise MasterkeyError("a calibration takes either calibration images or crossfit >= 2 folds (not both)")
+        if self.images is not None and self.crossfit:
+            raise MasterkeyError("a calibration takes calibration images or crossfit folds, not both")
+        if self.images is None and self.crossfit < 2:
+            raise MasterkeyError(f"crossfit {self.crossfit}: cross-fitting needs at least 2 folds")
 
     def label(self, eval_root: str) -> str:
         if self.name:
@@ -407,7 +409,7 @@ def write_swap_run(out: str | Path, results: SwapResults, config: dict[str, Any]
     from masterkey.files import atomic_directory, write_json, write_text
     from masterkey.runs import write_run_info
 
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, "swap", overwrite=overwrite) as tmp:
         results.frame().to_csv(tmp / "results.csv", index=False)
         results.summary().to_csv(tmp / "summary.csv", index=False)
         results.per_stage.to_csv(tmp / "per_stage.csv", index=False)

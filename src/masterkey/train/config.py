@@ -106,14 +106,26 @@ class TrainConfig:
             raise bad("model", "a timm or torchvision model name")
         if not isinstance(self.model_kwargs, dict):
             raise bad("model_kwargs", "a mapping of keyword arguments")
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        for name, high in (
+            ("epochs", 100_000),
+            ("batch_size", 65_536),
+            ("eval_batch_size", 65_536),
+            ("log_every", 10**8),
+        ):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(name, "a positive integer")
-        for name in ("max_train_images", "max_test_images", "image_size", "threads"):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise bad(name, f"an integer from 1 to {high:,}")
+        for name, high in (
+            ("max_train_images", 10**8),
+            ("max_test_images", 10**8),
+            ("image_size", 1024),
+            ("threads", 1024),
+        ):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise bad(name, "a positive integer or none")
+            if value is not None and (not isinstance(value, int) or not 1 <= value <= high):
+                raise bad(name, f"an integer from 1 to {high:,}, or none")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise bad("seed", "an integer from 0 to 4,294,967,295")
         for name in ("lr", "weight_decay", "warmup_epochs", "min_lr", "label_smoothing", "mixup", "cutmix"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -128,8 +140,8 @@ class TrainConfig:
             raise bad("grad_clip", "a positive number or none")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise bad("ema_decay", "a number in (0, 1) or none")
-        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
-            raise bad("crop_padding", "an integer >= 0")
+        if not isinstance(self.crop_padding, int) or not 0 <= self.crop_padding <= 256:
+            raise bad("crop_padding", "an integer from 0 to 256")
         if self.normalize not in ("auto", "cifar10", "imagenet", "dataset"):
             raise bad("normalize", "auto | cifar10 | imagenet | dataset")
         if self.amp not in ("auto", "bf16", "none"):

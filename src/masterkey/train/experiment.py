@@ -42,9 +42,9 @@ import numpy as np
 import pandas as pd
 
 from masterkey.errors import MasterkeyError
-from masterkey.files import write_json, write_lock, write_text
+from masterkey.files import check_output, write_json, write_lock, write_text
 from masterkey.keys import builtin_keysets, load_keys
-from masterkey.runs import RUN_INFO, write_run_info
+from masterkey.runs import RUN_INFO, read_run_info, write_run_info
 from masterkey.stats import CONFIDENCE, mean_ci
 from masterkey.train.config import TrainConfig, config_differences, normal_form
 from masterkey.train.data import find_splits
@@ -367,7 +367,7 @@ def _write_summary(
 
 def _check_completed(sub: Path, config: TrainConfig) -> None:
     """A completed run is reused only if it was trained with this arm's config."""
-    saved = json.loads((sub / RUN_INFO).read_text()).get("config", {})
+    saved = read_run_info(sub)["config"]
     kwargs = dict(config.model_kwargs)
     if "num_classes" in saved.get("model_kwargs", {}):
         kwargs.setdefault("num_classes", saved["model_kwargs"]["num_classes"])
@@ -483,6 +483,8 @@ def run_experiment(
                         if not resume
                         else f"{out} is already complete; nothing to resume"
                     )
+                for path in (out, run_dir):  # replaced or resumed only when they are masterkey train runs
+                    check_output(path, "experiment", overwrite=True)
                 if run_dir.exists():
                     if not resume and overwrite:
                         shutil.rmtree(run_dir)
@@ -545,7 +547,7 @@ def _finished_runs(source: Path) -> list[tuple[str, Path]]:
         candidates.append(partial_dir(source))
     for root in candidates:
         info = root / RUN_INFO
-        saved = json.loads(info.read_text()) if info.is_file() else {}
+        saved = read_run_info(root) if info.is_file() else {}
         kind = saved.get("kind")
         if kind == "train" and (root / "summary.json").is_file():
             return [(arm_name(TrainConfig.from_dict(saved["config"], source=str(info))), root)]
@@ -570,7 +572,7 @@ def collect_experiments(sources: Sequence[str | Path], out: str | Path, *, overw
     configs: dict[tuple[str, int], dict[str, Any]] = {}
     for source in map(Path, sources):
         for arm, run in _finished_runs(source):
-            config = json.loads((run / RUN_INFO).read_text())["config"]
+            config = read_run_info(run)["config"]
             key = (arm, int(config["seed"]))
             if key in found:
                 raise MasterkeyError(f"--collect: arm '{arm}' seed {key[1]} is in both {found[key]} and {run}")
@@ -593,9 +595,9 @@ def collect_experiments(sources: Sequence[str | Path], out: str | Path, *, overw
     base = {k: v for k, v in reference.items() if k not in runtime}
     experiment = Experiment(base, list(arms.values()), seeds, "collected from " + ", ".join(map(str, sources)))
     with write_lock(out):
-        if out.exists() and not overwrite:
-            raise MasterkeyError(f"{out} already exists (pass --overwrite to replace it)")
         run_dir = partial_dir(out)
+        check_output(out, "experiment", overwrite=overwrite, inputs=sources)
+        check_output(run_dir, "experiment", overwrite=True, inputs=sources)
         if run_dir.exists():
             shutil.rmtree(run_dir)
         (run_dir / "runs").mkdir(parents=True)

@@ -33,7 +33,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from masterkey.errors import MasterkeyError
-from masterkey.files import atomic_write, replace_directory, write_json, write_lock, write_text
+from masterkey.files import (
+    atomic_write,
+    check_output,
+    remove_stale_temporaries,
+    replace_directory,
+    safetensors_bytes,
+    write_json,
+    write_lock,
+    write_text,
+)
 from masterkey.keys import load_keys
 from masterkey.networks.keyconv import ConvertedLayer, convert_to_keys, export_state_dict, key_counts, parameter_counts
 from masterkey.runs import write_run_info
@@ -235,6 +244,8 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> bool:
         if resume:
             raise MasterkeyError(f"{out} is already complete; nothing to resume (pass --overwrite to train again)")
         raise MasterkeyError(f"{out} already exists (pass --overwrite to replace it)")
+    for path in (out, partial):  # replaced or resumed only when they are masterkey train runs
+        check_output(path, "train", overwrite=True)
     if partial.exists():
         if resume:
             return (partial / CHECKPOINT).is_file()
@@ -253,6 +264,7 @@ def _start_out(out: Path, resume: bool) -> None:
     if partial.exists() and not resume:
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(partial)  # files a run killed while saving left half-written
 
 
 def publish(partial: Path, out: Path) -> None:
@@ -525,8 +537,10 @@ def _train(
                     "step_rows": step_rows,
                     "train_seconds": train_seconds,
                 }
+                buffer = io.BytesIO()  # serialised first, so that a full disk is an OSError of the write below
+                torch.save(checkpoint, buffer)
                 with atomic_write(run_dir / CHECKPOINT) as f:
-                    torch.save(checkpoint, f)
+                    f.write(buffer.getbuffer())
                 write_metrics(run_dir, epoch_rows, step_rows)
 
         if writer is not None:
@@ -570,8 +584,6 @@ def _train(
 
 
 def _write_final(run_dir: Path, model: nn.Module, ema: Any, config: TrainConfig, summary: dict[str, Any]) -> None:
-    from safetensors.torch import save
-
     meta = {
         "arch": config.model.partition(":")[2] or config.model,
         "model_kwargs": json.dumps(config.model_kwargs, sort_keys=True),
@@ -590,5 +602,5 @@ def _write_final(run_dir: Path, model: nn.Module, ema: Any, config: TrainConfig,
             continue
         state = {k: v.contiguous() for k, v in export_state_dict(net).items()}
         with atomic_write(run_dir / f"{name}.safetensors") as f:
-            f.write(save(state, metadata=meta))
+            f.write(safetensors_bytes(state, metadata=meta))  # bitwise identical for identical runs
     write_json(run_dir / "summary.json", summary)
