@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from masterkey.commands._common import format_table, note, parse_kwargs, print_json
+from masterkey.commands._common import add_data_mode_arguments, format_table, note, parse_kwargs, print_json
 from masterkey.errors import MasterkeyError
 
 NAME = "swap"
@@ -72,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (default 128)")
     p.add_argument("--calib-batch-size", type=int, default=64, help="recalibration batch size (default 64)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_data_mode_arguments(p)
     p.add_argument("-o", "--out", metavar="DIR", help="write a swap run directory")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -111,11 +112,14 @@ def run(args: argparse.Namespace) -> int:
     check_keys(model, specs, args.layers, args.resize_keys)
     if args.sensitivity:
         check_keys(model, specs[:1], None, args.resize_keys)
-    images = load_eval_images(args.data, prep, max_per_class=args.max_per_class, max_images=args.max_images)
+    data = {"data_mode": args.data_mode, "memory_budget": args.memory_budget}
+    images = load_eval_images(args.data, prep, max_per_class=args.max_per_class, max_images=args.max_images, **data)
     calibration = None
     if args.recalibrate is not None and args.calib_data:
         calibration = Calibration(
-            images=calibration_images(args.calib_data, prep, args.recalibrate, seed=args.calib_seed, exclude=args.data)
+            images=calibration_images(
+                args.calib_data, prep, args.recalibrate, seed=args.calib_seed, exclude=args.data, **data
+            )
         )
     elif args.recalibrate is not None:
         calibration = Calibration(crossfit=args.crossfit, n_images=args.recalibrate, seed=args.calib_seed)
@@ -127,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         calib_batch_size=args.calib_batch_size,
         device=args.device,
+        workers=args.workers,
     )
     recal = args.recalibrate is not None
     results = session.sweep(specs, layers=args.layers, resize=args.resize_keys, recalibrate=recal)
