@@ -68,15 +68,10 @@ class Samples:
         return int(self.labels.shape[0])
 
     def subset(self, index: Tensor | np.ndarray | Sequence[int]) -> Samples:
-        idx = np.asarray(torch.as_tensor(np.asarray(index), dtype=torch.long))
-        return Samples(
-            self.root,
-            self.classes,
-            self.labels[torch.as_tensor(idx, dtype=torch.long)],
-            paths=self._paths,
-            dataset=self._dataset,
-            positions=self._positions[idx],
-        )
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        positions = self._positions[idx.numpy()]
+        return Samples(self.root, self.classes, self.labels[idx], paths=self._paths, dataset=self._dataset,
+                       positions=positions)  # fmt: skip
 
     def name(self, i: int) -> str:
         """The sample's file (or ``root[index]`` inside a data set) for messages."""

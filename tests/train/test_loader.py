@@ -174,15 +174,15 @@ print(json.dumps({"peak_kib": peak, "n_train": result.summary["n_train"], "mode"
 
 @pytest.mark.slow
 def test_peak_memory_of_a_streamed_epoch_does_not_grow_with_the_training_set(imagenette: Path) -> None:
-    """One epoch on 1,000 and on 9,000 Imagenette images at their native 128 px (decoded: 47 MiB vs 422 MiB):
-    streamed, the peak RSS (main process or any worker) stays within 10% + 20 MiB."""
+    """One epoch on 1,000 and on 8,500 Imagenette images at their native 128 px (decoded: 47 MiB vs 398 MiB):
+    streamed, the peak RSS (main process or any worker) stays within 10% + 20 MiB. About 80 s on 2 CPU cores."""
     base = {
         "model": "convnext_atto", "model_kwargs": {**TINY_IN, "patch_size": 8}, "data": str(imagenette),
         "batch_size": 250, "epochs": 1, "max_test_images": 100, "data_mode": "stream", "workers": 2,
         "progress": False, "eval_batch_size": 100, "normalize": "imagenet",
     }  # fmt: skip
     peaks = {}
-    for n in (1000, 9000):
+    for n in (1000, 8500):
         done = subprocess.run(
             [sys.executable, "-c", _PEAK_RSS, json.dumps({**base, "max_train_images": n})],
             capture_output=True, text=True, timeout=600,
@@ -191,5 +191,41 @@ def test_peak_memory_of_a_streamed_epoch_does_not_grow_with_the_training_set(ima
         out = json.loads(done.stdout.strip().splitlines()[-1])
         assert out["n_train"] == n and out["mode"] == "stream"
         peaks[n] = out["peak_kib"]
-    assert peaks[9000] <= 1.1 * peaks[1000] + 20 * 1024, peaks
+    assert peaks[8500] <= 1.1 * peaks[1000] + 20 * 1024, peaks
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def test_randaugment_posterize_survives_its_top_magnitude() -> None:
+    """timm's PosterizeIncreasing asks for 0 bits at magnitude 10, which Pillow 13 refuses; the transform answers
+    with the black image older Pillow gave, and keeps Pillow's posterize for 1-7 bits."""
+    from PIL import Image, ImageOps
+    from timm.data import auto_augment
+
+    from masterkey.train.loader import _posterize
+
+    config = TrainConfig.from_dict({"recipe": "imagenet", "data": "x", "image_size": 32})
+    transform = worker_transform(config, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    ops = [op for t in transform.transforms for op in getattr(t, "ops", [])]
+    assert ops and not [op for op in ops if op.aug_fn is auto_augment.posterize]
+    img = Image.fromarray(np.arange(48 * 3, dtype=np.uint8).reshape(4, 12, 3) * 2)
+    assert np.asarray(_posterize(img, 0)).max() == 0
+    assert np.array_equal(np.asarray(_posterize(img, 3)), np.asarray(ImageOps.posterize(img, 3)))
+    assert _posterize(img, 8) is img
+    with pytest.raises(ValueError, match="bits must be between"):
+        ImageOps.posterize(img, 0)  # what the fix is for (remove it once Pillow or timm change)
+
+
+def test_a_timm_data_set_scheme_trains_like_the_folder_it_reads(two_splits: Path) -> None:
+    """``--dataset torch/folder`` (timm's create_dataset -> torchvision ImageFolder, splits train / validation ->
+    val): the same images in the same order as the folder path, so the same weights."""
+    config = TrainConfig(
+        model="convnext_atto", model_kwargs=TINY_IN, data=str(two_splits), image_size=32, batch_size=6, epochs=1,
+        progress=False, eval_batch_size=16, warmup_epochs=0.5, workers=0, data_mode="stream",
+    )  # fmt: skip
+    folder = train(config)
+    scheme = train(config.replace(dataset="torch/folder"))
+    assert scheme.summary["n_train"] == 24 and scheme.summary["classes"] == folder.summary["classes"]
+    a, b = weights(folder.model), weights(scheme.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(MasterkeyError, match="'wds/' data sets only as a stream"):
+        train(config.replace(dataset="wds/imagenet"))
