@@ -199,7 +199,7 @@ class TrainConfig:
         if self.memory_budget is not None:
             from masterkey.stream import parse_size
 
-            parse_size(self.memory_budget, f"{source}: memory_budget")
+            parse_size(self.memory_budget, "--memory-budget")
         if self.dataset and not isinstance(self.dataset, str):
             raise bad("dataset", "a timm data set name such as torch/cifar10")
         if not self.data:

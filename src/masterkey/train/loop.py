@@ -168,7 +168,7 @@ def _train(
     with contextlib.ExitStack() as stack:
         if out is not None and info.is_main:
             stack.enter_context(write_lock(out))
-        plan = run_on_main(info, lambda: check_out(out, resume, overwrite) if out is not None else FRESH)
+        plan = run_on_main(info, lambda: check_out(out, resume, overwrite, config.epochs) if out is not None else FRESH)
 
         inputs = open_train_inputs(config, info, device)
         config = _resolve(config, inputs)

@@ -35,9 +35,10 @@ def partial_dir(out: str | Path) -> Path:
     return out.with_name(f"{out.name}.partial")
 
 
-def check_out(out: Path, resume: bool, overwrite: bool) -> str:
+def check_out(out: Path, resume: bool, overwrite: bool, epochs: int | None = None) -> str:
     """Check the output location (changing nothing); returns :data:`FRESH`, :data:`RESUME` (``OUT.partial`` holds a
-    checkpoint), :data:`RESTART` (it holds none) or :data:`EXTEND` (``OUT`` is complete: train it longer)."""
+    checkpoint), :data:`RESTART` (it holds none) or :data:`EXTEND` (``OUT`` is complete and ``epochs`` is more than
+    it trained: train it longer)."""
     partial = partial_dir(out)
     if partial.exists():
         if resume:
@@ -50,12 +51,25 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> str:
     if out.exists() and not overwrite:
         if resume:
             if (out / CHECKPOINT).is_file():
+                _check_longer(out, epochs)
                 return EXTEND
             raise MasterkeyError(f"{out} is already complete and holds no {CHECKPOINT} to continue from")
         raise MasterkeyError(f"{out} already exists (pass --overwrite to replace it)")
     if resume and not out.exists():
         raise MasterkeyError(f"nothing to resume: neither {out} nor {partial} exists")
     return FRESH
+
+
+def _check_longer(out: Path, epochs: int | None) -> None:
+    try:
+        done = int(json.loads((out / "summary.json").read_text())["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # the checkpoint decides (see masterkey.train.loop)
+    if epochs is not None and epochs <= done:
+        raise MasterkeyError(
+            f"{out} is already complete ({done} epochs); nothing to resume (pass --epochs N with N > {done} to train "
+            "it longer, or --overwrite to train again)"
+        )
 
 
 def checkpoint_path(out: Path, plan: str) -> Path:
