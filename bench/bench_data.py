@@ -50,6 +50,29 @@ def timed_images(batches: Any, warmup: int, count: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by the processes ``pids`` (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def timed_loader(loader: Any, batches: Any, warmup: int, count: int) -> tuple[float, float]:
+    """Images per second (wall) and CPU milliseconds per image (this process and the loader's workers, which
+    does not depend on what else runs on the machine) over ``count`` batches after ``warmup``."""
+    it = iter(batches)
+    for _ in range(warmup):
+        next(it)
+    pids = [os.getpid(), *(w.pid for w in loader._iterator._workers)]
+    cpu0, start, images = cpu_seconds(pids), time.perf_counter(), 0
+    for _ in range(count):
+        images += len(next(it))
+    wall = time.perf_counter() - start
+    return images / wall, 1000 * (cpu_seconds(pids) - cpu0) / images
+
+
 def loader_bench(args: argparse.Namespace) -> dict[str, Any]:
     from timm.data import create_dataset, create_loader
 
@@ -75,16 +98,23 @@ def loader_bench(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     pillow_safe_posterize(timm_dataset.transform)  # the same fix as ours (timm RandAugment vs Pillow 13)
     rates: dict[str, list[float]] = {"masterkey": [], "timm": []}
+    cpu: dict[str, list[float]] = {"masterkey": [], "timm": []}
     for r in range(args.rounds):
         for name in ("masterkey", "timm") if r % 2 == 0 else ("timm", "masterkey"):
             if name == "masterkey":
-                rate = timed_images((b.x for b in ours.epoch(r)), args.warmup, args.batches)
+                rate, ms = timed_loader(ours.loader, (b.x for b in ours.epoch(r)), args.warmup, args.batches)
             else:
-                rate = timed_images((x for x, _ in theirs), args.warmup, args.batches)
+                rate, ms = timed_loader(theirs, (x for x, _ in theirs), args.warmup, args.batches)
             rates[name].append(rate)
-            print(f"  loader round {r + 1}: {name:9s} {rate:8.1f} images/s", file=sys.stderr)
+            cpu[name].append(ms)
+            print(f"  loader round {r + 1}: {name:9s} {rate:8.1f} images/s  {ms:6.2f} CPU ms/image", file=sys.stderr)
     ours_m, theirs_m = statistics.median(rates["masterkey"]), statistics.median(rates["timm"])
+    ours_c, theirs_c = statistics.median(cpu["masterkey"]), statistics.median(cpu["timm"])
     return {
+        "cpu_ms_per_image": cpu,
+        "cpu_median": {"masterkey": ours_c, "timm": theirs_c},
+        "cpu_speed_ratio_masterkey_over_timm": theirs_c / ours_c,
+        "paired_ratio_median": statistics.median(a / b for a, b in zip(rates["masterkey"], rates["timm"], strict=True)),
         "folder": str(root),
         "images": len(samples),
         "transform": f"RRC {size} bicubic, hflip, rand-m9-mstd0.5-inc1, random erasing 0.25 (pixel)",
@@ -109,10 +139,14 @@ def percore_bench(args: argparse.Namespace) -> dict[str, Any]:
     transform = worker_transform(config, 224, mean, std)
     dataset = TrainSamples(list_samples(root), None, 224, "bicubic", transform, False, 0)
     loader = StreamBatches(dataset, config, Distributed(), torch.device("cpu"), mean, std, 1)
-    rates = [timed_images((b.x for b in loader.epoch(r)), 2, 20) for r in range(args.rounds)]
-    print(f"  percore: {[round(r) for r in rates]} images/s", file=sys.stderr)
+    measured = [timed_loader(loader.loader, (b.x for b in loader.epoch(r)), 2, 20) for r in range(args.rounds)]
+    rates, cpu = [m[0] for m in measured], [m[1] for m in measured]
+    print(
+        f"  percore: {[round(r) for r in rates]} images/s, {[round(c, 1) for c in cpu]} CPU ms/image", file=sys.stderr
+    )
     return {"folder": str(root), "transform": "the imagenet recipe's at 224 px", "workers": 1, "batch_size": 32,
-            "images_per_second": rates, "median": statistics.median(rates)}  # fmt: skip
+            "images_per_second": rates, "median": statistics.median(rates), "cpu_ms_per_image": cpu,
+            "cpu_median": statistics.median(cpu), "images_per_cpu_second": 1000 / statistics.median(cpu)}  # fmt: skip
 
 
 def cifar_bench(args: argparse.Namespace) -> dict[str, Any]:

@@ -70,8 +70,8 @@ class Samples:
     def subset(self, index: Tensor | np.ndarray | Sequence[int]) -> Samples:
         idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
         positions = self._positions[idx.numpy()]
-        return Samples(self.root, self.classes, self.labels[idx], paths=self._paths, dataset=self._dataset,
-                       positions=positions)  # fmt: skip
+        paths, dataset = self._paths, self._dataset
+        return Samples(self.root, self.classes, self.labels[idx], paths=paths, dataset=dataset, positions=positions)
 
     def name(self, i: int) -> str:
         """The sample's file (or ``root[index]`` inside a data set) for messages."""

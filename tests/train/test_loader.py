@@ -229,3 +229,28 @@ def test_a_timm_data_set_scheme_trains_like_the_folder_it_reads(two_splits: Path
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(MasterkeyError, match="'wds/' data sets only as a stream"):
         train(config.replace(dataset="wds/imagenet"))
+
+
+def test_a_worker_image_is_timms_own_with_the_same_seed(imagenette: Path) -> None:
+    """TrainSamples runs timm's pipeline: for the same file and the same generator states, its tensor is the one
+    timm's ImageDataset + create_transform gives (the recipe's RandomResizedCrop, RandAugment, random erasing)."""
+    from timm.data import create_dataset, create_transform
+
+    from masterkey.train.data import derive_seed
+    from masterkey.train.loader import pillow_safe_posterize, seeded
+
+    root = imagenette / "val"
+    config = TrainConfig.from_dict({"recipe": "imagenet", "data": "x", "image_size": 64, "re_prob": 1.0})
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ours = TrainSamples(list_samples(root), None, 64, "bicubic", worker_transform(config, 64, mean, std), False, 5)
+    theirs = create_dataset("", root=str(root), split="validation")
+    theirs.transform = pillow_safe_posterize(create_transform(
+        (3, 64, 64), is_training=True, auto_augment=config.auto_augment, interpolation="bicubic", re_prob=1.0,
+        re_mode="pixel", mean=mean, std=std,
+    ))  # fmt: skip
+    by_name = {Path(path).name: j for j, (path, _) in enumerate(theirs.reader.samples)}
+    for i in (0, 777, 3000):
+        x, label, _, _ = ours[(2, i)]
+        with seeded(derive_seed(5, 2, i, "augment")):
+            y, target = theirs[by_name[Path(ours.samples.name(i)).name]]
+        assert torch.equal(x, y) and label == target

@@ -129,39 +129,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="centre-crop / zero-pad keys whose kernel size differs from the model's",
     )
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        metavar="DATA",
-        help="folder with DATA/train and DATA/test (or DATA/val): ImageFolders, folders of tar shards, or .tar files",
-    )
-    g.add_argument("--dataset", metavar="NAME", help="a timm data set read from --data: torch/cifar10, hfds/NAME ...")
-    g.add_argument("--image-size", type=int, metavar="N", help="size the model sees (resize + centre crop / RRC)")
-    g.add_argument("--crop-pct", type=float, metavar="F", help="test images: resize to N / F, crop N (default 1)")
-    g.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), help="resizing (default bilinear)")
-    g.add_argument("--max-train-images", type=int, metavar="N", help="class-balanced subset of the training set")
-    g.add_argument("--max-test-images", type=int, metavar="N", help="class-balanced subset of the test set")
-    g.add_argument("--normalize", choices=("auto", "cifar10", "imagenet", "dataset"), help="normalisation statistics")
-    g.add_argument(
-        "--data-mode",
-        choices=("auto", "memory", "stream"),
-        help="memory: decode once, hold on the device; stream: decode in DataLoader workers; auto (default): "
-        "memory when the decoded set fits the memory budget",
-    )
-    g.add_argument(
-        "--memory-budget", metavar="SIZE", help="budget of --data-mode auto, e.g. 16G (default: half the free RAM)"
-    )
-    g.add_argument("--workers", type=int, metavar="N", help="DataLoader processes per rank when streaming")
-    g = p.add_argument_group("augmentation")
-    g.add_argument(
-        "--train-crop", choices=("pad", "rrc"), help="pad: crop of the padded image (default) | rrc: RandomResizedCrop"
-    )
-    g.add_argument("--crop-padding", type=int, metavar="P", help="random crop with P reflect padding (default 4)")
-    g.add_argument("--no-hflip", dest="hflip", action="store_false", default=None, help="no horizontal flips")
-    g.add_argument("--auto-augment", metavar="POLICY", help="timm policy, e.g. rand-m9-mstd0.5-inc1 (RandAugment)")
-    g.add_argument("--re-prob", type=float, metavar="P", help="random erasing probability (default 0)")
-    g.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 off (default)")
-    g.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 off (default)")
+    _add_data_arguments(p)
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="epochs (default 20)")
     g.add_argument("--batch-size", type=int, help="global batch size (default 512)")
@@ -213,6 +181,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--overwrite", action="store_true", help="replace OUT (or an interrupted OUT.partial)")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        metavar="DATA",
+        help="folder with DATA/train and DATA/test (or DATA/val): ImageFolders, folders of tar shards, or .tar files",
+    )
+    g.add_argument("--dataset", metavar="NAME", help="a timm data set read from --data: torch/cifar10, hfds/NAME ...")
+    g.add_argument("--image-size", type=int, metavar="N", help="size the model sees (resize + centre crop / RRC)")
+    g.add_argument("--crop-pct", type=float, metavar="F", help="test images: resize to N / F, crop N (default 1)")
+    g.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), help="resizing (default bilinear)")
+    g.add_argument("--max-train-images", type=int, metavar="N", help="class-balanced subset of the training set")
+    g.add_argument("--max-test-images", type=int, metavar="N", help="class-balanced subset of the test set")
+    g.add_argument("--normalize", choices=("auto", "cifar10", "imagenet", "dataset"), help="normalisation statistics")
+    g.add_argument(
+        "--data-mode",
+        choices=("auto", "memory", "stream"),
+        help="memory: decode once, hold on the device; stream: decode in DataLoader workers; auto (default): "
+        "memory when the decoded set fits the memory budget",
+    )
+    g.add_argument(
+        "--memory-budget", metavar="SIZE", help="budget of --data-mode auto, e.g. 16G (default: half the free RAM)"
+    )
+    g.add_argument("--workers", type=int, metavar="N", help="DataLoader processes per rank when streaming")
+    g = p.add_argument_group("augmentation")
+    g.add_argument(
+        "--train-crop", choices=("pad", "rrc"), help="pad: crop of the padded image (default) | rrc: RandomResizedCrop"
+    )
+    g.add_argument("--crop-padding", type=int, metavar="P", help="random crop with P reflect padding (default 4)")
+    g.add_argument("--no-hflip", dest="hflip", action="store_false", default=None, help="no horizontal flips")
+    g.add_argument("--auto-augment", metavar="POLICY", help="timm policy, e.g. rand-m9-mstd0.5-inc1 (RandAugment)")
+    g.add_argument("--re-prob", type=float, metavar="P", help="random erasing probability (default 0)")
+    g.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 off (default)")
+    g.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 off (default)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

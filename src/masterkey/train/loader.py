@@ -253,10 +253,7 @@ class StreamBatches:
             x, y, index, keep, errors = next(batches)
             wait = time.perf_counter() - start
             if x is None:
-                if errors and "cannot decode" not in errors[0]:
-                    raise MasterkeyError(f"{config.data}: {errors[0]}; pass --image-size N to make them equal")
-                raise MasterkeyError(f"every image of a batch (epoch {epoch + 1}, step {step + 1}) was unreadable: "
-                                     f"{errors[0] if errors else '?'}")  # fmt: skip
+                raise MasterkeyError(_batch_error(config, errors, epoch, step))
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             if not self.per_sample:
@@ -264,6 +261,12 @@ class StreamBatches:
                 mask = None if bool(keep.all()) else keep.to(self.device)
                 x = D.device_augment(x, config, epoch, step, self.info.rank, per_rank, keep=mask)
             yield D.StepBatch(x, y, index, wait, errors)
+
+
+def _batch_error(config: Any, errors: list[str], epoch: int, step: int) -> str:
+    if errors and "cannot decode" not in errors[0]:
+        return f"{config.data}: {errors[0]}; pass --image-size N to make them equal"
+    return f"every image of a batch (epoch {epoch + 1}, step {step + 1}) was unreadable: {errors[0]}"
 
 
 @dataclass
@@ -310,9 +313,9 @@ def _choose(config: Any, train: Samples, test: Samples, device: torch.device) ->
     shape = StreamedImages(test, resize, config.image_size, config.interpolation).image_shape()
     needs = None
     if config.worker_augment:
-        what = [n for n, on in (("RandomResizedCrop", config.train_crop == "rrc"),
-                                (f"auto_augment {config.auto_augment}", bool(config.auto_augment)),
-                                (f"random erasing {config.re_prob}", config.re_prob > 0)) if on]  # fmt: skip
+        what = ["RandomResizedCrop"] if config.train_crop == "rrc" else []
+        what += [f"auto_augment {config.auto_augment}"] if config.auto_augment else []
+        what += [f"random erasing {config.re_prob}"] if config.re_prob > 0 else []
         needs = f"the per-image augmentation ({', '.join(what)}) runs in DataLoader workers"
     mode = choose_data_mode(
         config.data_mode,
@@ -336,7 +339,7 @@ def open_train_inputs(config: Any, info: Distributed, device: torch.device) -> T
     resize = D.eval_resize(config.image_size, config.crop_pct)
     test_images = StreamedImages(test, resize, config.image_size, config.interpolation)
     train_fixed = StreamedImages(train, resize, config.image_size, config.interpolation)
-    root = D.find_splits(config.data)[0].parent if not config.dataset else config.data
+    root = Path(config.data)
     if not mode.stream:
         data = _memory_data(config, info, train_fixed, test_images, workers)
         return TrainInputs(
@@ -344,7 +347,7 @@ def open_train_inputs(config: Any, info: Distributed, device: torch.device) -> T
             ImageSet(data.test.images.to(device), data.test.labels.to(device), data.classes, data.test.root),
             data.classes, data.mean, data.std, len(data.train), len(data.test), data.image_shape, train.root, workers,
         )  # fmt: skip
-    mean, std = run_on_main(info, lambda: D.normalization(config.normalize, Path(root), train_fixed, workers))
+    mean, std = run_on_main(info, lambda: D.normalization(config.normalize, root, train_fixed, workers))
     if config.worker_augment:
         size = config.image_size or shape[-1]
         transform = worker_transform(config, size, mean, std)
@@ -378,6 +381,5 @@ def _memory_data(
         return loaded[0] if loaded else load()
     train_set = decode_all(train, workers)
     test_set = decode_all(test, workers)
-    root = config.data
-    mean, std = D.normalization(config.normalize, Path(root), train_set)
+    mean, std = D.normalization(config.normalize, Path(config.data), train_set)
     return D.TrainData(train_set, test_set, train.classes, mean, std, Path(train.root), Path(test.root))

@@ -202,17 +202,7 @@ def _train(
             )  # fmt: skip
             bar.close()
             eval_start = time.perf_counter()
-            evaluation = evaluate(
-                state.model, inputs.test, mean, std, config.eval_batch_size, info, state.amp_dtype,
-                state.channels_last, inputs.workers,
-            )  # fmt: skip
-            row.update({f"test_{k}": v for k, v in evaluation.items()})
-            if state.ema is not None:
-                ema_eval = evaluate(
-                    state.ema.module, inputs.test, mean, std, config.eval_batch_size, info, state.amp_dtype,
-                    state.channels_last, inputs.workers,
-                )  # fmt: skip
-                row.update({f"ema_test_{k}": v for k, v in ema_eval.items()})
+            row.update(_evaluate_models(state, inputs, mean, std, config, info))
             row["seconds"] = row.pop("train_seconds") + time.perf_counter() - eval_start
             state.epoch_rows.append(row)
             state.epoch, state.epoch_step = epoch + 1, 0
@@ -291,6 +281,21 @@ def _check_epochs(ckpt: dict[str, Any], config: TrainConfig, out: Path, plan: st
             f"schedule is recomputed over {config.epochs} epochs from step {step}, so the learning rate goes from "
             f"{before:.0%} to {after:.0%} of its peak (not what a {config.epochs}-epoch run from the start would do)"
         )
+
+
+def _evaluate_models(
+    state: TrainState, inputs: TrainInputs, mean: torch.Tensor, std: torch.Tensor, config: TrainConfig, info: Any
+) -> dict[str, float]:
+    """``test_*`` metrics of the model and ``ema_test_*`` of its EMA, on the test images (in memory or streamed)."""
+    models = [("test", state.model)] + ([("ema_test", state.ema.module)] if state.ema is not None else [])
+    out = {}
+    for prefix, model in models:
+        metrics = evaluate(
+            model, inputs.test, mean, std, config.eval_batch_size, info, state.amp_dtype, state.channels_last,
+            inputs.workers,
+        )  # fmt: skip
+        out.update({f"{prefix}_{k}": v for k, v in metrics.items()})
+    return out
 
 
 def _tensorboard(config: TrainConfig, run_dir: Path | None, info: Distributed) -> Any:
