@@ -67,6 +67,11 @@ class Samples:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def from_folder(self) -> bool:
+        """True for an ImageFolder tree (files on disk, which the in-memory path's cache can read)."""
+        return self._paths is not None
+
     def subset(self, index: Tensor | np.ndarray | Sequence[int]) -> Samples:
         idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
         positions = self._positions[idx.numpy()]

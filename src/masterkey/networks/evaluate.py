@@ -134,7 +134,7 @@ def load_eval_images(
         log.info(f"data: {choice.reason}")
     if choice.stream:
         return streamed
-    if max_images is None and samples._paths is not None:
+    if max_images is None and samples.from_folder:
         return load_image_folder(
             root, resize=prep.resize, crop=prep.crop, interpolation=prep.interpolation, max_per_class=max_per_class
         )

@@ -368,7 +368,7 @@ def _memory_data(
 ) -> D.TrainData:
     """The in-memory data: ImageFolder trees through the decoded-image cache (rank 0 fills it first, the other
     ranks then read it), anything else (tar shards, timm data sets) decoded here."""
-    if not config.dataset and all(s.samples._paths is not None for s in (train, test)):
+    if not config.dataset and all(s.samples.from_folder for s in (train, test)):
 
         def load() -> D.TrainData:
             return D.load_train_data(
