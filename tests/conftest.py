@@ -53,3 +53,19 @@ def image_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = Path(os.environ.get("MASTERKEY_TEST_CACHE", tmp_path_factory.mktemp("cache")))
     os.environ["MASTERKEY_CACHE"] = str(path)
     return path
+
+
+@pytest.fixture
+def small_tree():
+    """``small_tree(root, source, classes, per_class)``: an ImageFolder tree at ``root`` holding the first
+    ``per_class`` real images of the first ``classes`` classes of the ImageFolder ``source``."""
+    import shutil
+
+    def make(root: Path, source: Path, classes: int = 3, per_class: int = 4) -> Path:
+        for cls in sorted(p.name for p in source.iterdir())[:classes]:
+            (root / cls).mkdir(parents=True)
+            for img in sorted((source / cls).iterdir())[:per_class]:
+                shutil.copy(img, root / cls / img.name)
+        return root
+
+    return make

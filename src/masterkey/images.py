@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -72,22 +73,54 @@ def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
     return files, labels, classes
 
 
-def _decode(path: Path, resize: int | None, crop: int | None, interpolation: str) -> Tensor:
+def open_rgb(source: str | Path | BinaryIO | Any, name: str | None = None) -> Any:
+    """A decoded RGB PIL image from a path, an open binary file (a tar member) or a PIL image (torchvision data
+    sets yield those); an unreadable one raises :class:`MasterkeyError` naming ``name`` (or the path)."""
     from PIL import Image, UnidentifiedImageError
+
+    try:
+        if isinstance(source, Image.Image):
+            return source.convert("RGB")
+        with Image.open(source) as raw:
+            return raw.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        label = name or str(source)
+        raise MasterkeyError(f"{label}: cannot decode image ({str(exc).splitlines()[0][:120]})") from None
+
+
+def decode_image(
+    source: str | Path | BinaryIO | Any,
+    resize: int | None,
+    crop: int | None,
+    interpolation: str = "bilinear",
+    name: str | None = None,
+) -> Tensor:
+    """One image as uint8 ``[3, H, W]``: decoded to RGB (:func:`open_rgb`), the shorter side resized to
+    ``resize``, centre-cropped to ``crop`` (either may be None). The one definition of the deterministic geometry,
+    shared by the in-memory and streamed paths, so that both give the same pixels."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    try:
-        with Image.open(path) as raw:
-            img = raw.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise MasterkeyError(f"{path}: cannot decode image ({str(exc).splitlines()[0][:120]})") from None
+    img = open_rgb(source, name)
     # PIL resizing, as torchvision's reference evaluation transforms do, so published accuracies reproduce.
     if resize:
         img = F.resize(img, [resize], interpolation=InterpolationMode(interpolation), antialias=True)
     if crop:
         img = F.center_crop(img, [crop, crop])
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def first_per_class(labels: Sequence[int], max_per_class: int | None) -> list[int]:
+    """Positions of the first ``max_per_class`` items of each label, in order (all when None)."""
+    if max_per_class is None:
+        return list(range(len(labels)))
+    keep: list[int] = []
+    seen: dict[int, int] = {}
+    for i, lab in enumerate(labels):
+        if seen.get(lab, 0) < max_per_class:
+            keep.append(i)
+            seen[lab] = seen.get(lab, 0) + 1
+    return keep
 
 
 def load_image_folder(
@@ -108,12 +141,7 @@ def load_image_folder(
     """
     files, labels, classes = list_image_folder(root)
     if max_per_class is not None:
-        keep: list[int] = []
-        seen: dict[int, int] = {}
-        for i, lab in enumerate(labels):
-            if seen.get(lab, 0) < max_per_class:
-                keep.append(i)
-                seen[lab] = seen.get(lab, 0) + 1
+        keep = first_per_class(labels, max_per_class)
         files = [files[i] for i in keep]
         labels = [labels[i] for i in keep]
     key = hashlib.sha256()
@@ -131,7 +159,7 @@ def load_image_folder(
         except Exception:
             pass  # a damaged cache entry is rebuilt below
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(pool.map(lambda f: _decode(f, resize, crop, interpolation), files))
+        decoded = list(pool.map(lambda f: decode_image(f, resize, crop, interpolation), files))
     shapes = {tuple(img.shape) for img in decoded}
     if len(shapes) > 1:
         raise MasterkeyError(

@@ -122,3 +122,24 @@ def test_refuses_a_test_split_and_an_existing_output(tiny_bank: Path, tmp_path: 
     (tmp_path / "exists").mkdir()
     assert main(["discover", str(tiny_bank), *FAST, "-o", str(tmp_path / "exists")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_accuracy_objective_streams_its_held_out_images(shared: Path, tmp_path: Path, capsys) -> None:
+    """--data-mode stream: the held-out images are decoded batch by batch at every evaluation, with the same
+    scores as in memory (about 30 s on 2 CPU cores)."""
+    weights = shared / "models" / "cifar10-convnext" / "convnext_atto_s0_e20.safetensors"
+    args = ["discover", "--objective", "accuracy", "--weights", str(weights), "--kernel-size", "7"]
+    args += ["--data", str(shared / "data" / "cifar10" / "train"), "--max-per-class", "6", "--held-out", "20"]
+    args += [*FAST, "--candidates", "6", "--rounds", "1", "-k", "4", "--path-to", "4", "--baselines", "paper8"]
+    args += ["--json"]
+    found = {}
+    for mode in ("memory", "stream"):
+        assert main([*args, "--data-mode", mode, "-o", str(tmp_path / mode)]) == 0
+        found[mode] = json.loads(capsys.readouterr().out)["7"]
+    assert found["stream"]["objective_at_k"] == found["memory"]["objective_at_k"]
+    config = json.loads((tmp_path / "stream" / "run.json").read_text())["config"]
+    assert config["data_mode"] == "stream"
+    budget = ["--data-mode", "memory", "--memory-budget", "1K", "-o", str(tmp_path / "refused")]
+    assert main([*args, *budget]) == 2
+    assert "--data-mode memory: 60 images of" in capsys.readouterr().err and not (tmp_path / "refused").exists()

@@ -23,6 +23,7 @@ from masterkey.networks.recalibrate import (
     recalibrate_batchnorm,
 )
 from masterkey.networks.surgery import swap_depthwise
+from masterkey.stream import StreamedImages
 
 SMALL = Preprocessing(146, 128, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
 
@@ -121,3 +122,19 @@ def test_bad_calibration_inputs(shared: Path, cifar_convnexts) -> None:
         recalibrate_batchnorm(model, _images(1), SMALL, progress=False)
     picked = calibration_images(shared / "data" / "cifar10" / "train", CIFAR10, 25, exclude=test_dir)
     assert len(picked) == 25 and len(set(picked.labels.tolist())) == 10
+
+
+def test_streamed_calibration_images_give_the_statistics_of_in_memory_ones(shared: Path) -> None:
+    """The same 21 real training images, in memory and streamed by 2 workers (last batch of 1 folded in): equal
+    running statistics, bit for bit."""
+    train_dir = shared / "data" / "imagenette-128" / "train"
+    memory = calibration_images(train_dir, SMALL, 21, seed=3)
+    streamed = calibration_images(train_dir, SMALL, 21, seed=3, data_mode="stream")
+    assert isinstance(streamed, StreamedImages) and torch.equal(streamed.labels, memory.labels)
+    stats = []
+    for images, workers in ((memory, None), (streamed, 2)):
+        torch.manual_seed(0)  # the same random model both times
+        model = timm.create_model("test_efficientnet", num_classes=10).eval()
+        recalibrate_batchnorm(model, images, SMALL, batch_size=10, progress=False, workers=workers)
+        stats.append([bn.running_var.clone() for _, bn in batchnorm_layers(model)])
+    assert all(torch.equal(a, b) for a, b in zip(*stats, strict=True))

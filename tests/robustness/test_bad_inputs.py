@@ -17,7 +17,11 @@ S = "{ws}/sources"
 M = "{ws}/model.safetensors"
 DATA = "{ws}/data"
 SWAP = ["swap", "--weights", M, "--keys", "paper8", "--data", f"{DATA}/test"]
-TRAIN = ["train", "--model", "convnext_atto", "--model-kwargs", "num_classes=10,patch_size=1", "--data", DATA]
+# A batch that fits the workspace's 20 training images, so that each case meets only its own bad input.
+TRAIN = [
+    "train", "--model", "convnext_atto", "--model-kwargs", "num_classes=10,patch_size=1", "--data", DATA,
+    "--batch-size", "4",
+]  # fmt: skip
 TRAIN_OUT = [*TRAIN, "-o", "{out}"]
 DISC = ["discover", "{ws}/bank", "-o", "{out}"]
 EXPLAIN = ["explain", "--images", "camera"]
@@ -58,6 +62,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("harvest-out-other-kind", ["harvest", M, "-o", "{ws}/fit", "--overwrite"], "is a masterkey fit output"),
     ("harvest-out-under-file", ["harvest", M, "-o", "{ws}/notes.txt/bank"], "notes.txt is a file, not a folder"),
     # ------------------------------------------------------------------ bank
+    # ------------------------------------------------------------------ cache
+    ("cache-no-action", ["cache"], "the following arguments are required: ACTION"),
+    ("cache-unknown-action", ["cache", "purge"], "invalid choice: 'purge'"),
+    ("cache-extra-argument", ["cache", "clear", "everything"], "unrecognized arguments: everything"),
     ("bank-info-missing", ["bank", "info", "{ws}/nothing"], "no such bank directory"),
     ("bank-info-file", ["bank", "info", "{ws}/notes.txt"], "a file, not a bank directory"),
     ("bank-info-empty-folder", ["bank", "info", "{ws}/empty"], "manifest.json: missing"),

@@ -182,7 +182,8 @@ def test_cli_writes_a_swap_run(weights: Path, shared: Path, tmp_path: Path, caps
 
 def _error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    # The data-path note (--data-mode auto says which path it took) may precede the one error line.
+    err = "".join(line for line in capsys.readouterr().err.splitlines(True) if not line.startswith("masterkey: data:"))
     assert err.startswith("masterkey: error: ") and err.count("\n") == 1
     return err
 
@@ -238,3 +239,21 @@ def test_cli_calibration_must_not_be_the_eval_set(models_dir: Path, shared: Path
     argv += ["--data", samples, "--max-images", "4", "--recalibrate", "8", "--calib-data", samples]
     assert "the calibration images are the evaluation images" in _error(argv, capsys)
     assert "exclude each other" in _error([*argv, "--crossfit", "2"], capsys)
+
+
+def test_cli_streams_the_evaluation_images(weights: Path, shared: Path, capsys, monkeypatch) -> None:
+    """--data-mode stream: evaluation images decoded batch by batch, the same numbers as in memory (streamed
+    --calib-data recalibration: tests/networks/test_recalibrate.py); --data-mode memory on images that do not fit:
+    one line, nothing evaluated."""
+    argv = ["swap", "--weights", str(weights), "--keys", "paper8", "--json"]
+    argv += ["--data", str(shared / "data" / "cifar10" / "test"), "--max-per-class", "3"]
+    results = {}
+    for mode in ("memory", "stream"):
+        assert main([*argv, "--data-mode", mode, "--workers", "2"]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["info"]["data_mode"] == mode
+        results[mode] = [(r["keys"], r["top1"], r["top5"], r["mean_cos2"]) for r in printed["results"]]
+    assert results["stream"] == results["memory"] and len(results["memory"]) == 2
+    monkeypatch.setenv("MASTERKEY_MEMORY_BUDGET", "10K")
+    err = _error([*argv, "--data-mode", "memory"], capsys)
+    assert "--data-mode memory: 30 images of" in err and "above the memory budget 10.0 KiB" in err

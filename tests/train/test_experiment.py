@@ -212,7 +212,12 @@ def test_runs_trained_side_by_side_match_runs_trained_one_after_another(tiny: Tr
     assert [r["test_top1"] for r in two["runs"]] == [r["test_top1"] for r in one["runs"]]
     assert [r["train_loss"] for r in two["runs"]] == [r["train_loss"] for r in one["runs"]]
     assert two["arms"]["frozen"]["n"] == 2
-    assert "[frozen-s1]" in done.stderr  # the workers' notes, named by run
+    # Every line names its run once: a worker process training its second run must not stack the first's prefix.
+    lines = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    assert lines and not [line for line in lines if "] [" in line]
+    epoch_lines = sorted(line.split("] ")[0] + "]" for line in lines if "] epoch 1/1" in line)
+    assert epoch_lines == ["[frozen-s0]", "[frozen-s1]", "[trainable-s0]", "[trainable-s1]"]
+    assert sum("] masterkey: data: memory" in line for line in lines) == 4  # library notes carry the prefix too
     with pytest.raises(MasterkeyError, match="--jobs 0: expected a positive number"):
         run_experiment(Experiment(base, arms, [0, 1]), tmp_path / "three", jobs=0)
     with pytest.raises(MasterkeyError, match="on_step needs jobs=1"):

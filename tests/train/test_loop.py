@@ -4,6 +4,7 @@ run killed mid-epoch resumes to exactly the weights of an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -189,3 +190,58 @@ def test_bad_inputs_give_clear_errors(tiny: TrainConfig, tmp_path: Path) -> None
             train(tiny.replace(device="cuda"))
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
     assert os.listdir(tmp_path / "taken") == []
+
+
+def test_a_streamed_run_killed_after_a_mid_epoch_checkpoint_resumes_bitwise(tiny: TrainConfig, tmp_path: Path) -> None:
+    """Streamed, with per-image timm augmentation in a loader worker, drop-path and mixup: killed at step 5 after the
+    checkpoint of step 4 (epoch 2, step 1 of 3), it resumes from there to the weights of an uninterrupted run."""
+    config = tiny.replace(
+        epochs=2, mixup=0.5, data_mode="stream", workers=1, checkpoint_every=2, image_size=32, train_crop="rrc",
+        auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, drop_path=0.1,
+    )  # fmt: skip
+    out = tmp_path / "killed"
+    script = tmp_path / "run.py"
+    script.write_text(_KILLED_RUN)
+    proc = subprocess.run(
+        [sys.executable, str(script), json.dumps(config.to_dict()), str(out), "5", str(torch.get_num_threads())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    ckpt = torch.load(partial_dir(out) / CHECKPOINT, weights_only=True)
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (1, 1, 4)
+    resumed = train(config, out, resume=True)
+    reference = train(config, tmp_path / "uninterrupted")
+    a = load_file(out / "model.safetensors")
+    b = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    ma, mb = (pd.read_csv(d / "metrics.csv") for d in (out, tmp_path / "uninterrupted"))
+    same = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5"]
+    pd.testing.assert_frame_equal(ma[same], mb[same], check_exact=True)
+    assert resumed.summary["data_mode"] == "stream" and reference.summary["test_top1"] == resumed.summary["test_top1"]
+
+
+def test_a_finished_run_continues_with_more_epochs(
+    tiny: TrainConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    first = train(tiny, out)
+    before = pd.read_csv(out / "metrics.csv")
+    with pytest.raises(MasterkeyError, match=r"already complete \(1 epochs\); nothing to resume \(pass --epochs N"):
+        train(tiny, out, resume=True)
+    with caplog.at_level(logging.WARNING, logger="masterkey"):
+        longer = train(tiny.replace(epochs=3), out, resume=True)
+    warning = next(r.getMessage() for r in caplog.records if "continuing a run planned for 1 epochs" in r.getMessage())
+    assert "recomputed over 3 epochs from step 3" in warning and "from 0% to 95% of its peak" in warning
+    assert longer.summary["epochs"] == 3 and longer.summary["steps"] == 9 and not partial_dir(out).exists()
+    after = pd.read_csv(out / "metrics.csv")
+    assert after["epoch"].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(after.iloc[:1][list(before.columns)], before, check_exact=True)
+    # The schedule goes on from step 3 under the 3-epoch cosine: lr factor of step 3 of 9 (warm-up 2 steps).
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lr4 = next(r["lr"] for r in rows if r["step"] == 4 and "test_top1" not in r)
+    assert lr4 == pytest.approx(tiny.lr * lr_factor(3, 2, 9, 0.0))
+    assert first.summary["test_top1"] == after["test_top1"].iloc[0]
+    with pytest.raises(MasterkeyError, match=r"already complete \(3 epochs\)"):
+        train(tiny.replace(epochs=2), out, resume=True)

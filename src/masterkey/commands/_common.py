@@ -168,3 +168,21 @@ def parse_kwargs(text: str | None, what: str = "--model-kwargs") -> dict[str, An
 def note(message: str) -> None:
     """A remark for the user on stderr (stdout stays machine-readable with --json)."""
     print(f"masterkey: {message}", file=sys.stderr)
+
+
+def add_data_mode_arguments(p: Any, workers: bool = True) -> None:
+    """``--data-mode``, ``--memory-budget`` (and ``--workers``): how a command that evaluates images reads them."""
+    p.add_argument(
+        "--data-mode",
+        choices=("auto", "memory", "stream"),
+        default="auto",
+        help="memory: decode the images once and hold them; stream: decode them batch by batch in DataLoader "
+        "workers (same numbers); auto (default): memory when the decoded images fit the memory budget",
+    )
+    p.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="budget of --data-mode auto, e.g. 16G (default: MASTERKEY_MEMORY_BUDGET, else half the free RAM)",
+    )
+    if workers:
+        p.add_argument("--workers", type=int, metavar="N", help="DataLoader processes when streaming (default: CPUs)")

@@ -18,6 +18,7 @@ from masterkey.commands._common import (
     SEED,
     SEEDS,
     THREADS,
+    add_data_mode_arguments,
     device_arg,
     float_arg,
     int_arg,
@@ -117,6 +118,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-per-class", type=IMAGES, metavar="N", help="read only the first N images of each class")
     g.add_argument("--split-seed", type=SEED, default=0, help="seed of the stratified held-out split")
     g.add_argument("--batch-size", type=BATCH, default=256, help="evaluation batch size")
+    add_data_mode_arguments(g, workers=False)
     d = p.add_argument_group("discovery")
     d.add_argument(
         "--candidates", type=int_arg(2, MAX_CANDIDATES), default=50, help="latents decoded per round (default 50)"
@@ -191,7 +193,7 @@ def default_out(base: Path = DEFAULT_OUT) -> Path:
 
 def _accuracy_setup(args: argparse.Namespace) -> Any:
     from masterkey.discover import AccuracySetup
-    from masterkey.images import stratified_split
+    from masterkey.images import ImageSet, stratified_split
     from masterkey.networks.evaluate import load_eval_images, preprocessing_for
     from masterkey.networks.models import create_model, read_state_dict
 
@@ -208,7 +210,9 @@ def _accuracy_setup(args: argparse.Namespace) -> Any:
     model = create_model(args.model, weights=args.weights)
     metadata = read_state_dict(args.weights)[1] if str(args.weights).endswith(".safetensors") else {}
     prep = preprocessing_for(model, dataset=metadata.get("dataset"))
-    images = load_eval_images(data, prep, max_per_class=args.max_per_class)
+    images = load_eval_images(
+        data, prep, max_per_class=args.max_per_class, data_mode=args.data_mode, memory_budget=args.memory_budget
+    )
     _, held = stratified_split(images.labels, args.held_out, seed=args.split_seed)
     description = {
         "model": args.model or metadata.get("arch"),
@@ -218,6 +222,7 @@ def _accuracy_setup(args: argparse.Namespace) -> Any:
         "of_images": len(images),
         "split_seed": args.split_seed,
         "max_per_class": args.max_per_class,
+        "data_mode": "memory" if isinstance(images, ImageSet) else "stream",
     }
     return AccuracySetup(model, images.subset(held), prep, args.batch_size, description)
 

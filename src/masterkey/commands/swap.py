@@ -11,6 +11,7 @@ from masterkey.commands._common import (
     MAX_BATCH,
     SEED,
     SEEDS,
+    add_data_mode_arguments,
     device_arg,
     format_table,
     int_arg,
@@ -90,6 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--calib-batch-size", type=int_arg(2, MAX_BATCH), default=64, help="recalibration batch size (default 64)"
     )
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or auto")
+    add_data_mode_arguments(p)
     p.add_argument("-o", "--out", type=output_arg, metavar="DIR", help="write a swap run directory")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -127,11 +129,14 @@ def run(args: argparse.Namespace) -> int:
     check_keys(model, specs, args.layers, args.resize_keys)
     if args.sensitivity:
         check_keys(model, specs[:1], None, args.resize_keys)
-    images = load_eval_images(args.data, prep, max_per_class=args.max_per_class, max_images=args.max_images)
+    data = {"data_mode": args.data_mode, "memory_budget": args.memory_budget}
+    images = load_eval_images(args.data, prep, max_per_class=args.max_per_class, max_images=args.max_images, **data)
     calibration = None
     if args.recalibrate is not None and args.calib_data:
         calibration = Calibration(
-            images=calibration_images(args.calib_data, prep, args.recalibrate, seed=args.calib_seed, exclude=args.data)
+            images=calibration_images(
+                args.calib_data, prep, args.recalibrate, seed=args.calib_seed, exclude=args.data, **data
+            )
         )
     elif args.recalibrate is not None:
         calibration = Calibration(crossfit=args.crossfit, n_images=args.recalibrate, seed=args.calib_seed)
@@ -143,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         calib_batch_size=args.calib_batch_size,
         device=resolved_device(args.device),
+        workers=args.workers,
     )
     recal = args.recalibrate is not None
     results = session.sweep(specs, layers=args.layers, resize=args.resize_keys, recalibrate=recal)

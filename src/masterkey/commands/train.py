@@ -44,6 +44,12 @@ keys: paper8, random:K[:SEED], impulse, scalespace8, or a key file (safetensors 
 assignment of keys to channels: convnextv2-b | hornet-t (published proportions) | uniform | proportions:P1,...
   | fit:FITDIR (per-layer proportions of a 'masterkey fit' run) | model:WEIGHTS (best fit of a trained model)
 
+recipes (--recipe): cifar (the defaults) | imagenet (the paper's ConvNeXt-V2 ImageNet setup: AdamW, base lr
+8e-4 x batch / 256, wd 0.05, 300 epochs, 40 warm-up, RandAugment, mixup 0.8 / cutmix 1.0, random erasing 0.25,
+label smoothing 0.1, EMA 0.9999, drop-path by model size); any option given overrides the recipe's.
+data: in memory (decoded once, augmented on the device) or streamed (decoded by DataLoader workers): --data-mode
+auto picks memory when the decoded images fit half the free RAM (--memory-budget, MASTERKEY_MEMORY_BUDGET).
+
 examples:
   masterkey train --model convnext_atto --model-kwargs num_classes=10,patch_size=1 \\
       --data ../shared/data/cifar10 --mode frozen --keys paper8 --epochs 20 --batch-size 512 -o runs/frozen
@@ -53,12 +59,16 @@ examples:
   masterkey train --experiment bench/train_cifar_cpu.toml --arms frozen-discovered --mode frozen \\
       --keys runs/discover/keys.safetensors -o runs/bench-discovered           # one more arm
   masterkey train ... -o runs/frozen --resume                                  # after an interruption
-  torchrun --nproc_per_node=4 -m masterkey train ... -o runs/ddp                # 4 GPUs, one node
+  masterkey train ... -o runs/frozen --resume --epochs 40                      # train a finished run longer
+  torchrun --nproc_per_node=8 -m masterkey train --recipe imagenet --model convnextv2_tiny \\
+      --mode frozen --keys paper8 --data /data/imagenet --checkpoint-every 1000 -o runs/in1k   # 8 GPUs
 """
 
 # CLI option -> TrainConfig field, for options that override a config (default None = not given).
 _FIELDS = {
+    "recipe": "recipe",
     "model": "model",
+    "drop_path": "drop_path",
     "weights": "weights",
     "mode": "mode",
     "keys": "keys",
@@ -67,17 +77,24 @@ _FIELDS = {
     "key_gain": "key_gain",
     "resize_keys": "resize_keys",
     "data": "data",
+    "dataset": "dataset",
     "image_size": "image_size",
+    "crop_pct": "crop_pct",
+    "interpolation": "interpolation",
     "max_train_images": "max_train_images",
     "max_test_images": "max_test_images",
     "normalize": "normalize",
+    "train_crop": "train_crop",
     "crop_padding": "crop_padding",
     "hflip": "hflip",
+    "auto_augment": "auto_augment",
+    "re_prob": "re_prob",
     "mixup": "mixup",
     "cutmix": "cutmix",
     "epochs": "epochs",
     "batch_size": "batch_size",
     "lr": "lr",
+    "base_lr": "base_lr",
     "weight_decay": "weight_decay",
     "warmup_epochs": "warmup_epochs",
     "min_lr": "min_lr",
@@ -91,6 +108,10 @@ _FIELDS = {
     "channels_last": "channels_last",
     "compile": "compile",
     "threads": "threads",
+    "data_mode": "data_mode",
+    "memory_budget": "memory_budget",
+    "workers": "workers",
+    "checkpoint_every": "checkpoint_every",
     "log_every": "log_every",
     "tensorboard": "tensorboard",
     "progress": "progress",
@@ -99,7 +120,14 @@ _FIELDS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from masterkey.networks.keyconv import MODES
+    from masterkey.train.recipes import RECIPES
 
+    p.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="preset of every training option (cifar: the defaults; imagenet: the paper's ConvNeXt-V2 ImageNet "
+        "setup); options given here override it one by one",
+    )
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="NAME", help="timm or torchvision model name (default convnext_atto)")
     g.add_argument(
@@ -107,6 +135,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K=V,...",
         help="model keyword arguments, e.g. num_classes=10,patch_size=1 (or a JSON object for lists)",
     )
+    g.add_argument("--drop-path", type=float, metavar="RATE", help="stochastic depth rate (model drop_path_rate)")
     g.add_argument("--weights", metavar="FILE", help="start from these weights instead of a random init")
     g = p.add_argument_group("depthwise filters")
     g.add_argument("--mode", choices=MODES, help="trainable (default) | frozen | key-init")
@@ -122,22 +151,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="centre-crop / zero-pad keys whose kernel size differs from the model's",
     )
-    g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="DATA", help="folder with DATA/train and DATA/test (or DATA/val) ImageFolders")
-    g.add_argument(
-        "--image-size", type=int_arg(1, 1024), metavar="N", help="resize shorter side + centre crop to N (cached)"
-    )
-    g.add_argument("--max-train-images", type=IMAGES, metavar="N", help="class-balanced subset of the training set")
-    g.add_argument("--max-test-images", type=IMAGES, metavar="N", help="class-balanced subset of the test set")
-    g.add_argument("--normalize", choices=("auto", "cifar10", "imagenet", "dataset"), help="normalisation statistics")
-    g.add_argument(
-        "--crop-padding", type=int_arg(0, 256), metavar="P", help="random crop with P reflect padding (default 4)"
-    )
-    g.add_argument("--no-hflip", dest="hflip", action="store_false", default=None, help="no horizontal flips")
-    g.add_argument("--mixup", type=float_arg(0, 100), metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 off (default)")
-    g.add_argument(
-        "--cutmix", type=float_arg(0, 100), metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 off (default)"
-    )
+    _add_data_arguments(p)
     _add_training_options(p)
     g = p.add_argument_group("runtime")
     g.add_argument("--device", type=device_arg, help="auto (default) | cpu | cuda | cuda:N")
@@ -153,13 +167,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="STEPS",
         help="steps between per-step metric rows (default 10)",
     )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int_arg(1, MAX_STEPS),
+        metavar="STEPS",
+        help="also checkpoint every N steps (mid-epoch)",
+    )
     g.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard logs")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
     g = p.add_argument_group("output")
     g.add_argument(
         "-o", "--out", type=output_arg, metavar="OUT", required=True, help="run (or experiment) directory to write"
     )
-    g.add_argument("--resume", action="store_true", help="continue OUT.partial from its last checkpoint")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue OUT.partial from its last checkpoint, or a complete OUT with more --epochs",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace OUT (or an interrupted OUT.partial)")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -170,6 +194,12 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int_arg(1, 100_000), help="epochs (default 20)")
     g.add_argument("--batch-size", type=BATCH, help="global batch size (default 512)")
     g.add_argument("--lr", type=float_arg(0, 100, open_low=True), help="peak learning rate of AdamW (default 3e-3)")
+    g.add_argument(
+        "--base-lr",
+        type=float_arg(0, 100, open_low=True),
+        metavar="LR",
+        help="lr per 256 images: lr = LR * batch size / 256",
+    )
     g.add_argument(
         "--weight-decay", type=float_arg(0, 100), help="AdamW weight decay (default 0.05; none on 1-D params)"
     )
@@ -205,6 +235,53 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="train N runs of the experiment at once, each in its own process on the same device (default 1; "
         "small models on a large GPU)",
+    )
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        metavar="DATA",
+        help="folder with DATA/train and DATA/test (or DATA/val): ImageFolders, folders of tar shards, or .tar files",
+    )
+    g.add_argument("--dataset", metavar="NAME", help="a timm data set read from --data: torch/cifar10, hfds/NAME ...")
+    g.add_argument(
+        "--image-size", type=int_arg(1, 1024), metavar="N", help="size the model sees (resize + centre crop / RRC)"
+    )
+    g.add_argument(
+        "--crop-pct",
+        type=float_arg(0, 1, open_low=True),
+        metavar="F",
+        help="test images: resize to N / F, crop N (default 1)",
+    )
+    g.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), help="resizing (default bilinear)")
+    g.add_argument("--max-train-images", type=IMAGES, metavar="N", help="class-balanced subset of the training set")
+    g.add_argument("--max-test-images", type=IMAGES, metavar="N", help="class-balanced subset of the test set")
+    g.add_argument("--normalize", choices=("auto", "cifar10", "imagenet", "dataset"), help="normalisation statistics")
+    g.add_argument(
+        "--data-mode",
+        choices=("auto", "memory", "stream"),
+        help="memory: decode once, hold on the device; stream: decode in DataLoader workers; auto (default): "
+        "memory when the decoded set fits the memory budget",
+    )
+    g.add_argument(
+        "--memory-budget", metavar="SIZE", help="budget of --data-mode auto, e.g. 16G (default: half the free RAM)"
+    )
+    g.add_argument("--workers", type=int_arg(0, 256), metavar="N", help="DataLoader processes per rank when streaming")
+    g = p.add_argument_group("augmentation")
+    g.add_argument(
+        "--train-crop", choices=("pad", "rrc"), help="pad: crop of the padded image (default) | rrc: RandomResizedCrop"
+    )
+    g.add_argument(
+        "--crop-padding", type=int_arg(0, 256), metavar="P", help="random crop with P reflect padding (default 4)"
+    )
+    g.add_argument("--no-hflip", dest="hflip", action="store_false", default=None, help="no horizontal flips")
+    g.add_argument("--auto-augment", metavar="POLICY", help="timm policy, e.g. rand-m9-mstd0.5-inc1 (RandAugment)")
+    g.add_argument("--re-prob", type=float_arg(0, 1), metavar="P", help="random erasing probability (default 0)")
+    g.add_argument("--mixup", type=float_arg(0, 100), metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 off (default)")
+    g.add_argument(
+        "--cutmix", type=float_arg(0, 100), metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 off (default)"
     )
 
 
@@ -299,6 +376,10 @@ def run(args: argparse.Namespace) -> int:
         summary = collect_experiments(args.collect, args.out, overwrite=args.overwrite)
         return _report_experiment(summary, args)
     experiment = build_experiment(args)
+    if args.recipe and os.environ.get("RANK", "0") == "0":
+        from masterkey.train.recipes import describe
+
+        note(describe(args.recipe, _overrides(args)))
     if experiment is None:
         if args.jobs != 1:
             raise MasterkeyError("--jobs trains several runs of an experiment at once: give --seeds or --experiment")

@@ -1,7 +1,9 @@
-"""Top-1 / top-5 accuracy of a classifier on an image folder, with the model's own preprocessing."""
+"""Top-1 / top-5 accuracy of a classifier on an image folder, with the model's own preprocessing, on images held in
+memory or streamed from disk (:mod:`masterkey.stream`)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,12 +19,22 @@ from masterkey.images import (
     CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ImageSet,
-    _decode,
-    list_image_folder,
+    first_per_class,
     load_image_folder,
     stratified_split,
 )
+from masterkey.stream import (
+    Images,
+    Samples,
+    StreamedImages,
+    choose_data_mode,
+    decode_all,
+    image_batches,
+    list_samples,
+    ranges,
+)
+
+log = logging.getLogger("masterkey")
 
 
 @dataclass(frozen=True)
@@ -80,64 +92,80 @@ def preprocessing_named(name: str, model: nn.Module) -> Preprocessing:
     raise MasterkeyError(f"preprocessing {name!r}: expected auto, cifar10 or imagenet")
 
 
+def select_eval_samples(
+    root: str | Path, max_per_class: int | None = None, max_images: int | None = None, seed: int = 0
+) -> Samples:
+    """The samples of ``root`` an evaluation reads: the first ``max_per_class`` of each class, then a
+    class-stratified random subset of ``max_images`` (seeded). Nothing is decoded."""
+    if max_images is not None and max_images < 1:
+        raise MasterkeyError(f"max_images={max_images}: must be at least 1")
+    samples = list_samples(root)
+    if max_per_class is not None:
+        samples = samples.subset(first_per_class(samples.labels.tolist(), max_per_class))
+    if max_images is not None and max_images < len(samples):
+        _, keep = stratified_split(samples.labels, held_out=max_images, seed=seed)
+        samples = samples.subset(keep)
+    return samples
+
+
 def load_eval_images(
     root: str | Path,
     prep: Preprocessing,
     max_per_class: int | None = None,
     max_images: int | None = None,
     seed: int = 0,
-) -> ImageSet:
-    """Decode (once, cached) the images of ``root`` with the geometric part of ``prep`` applied.
+    data_mode: str = "memory",
+    memory_budget: str | int | None = None,
+    workers: int | None = None,
+) -> Images:
+    """The images of ``root`` (an ImageFolder tree or tar shards of one) with the geometry of ``prep`` applied.
 
     ``max_per_class`` keeps the first N files of each class; ``max_images`` then a class-stratified random subset
     of N images (seeded), decoding only those (handy for the 1000-class imagenet-samples with one image a class).
+    ``data_mode``: ``memory`` decodes them once (an ImageFolder without ``max_images`` through the disk cache) into
+    an :class:`ImageSet`; ``stream`` returns :class:`~masterkey.stream.StreamedImages` decoded batch by batch when
+    evaluated (the same pixels); ``auto`` streams when the decoded set exceeds the memory budget (see
+    :func:`masterkey.stream.choose_data_mode`) and logs which path it took.
     """
-    if max_images is None:
+    samples = select_eval_samples(root, max_per_class, max_images, seed)
+    streamed = StreamedImages(samples, prep.resize, prep.crop, prep.interpolation)
+    choice = choose_data_mode(data_mode, len(samples), streamed.image_shape(), what=str(root), budget=memory_budget)
+    if data_mode == "auto":
+        log.info(f"data: {choice.reason}")
+    if choice.stream:
+        return streamed
+    if max_images is None and samples.from_folder:
         return load_image_folder(
             root, resize=prep.resize, crop=prep.crop, interpolation=prep.interpolation, max_per_class=max_per_class
         )
-    if max_images < 1:
-        raise MasterkeyError(f"max_images={max_images}: must be at least 1")
-    files, labels, classes = list_image_folder(root)
-    if max_per_class is not None:
-        seen: dict[int, int] = {}
-        keep_first = []
-        for i, lab in enumerate(labels):
-            seen[lab] = seen.get(lab, 0) + 1
-            if seen[lab] <= max_per_class:
-                keep_first.append(i)
-        files, labels = [files[i] for i in keep_first], [labels[i] for i in keep_first]
-    label_tensor = torch.tensor(labels, dtype=torch.long)
-    if max_images < len(files):
-        _, keep = stratified_split(label_tensor, held_out=max_images, seed=seed)
-        files, label_tensor = [files[i] for i in keep.tolist()], label_tensor[keep]
-    decoded = [_decode(f, prep.resize, prep.crop, prep.interpolation) for f in files]
-    if len({tuple(img.shape) for img in decoded}) > 1:
-        raise MasterkeyError(f"{root}: images have different sizes; the preprocessing must resize and crop them")
-    return ImageSet(torch.stack(decoded).contiguous(), label_tensor, classes, str(root))
+    return decode_all(streamed, workers=workers)
 
 
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
-    images: ImageSet,
+    images: Images,
     prep: Preprocessing,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    workers: int | None = None,
 ) -> Tensor:
-    """Logits [N, classes] of ``model`` (in eval mode) over ``images``."""
+    """Logits [N, classes] of ``model`` (in eval mode) over ``images`` (in memory, or streamed by ``workers``
+    DataLoader processes: the same batches, the same numbers)."""
     device = torch.device(device)
     # channels_last is markedly faster for depthwise convs on CPU (oneDNN) and on GPU tensor cores.
     model.eval().to(device, memory_format=torch.channels_last)
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
     out = []
-    batches = range(0, len(images), batch_size)
-    for start in tqdm(batches, desc="evaluate", unit="batch", disable=None if progress else True, leave=False):
-        x = images.images[start : start + batch_size].to(device, non_blocking=True).float()
-        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    batches = ranges(len(images), batch_size)
+    bar = tqdm(total=len(batches), desc="evaluate", unit="batch", disable=None if progress else True, leave=False)
+    for x, _ in image_batches(images, batches, device, workers=workers):
+        x = ((x.float() - mean) / std).contiguous(memory_format=torch.channels_last)
         out.append(model(x).float().cpu())
+        bar.update()
+    bar.close()
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -153,27 +181,29 @@ def accuracy(logits: Tensor, labels: Tensor) -> dict[str, float]:
 
 def evaluate(
     model: nn.Module,
-    images: ImageSet,
+    images: Images,
     prep: Preprocessing,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy of ``model`` on ``images``; the class count must match the data's (checked on one
     image before the whole set is run)."""
     check_class_count(model, images, prep, device=device)
-    logits = predict_logits(model, images, prep, batch_size=batch_size, device=device, progress=progress)
+    logits = predict_logits(
+        model, images, prep, batch_size=batch_size, device=device, progress=progress, workers=workers
+    )
     return accuracy(logits, images.labels)
 
 
 @torch.no_grad()
-def check_class_count(
-    model: nn.Module, images: ImageSet, prep: Preprocessing, device: str | torch.device = "cpu"
-) -> int:
+def check_class_count(model: nn.Module, images: Images, prep: Preprocessing, device: str | torch.device = "cpu") -> int:
     """The number of classes ``model`` predicts; :class:`MasterkeyError` if it differs from the data's."""
     if len(images) == 0:
         raise MasterkeyError(f"{images.root}: no images to evaluate")
-    n_out = int(predict_logits(model, images.subset([0]), prep, batch_size=1, device=device, progress=False).shape[1])
+    first = images.subset([0])
+    n_out = int(predict_logits(model, first, prep, batch_size=1, device=device, progress=False, workers=0).shape[1])
     n_classes = len(images.classes)
     if n_out != n_classes:
         raise MasterkeyError(

@@ -21,8 +21,9 @@ from torch import nn
 from tqdm import tqdm
 
 from masterkey.errors import MasterkeyError
-from masterkey.images import ImageSet, list_image_folder, stratified_split
+from masterkey.images import stratified_split
 from masterkey.networks.evaluate import Preprocessing, load_eval_images
+from masterkey.stream import Images, image_batches, list_samples
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,21 @@ def calibration_images(
     n_images: int,
     seed: int = 0,
     exclude: str | Path | None = None,
-) -> ImageSet:
-    """``n_images`` images of the ImageFolder ``root`` (same number per class as far as possible), decoded with
-    the evaluation geometry of ``prep``. ``exclude`` names the evaluation folder, which must not be used for
-    calibration too."""
+    data_mode: str = "memory",
+    memory_budget: str | int | None = None,
+) -> Images:
+    """``n_images`` images of the ImageFolder ``root`` (same number per class as far as possible), with the
+    evaluation geometry of ``prep``, in memory or streamed (``data_mode``, see
+    :func:`~masterkey.networks.evaluate.load_eval_images`). ``exclude`` names the evaluation folder, which must not
+    be used for calibration too."""
     if n_images < 1:
         raise MasterkeyError(f"--recalibrate {n_images}: the number of calibration images must be at least 1")
     if exclude is not None and Path(root).resolve() == Path(exclude).resolve():
         raise MasterkeyError(
             f"{root}: the calibration images are the evaluation images; calibrate on training data (--calib-data)"
         )
-    _, _, classes = list_image_folder(root)
-    per_class = math.ceil(n_images / len(classes))
-    images = load_eval_images(root, prep, max_per_class=per_class)
+    per_class = math.ceil(n_images / len(list_samples(root).classes))
+    images = load_eval_images(root, prep, max_per_class=per_class, data_mode=data_mode, memory_budget=memory_budget)
     if len(images) > n_images:
         _, keep = stratified_split(images.labels, held_out=n_images, seed=seed)
         images = images.subset(keep)
@@ -78,14 +81,16 @@ def calibration_images(
 @torch.no_grad()
 def recalibrate_batchnorm(
     model: nn.Module,
-    images: ImageSet,
+    images: Images,
     prep: Preprocessing,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    workers: int | None = None,
 ) -> RecalibrationReport:
     """Reset and re-estimate, in place, the running mean / variance of every BatchNorm layer of ``model`` on
-    ``images`` (labels unused). The model is left in eval mode with its momenta as they were."""
+    ``images`` (in memory or streamed; labels unused). The model is left in eval mode with its momenta as they
+    were."""
     bns = batchnorm_layers(model)
     if not bns:
         raise MasterkeyError(
@@ -102,19 +107,21 @@ def recalibrate_batchnorm(
     momenta = [bn.momentum for _, bn in bns]
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
+    # A last batch of one image cannot give a variance: fold it into the previous batch.
+    starts = list(range(0, len(images), batch_size))
+    if len(starts) > 1 and len(images) - starts[-1] < 2:
+        starts.pop()
+    batches = [range(s, starts[i + 1] if i + 1 < len(starts) else len(images)) for i, s in enumerate(starts)]
     try:
         for _, bn in bns:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative moving average: every batch counts equally
             bn.train()
-        # A last batch of one image cannot give a variance: fold it into the previous batch.
-        starts = list(range(0, len(images), batch_size))
-        if len(starts) > 1 and len(images) - starts[-1] < 2:
-            starts.pop()
-        for i, s in enumerate(tqdm(starts, desc="recalibrate", unit="batch", disable=None if progress else True)):
-            end = starts[i + 1] if i + 1 < len(starts) else len(images)
-            x = images.images[s:end].to(device, non_blocking=True).float()
-            model(((x - mean) / std).contiguous(memory_format=torch.channels_last))
+        bar = tqdm(total=len(batches), desc="recalibrate", unit="batch", disable=None if progress else True)
+        for x, _ in image_batches(images, batches, device, workers=workers):
+            model(((x.float() - mean) / std).contiguous(memory_format=torch.channels_last))
+            bar.update()
+        bar.close()
     finally:
         for (_, bn), momentum in zip(bns, momenta, strict=True):
             bn.momentum = momentum

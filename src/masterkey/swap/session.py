@@ -37,6 +37,7 @@ from masterkey.networks.evaluate import (
 )
 from masterkey.networks.recalibrate import crossfit_folds, has_batchnorm, recalibrate_batchnorm
 from masterkey.networks.surgery import LayerSelector, SwapReport, depthwise_layers, swap_depthwise
+from masterkey.stream import Images, StreamedImages
 from masterkey.swap.results import BASELINE, SwapResults
 
 # ---------------------------------------------------------------------- key specs
@@ -90,7 +91,7 @@ class Calibration:
     ``n_images`` images (all, by default) of the other folds, so no image calibrates the model that classifies
     it. ``name`` labels the result rows."""
 
-    images: ImageSet | None = None
+    images: Images | None = None
     crossfit: int = 0
     n_images: int | None = None
     seed: int = 0
@@ -115,26 +116,28 @@ class SwapSession:
     """Swap experiments on one model: evaluate, swap, recalibrate, restore.
 
     ``images`` are the evaluation images (decoded with ``prep``'s geometry, see
-    :func:`masterkey.networks.evaluate.load_eval_images`). ``calibration`` (BatchNorm networks only) is an
-    :class:`ImageSet` of training images, a :class:`Calibration`, or several; with ``recalibrate`` every result
-    gets one recalibrated row per calibration. The model's original state is kept and restored before every key
-    set, so a session can run any number of them.
+    :func:`masterkey.networks.evaluate.load_eval_images`), held in memory or streamed by ``workers`` DataLoader
+    processes (:class:`~masterkey.stream.StreamedImages`: the same numbers). ``calibration`` (BatchNorm networks
+    only) is an :class:`ImageSet` (or streamed images) of training images, a :class:`Calibration`, or several; with
+    ``recalibrate`` every result gets one recalibrated row per calibration. The model's original state is kept and
+    restored before every key set, so a session can run any number of them.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        images: ImageSet,
+        images: Images,
         prep: Preprocessing | None = None,
-        calibration: ImageSet | Calibration | Sequence[Calibration] | None = None,
+        calibration: Images | Calibration | Sequence[Calibration] | None = None,
         batch_size: int = 128,
         calib_batch_size: int = 64,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        workers: int | None = None,
     ) -> None:
         if not depthwise_layers(model):
             raise MasterkeyError(f"{type(model).__name__}: the model has no depthwise convolution to swap")
-        if isinstance(calibration, ImageSet):
+        if isinstance(calibration, (ImageSet, StreamedImages)):
             calibration = Calibration(images=calibration)
         self.calibrations: list[Calibration] = (
             [] if calibration is None else [calibration] if isinstance(calibration, Calibration) else list(calibration)
@@ -151,6 +154,7 @@ class SwapSession:
         self.calib_batch_size = calib_batch_size
         self.device = torch.device(device)
         self.progress = progress
+        self.workers = workers
         self.original = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._baseline: dict[str, float] | None = None
 
@@ -162,7 +166,13 @@ class SwapSession:
     def evaluate(self) -> dict[str, float]:
         """Top-1 / top-5 of the model as it is now."""
         return evaluate(
-            self.model, self.images, self.prep, batch_size=self.batch_size, device=self.device, progress=self.progress
+            self.model,
+            self.images,
+            self.prep,
+            batch_size=self.batch_size,
+            device=self.device,
+            progress=self.progress,
+            workers=self.workers,
         )
 
     def _calib_count(self, calibration: Calibration) -> int:
@@ -176,7 +186,12 @@ class SwapSession:
     def evaluate_recalibrated(self, calibration: Calibration) -> dict[str, float]:
         """Re-estimate the BatchNorm statistics of the model as it is now, then evaluate it (on calibration
         images, or cross-fitted). The recalibrated statistics stay in the model."""
-        kwargs = {"batch_size": self.calib_batch_size, "device": self.device, "progress": self.progress}
+        kwargs = {
+            "batch_size": self.calib_batch_size,
+            "device": self.device,
+            "progress": self.progress,
+            "workers": self.workers,
+        }
         if calibration.images is not None:
             recalibrate_batchnorm(self.model, calibration.images, self.prep, **kwargs)
             return self.evaluate()
@@ -193,6 +208,7 @@ class SwapSession:
                 batch_size=self.batch_size,
                 device=self.device,
                 progress=self.progress,
+                workers=self.workers,
             )
             if logits is None:
                 logits = torch.empty(len(self.images), part.shape[1])
@@ -368,6 +384,7 @@ class SwapSession:
             "n_classes": len(self.images.classes),
             "preprocessing": self.prep.to_dict(),
             "n_depthwise_layers": len(depthwise_layers(self.model)),
+            "data_mode": "stream" if isinstance(self.images, StreamedImages) else "memory",
         }
         if self.calibrations:
             info["calibration"] = "; ".join(c.label(self.images.root) for c in self.calibrations)

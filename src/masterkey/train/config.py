@@ -22,11 +22,15 @@ def _runtime(default: Any) -> Any:
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Defaults follow the CIFAR-10 ConvNeXts in ``shared/models``
-    (AdamW lr 3e-3, wd 0.05, batch 512, warm-up + cosine, label smoothing 0.1, pad-4 reflect crop + flip)."""
+    (AdamW lr 3e-3, wd 0.05, batch 512, warm-up + cosine, label smoothing 0.1, pad-4 reflect crop + flip): the
+    ``cifar`` recipe. ``recipe`` names a preset (:mod:`masterkey.train.recipes`) whose values fill every field
+    not given explicitly."""
 
+    recipe: str | None = None  # cifar | imagenet (see masterkey.train.recipes); explicit fields win
     # model
     model: str = "convnext_atto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    drop_path: float | None = None  # stochastic depth rate (model keyword drop_path_rate); None: the model's default
     weights: str | None = None  # start from these weights (a local file) instead of random init
     # depthwise filters
     mode: str = "trainable"  # trainable | frozen | key-init
@@ -36,19 +40,26 @@ class TrainConfig:
     key_gain: float = 1.0  # keys are unit-norm; their kernels are key_gain * key (+ offset)
     resize_keys: bool = False  # centre-crop / zero-pad keys whose kernel size differs from the model's
     # data
-    data: str = ""  # folder holding train/ and test/ (or val/) ImageFolders
-    image_size: int | None = None  # resize shorter side + centre crop to this before caching
+    data: str = ""  # folder holding train/ and test/ (or val/) ImageFolders or tar shards (or a timm data set root)
+    dataset: str = ""  # timm data set name with a scheme (torch/cifar10, hfds/NAME); empty: folders / tar shards
+    image_size: int | None = None  # square size the model sees (evaluation: resize image_size / crop_pct, crop)
+    crop_pct: float = 1.0  # evaluation (and pad-crop training) images: resize to image_size / crop_pct, centre-crop
+    interpolation: str = "bilinear"  # bilinear | bicubic | nearest (PIL resizing, train and test)
     max_train_images: int | None = None  # class-balanced subset (first files of each class)
     max_test_images: int | None = None
     normalize: str = "auto"  # auto | cifar10 | imagenet | dataset
+    train_crop: str = "pad"  # pad: random crop with crop_padding reflect padding | rrc: RandomResizedCrop (timm)
     crop_padding: int = 4  # random crop with this much reflect padding (0: no crop)
     hflip: bool = True
+    auto_augment: str | None = None  # timm policy, e.g. rand-m9-mstd0.5-inc1 (RandAugment); None: off
+    re_prob: float = 0.0  # random erasing probability (timm RandomErasing, per-pixel noise)
     mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 disables
     cutmix: float = 0.0  # Beta(alpha, alpha) of cutmix; 0 disables
     # optimisation
     epochs: int = 20
     batch_size: int = 512  # global batch (split over DDP ranks)
     lr: float = 3e-3
+    base_lr: float | None = None  # when set, lr = base_lr * batch_size / 256 (the linear scaling rule)
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     min_lr: float = 0.0
@@ -63,9 +74,19 @@ class TrainConfig:
     channels_last: bool | None = _runtime(None)  # None: on CUDA only
     compile: bool = _runtime(False)
     threads: int | None = _runtime(None)  # CPU threads of torch (None: torch's default)
+    data_mode: str = _runtime("auto")  # auto | memory | stream (see masterkey.stream.choose_data_mode)
+    memory_budget: str | None = _runtime(None)  # e.g. 16G; None: $MASTERKEY_MEMORY_BUDGET or half the free RAM
+    workers: int | None = _runtime(None)  # DataLoader processes per rank when streaming (None: CPUs / ranks, <= 8)
+    checkpoint_every: int | None = _runtime(None)  # also checkpoint every N steps (mid-epoch); None: each epoch
     log_every: int = _runtime(10)  # steps between per-step metric rows
     tensorboard: bool = _runtime(False)
     progress: bool | None = _runtime(None)  # None: bars when stderr is a terminal
+
+    @property
+    def worker_augment(self) -> bool:
+        """Whether images are augmented one by one in DataLoader workers (timm transforms), which only the
+        streamed path serves; otherwise crops and flips are drawn per batch on the device."""
+        return self.train_crop == "rrc" or bool(self.auto_augment) or self.re_prob > 0
 
     # ------------------------------------------------------------------ conversion
     @classmethod
@@ -78,13 +99,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """A config from a mapping (an experiment file, a checkpoint); unknown names are refused."""
+        """A config from a mapping (an experiment file, a checkpoint, command-line options); unknown names are
+        refused. A ``recipe`` fills every field the mapping does not give (:func:`~masterkey.train.recipes.apply`)."""
+        from masterkey.train.recipes import apply_recipe
+
         known = cls.field_names()
         unknown = [k for k in values if k not in known]
         if unknown:
             raise MasterkeyError(
                 f"{source}: unknown option(s) {', '.join(map(repr, unknown))} (known: {', '.join(known)})"
             )
+        if values.get("recipe"):
+            values = apply_recipe(values["recipe"], values, source)
         return cls(**values).validated(source)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +156,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise bad(name, "a finite number >= 0")
+        if self.base_lr is not None:
+            if not isinstance(self.base_lr, (int, float)) or not math.isfinite(self.base_lr) or self.base_lr <= 0:
+                raise bad("base_lr", "a positive learning rate per 256 images, or none")
+            self.lr = self.base_lr * self.batch_size / 256
         if self.lr <= 0:
             raise bad("lr", "a positive learning rate")
         if self.min_lr > self.lr:
@@ -150,21 +180,56 @@ class TrainConfig:
             raise bad("device", "auto | cpu | cuda | cuda:N")
         if not math.isfinite(self.key_gain) or self.key_gain == 0:
             raise bad("key_gain", "a finite non-zero number")
+        if self.train_crop not in ("pad", "rrc"):
+            raise bad("train_crop", "pad | rrc")
+        if self.train_crop == "rrc" and self.image_size is None:
+            raise bad("image_size", "a size for RandomResizedCrop (train_crop rrc needs --image-size N)")
+        if not isinstance(self.crop_pct, (int, float)) or not 0 < self.crop_pct <= 1:
+            raise bad("crop_pct", "a number in (0, 1]")
+        if self.crop_pct != 1 and self.image_size is None:
+            raise bad("crop_pct", "1 unless --image-size N is given (crop_pct scales the resize to N)")
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise bad("interpolation", "bilinear | bicubic | nearest")
+        if not isinstance(self.re_prob, (int, float)) or not 0 <= self.re_prob <= 1:
+            raise bad("re_prob", "a probability in [0, 1]")
+        if self.auto_augment is not None and not (isinstance(self.auto_augment, str) and self.auto_augment):
+            raise bad("auto_augment", "a timm policy name such as rand-m9-mstd0.5-inc1, or none")
+        if self.drop_path is not None and not (isinstance(self.drop_path, (int, float)) and 0 <= self.drop_path < 1):
+            raise bad("drop_path", "a rate in [0, 1) or none")
+        if self.drop_path is not None and "drop_path_rate" in self.model_kwargs:
+            raise bad("drop_path", "unset when model_kwargs gives drop_path_rate (one or the other)")
+        if self.data_mode not in ("auto", "memory", "stream"):
+            raise bad("data_mode", "auto | memory | stream")
+        for name in ("workers",):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise bad(name, "an integer >= 0 or none")
+        if self.checkpoint_every is not None and (
+            not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1
+        ):
+            raise bad("checkpoint_every", "a positive number of steps or none")
+        if self.memory_budget is not None:
+            from masterkey.stream import parse_size
+
+            parse_size(self.memory_budget, "--memory-budget")
+        if self.dataset and not isinstance(self.dataset, str):
+            raise bad("dataset", "a timm data set name such as torch/cifar10")
         if not self.data:
             raise MasterkeyError(f"{source}: no data folder given (--data DATA, holding DATA/train and DATA/test)")
         return self
 
 
-def config_differences(saved: dict[str, Any], current: TrainConfig) -> list[str]:
-    """``"name: saved -> current"`` for every non-runtime field that differs (fields a checkpoint lacks count as
-    differing)."""
+def config_differences(saved: dict[str, Any], current: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``"name: saved -> current"`` for every non-runtime field that differs, except ``ignore``. A field a checkpoint
+    lacks (written before the field existed) counts as its default."""
     runtime = TrainConfig.runtime_fields()
+    defaults = TrainConfig(data="-").to_dict()
     now = current.to_dict()
     out = []
     for name, value in now.items():
-        if name in runtime:
+        if name in runtime or name in ignore:
             continue
-        old = saved.get(name, "<missing>")
+        old = saved.get(name, defaults[name])
         if normal_form(old) != normal_form(value):
             out.append(f"{name}: {old!r} (checkpoint) vs {value!r} (now)")
     return out

@@ -1,4 +1,6 @@
-"""Training data: decoded once (``masterkey.images`` cache), held as uint8 tensors on the device, augmented there.
+"""Training data in memory: decoded once (``masterkey.images`` cache), held as uint8 tensors on the device,
+augmented there (:class:`MemoryBatches`); and what both data paths share: the (seed, epoch)-derived order, the
+per-batch crop / flip, mixup / cutmix. The streamed path is :mod:`masterkey.train.loader`.
 
 Every random choice — the epoch's order, each image's crop offset and flip, each batch's mixup / cutmix — is drawn
 from a generator seeded by ``(seed, epoch, step, ...)``, never from a global random state. So an epoch replayed
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +29,12 @@ from masterkey.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageSet,
+    first_per_class,
     list_image_folder,
     load_image_folder,
     stratified_split,
 )
+from masterkey.stream import StreamedImages, image_batches, ranges
 
 TRAIN_SPLITS = ("train",)
 TEST_SPLITS = ("test", "val")
@@ -51,13 +57,23 @@ class TrainData:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
 
+def _split(root: Path, names: tuple[str, ...]) -> Path | None:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+        if (root / f"{name}.tar").is_file():
+            return root / f"{name}.tar"
+    return None
+
+
 def find_splits(root: str | Path) -> tuple[Path, Path]:
-    """``(DATA/train, DATA/test or DATA/val)``; a clear error for any other layout."""
+    """``(DATA/train, DATA/test or DATA/val)`` — each an ImageFolder tree, a folder of tar shards or a ``.tar``
+    file (``DATA/train.tar``); a clear error for any other layout."""
     root = Path(root)
     if not root.is_dir():
         raise MasterkeyError(f"--data {root}: no such data folder")
-    train = next((root / s for s in TRAIN_SPLITS if (root / s).is_dir()), None)
-    test = next((root / s for s in TEST_SPLITS if (root / s).is_dir()), None)
+    train = _split(root, TRAIN_SPLITS)
+    test = _split(root, TEST_SPLITS)
     if train is None or test is None:
         subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         missing = "train/" if train is None else "test/ (or val/)"
@@ -66,8 +82,8 @@ def find_splits(root: str | Path) -> tuple[Path, Path]:
             hint = "; it looks like one split of class folders: point --data at the folder holding train/ and test/"
         shown = ", ".join(subdirs[:6]) + (", ..." if len(subdirs) > 6 else "")
         raise MasterkeyError(
-            f"--data {root}: expected DATA/train and DATA/test (or DATA/val) ImageFolders, missing {missing} "
-            f"(found sub-folders: {shown or 'none'}){hint}"
+            f"--data {root}: expected DATA/train and DATA/test (or DATA/val) ImageFolders (or tar shards, or "
+            f"train.tar and val.tar), missing {missing} (found sub-folders: {shown or 'none'}){hint}"
         )
     return train, test
 
@@ -76,15 +92,25 @@ def _class_dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _load_split(path: Path, image_size: int | None, max_images: int | None) -> ImageSet:
+def eval_resize(image_size: int | None, crop_pct: float) -> int | None:
+    """The shorter-side size evaluation images are resized to before the centre crop to ``image_size``."""
+    return None if image_size is None else math.floor(image_size / crop_pct)
+
+
+def _load_split(
+    path: Path, image_size: int | None, max_images: int | None, crop_pct: float = 1.0, interpolation: str = "bilinear"
+) -> ImageSet:
     per_class = None
     if max_images is not None:
         classes = _class_dirs(path)
         if not classes:
             list_image_folder(path)  # raises the layout error
         per_class = math.ceil(max_images / len(classes))
+    resize = eval_resize(image_size, crop_pct)
     try:
-        images = load_image_folder(path, resize=image_size, crop=image_size, max_per_class=per_class)
+        images = load_image_folder(
+            path, resize=resize, crop=image_size, interpolation=interpolation, max_per_class=per_class
+        )
     except MasterkeyError as exc:
         if "different sizes" in str(exc):
             raise MasterkeyError(f"{exc} (for training: --image-size N)") from None
@@ -103,18 +129,35 @@ def _signature(path: Path) -> tuple[object, ...]:
     return tuple((p.name, p.stat().st_mtime_ns) for p in [path, *_class_dirs(path)])
 
 
+def subset_positions(labels: Tensor, n_classes: int, max_images: int | None) -> Tensor | None:
+    """The class-balanced subset :func:`load_train_data` keeps (positions into ``labels``), or None for all: the
+    first ``ceil(max / classes)`` of each class, then an even trim (seed 0). The streamed path uses it so that
+    both paths train on the same images."""
+    if max_images is None:
+        return None
+    keep = torch.tensor(first_per_class(labels.tolist(), math.ceil(max_images / n_classes)), dtype=torch.long)
+    if len(keep) > max_images:
+        kept, _ = stratified_split(labels[keep], len(keep) - max_images, seed=0)
+        keep = keep[kept]
+    return keep
+
+
 def load_train_data(
     root: str | Path,
     image_size: int | None = None,
     max_train_images: int | None = None,
     max_test_images: int | None = None,
     normalize: str = "auto",
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
 ) -> TrainData:
     """Decode (or read from the cache) ``root/train`` and ``root/test`` (or ``root/val``).
 
     ``max_*_images`` keep a class-balanced subset (the first files of each class, then an even trim), the same
     for every seed. ``normalize``: ``auto`` (CIFAR-10 statistics when the folder name says cifar, ImageNet
     statistics otherwise), ``cifar10``, ``imagenet``, or ``dataset`` (computed from the training images).
+    Images are resized (shorter side, ``interpolation``) to ``image_size / crop_pct`` and centre-cropped to
+    ``image_size`` (nothing when ``image_size`` is None).
     The last few results are kept in memory (keyed by the options and the folders' modification times), so the
     runs of an experiment do not re-read the cache; treat the returned tensors as read-only.
     """
@@ -125,12 +168,17 @@ def load_train_data(
         max_train_images,
         max_test_images,
         normalize,
+        crop_pct,
+        interpolation,
         _signature(train_dir),
         _signature(test_dir),
     )
     if key in _MEMO:
         return _MEMO[key]
-    data = _load_train_data(root, train_dir, test_dir, image_size, max_train_images, max_test_images, normalize)
+    geometry = (crop_pct, interpolation)
+    data = _load_train_data(
+        root, train_dir, test_dir, image_size, max_train_images, max_test_images, normalize, geometry
+    )
     if len(_MEMO) >= 4:
         _MEMO.pop(next(iter(_MEMO)))
     _MEMO[key] = data
@@ -145,9 +193,10 @@ def _load_train_data(
     max_train_images: int | None,
     max_test_images: int | None,
     normalize: str,
+    geometry: tuple[float, str] = (1.0, "bilinear"),
 ) -> TrainData:
-    train = _load_split(train_dir, image_size, max_train_images)
-    test = _load_split(test_dir, image_size, max_test_images)
+    train = _load_split(train_dir, image_size, max_train_images, *geometry)
+    test = _load_split(test_dir, image_size, max_test_images, *geometry)
     if train.classes != test.classes:
         only_train = sorted(set(train.classes) - set(test.classes))[:3]
         only_test = sorted(set(test.classes) - set(train.classes))[:3]
@@ -166,9 +215,10 @@ def _load_train_data(
 
 
 def normalization(
-    name: str, root: Path, train: ImageSet
+    name: str, root: Path, train: ImageSet | StreamedImages, workers: int | None = None
 ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Per-channel mean and std (in [0, 1] units) for ``name`` (see :func:`load_train_data`)."""
+    """Per-channel mean and std (in [0, 1] units) for ``name`` (see :func:`load_train_data`); ``dataset`` reads the
+    training images (in memory, or streamed once by ``workers`` processes)."""
     if name == "auto":
         name = "cifar10" if "cifar" in str(root.resolve()).lower() else "imagenet"
     if name == "cifar10":
@@ -179,11 +229,13 @@ def normalization(
         raise MasterkeyError(f"normalize '{name}': expected auto, cifar10, imagenet or dataset")
     total = torch.zeros(3, dtype=torch.float64)
     squares = torch.zeros(3, dtype=torch.float64)
-    for chunk in train.images.split(4096):
+    count = 0
+    chunk_size = 4096 if isinstance(train, ImageSet) else 256
+    for chunk, _ in image_batches(train, ranges(len(train), chunk_size), workers=workers):
         x = chunk.to(torch.float64) / 255
         total += x.sum(dim=(0, 2, 3))
         squares += x.square().sum(dim=(0, 2, 3))
-    count = train.images.shape[0] * train.images.shape[2] * train.images.shape[3]
+        count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
     mean = total / count
     std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())  # type: ignore[return-value]
@@ -228,6 +280,10 @@ class CropFlip:
 
     def slice(self, start: int, stop: int) -> CropFlip:
         return CropFlip(self.dy[start:stop], self.dx[start:stop], self.flip[start:stop])
+
+    def select(self, keep: Tensor) -> CropFlip:
+        """The parameters of the images ``keep`` (a boolean mask) leaves, for a batch that lost unreadable images."""
+        return CropFlip(self.dy[keep], self.dx[keep], self.flip[keep])
 
 
 def crop_flip_params(batch_size: int, padding: int, hflip: bool, seed: int, epoch: int, step: int) -> CropFlip:
@@ -296,3 +352,57 @@ def mix_batch(
     else:
         x = x.mul(lam).add_(partner, alpha=1 - lam)
     return x, targets.mul(lam).add_(targets.flip(0), alpha=1 - lam)
+
+
+def device_augment(
+    x: Tensor, config: Any, epoch: int, step: int, rank: int, per_rank: int, keep: Tensor | None = None
+) -> Tensor:
+    """The per-batch crop and flip of a normalised batch on its device: the parameters are drawn for the global
+    batch from ``(seed, epoch, step)`` and this rank's slice is taken (``keep`` drops the images a streamed batch
+    lost), so every image gets the same crop and flip whatever the number of processes and the data path."""
+    if not (config.crop_padding > 0 or config.hflip):
+        return x
+    params = crop_flip_params(config.batch_size, config.crop_padding, config.hflip, config.seed, epoch, step)
+    params = params.slice(rank * per_rank, (rank + 1) * per_rank)
+    if keep is not None:
+        params = params.select(keep)
+    return random_crop_flip(x, config.crop_padding, params)
+
+
+@dataclass
+class StepBatch:
+    """One step's share of the global batch on this rank, ready for the model (normalised and augmented)."""
+
+    x: Tensor
+    y: Tensor
+    index: Tensor  #: sample indices of the images in ``x`` (into the training set)
+    wait: float = 0.0  #: seconds this rank waited for the batch
+    skipped: list[str] = field(default_factory=list)  #: unreadable images left out (their error lines)
+
+
+class MemoryBatches:
+    """Batches of the in-memory path: the whole uint8 training set on the device, gathered, normalised, cropped and
+    flipped there per step. ``epoch(e, start)`` yields the steps ``start ...`` of epoch ``e``."""
+
+    stream = False
+
+    def __init__(self, data: TrainData, config: Any, rank: int, world_size: int, device: torch.device) -> None:
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.images, self.labels = data.train.images.to(device), data.train.labels.to(device)
+        self.mean = torch.tensor(data.mean, device=device)
+        self.std = torch.tensor(data.std, device=device)
+        self.device = device
+        self.steps = steps_per_epoch(len(data.train), config.batch_size)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[StepBatch]:
+        from masterkey.train.distributed import shard_batch
+
+        config = self.config
+        per_rank = config.batch_size // self.world_size
+        order = epoch_order(len(self.labels), config.seed, epoch)
+        for step in range(start_step, self.steps):
+            index = shard_batch(global_batch(order, step, config.batch_size), self.rank, self.world_size)
+            index = index.to(self.device, non_blocking=True)
+            x = normalize_images(self.images[index], self.mean, self.std)
+            x = device_augment(x, config, epoch, step, self.rank, per_rank)
+            yield StepBatch(x, self.labels[index], index)

@@ -1,9 +1,13 @@
-"""Multi-process training with PyTorch DDP under ``torchrun`` (one process per GPU, or several CPU processes).
+"""Multi-process training with PyTorch DDP under ``torchrun`` (one process per GPU, or several CPU processes), on
+one node or many.
 
-``torchrun --nproc_per_node=N -m masterkey train ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them and joins the process group (nccl on
+``torchrun --nproc_per_node=N -m masterkey train ...`` (one node) or ``torchrun --nnodes=M --nproc_per_node=N
+--rdzv_backend=c10d --rdzv_endpoint=HOST:PORT --rdzv_id=JOB -m masterkey train ...`` (on every node) sets
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+:func:`init_distributed` reads them, maps the process to ``cuda:LOCAL_RANK`` and joins the process group (nccl on
 GPUs, gloo on CPUs). Without them everything runs in one process. The global batch is split into contiguous,
-disjoint per-rank slices (:func:`shard_batch`); rank 0 alone logs and writes files.
+disjoint per-rank slices (:func:`shard_batch`); rank 0 alone logs and writes files, and hands what it reads
+(checkpoints) to the other ranks, so only rank 0's node needs to see the run directory.
 """
 
 from __future__ import annotations
@@ -157,3 +161,12 @@ def shard_eval(n: int, rank: int, world_size: int) -> Tensor:
     """Indices ``rank, rank + world_size, ...`` of ``n`` evaluation items: disjoint, covering, no padding
     (sums are all-reduced, so uneven shards are exact)."""
     return torch.arange(rank, max(n, rank), world_size)
+
+
+def gather_objects(obj: Any, info: Distributed) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in one process)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -401,21 +402,36 @@ class _LinePrefix:
         return False
 
 
+class _CurrentStderr(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (so each run's prefix applies)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        print(self.format(record), file=sys.stderr)
+
+
 def _train_job(config: TrainConfig, sub: Path, resume: bool) -> None:
-    """One run of :func:`_train_side_by_side`, in a worker process; its output lines start with ``[run name]``."""
-    import logging
+    """One run of :func:`_train_side_by_side`, in a worker process; its output lines start with ``[run name]``.
+
+    A worker process trains several runs one after another: each run's prefix replaces the previous one's (it
+    wraps the worker's own stderr, never the previous run's wrapper)."""
     import sys
 
-    sys.stderr = _LinePrefix(sys.stderr, f"[{sub.name}] ")  # type: ignore[assignment]
+    base = sys.stderr.stream if isinstance(sys.stderr, _LinePrefix) else sys.stderr
+    sys.stderr = _LinePrefix(base, f"[{sub.name}] ")  # type: ignore[assignment]
     logger = logging.getLogger("masterkey")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("masterkey: %(message)s"))
-        logger.addHandler(handler)
+        logger.handlers = [h for h in logger.handlers if not isinstance(h, logging.StreamHandler)] + [handler]
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    train(config, sub, resume=resume)
-    sys.stderr.flush()
+    try:
+        train(config, sub, resume=resume)
+    finally:
+        sys.stderr.flush()
+        sys.stderr = base
 
 
 def _train_side_by_side(experiment: Experiment, run_dir: Path, jobs: int) -> None:
@@ -497,7 +513,8 @@ def run_experiment(
                     raise MasterkeyError(f"nothing to resume: neither {out} nor {run_dir} exists")
                 for arm in experiment.arms:  # fail before anything trains
                     config = experiment.config(arm, experiment.seeds[0])
-                    find_splits(config.data)
+                    if not config.dataset:
+                        find_splits(config.data)
                     if config.mode != "trainable":
                         load_keys(config.keys)
                     build_model(config)  # model name, kwargs, key kernel sizes

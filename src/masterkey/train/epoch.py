@@ -1,0 +1,231 @@
+"""One epoch of training (:func:`train_epoch`) and the evaluation after it (:func:`evaluate`).
+
+Each step: this rank's share of the global batch (in memory or streamed, already normalised and augmented) →
+mixup / cutmix → forward under autocast → loss → backward → optimiser, schedule and EMA step → metrics. Random
+draws come from ``(seed, epoch, step)`` (crops, flips, mixing) or from the global torch RNG, reseeded from
+``(seed, epoch, rank)`` at the start of every epoch (drop-path).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from masterkey.errors import MasterkeyError
+from masterkey.stream import Images, image_batches
+from masterkey.train import data as D
+from masterkey.train.config import TrainConfig
+from masterkey.train.distributed import Distributed, all_reduce_sum, gather_objects, shard_eval
+from masterkey.train.state import TrainState, loss_fn, set_rng_state
+
+log = logging.getLogger("masterkey")
+StepCallback = Callable[[int, int], None]
+#: ``on_batch(epoch, step, index, x)``: after a batch is made, before mixing — the images this rank trains on.
+BatchCallback = Callable[[int, int, Tensor, Tensor], None]
+
+
+def _epoch_start(state: TrainState, config: TrainConfig, info: Distributed, epoch: int, device: torch.device) -> dict:
+    """The running sums of an epoch: fresh (and the global RNG reseeded) at step 0, this rank's saved ones when the
+    epoch resumes mid-way."""
+    partial, state.partial = state.partial, None
+    if state.epoch_step == 0 or partial is None:
+        # The global RNG (drop-path, dropout) restarts from (seed, epoch, rank) every epoch: exact replay.
+        torch.manual_seed(D.derive_seed(config.seed, epoch, info.rank, "torch"))
+        partial = {"sums": torch.zeros(3, dtype=torch.float64), "window": torch.zeros(2, dtype=torch.float64)}
+        partial.update(wait=0.0, seconds=0.0, skipped=0, rng=None)
+    elif partial.get("rng") is not None:
+        set_rng_state(partial["rng"])
+    else:
+        torch.manual_seed(D.derive_seed(config.seed, epoch, state.epoch_step, info.rank, "torch"))
+    return {
+        "sums": partial["sums"].to(device),  # loss, correct, count
+        "window": partial["window"].to(device),  # loss, count since the last step row
+        "wait": float(partial["wait"]),
+        "seconds": float(partial["seconds"]),
+        "skipped": int(partial["skipped"]),
+    }
+
+
+def train_epoch(
+    state: TrainState,
+    batches: Any,
+    config: TrainConfig,
+    info: Distributed,
+    device: torch.device,
+    epoch: int,
+    n_classes: int,
+    *,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    on_step: StepCallback | None = None,
+    on_batch: BatchCallback | None = None,
+    bar: Any = None,
+    writer: Any = None,
+) -> dict[str, Any]:
+    """Train the steps ``state.epoch_step ...`` of ``epoch``; returns the epoch's train metrics (all ranks summed).
+    ``checkpoint(running)`` is called every ``config.checkpoint_every`` steps inside the epoch."""
+    run = _epoch_start(state, config, info, epoch, device)
+    mixing = config.mixup > 0 or config.cutmix > 0
+    lr = state.optimizer.param_groups[0]["lr"]
+    start = time.perf_counter() - run["seconds"]
+    for batch in batches.epoch(epoch, state.epoch_step):
+        step = state.epoch_step
+        run["wait"] += batch.wait
+        if batch.skipped:
+            _note_skipped(batch.skipped, run, state, batches.steps * config.batch_size // info.world_size, epoch)
+        x = batch.x.contiguous(memory_format=state.memory_format)
+        y = batch.y
+        if on_batch is not None:
+            on_batch(epoch, step, batch.index, x)
+        targets: Tensor = y
+        if mixing:
+            targets = D.soft_targets(y, n_classes, config.label_smoothing)
+            x, targets = D.mix_batch(x, targets, config.mixup, config.cutmix, config.seed, epoch, step, info.rank)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=state.amp_dtype is not None):
+            logits = state.net(x)
+        loss = loss_fn(logits, targets, config.label_smoothing)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+        lr = state.optimizer.param_groups[0]["lr"]
+        state.optimizer.step()
+        state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update(state.model, step=state.global_step)
+        state.global_step += 1
+        state.epoch_step += 1
+        detached = loss.detach().double()
+        run["sums"][0] += detached * len(y)
+        run["sums"][1] += (logits.detach().argmax(dim=1) == y).sum()
+        run["sums"][2] += len(y)
+        run["window"][0] += detached
+        run["window"][1] += 1
+        if state.global_step % config.log_every == 0 or state.epoch_step == batches.steps:
+            _log_step(state, run, info, epoch, lr, bar, writer)
+        if bar is not None:
+            bar.update()
+        every = config.checkpoint_every
+        # The epoch's end writes its own checkpoint.
+        if checkpoint is not None and every and state.global_step % every == 0 and state.epoch_step < batches.steps:
+            run["seconds"] = time.perf_counter() - start
+            checkpoint(run)
+        if on_step is not None:
+            on_step(epoch, state.global_step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return _epoch_row(state, run, info, epoch, lr, seconds, batches.steps * config.batch_size)
+
+
+def _log_step(state: TrainState, run: dict, info: Distributed, epoch: int, lr: float, bar: Any, writer: Any) -> None:
+    window = run["window"]
+    all_reduce_sum(window, info)
+    mean_loss = float(window[0] / window[1])
+    window.zero_()
+    state.step_rows.append({"step": state.global_step, "epoch": epoch + 1, "lr": lr, "train_loss": mean_loss})
+    if bar is not None:
+        bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+    if writer is not None:
+        writer.add_scalar("train/loss", mean_loss, state.global_step)
+        writer.add_scalar("train/lr", lr, state.global_step)
+
+
+def _note_skipped(errors: list[str], run: dict, state: TrainState, rank_images: int, epoch: int) -> None:
+    """Count unreadable training images, warn about each, and stop when this rank's share of an epoch
+    (``rank_images``) loses more than 1% of them."""
+    from masterkey.train.loader import MAX_SKIPPED_FRACTION
+
+    run["skipped"] += len(errors)
+    state.skipped_images += len(errors)
+    for error in errors:
+        log.warning(
+            f"warning: skipped an unreadable training image in epoch {epoch + 1} ({state.skipped_images} so far, "
+            f"counted in the metrics as skipped_images): {error}"
+        )
+    if run["skipped"] > max(10, MAX_SKIPPED_FRACTION * rank_images):
+        raise MasterkeyError(
+            f"{run['skipped']} training images of epoch {epoch + 1} could not be decoded (more than "
+            f"{MAX_SKIPPED_FRACTION:.0%}): the data set looks damaged; last: {errors[-1]}"
+        )
+
+
+def _epoch_row(
+    state: TrainState, run: dict, info: Distributed, epoch: int, lr: float, seconds: float, n_images: int
+) -> dict[str, Any]:
+    sums = all_reduce_sum(run["sums"], info)
+    skipped = all_reduce_sum(torch.tensor([run["skipped"]], dtype=torch.float64, device=sums.device), info)
+    per_rank = gather_objects((n_images / info.world_size / max(seconds, 1e-9), run["wait"]), info)
+    state.train_seconds += seconds
+    return {
+        "epoch": epoch + 1,
+        "step": state.global_step,
+        "lr": lr,
+        "train_loss": float(sums[0] / sums[2]),
+        "train_acc": 100 * float(sums[1] / sums[2]),
+        "train_seconds": seconds,
+        "images_per_second": n_images / max(seconds, 1e-9),
+        "data_wait_seconds": max(w for _, w in per_rank),
+        "skipped_images": int(skipped[0]),
+        "rank_images_per_second": [round(r, 1) for r, _ in per_rank],
+        "rank_data_wait_seconds": [round(w, 3) for _, w in per_rank],
+    }
+
+
+def running_share(run: dict, info: Distributed) -> dict[str, Any]:
+    """This rank's running sums and RNG state mid-epoch, for a checkpoint (see :mod:`masterkey.train.state`)."""
+    from masterkey.train.state import rng_state
+
+    return {
+        "sums": run["sums"].cpu(),
+        "window": run["window"].cpu(),
+        "wait": run["wait"],
+        "seconds": run["seconds"],
+        "skipped": run["skipped"],
+        "rng": rng_state(),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: Images,
+    mean: Tensor,
+    std: Tensor,
+    batch_size: int,
+    info: Distributed | None = None,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    workers: int | None = None,
+) -> dict[str, float]:
+    """Loss (plain cross-entropy), top-1 and top-5 accuracy (percent) of ``model`` on uint8 ``images`` (in memory
+    or streamed: the same numbers).
+
+    Under DDP each rank evaluates a disjoint shard and the sums are all-reduced, so the numbers are exact.
+    """
+    info = info or Distributed()
+    was_training = model.training
+    model.eval()
+    device = mean.device
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    index = shard_eval(len(images), info.rank, info.world_size)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for images_u8, y in image_batches(images, index.split(batch_size), device, workers=workers):
+        x = D.normalize_images(images_u8, mean, std).contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            logits = model(x)
+        logits = logits.float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        sums[1] += (top[:, 0] == y).sum()
+        sums[2] += (top == y[:, None]).any(dim=1).sum()
+        sums[3] += len(y)
+    all_reduce_sum(sums, info)  # a rank with no test images left still joins
+    model.train(was_training)
+    n = max(1.0, float(sums[3]))
+    return {"loss": float(sums[0]) / n, "top1": 100 * float(sums[1]) / n, "top5": 100 * float(sums[2]) / n}

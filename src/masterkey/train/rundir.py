@@ -1,0 +1,149 @@
+"""The run directory of a training run: ``OUT.partial`` while training (every file written atomically), renamed to
+``OUT`` when training ends, so ``OUT`` is always complete; the metrics files and the final exports.
+
+A complete ``OUT`` keeps its ``checkpoint.pt``: ``--resume --epochs N`` continues it (copied to ``OUT.partial``,
+trained on, and put back in place only when done).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from masterkey.errors import MasterkeyError
+from masterkey.files import (
+    atomic_write,
+    check_output,
+    remove_stale_temporaries,
+    replace_directory,
+    safetensors_bytes,
+    write_json,
+    write_text,
+)
+from masterkey.networks.keyconv import export_state_dict
+from masterkey.train.config import TrainConfig
+from masterkey.train.state import CHECKPOINT
+
+EPOCH_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_top1", "test_top5", "seconds"]
+
+#: What :func:`check_out` finds: a new run, an interrupted one (with or without a checkpoint), a complete one to
+#: continue with more epochs.
+FRESH, RESUME, RESTART, EXTEND = "fresh", "resume", "restart", "extend"
+
+
+def partial_dir(out: str | Path) -> Path:
+    """Where a run lives until it completes: ``OUT.partial`` beside ``OUT``."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.partial")
+
+
+def check_out(out: Path, resume: bool, overwrite: bool, epochs: int | None = None) -> str:
+    """Check the output location (changing nothing); returns :data:`FRESH`, :data:`RESUME` (``OUT.partial`` holds a
+    checkpoint), :data:`RESTART` (it holds none) or :data:`EXTEND` (``OUT`` is complete and ``epochs`` is more than
+    it trained: train it longer)."""
+    partial = partial_dir(out)
+    for path in (out, partial):  # replaced or resumed only when they are masterkey train runs
+        check_output(path, "train", overwrite=True)
+    if partial.exists():
+        if resume:
+            return RESUME if (partial / CHECKPOINT).is_file() else RESTART
+        if not overwrite:
+            raise MasterkeyError(
+                f"{partial} holds an interrupted run: pass --resume to continue it or --overwrite to start over"
+            )
+        return FRESH
+    if out.exists() and not overwrite:
+        if resume:
+            if (out / CHECKPOINT).is_file():
+                _check_longer(out, epochs)
+                return EXTEND
+            raise MasterkeyError(f"{out} is already complete and holds no {CHECKPOINT} to continue from")
+        raise MasterkeyError(f"{out} already exists (pass --overwrite to replace it)")
+    if resume and not out.exists():
+        raise MasterkeyError(f"nothing to resume: neither {out} nor {partial} exists")
+    return FRESH
+
+
+def _check_longer(out: Path, epochs: int | None) -> None:
+    try:
+        done = int(json.loads((out / "summary.json").read_text())["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # the checkpoint decides (see masterkey.train.loop)
+    if epochs is not None and epochs <= done:
+        raise MasterkeyError(
+            f"{out} is already complete ({done} epochs); nothing to resume (pass --epochs N with N > {done} to train "
+            "it longer, or --overwrite to train again)"
+        )
+
+
+def checkpoint_path(out: Path, plan: str) -> Path:
+    """Where the checkpoint to resume from lies."""
+    return (out if plan == EXTEND else partial_dir(out)) / CHECKPOINT
+
+
+def start_out(out: Path, plan: str) -> None:
+    """Create ``OUT.partial`` once the inputs are checked: empty for a fresh run (an old interrupted one is removed),
+    a copy of ``OUT`` to continue it."""
+    partial = partial_dir(out)
+    if plan == FRESH and partial.exists():
+        shutil.rmtree(partial)
+    if plan == EXTEND:
+        shutil.copytree(out, partial, ignore=shutil.ignore_patterns(".*"))
+    partial.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(partial)  # files a run killed while saving left half-written
+
+
+def publish(partial: Path, out: Path) -> None:
+    """Rename the finished ``OUT.partial`` to ``OUT`` (replacing an old ``OUT`` only now)."""
+    replace_directory(partial, out)
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    rows = [{k: v for k, v in row.items() if not isinstance(v, (list, dict))} for row in rows]
+    columns = list(EPOCH_COLUMNS)
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_metrics(run_dir: Path, epoch_rows: list[dict[str, Any]], step_rows: list[dict[str, Any]]) -> None:
+    """``metrics.csv`` (one row per epoch; per-rank lists left out) and ``metrics.jsonl`` (step rows and epoch rows
+    in step order, with the per-rank lists)."""
+    write_text(run_dir / "metrics.csv", _csv_text(epoch_rows))
+    merged = sorted([*step_rows, *epoch_rows], key=lambda r: (r["step"], "test_top1" in r))
+    write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in merged))
+
+
+def write_final(run_dir: Path, model: nn.Module, ema: Any, config: TrainConfig, summary: dict[str, Any]) -> None:
+    """``model.safetensors`` (and ``model_ema.safetensors``): plain timm state dicts with the keys materialised and
+    metadata naming the architecture; ``summary.json``."""
+    meta = {
+        "arch": config.model.partition(":")[2] or config.model,
+        "model_kwargs": json.dumps(config.model_kwargs, sort_keys=True),
+        "mode": config.mode,
+        "keys": str(summary["keys"]),
+        "seed": str(config.seed),
+        "epochs": str(config.epochs),
+        "test_top1": f"{summary['test_top1']:.2f}",
+        "format": "pt",
+    }
+    for name in ("num_classes", "patch_size", "in_chans"):
+        if name in config.model_kwargs:
+            meta[name] = str(config.model_kwargs[name])
+    for name, net in (("model", model), ("model_ema", ema.module if ema is not None else None)):
+        if net is None:
+            continue
+        state = {k: v.contiguous() for k, v in export_state_dict(net).items()}
+        with atomic_write(run_dir / f"{name}.safetensors") as f:
+            f.write(safetensors_bytes(state, metadata=meta))  # bitwise identical for identical runs
+    write_json(run_dir / "summary.json", summary)
