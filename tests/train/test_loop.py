@@ -189,3 +189,111 @@ def test_bad_inputs_give_clear_errors(tiny: TrainConfig, tmp_path: Path) -> None
             train(tiny.replace(device="cuda"))
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
     assert os.listdir(tmp_path / "taken") == []
+
+
+# ---------------------------------------------------------------------- span, scale-space and transfer modes
+def _source_weights(config: TrainConfig, path: Path) -> Path:
+    """A "trained" model of the tiny architecture (random, seeded) saved as a plain state_dict file."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(123)
+    model = build_model(config.replace(mode="trainable"))[0]
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _newer_mode_configs(tiny: TrainConfig, tmp_path: Path) -> dict[str, TrainConfig]:
+    kwargs = {**tiny.model_kwargs, "num_classes": 10}
+    source = _source_weights(tiny.replace(model_kwargs=kwargs), tmp_path / "source.safetensors")
+    return {
+        "span": tiny.replace(mode="span", keys="paper8"),
+        "scalespace-key": tiny.replace(mode="scalespace", keys="scalespace8", sigma_scope="key"),
+        "scalespace-channel": tiny.replace(mode="scalespace", keys="scalespace8", sigma_scope="channel"),
+        "transfer-frozen": tiny.replace(mode="transfer-frozen", filters_from=str(source)),
+        "transfer-init": tiny.replace(mode="transfer-init", filters_from=str(source)),
+    }
+
+
+@pytest.mark.parametrize("arm", ["span", "scalespace-key", "scalespace-channel", "transfer-frozen", "transfer-init"])
+def test_newer_modes_train_log_what_they_learn_and_export(tiny: TrainConfig, tmp_path: Path, arm: str) -> None:
+    config = _newer_mode_configs(tiny, tmp_path)[arm].replace(epochs=2)
+    before = initial_model(config)
+    out = tmp_path / "run"
+    result = train(config, out)
+    after = result.model
+    summary = json.loads((out / "summary.json").read_text())
+    metrics = pd.read_csv(out / "metrics.csv")
+    if arm == "span":
+        for (_, old), (_, new) in zip(key_layers(before), key_layers(after), strict=True):
+            assert torch.equal(old.basis, new.basis), "a key changed"
+            assert not torch.equal(old.alpha, new.alpha), "the mixing weights did not train"
+        assert summary["parameters"]["depthwise_trainable_per_channel"] == 9
+        assert {f"dw_alpha_k{j}" for j in range(1, 9)} | {"dw_alpha_own"} <= set(metrics.columns)
+        assert len(summary["depthwise_layers"][0]["mean_abs_alpha"]) == 8
+    elif arm.startswith("scalespace"):
+        for (_, old), (_, new) in zip(key_layers(before), key_layers(after), strict=True):
+            assert not torch.equal(old.log_sigma_x, new.log_sigma_x), "σ did not train"
+        assert summary["sigma_scope"] == config.sigma_scope
+        assert {"dw_sigma_x_k8", "dw_sigma_y_k8", "dw_gamma_k7"} <= set(metrics.columns)
+        assert metrics["dw_sigma_x_k8"].iloc[0] != metrics["dw_sigma_x_k8"].iloc[1]  # a trajectory, per epoch
+    else:
+        source = load_file(config.filters_from)
+        frozen = arm == "transfer-frozen"
+        for name, p in after.named_parameters():
+            if name.endswith("conv_dw.weight"):
+                assert p.requires_grad is not frozen
+                assert torch.equal(p.detach(), source[name]) is frozen, name
+                if frozen:
+                    assert p.grad is None, "a frozen transferred filter got a gradient"
+        assert summary["filters_from"] == config.filters_from and summary["keys"] is None
+        assert summary["parameters"]["depthwise_trainable"] == (0 if frozen else 80 * 49)
+        assert not any(c.startswith("dw_") for c in metrics.columns)
+    plain = create_model(weights=out / "model.safetensors", dims=[8, 16, 24, 32], depths=[1, 1, 1, 1])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), after.eval()(x))
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("arm", ["span", "scalespace-channel", "transfer-frozen"])
+def test_newer_modes_resume_to_bitwise_the_weights_of_an_uninterrupted_run(
+    tiny: TrainConfig, tmp_path: Path, arm: str
+) -> None:
+    config = _newer_mode_configs(tiny, tmp_path)[arm].replace(epochs=2)
+    out = tmp_path / "crashed"
+
+    def crash(epoch: int, step: int) -> None:
+        if step == 5:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(config, out, on_step=crash)
+    assert torch.load(partial_dir(out) / CHECKPOINT, weights_only=True)["epoch"] == 1
+    train(config, out, resume=True)
+    train(config, tmp_path / "uninterrupted")
+    a = load_file(out / "model.safetensors")
+    b = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    ma, mb = (pd.read_csv(d / "metrics.csv") for d in (out, tmp_path / "uninterrupted"))
+    same = [c for c in ma.columns if c not in ("seconds", "images_per_second")]
+    pd.testing.assert_frame_equal(ma[same], mb[same])
+
+
+def test_newer_modes_refuse_bad_options(tiny: TrainConfig, tmp_path: Path) -> None:
+    with pytest.raises(MasterkeyError, match="mode transfer-frozen copies .* --filters-from WEIGHTS"):
+        tiny.replace(mode="transfer-frozen")
+    with pytest.raises(MasterkeyError, match="filters_from=.*expected none unless mode is transfer-frozen"):
+        tiny.replace(mode="frozen", filters_from="x.safetensors")
+    with pytest.raises(MasterkeyError, match="sigma_scope='layer': expected key | channel"):
+        tiny.replace(mode="scalespace", sigma_scope="layer")
+    with pytest.raises(MasterkeyError, match="new_head=True: expected false unless weights are given"):
+        tiny.replace(new_head=True)
+    femto = _source_weights(
+        tiny.replace(model_kwargs={**tiny.model_kwargs, "dims": [8, 16, 24, 40]}), tmp_path / "w.safetensors"
+    )
+    with pytest.raises(MasterkeyError, match=r"layer 'stages\.3\.blocks\.0\.conv_dw' is \(40, 1, 7, 7\) there"):
+        train(tiny.replace(mode="transfer-init", filters_from=str(femto)), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not partial_dir(tmp_path / "out").exists()

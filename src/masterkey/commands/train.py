@@ -12,14 +12,18 @@ from masterkey.errors import MasterkeyError
 
 NAME = "train"
 ORDER = 6
-HELP = "train a DS-CNN with trainable, frozen-key or key-initialised depthwise filters (one run or a seed matrix)"
+HELP = "train a DS-CNN with trainable, frozen-key, key-mixing, scale-space or transferred depthwise filters"
 DESCRIPTION = """Train a timm / torchvision model on DATA/train and evaluate on DATA/test (or DATA/val) with its
-depthwise filters trainable (as usual), frozen to keys (per-channel key + learnable offset b, optional scale a) or
-initialised from keys and then trained. One seed writes a train run; --seeds or --experiment write an experiment
-(arms x seeds) with mean ± 95% CI and curves. Runs checkpoint every epoch; --resume continues an interrupted run
-exactly. Under torchrun the same command trains with DDP on several GPUs (or CPU processes).
+depthwise filters trainable (as usual), frozen to keys (per-channel key + learnable offset b, optional scale a),
+initialised from keys, mixed from all keys, generated from scale-space models with learnable σ, or copied from a
+trained model (frozen or as initialisation). One seed writes a train run; --seeds or --experiment write an
+experiment (arms x seeds) with mean ± 95% CI and curves; --train-sizes repeats it at several training-set sizes.
+Runs checkpoint every epoch; --resume continues an interrupted run exactly. Under torchrun the same command trains
+with DDP on several GPUs (or CPU processes).
 
 modes: trainable | frozen (keys frozen, offset b learnable; --learn-scale adds a) | key-init
+  | span (kernel = sum_j alpha[c,j] key_j + b, alpha learnable) | scalespace (scale-space keys, σ learnable;
+  --sigma-scope key|channel) | transfer-frozen | transfer-init (the filters of --filters-from WEIGHTS)
 keys: paper8, random:K[:SEED], impulse, scalespace8, or a key file (safetensors / text)
 assignment of keys to channels: convnextv2-b | hornet-t (published proportions) | uniform | proportions:P1,...
   | fit:FITDIR (per-layer proportions of a 'masterkey fit' run) | model:WEIGHTS (best fit of a trained model)
@@ -32,6 +36,9 @@ examples:
   masterkey train --experiment bench/train_cifar_cpu.toml -o runs/bench       # the whole matrix
   masterkey train --experiment bench/train_cifar_cpu.toml --arms frozen-discovered --mode frozen \\
       --keys runs/discover/keys.safetensors -o runs/bench-discovered           # one more arm
+  masterkey train --model convnext_atto --model-kwargs num_classes=10,patch_size=2 --data ../shared/data/cifar10 \
+      --mode transfer-frozen --filters-from ../shared/models/cifar10-convnext/convnext_atto_s2_e55.safetensors \
+      --train-sizes 500,2000 --seeds 0,1,2 -o runs/transfer                    # a data-efficiency sweep
   masterkey train ... -o runs/frozen --resume                                  # after an interruption
   torchrun --nproc_per_node=4 -m masterkey train ... -o runs/ddp                # 4 GPUs, one node
 """
@@ -46,6 +53,9 @@ _FIELDS = {
     "learn_scale": "learn_scale",
     "key_gain": "key_gain",
     "resize_keys": "resize_keys",
+    "sigma_scope": "sigma_scope",
+    "filters_from": "filters_from",
+    "new_head": "new_head",
     "data": "data",
     "image_size": "image_size",
     "max_train_images": "max_train_images",
@@ -78,7 +88,7 @@ _FIELDS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from masterkey.networks.keyconv import MODES
+    from masterkey.networks.keyconv import MODES, SIGMA_SCOPES
 
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="NAME", help="timm or torchvision model name (default convnext_atto)")
@@ -88,8 +98,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="model keyword arguments, e.g. num_classes=10,patch_size=1 (or a JSON object for lists)",
     )
     g.add_argument("--weights", metavar="FILE", help="start from these weights instead of a random init")
+    g.add_argument(
+        "--new-head",
+        action="store_true",
+        default=None,
+        help="with --weights: a fresh classifier when its class count differs from the data's (fine-tuning)",
+    )
     g = p.add_argument_group("depthwise filters")
-    g.add_argument("--mode", choices=MODES, help="trainable (default) | frozen | key-init")
+    g.add_argument("--mode", choices=MODES, help=" | ".join(MODES) + " (default trainable)")
     g.add_argument("--keys", metavar="KEYS", help="key set: built-in name or key file (default paper8)")
     g.add_argument("--assignment", metavar="SPEC", help="channel -> key rule (default convnextv2-b)")
     g.add_argument("--learn-scale", action="store_true", default=None, help="frozen mode: learn a per-channel scale")
@@ -99,6 +115,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="centre-crop / zero-pad keys whose kernel size differs from the model's",
+    )
+    g.add_argument(
+        "--sigma-scope",
+        choices=SIGMA_SCOPES,
+        help="scalespace mode: learn σ per key of a layer (default) or per channel",
+    )
+    g.add_argument(
+        "--filters-from",
+        metavar="WEIGHTS",
+        help="transfer modes: the trained model (same architecture) whose depthwise filters are copied",
     )
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DATA", help="folder with DATA/train and DATA/test (or DATA/val) ImageFolders")

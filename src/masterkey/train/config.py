@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from masterkey.errors import MasterkeyError
-from masterkey.networks.keyconv import MODES
+from masterkey.networks.keyconv import MODES, SIGMA_SCOPES, TRANSFER_MODES
 
 
 def _runtime(default: Any) -> Any:
@@ -28,13 +28,16 @@ class TrainConfig:
     model: str = "convnext_atto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # start from these weights (a local file) instead of random init
+    new_head: bool = False  # with weights: a fresh classifier for the data's classes instead of the weights' one
     # depthwise filters
-    mode: str = "trainable"  # trainable | frozen | key-init
-    keys: str = "paper8"  # built-in key set name or key file (ignored for mode trainable)
+    mode: str = "trainable"  # trainable | frozen | key-init | span | scalespace | transfer-frozen | transfer-init
+    keys: str = "paper8"  # built-in key set name or key file (ignored for modes trainable and transfer-*)
     assignment: str = "convnextv2-b"  # see masterkey.networks.keyconv.make_assigner
-    learn_scale: bool = False  # frozen mode: learn a per-channel scale a as well as the offset b
+    learn_scale: bool = False  # frozen / scalespace modes: learn a per-channel scale a as well as the offset b
     key_gain: float = 1.0  # keys are unit-norm; their kernels are key_gain * key (+ offset)
     resize_keys: bool = False  # centre-crop / zero-pad keys whose kernel size differs from the model's
+    sigma_scope: str = "key"  # scalespace mode: one (σx, σy, γ) per key of a layer, or per channel
+    filters_from: str | None = None  # transfer modes: the trained model whose depthwise filters are copied
     # data
     data: str = ""  # folder holding train/ and test/ (or val/) ImageFolders
     image_size: int | None = None  # resize shorter side + centre crop to this before caching
@@ -102,6 +105,17 @@ class TrainConfig:
 
         if self.mode not in MODES:
             raise bad("mode", " | ".join(MODES))
+        if self.sigma_scope not in SIGMA_SCOPES:
+            raise bad("sigma_scope", " | ".join(SIGMA_SCOPES))
+        if self.mode in TRANSFER_MODES and not self.filters_from:
+            raise MasterkeyError(
+                f"{source}: mode {self.mode} copies the depthwise filters of a trained model: give it with "
+                "--filters-from WEIGHTS (filters_from)"
+            )
+        if self.filters_from and self.mode not in TRANSFER_MODES:
+            raise bad("filters_from", f"none unless mode is {' or '.join(TRANSFER_MODES)}")
+        if self.new_head and not self.weights:
+            raise bad("new_head", "false unless weights are given (it replaces their classifier)")
         if not isinstance(self.model, str) or not self.model:
             raise bad("model", "a timm or torchvision model name")
         if not isinstance(self.model_kwargs, dict):
@@ -144,17 +158,29 @@ class TrainConfig:
 
 
 def config_differences(saved: dict[str, Any], current: TrainConfig) -> list[str]:
-    """``"name: saved -> current"`` for every non-runtime field that differs (fields a checkpoint lacks count as
-    differing)."""
+    """``"name: saved -> current"`` for every non-runtime field that differs. A field the saved config lacks was
+    added later, when its default kept the old behaviour: it counts as its default."""
     runtime = TrainConfig.runtime_fields()
+    defaults = field_defaults()
     now = current.to_dict()
     out = []
     for name, value in now.items():
         if name in runtime:
             continue
-        old = saved.get(name, "<missing>")
+        old = saved.get(name, defaults[name])
         if normal_form(old) != normal_form(value):
             out.append(f"{name}: {old!r} (checkpoint) vs {value!r} (now)")
+    return out
+
+
+def field_defaults() -> dict[str, Any]:
+    """The default value of every :class:`TrainConfig` field."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
     return out
 
 

@@ -35,7 +35,17 @@ from torch import Tensor, nn
 from masterkey.errors import MasterkeyError
 from masterkey.files import atomic_write, replace_directory, write_json, write_lock, write_text
 from masterkey.keys import load_keys
-from masterkey.networks.keyconv import ConvertedLayer, convert_to_keys, export_state_dict, key_counts, parameter_counts
+from masterkey.networks.keyconv import (
+    TRANSFER_MODES,
+    ConvertedLayer,
+    convert_to_keys,
+    depthwise_epoch_stats,
+    depthwise_summary,
+    export_state_dict,
+    key_counts,
+    parameter_counts,
+    transfer_filters,
+)
 from masterkey.runs import write_run_info
 from masterkey.train import data as D
 from masterkey.train.config import TrainConfig, config_differences
@@ -77,13 +87,17 @@ def partial_dir(out: str | Path) -> Path:
 # ---------------------------------------------------------------------- building blocks
 def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
     """The network of ``config`` (timm / torchvision by name with ``model_kwargs``), optionally loaded from
-    ``config.weights``, then given keys as ``config.mode`` says. Seed the global RNG first for a fixed init."""
+    ``config.weights``, then given keys (or the filters of ``config.filters_from``) as ``config.mode`` says. Seed
+    the global RNG first for a fixed init."""
     from masterkey.networks.models import build_architecture, load_weights, read_state_dict
 
     model = build_architecture(config.model, **config.model_kwargs)
     if config.weights:
         state, _ = read_state_dict(config.weights)
-        load_weights(model, state, source=config.weights)
+        load_weights(model, state, source=config.weights, new_head=config.new_head)
+    if config.mode in TRANSFER_MODES:
+        assert config.filters_from is not None
+        return model, transfer_filters(model, config.filters_from, freeze=config.mode == "transfer-frozen")
     converted = convert_to_keys(
         model,
         config.keys,
@@ -93,6 +107,7 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
         learn_scale=config.learn_scale,
         key_gain=config.key_gain,
         resize=config.resize_keys,
+        sigma_scope=config.sigma_scope,
     )
     return model, converted
 
@@ -395,7 +410,7 @@ def _train(
         mixing = config.mixup > 0 or config.cutmix > 0
         augment = config.crop_padding > 0 or config.hflip
 
-        keyset = load_keys(config.keys) if config.mode != "trainable" else None
+        keyset = load_keys(config.keys) if config.mode not in ("trainable", *TRANSFER_MODES) else None
         resolved = config.to_dict()
         if out is not None:
             run_on_main(info, lambda: _start_out(out, resume))  # only now: bad input leaves nothing behind
@@ -500,6 +515,7 @@ def _train(
                 row.update({f"ema_test_{k}": v for k, v in ema_eval.items()})
             row["seconds"] = time.perf_counter() - start
             row["images_per_second"] = steps * config.batch_size / train_time
+            row.update(depthwise_epoch_stats(model))  # learned σ / mixing weights (span, scalespace modes)
             epoch_rows.append(row)
             if info.is_main:
                 line = (
@@ -537,7 +553,7 @@ def _train(
             "model_kwargs": config.model_kwargs,
             "mode": config.mode,
             "keys": keyset.name if keyset is not None else None,
-            "assignment": config.assignment if config.mode != "trainable" else None,
+            "assignment": config.assignment if config.mode not in ("trainable", *TRANSFER_MODES) else None,
             "learn_scale": config.learn_scale,
             "seed": config.seed,
             "epochs": config.epochs,
@@ -559,6 +575,7 @@ def _train(
             "key_counts": key_counts(model, len(keyset) if keyset is not None else None),
             "converted_layers": [layer.__dict__ for layer in converted],
         }
+        summary.update(_depthwise_entries(config, model))
         if ema is not None:
             summary.update({k: last[k] for k in ("ema_test_loss", "ema_test_top1", "ema_test_top5")})
         if run_dir is not None and info.is_main:
@@ -567,6 +584,19 @@ def _train(
             publish(run_dir, out)
         barrier(info)
         return TrainResult(summary, model, ema.module if ema is not None else None, out)
+
+
+def _depthwise_entries(config: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """Summary entries of the newer modes (none for trainable / frozen / key-init, whose summaries stay as they were)."""
+    out: dict[str, Any] = {}
+    if config.mode == "scalespace":
+        out["sigma_scope"] = config.sigma_scope
+    if config.mode in TRANSFER_MODES:
+        out["filters_from"] = config.filters_from
+    learned = depthwise_summary(model)
+    if learned:
+        out["depthwise_layers"] = learned
+    return out
 
 
 def _write_final(run_dir: Path, model: nn.Module, ema: Any, config: TrainConfig, summary: dict[str, Any]) -> None:
