@@ -587,7 +587,7 @@ def _train(
 
 
 def _depthwise_entries(config: TrainConfig, model: nn.Module) -> dict[str, Any]:
-    """Summary entries of the newer modes (none for trainable / frozen / key-init, whose summaries stay as they were)."""
+    """Summary entries of the newer modes (none for trainable / frozen / key-init: their summaries are unchanged)."""
     out: dict[str, Any] = {}
     if config.mode == "scalespace":
         out["sigma_scope"] = config.sigma_scope
