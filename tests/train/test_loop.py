@@ -297,3 +297,17 @@ def test_newer_modes_refuse_bad_options(tiny: TrainConfig, tmp_path: Path) -> No
     with pytest.raises(MasterkeyError, match=r"layer 'stages\.3\.blocks\.0\.conv_dw' is \(40, 1, 7, 7\) there"):
         train(tiny.replace(mode="transfer-init", filters_from=str(femto)), tmp_path / "out")
     assert not (tmp_path / "out").exists() and not partial_dir(tmp_path / "out").exists()
+
+
+def test_full_network_transfer_keeps_everything_but_a_fresh_classifier(tiny: TrainConfig, models_dir: Path) -> None:
+    weights = models_dir / "mobilenet_v2_imagenet.pth"
+    imagenet = torch.load(weights, map_location="cpu", weights_only=True)
+    config = tiny.replace(model="torchvision:mobilenet_v2", model_kwargs={"num_classes": 10}, weights=str(weights))
+    with pytest.raises(MasterkeyError, match="the weights have 1000 classes, the model 10.*pass --new-head"):
+        build_model(config)
+    model = initial_model(config.replace(new_head=True))
+    state = model.state_dict()
+    assert state["classifier.1.weight"].shape == (10, 1280)
+    assert all(torch.equal(state[k], v) for k, v in imagenet.items() if not k.startswith("classifier"))
+    again = initial_model(config.replace(new_head=True))
+    assert torch.equal(again.state_dict()["classifier.1.weight"], state["classifier.1.weight"])  # a seeded init

@@ -153,6 +153,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--experiment", metavar="FILE", help="experiment file (TOML / JSON): base options, arms, seeds")
     g.add_argument("--arms", metavar="A,B", help="run only these arms of the experiment (or define a new one)")
     g.add_argument(
+        "--train-sizes",
+        metavar="N,N",
+        help="repeat the experiment at these training-set sizes (class-balanced nested subsets, e.g. 500,2000): "
+        "accuracy vs size per arm with 95%% CIs",
+    )
+    g.add_argument(
         "--collect",
         nargs="+",
         metavar="DIR",
@@ -213,7 +219,7 @@ def _seeds(text: str) -> list[int]:
 def build_experiment(args: argparse.Namespace) -> Any:
     """The experiment the options describe, or None for a single run."""
     from masterkey.train import TrainConfig
-    from masterkey.train.experiment import Arm, Experiment, arm_name, load_experiment
+    from masterkey.train.experiment import Arm, Experiment, arm_name, load_experiment, parse_train_sizes
 
     overrides = _overrides(args)
     if args.seed is not None and (args.seeds or args.experiment):
@@ -233,6 +239,8 @@ def build_experiment(args: argparse.Namespace) -> Any:
         experiment.arms = [Arm(a.name, merged(a.overrides, inherit=True)) for a in experiment.arms]
         if args.seeds:
             experiment.seeds = _seeds(args.seeds)
+        if args.train_sizes:
+            experiment.train_sizes = parse_train_sizes(args.train_sizes, "--train-sizes")
         if args.arms:
             names = [n.strip() for n in args.arms.split(",") if n.strip()]
             known = {a.name for a in experiment.arms}
@@ -250,9 +258,11 @@ def build_experiment(args: argparse.Namespace) -> Any:
         return experiment
     if args.arms:
         raise MasterkeyError("--arms selects arms of an --experiment file")
-    if args.seeds:
+    sizes = parse_train_sizes(args.train_sizes, "--train-sizes") if args.train_sizes else None
+    if args.seeds or sizes:
         config = TrainConfig.from_dict(overrides, source="options")
-        return Experiment(overrides, [Arm(arm_name(config), {})], _seeds(args.seeds), None)
+        seeds = _seeds(args.seeds) if args.seeds else [config.seed]
+        return Experiment(overrides, [Arm(arm_name(config), {})], seeds, None, sizes)
     return None
 
 
@@ -261,9 +271,9 @@ def run(args: argparse.Namespace) -> int:
     from masterkey.train import TrainConfig, run_experiment, train
 
     if args.collect:
-        from masterkey.train.experiment import collect_experiments
+        from masterkey.train.collect import collect_experiments
 
-        if args.experiment or args.seeds or args.seed is not None or args.resume or args.jobs != 1:
+        if args.experiment or args.seeds or args.train_sizes or args.seed is not None or args.resume or args.jobs != 1:
             raise MasterkeyError("--collect trains nothing: it takes only run directories, -o OUT and --overwrite")
 
         summary = collect_experiments(args.collect, args.out, overwrite=args.overwrite)
@@ -306,7 +316,8 @@ def _report_experiment(summary: dict[str, Any], args: argparse.Namespace) -> int
         top1 = entry["test_top1"]
         rows.append(
             {
-                "arm": arm,
+                "arm": entry.get("arm", arm),
+                **({"train_size": entry["train_size"]} if "train_size" in entry else {}),
                 "mode": entry["train_mode"],
                 "keys": entry["keys"] or "-",
                 "n": entry["n"],

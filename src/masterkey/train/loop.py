@@ -94,7 +94,12 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
     model = build_architecture(config.model, **config.model_kwargs)
     if config.weights:
         state, _ = read_state_dict(config.weights)
-        load_weights(model, state, source=config.weights, new_head=config.new_head)
+        try:
+            load_weights(model, state, source=config.weights, new_head=config.new_head)
+        except MasterkeyError as exc:
+            if "class-count mismatch" not in str(exc):
+                raise
+            raise MasterkeyError(f"{exc}; to fine-tune on the data's classes pass --new-head") from None
     if config.mode in TRANSFER_MODES:
         assert config.filters_from is not None
         return model, transfer_filters(model, config.filters_from, freeze=config.mode == "transfer-frozen")
