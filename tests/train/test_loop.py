@@ -311,3 +311,31 @@ def test_full_network_transfer_keeps_everything_but_a_fresh_classifier(tiny: Tra
     assert all(torch.equal(state[k], v) for k, v in imagenet.items() if not k.startswith("classifier"))
     again = initial_model(config.replace(new_head=True))
     assert torch.equal(again.state_dict()["classifier.1.weight"], state["classifier.1.weight"])  # a seeded init
+
+
+def _ddp_rank(rank: int, port: int, config_json: str, out: str, dump: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1"})
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    result = train(TrainConfig.from_dict(json.loads(config_json)), out)
+    torch.save({k: v.detach().clone() for k, v in result.model.state_dict().items()}, f"{dump}/rank{rank}.pt")
+
+
+@pytest.mark.parametrize("arm", ["scalespace-key", "span", "transfer-frozen"])
+def test_newer_modes_train_under_ddp_like_one_process(tiny: TrainConfig, tmp_path: Path, arm: str) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    config = _newer_mode_configs(tiny, tmp_path)[arm]
+    single = train(config).model.state_dict()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    args = (port, json.dumps(config.to_dict()), str(tmp_path / "ddp"), str(tmp_path))
+    mp.start_processes(_ddp_rank, args=args, nprocs=2, join=True, start_method="fork")
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks ended with different weights"
+    for name, value in rank0.items():  # the same global batch: equal up to the order of float sums
+        torch.testing.assert_close(value, single[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
