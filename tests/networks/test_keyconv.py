@@ -400,7 +400,7 @@ def test_learned_sigma_recovers_the_scales_that_made_the_target_filters() -> Non
     for j, (key, row) in enumerate(zip(truth, PAPER8_SCALESPACE, strict=True)):
         assert float(sigma[j, 0]) == pytest.approx(key.sigma_x, rel=1e-3), row[0]
         assert float(sigma[j, 1]) == pytest.approx(key.sigma_y, rel=1e-3), row[0]
-    assert float(layer.gamma[0]) == pytest.approx(truth[6].gamma, rel=1e-3)
+    assert float(layer.gamma.detach()[0]) == pytest.approx(truth[6].gamma, rel=1e-3)
     torch.testing.assert_close(layer.offset.detach(), torch.zeros(16), atol=1e-5, rtol=0)
 
 

@@ -623,10 +623,10 @@ def convert_to_keys(
         if kh != kw:
             raise MasterkeyError(f"layer {dw.name}: kernel {kh}x{kw} is not square; keys are k x k")
         try:
-            if mode == "scalespace" and base.provenance.get("source") == "scalespace":
-                keyset = load_keys(base.name, kernel_size=kh) if base.name == "scalespace8" else base
+            if models is not None:  # the layer's keys are the models at its size (what the assigner fits to)
+                keyset = _model_keyset(models, base, kh)
             else:
-                keyset = load_keys(base, kernel_size=kh, resize=resize or mode == "scalespace")
+                keyset = load_keys(base, kernel_size=kh, resize=resize)
         except MasterkeyError as exc:
             raise MasterkeyError(f"layer {dw.name}: {exc}") from None
         result = assign(dw.name, dw.conv.weight.detach().cpu(), keyset, layer_generator(seed, dw.name))
@@ -637,6 +637,14 @@ def convert_to_keys(
         counts = torch.bincount(index, minlength=len(keyset)).tolist()
         converted.append(ConvertedLayer(dw.name, len(index), kh, counts))
     return converted
+
+
+def _model_keyset(models: Sequence[ScaleSpaceKey], base: KeySet, size: int) -> KeySet:
+    """The scale-space models of ``base`` generated at ``size`` (centred, unit-norm) as a key set."""
+    from masterkey.kernels import scalespace_kernel
+
+    kernels = [m.sign * scalespace_kernel(m.family, m.sigma_x, m.sigma_y, m.gamma, size) for m in models]
+    return KeySet(f"{base.name}@scalespace", torch.from_numpy(np.stack(kernels)), labels=base.labels)
 
 
 def _keyed_layer(
