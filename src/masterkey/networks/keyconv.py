@@ -330,6 +330,14 @@ class ScaleSpaceConv2d(KernelConv2d):
         """(σx, σy) per row [G, 2]."""
         return torch.stack([self.log_sigma_x, self.log_sigma_y], dim=1).exp()
 
+    def row_gamma(self) -> Tensor:
+        """γ per parameter row [G] (NaN for rows whose family has none)."""
+        out = torch.full((len(self.families),), math.nan, device=self._gamma_row.device)
+        if self.gamma is not None:
+            rows = self._gamma_row >= 0
+            out[rows] = self.gamma.detach()[self._gamma_row[rows]]
+        return out
+
     def unit_keys(self) -> Tensor:
         """The centred, unit-norm, sign-aligned model kernel of every row [G, k, k] (float64)."""
         from masterkey.kernels import scalespace_kernel_torch
@@ -826,13 +834,13 @@ def depthwise_epoch_stats(model: nn.Module) -> dict[str, float]:
         if isinstance(layer, ScaleSpaceConv2d):
             keys, used = _scalespace_rows(layer)
             sigma = layer.sigma.cpu()
+            gamma = layer.row_gamma().cpu()
             for j in keys[used].unique().tolist():
                 rows = used & (keys == j)
                 add(f"dw_sigma_x_k{j + 1}", sigma[rows, 0])
                 add(f"dw_sigma_y_k{j + 1}", sigma[rows, 1])
-                gamma_rows = layer._gamma_row.cpu()[rows]
-                if layer.gamma is not None and bool((gamma_rows >= 0).any()):
-                    add(f"dw_gamma_k{j + 1}", layer.gamma.cpu()[gamma_rows[gamma_rows >= 0]])
+                if not bool(gamma[rows].isnan().all()):
+                    add(f"dw_gamma_k{j + 1}", gamma[rows])
         elif isinstance(layer, SpanConv2d):
             magnitude = layer.alpha.abs().cpu()
             for j in range(magnitude.shape[1]):
@@ -865,13 +873,13 @@ def depthwise_summary(model: nn.Module) -> list[dict[str, Any]]:
             n_keys = int(keys.max()) + 1 if len(keys) else 0
             entry.update({"scope": layer.scope, "sigma_x": [None] * n_keys, "sigma_y": [None] * n_keys})
             entry["gamma"] = [None] * n_keys
+            gamma = layer.row_gamma().cpu().double()
             for j in keys[used].unique().tolist():
                 rows = used & (keys == j)
                 entry["sigma_x"][j] = float(sigma[rows, 0].mean())
                 entry["sigma_y"][j] = float(sigma[rows, 1].mean())
-                gamma_rows = layer._gamma_row.cpu()[rows]
-                if layer.gamma is not None and bool((gamma_rows >= 0).any()):
-                    entry["gamma"][j] = float(layer.gamma.cpu()[gamma_rows[gamma_rows >= 0]].double().mean())
+                if not bool(gamma[rows].isnan().all()):
+                    entry["gamma"][j] = float(gamma[rows].mean())
         else:
             continue
         out.append(entry)
