@@ -6,6 +6,8 @@ the kernel of the semi-discrete diffusion equation ``∂T/∂(σ²) = ½ δ_nn T
 ``T(x, y) = T(x; σx) T(y; σy)``. The model families are listed in :data:`FAMILIES` (see
 :mod:`masterkey.explain.scalespace` for fitting them to keys). This module is a basic one: it imports nothing of
 the package but errors, so that :mod:`masterkey.keys` can build the ``scalespace8`` built-in from it.
+:func:`discrete_gaussian_torch` and :func:`scalespace_kernel_torch` are the same kernels as differentiable torch
+functions of σ and γ (for training with learnable scales, :mod:`masterkey.networks.keyconv`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from scipy.special import ive
 
 from masterkey.errors import MasterkeyError
@@ -128,3 +131,70 @@ def scalespace8_kernels(size: int = 7) -> tuple[np.ndarray, tuple[str, ...]]:
         for _, family, sx, sy, gamma, sign, _ in PAPER8_SCALESPACE
     ]
     return np.stack(kernels), tuple(row[0] for row in PAPER8_SCALESPACE)
+
+
+# ---------------------------------------------------------------------- differentiable (torch) versions
+#: Nodes of the trapezoidal rule that :func:`discrete_gaussian_torch` integrates with. The rule on the full circle
+#: gives ``Σ_j T(n + j N; σ)`` exactly (the aliased sum), so the error is below ``2 T(N - n; σ)``: about 1e-60 at
+#: σ = 4 and n = 3, and still far below float64 rounding for σ up to ~20.
+QUADRATURE_NODES = 128
+
+
+def discrete_gaussian_torch(sigma: torch.Tensor, radius: int, nodes: int = QUADRATURE_NODES) -> torch.Tensor:
+    """``T(n; σ)`` for ``n = -radius .. radius`` as a differentiable function of ``σ`` (any shape ``S``; result
+    ``S + [2 radius + 1]``, in ``sigma``'s dtype; use float64 for 1e-15 agreement with :func:`discrete_gaussian`).
+
+    torch has no integer-order Bessel ``I_n``, so the integral representation
+    ``T(n; t) = (1/π) ∫_0^π e^{t (cos θ - 1)} cos(n θ) dθ`` (``t = σ²``) is evaluated by the trapezoidal rule on
+    ``nodes`` equispaced points of the circle, which is spectrally exact for this periodic integrand (see
+    :data:`QUADRATURE_NODES`). The exponent is never positive, so nothing overflows.
+    """
+    if radius < 0:
+        raise MasterkeyError(f"scale-space: radius must be >= 0, got {radius}")
+    theta = torch.arange(nodes, dtype=sigma.dtype, device=sigma.device) * (2 * math.pi / nodes)
+    n = torch.arange(-radius, radius + 1, dtype=sigma.dtype, device=sigma.device)
+    weights = torch.exp(sigma[..., None].square() * (torch.cos(theta) - 1))  # S + [nodes]
+    cosines = torch.cos(n[:, None] * theta[None, :]) / nodes  # [2r+1, nodes]
+    return (weights[..., None, :] * cosines).sum(dim=-1)
+
+
+def scalespace_kernel_torch(
+    family: str, sigma_x: torch.Tensor, sigma_y: torch.Tensor, gamma: torch.Tensor | None = None, size: int = 7
+) -> torch.Tensor:
+    """:func:`scalespace_kernel` for a batch: ``sigma_x`` / ``sigma_y`` (and ``gamma`` for ``gaussian-laplacian``)
+    of shape ``[B]`` give ``[B, size, size]`` raw model kernels, differentiable in every parameter."""
+    if family not in FAMILIES:
+        raise MasterkeyError(f"scale-space family '{family}' is unknown; choose one of {', '.join(FAMILIES)}")
+    radius = kernel_radius(size)
+    tx = discrete_gaussian_torch(sigma_x, radius + 1)  # [B, size + 2]
+    ty = discrete_gaussian_torch(sigma_y, radius + 1)
+
+    def outer(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return rows[:, :, None] * cols[:, None, :]
+
+    def inner(v: torch.Tensor) -> torch.Tensor:
+        return v[:, 1:-1]
+
+    def second(v: torch.Tensor) -> torch.Tensor:
+        return v[:, 2:] - 2 * v[:, 1:-1] + v[:, :-2]
+
+    laplacian = outer(inner(ty), second(tx)) + outer(second(ty), inner(tx))
+    if family == "laplacian":
+        return laplacian
+    if family == "gaussian-laplacian":
+        if gamma is None:
+            raise MasterkeyError("scale-space family 'gaussian-laplacian' needs gamma")
+        return outer(inner(ty), inner(tx)) - gamma[:, None, None] * laplacian
+    operators = {
+        "": inner,
+        "+": lambda v: v[:, 2:] - v[:, 1:-1],
+        "-": lambda v: v[:, 1:-1] - v[:, :-2],
+        "c": lambda v: (v[:, 2:] - v[:, :-2]) / 2,
+    }
+    if family == "gaussian":
+        x_op, y_op = "", ""
+    elif family[:2] == "dx":
+        x_op, y_op = (family[2:] or "c"), ""
+    else:
+        x_op, y_op = "", (family[2:] or "c")
+    return outer(operators[y_op](ty), operators[x_op](tx))

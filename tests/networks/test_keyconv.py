@@ -17,18 +17,27 @@ from masterkey.fit import fit_affine, fit_bank
 from masterkey.keys import load_keys
 from masterkey.networks.keyconv import (
     PUBLISHED_PROPORTIONS,
+    SIGMA_SCOPES,
     KeyConv2d,
+    ScaleSpaceConv2d,
+    ScaleSpaceKey,
+    SpanConv2d,
     assign_by_proportions,
     assign_from_fit_table,
     assign_from_model,
     assign_uniform,
     convert_to_keys,
     counts_from_proportions,
+    depthwise_epoch_stats,
+    depthwise_summary,
     export_state_dict,
     key_counts,
     key_layers,
     make_assigner,
     materialize,
+    parameter_counts,
+    scalespace_models,
+    transfer_filters,
 )
 from masterkey.networks.models import read_state_dict
 
@@ -277,3 +286,230 @@ def test_models_without_depthwise_convs_are_refused() -> None:
         convert_to_keys(nn.Sequential(nn.Conv2d(3, 8, 3)), "paper8", "frozen")
     with pytest.raises(MasterkeyError, match="mode 'half'"):
         convert_to_keys(tiny_convnext(), "paper8", "half")
+
+
+# ---------------------------------------------------------------------- span of keys
+def _trainable_names(model: nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _random_projection(model: nn.Module) -> torch.Tensor:
+    """A loss whose gradient reaches every kernel entry of every key layer (not damped by ConvNeXt's layer scale
+    of 1e-6, as a loss on the logits of a fresh model is)."""
+    gen = torch.Generator().manual_seed(0)
+    return sum((layer.weight * torch.randn(layer.weight.shape, generator=gen)).sum() for _, layer in key_layers(model))
+
+
+def test_a_one_hot_span_model_equals_the_frozen_model_exactly() -> None:
+    frozen, span = tiny_convnext(), tiny_convnext()
+    convert_to_keys(frozen, "paper8", "frozen", "convnextv2-b", seed=3, key_gain=0.7)
+    layers = convert_to_keys(span, "paper8", "span", "convnextv2-b", seed=3, key_gain=0.7)
+    assert [info.counts for info in layers] == [
+        info.counts for info in convert_to_keys(tiny_convnext(), "paper8", "frozen", "convnextv2-b", seed=3)
+    ]
+    for (_, f), (_, s) in zip(key_layers(frozen), key_layers(span), strict=True):
+        assert isinstance(s, SpanConv2d) and torch.equal(f.key_index, s.key_index)
+        assert torch.equal(s.alpha.count_nonzero(dim=1), torch.ones(s.out_channels, dtype=torch.long))
+        assert torch.equal(f.weight, s.weight)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(frozen.eval()(x), span.eval()(x))
+
+
+def test_span_gradients_reach_alpha_and_never_the_keys() -> None:
+    model = tiny_convnext()
+    convert_to_keys(model, "paper8", "span", "uniform")
+    _random_projection(model).backward()
+    for name, layer in key_layers(model):
+        assert {n for n, _ in layer.named_parameters()} == {"alpha", "offset", "bias"}
+        assert {n for n, _ in layer.named_buffers()} == {"basis", "key_index"}
+        assert layer.alpha.grad is not None and float(layer.alpha.grad.abs().sum()) > 0, name
+        # every key's mixing weight gets a gradient, not only the assigned one
+        assert bool((layer.alpha.grad.abs().sum(dim=0) > 0).all()), name
+        assert not layer.basis.requires_grad and layer.basis.grad is None
+    assert not any(p is layer.basis for p in model.parameters() for _, layer in key_layers(model))
+
+
+def test_span_from_a_trained_model_is_its_least_squares_mix(cifar_convnexts: list) -> None:
+    weights = next(p for p in cifar_convnexts if p.name == "convnext_atto_s0_e20.safetensors")
+    state, _ = read_state_dict(weights)
+    keys = load_keys("paper8")
+    model = timm.create_model("convnext_atto", num_classes=10, patch_size=1)
+    convert_to_keys(model, keys, "span", f"model:{weights}")
+    basis = torch.cat([keys.keys.double().reshape(8, -1), torch.ones(1, 49, dtype=torch.float64)])
+    for name, layer in key_layers(model):
+        trained = state[f"{name}.weight"].double().reshape(layer.out_channels, -1)
+        solution = torch.linalg.lstsq(basis.T, trained.T).solution.T  # [C, 9]: 8 keys and the constant
+        torch.testing.assert_close(layer.alpha.double(), solution[:, :8], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(layer.offset.double(), solution[:, 8], atol=1e-5, rtol=1e-4)
+        # the span fits at least as well as the best single key (what the frozen model: variant holds)
+        span_residual = (trained - layer.weight.detach().double().reshape(len(trained), -1)).norm(dim=1)
+        single = fit_affine(trained.float(), keys).residual.double()
+        assert bool((span_residual <= single + 1e-4).all())
+        assert float(span_residual.mean()) < 0.95 * float(single.mean())  # 0.417 vs 0.463 on this model
+
+
+# ---------------------------------------------------------------------- learnable scale-space keys
+def test_scalespace_model_starts_at_the_scalespace8_keys_and_learns_only_sigma_gamma_and_offsets() -> None:
+    for scope in SIGMA_SCOPES:
+        learned, frozen = tiny_convnext(), tiny_convnext()
+        convert_to_keys(learned, "scalespace8", "scalespace", "convnextv2-b", seed=2, sigma_scope=scope)
+        convert_to_keys(frozen, "scalespace8", "frozen", "convnextv2-b", seed=2)
+        for (_, s), (_, f) in zip(key_layers(learned), key_layers(frozen), strict=True):
+            assert isinstance(s, ScaleSpaceConv2d) and torch.equal(s.key_index, f.key_index)
+            # the torch quadrature reproduces scipy's Bessel kernels to float32 rounding
+            torch.testing.assert_close(s.weight, f.weight, atol=1e-6, rtol=0)
+        _random_projection(learned).backward()
+        for _, layer in key_layers(learned):
+            names = {n for n, _ in layer.named_parameters()}
+            assert names <= {"log_sigma_x", "log_sigma_y", "gamma", "offset", "bias"}
+            assert {"log_sigma_x", "log_sigma_y", "offset"} <= names
+            used = torch.unique(layer.group)
+            for p in (layer.log_sigma_x, layer.log_sigma_y):
+                assert bool((p.grad[used] != 0).all()), "a σ in use got no gradient"
+            if layer.gamma is not None:
+                assert float(layer.gamma.grad.abs().sum()) > 0
+            rows = layer.out_channels if scope == "channel" else 8
+            assert layer.log_sigma_x.shape == (rows,)
+
+
+def test_learned_sigma_recovers_the_scales_that_made_the_target_filters() -> None:
+    """A small synthetic fit: kernels generated from known σ (and γ) are regressed from the scalespace8 start."""
+    from masterkey.kernels import PAPER8_SCALESPACE
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+    models = scalespace_models(load_keys("scalespace8"))
+    index = torch.arange(8)
+    truth = [
+        ScaleSpaceKey(m.family, m.sigma_x * fx, m.sigma_y * fy, m.gamma * 1.3 if m.gamma else 0.0, m.sign)
+        for m, fx, fy in zip(
+            models, (1.3, 0.8, 1.25, 0.85, 0.8, 1.2, 1.2, 1.35), (0.8, 1.3, 0.85, 1.3, 1.2, 0.8, 0.9, 1.4), strict=True
+        )
+    ]
+    target = ScaleSpaceConv2d(conv, truth, index).weight.detach()
+    layer = ScaleSpaceConv2d(conv, models, index)
+    optimizer = torch.optim.Adam([p for n, p in layer.named_parameters() if n != "bias"], lr=0.03)
+    for _ in range(250):
+        optimizer.zero_grad()
+        loss = (layer.weight - target).square().sum()
+        loss.backward()
+        optimizer.step()
+    assert float(loss.detach()) < 1e-8
+    sigma = layer.sigma.detach()
+    for j, (key, row) in enumerate(zip(truth, PAPER8_SCALESPACE, strict=True)):
+        assert float(sigma[j, 0]) == pytest.approx(key.sigma_x, rel=1e-3), row[0]
+        assert float(sigma[j, 1]) == pytest.approx(key.sigma_y, rel=1e-3), row[0]
+    assert float(layer.gamma.detach()[0]) == pytest.approx(truth[6].gamma, rel=1e-3)
+    torch.testing.assert_close(layer.offset.detach(), torch.zeros(8), atol=1e-5, rtol=0)
+
+
+def test_scalespace_models_of_any_key_set_come_from_a_fit() -> None:
+    fitted = scalespace_models(load_keys("paper8"))
+    stored = scalespace_models(load_keys("scalespace8"))
+    assert [m.family for m in fitted] == [m.family for m in stored]
+    for a, b in zip(fitted, stored, strict=True):
+        assert a.sign == b.sign and a.sigma_x == pytest.approx(b.sigma_x, abs=2e-3)
+    model = tiny_convnext(kernel_sizes=3)  # models are generated at every size: no --resize-keys needed
+    convert_to_keys(model, "paper8", "scalespace", "uniform")
+    assert all(layer.weight.shape[-1] == 3 for _, layer in key_layers(model))
+
+
+@pytest.mark.parametrize(
+    ("mode", "keys", "extra"),
+    [
+        ("span", "paper8", {}),
+        ("scalespace", "scalespace8", {"sigma_scope": "key"}),
+        ("scalespace", "scalespace8", {"sigma_scope": "channel", "learn_scale": True}),
+    ],
+)
+def test_span_and_scalespace_export_into_plain_timm_with_the_same_logits(mode: str, keys: str, extra: dict) -> None:
+    model = tiny_convnext()
+    convert_to_keys(model, keys, mode, "hornet-t", **extra)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # move every learnable kernel parameter away from its start
+        for _, layer in key_layers(model):
+            for name, p in layer.named_parameters():
+                if name != "bias":
+                    p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    state = export_state_dict(model)
+    plain = timm.create_model("convnext_atto", **TINY)
+    assert list(state) == list(plain.state_dict())
+    plain.load_state_dict(state, strict=True)
+    x = torch.randn(3, 3, 32, 32)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x))
+        materialize(model)
+        torch.testing.assert_close(plain(x), model(x))
+
+
+def test_parameter_counts_say_what_each_mode_trains_per_channel() -> None:
+    per_channel = {}
+    for mode, keys, extra in [
+        ("trainable", "paper8", {}),
+        ("frozen", "paper8", {}),
+        ("frozen", "paper8", {"learn_scale": True}),
+        ("span", "paper8", {}),
+        ("scalespace", "scalespace8", {"sigma_scope": "channel"}),
+    ]:
+        model = tiny_convnext()
+        convert_to_keys(model, keys, mode, "uniform", **extra)
+        counts = parameter_counts(model)
+        assert counts["depthwise_channels"] == 80
+        per_channel[(mode, bool(extra))] = counts["depthwise_trainable_per_channel"]
+    assert per_channel[("trainable", False)] == 49 and per_channel[("frozen", False)] == 1
+    assert per_channel[("frozen", True)] == 2 and per_channel[("span", False)] == 9
+    # channel scope: σx, σy and b per channel, and γ for the centre-surround channels (1 in 8 with uniform)
+    assert per_channel[("scalespace", True)] == pytest.approx(3 + (1 + 2 + 3 + 4) / 80)
+
+
+def test_epoch_stats_and_summary_report_mixing_weights_and_sigmas() -> None:
+    span = tiny_convnext()
+    convert_to_keys(span, "paper8", "span", "uniform", key_gain=2.0)
+    stats = depthwise_epoch_stats(span)
+    assert stats["dw_alpha_own"] == 1.0
+    assert sum(stats[f"dw_alpha_k{j}"] for j in range(1, 9)) == pytest.approx(2.0)  # one 2.0 per channel, 8 keys
+    summary = depthwise_summary(span)
+    assert len(summary) == 4 and len(summary[0]["mean_abs_alpha"]) == 8
+    scales = tiny_convnext()
+    convert_to_keys(scales, "scalespace8", "scalespace", "uniform")
+    stats = depthwise_epoch_stats(scales)
+    assert stats["dw_sigma_x_k5"] == pytest.approx(1.0972, abs=1e-6) and stats["dw_gamma_k7"] == pytest.approx(0.7572)
+    assert "dw_gamma_k8" not in stats
+    layer = depthwise_summary(scales)[3]
+    assert layer["sigma_y"][3] == pytest.approx(0.3412, abs=1e-6) and layer["gamma"][6] == pytest.approx(0.7572)
+    assert depthwise_epoch_stats(tiny_convnext()) == {} and depthwise_summary(tiny_convnext()) == []
+
+
+# ---------------------------------------------------------------------- transferred filters
+def test_transferred_filters_are_the_source_filters_exactly(cifar_convnexts: list) -> None:
+    weights = next(p for p in cifar_convnexts if p.name == "convnext_atto_s2_e55.safetensors")
+    state, _ = read_state_dict(weights)
+    for freeze in (True, False):
+        model = timm.create_model("convnext_atto", num_classes=10, patch_size=2)  # the source has patch 1: fine
+        layers = transfer_filters(model, weights, freeze=freeze)
+        assert len(layers) == 12
+        for dw in find_depthwise(model):
+            assert torch.equal(dw.conv.weight, state[f"{dw.name}.weight"].float())
+            assert dw.conv.weight.requires_grad is not freeze
+        counts = parameter_counts(model)
+        assert counts["depthwise_trainable"] == (0 if freeze else 1840 * 49)
+
+
+def test_mismatched_architectures_are_refused_naming_the_first_layer(cifar_convnexts: list) -> None:
+    weights = next(p for p in cifar_convnexts if p.name == "convnext_atto_s2_e55.safetensors")
+    with pytest.raises(
+        MasterkeyError, match=r"layer 'stages\.0\.blocks\.0\.conv_dw' is \(40, 1, 7, 7\) there but \(48"
+    ):
+        transfer_filters(timm.create_model("convnext_femto", num_classes=10), weights, freeze=True)
+    with pytest.raises(MasterkeyError, match=r"no weight for layer 'stages\.2\.blocks\.6\.conv_dw'"):
+        transfer_filters(timm.create_model("convnext_atto", depths=(2, 2, 7, 2)), weights, freeze=True)
+    with pytest.raises(
+        MasterkeyError, match=r"has depthwise layer 'stages\.2\.blocks\.5\.conv_dw' that the model lacks"
+    ):
+        transfer_filters(timm.create_model("convnext_atto", depths=(2, 2, 5, 2)), weights, freeze=True)
+    with pytest.raises(MasterkeyError, match=r"is \(40, 1, 7, 7\) there but \(40, 1, 3, 3\)"):
+        transfer_filters(timm.create_model("convnext_atto", kernel_sizes=3), weights, freeze=False)
+    with pytest.raises(MasterkeyError, match="use transfer_filters"):
+        convert_to_keys(tiny_convnext(), "paper8", "transfer-frozen")

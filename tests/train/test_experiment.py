@@ -10,23 +10,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
 from masterkey.cli import main
 from masterkey.errors import MasterkeyError
+from masterkey.stats import mean_ci
 from masterkey.train import TrainConfig, train
-from masterkey.train.experiment import (
-    Arm,
-    Experiment,
-    collect_experiments,
-    load_experiment,
-    mean_ci,
-    run_experiment,
-    standard_arms,
-    summarize_runs,
-)
+from masterkey.train.collect import collect_experiments
+from masterkey.train.experiment import Arm, Experiment, load_experiment, standard_arms
+from masterkey.train.runner import run_experiment
+from masterkey.train.summary import summarize_runs
 
 
 def test_mean_ci_is_the_student_t_interval() -> None:
@@ -258,3 +254,94 @@ def test_experiments_trained_apart_are_collected_into_one(tiny: TrainConfig, tmp
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
     (tmp_path / "a").rename(tmp_path / "cut.partial")  # an experiment cut short: its finished runs count
     assert collect_experiments([tmp_path / "cut"], tmp_path / "y")["arms"]["frozen"]["n"] == 2
+
+
+# ---------------------------------------------------------------------- data-efficiency sweeps
+def test_a_sweep_trains_every_arm_at_every_size_on_nested_balanced_subsets(
+    tiny: TrainConfig, tmp_path: Path, capsys
+) -> None:
+    from masterkey.train.data import load_train_data
+
+    base = {k: v for k, v in tiny.to_dict().items() if k not in ("seed", "max_train_images")}
+    arms = [Arm("trainable", {"mode": "trainable"}), Arm("frozen", {"mode": "frozen", "keys": "paper8"})]
+    experiment = Experiment(base, arms, [0, 1], None, [20, 40])
+    out = tmp_path / "sweep"
+    crashed = []
+
+    def crash_once(epoch: int, step: int) -> None:  # in the third run (trainable, 40 images, seed 0)
+        runs = out.with_name("sweep.partial") / "runs"
+        if not crashed and (runs / "trainable-n20-s1").exists() and step == 2:
+            crashed.append(True)
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_experiment(experiment, out, on_step=crash_once)
+    summary = run_experiment(experiment, out, resume=True)
+    runs = sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith("."))
+    assert runs == [f"{a}-n{n}-s{s}" for a in ("frozen", "trainable") for n in (20, 40) for s in (0, 1)]
+    for name in runs:  # each run trained on its size: class-balanced, 2 or 4 images per class
+        run = json.loads((out / "runs" / name / "summary.json").read_text())
+        assert run["n_train"] == int(name.split("-n")[1].split("-")[0])
+    assert list(summary["arms"]) == ["trainable-n20", "trainable-n40", "frozen-n20", "frozen-n40"]
+    assert summary["train_sizes"] == [20, 40] and summary["arms"]["frozen-n40"]["delta_test_top1"]["n"] == 2
+    table = pd.read_csv(out / "efficiency.csv")
+    assert table[["arm", "train_size", "n"]].values.tolist() == [
+        ["trainable", 20, 2], ["trainable", 40, 2], ["frozen", 20, 2], ["frozen", 40, 2]
+    ]  # fmt: skip
+    per_run = pd.read_csv(out / "summary.csv")
+    frozen40 = per_run[(per_run["mode"] == "frozen") & (per_run["train_size"] == 40)]["test_top1"]
+    assert table.iloc[3]["test_top1"] == pytest.approx(frozen40.mean())
+    assert "## Data efficiency" in (out / "summary.md").read_text() and (out / "efficiency.png").is_file()
+    # the resumed run equals one trained without interruption
+    again = train(experiment.config(arms[0], 0, 40))
+    assert again.summary["test_top1"] == per_run[per_run["run"] == "runs/trainable-n40-s0"]["test_top1"].item()
+    # the subsets are nested and balanced, and the same for every arm and seed (max_train_images is the size)
+    small, large = (load_train_data(tiny.data, max_train_images=n) for n in (20, 40))
+    for c in range(10):
+        a, b = small.train.images[small.train.labels == c], large.train.images[large.train.labels == c]
+        assert len(a) == 2 and len(b) == 4 and torch.equal(a, b[:2])
+    assert {experiment.config(arm, s, 20).max_train_images for arm in arms for s in (0, 1)} == {20}
+    # another arm trained apart joins the sweep with --collect
+    extra = Experiment(base, [Arm("span", {"mode": "span", "keys": "paper8"})], [0, 1], None, [20, 40])
+    run_experiment(extra, tmp_path / "extra")
+    assert main(["train", "--collect", str(out), str(tmp_path / "extra"), "-o", str(tmp_path / "all")]) == 0
+    printed = capsys.readouterr().out
+    assert "train_size" in printed and "span" in printed
+    joined = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert list(joined["arms"])[:2] == ["trainable-n20", "trainable-n40"] and "span-n40" in joined["arms"]
+    assert joined["arms"]["frozen-n40"]["test_top1"] == summary["arms"]["frozen-n40"]["test_top1"]
+
+
+def test_training_set_sizes_are_checked_before_anything_trains(tiny: TrainConfig, tmp_path: Path) -> None:
+    base = {k: v for k, v in tiny.to_dict().items() if k not in ("seed", "max_train_images")}
+    arms = [Arm("trainable", {"mode": "trainable"})]
+    for sizes, message in [
+        ([25], "train size 25: not a multiple of the 10 classes"),
+        ([50_010], "train size 50010: .* gives at most 50000 class-balanced images"),
+    ]:
+        with pytest.raises(MasterkeyError, match=message):
+            run_experiment(Experiment(base, arms, [0], None, sizes), tmp_path / "x")
+    with pytest.raises(MasterkeyError, match="max_train_images and train sizes both given"):
+        run_experiment(Experiment(base | {"max_train_images": 60}, arms, [0], None, [20]), tmp_path / "x")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+    path = tmp_path / "exp.toml"
+    path.write_text('seeds = [0]\ntrain_sizes = [2000, 500]\n[base]\ndata = "d"\n')
+    assert load_experiment(path).train_sizes == [500, 2000]
+    for text, message in [
+        ("train_sizes = [500, 500]\n", "repeat a size"),
+        ("train_sizes = [0]\n", "positive integers"),
+        ('train_sizes = "500"\n', "positive integers"),
+    ]:
+        path.write_text(text + '[base]\ndata = "d"\n')
+        with pytest.raises(MasterkeyError, match=message):
+            load_experiment(path)
+
+
+def test_cli_sweeps_one_arm_over_sizes(tiny: TrainConfig, tmp_path: Path, capsys) -> None:
+    common = ["train", "--model-kwargs", json.dumps(tiny.model_kwargs), "--data", tiny.data, "--max-test-images", "40"]
+    common += ["--batch-size", "20", "--epochs", "1", "--no-progress", "--mode", "frozen"]
+    assert main([*common, "--train-sizes", "40,20", "--seeds", "0,1", "-o", str(tmp_path / "s"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["arms"]) == ["frozen-paper8-n20", "frozen-paper8-n40"] and result["train_sizes"] == [20, 40]
+    assert main([*common, "--train-sizes", "20,x", "-o", str(tmp_path / "bad")]) == 2
+    assert "--train-sizes '20,x': expected sizes separated by commas" in capsys.readouterr().err

@@ -245,3 +245,153 @@ def test_a_finished_run_continues_with_more_epochs(
     assert first.summary["test_top1"] == after["test_top1"].iloc[0]
     with pytest.raises(MasterkeyError, match=r"already complete \(3 epochs\)"):
         train(tiny.replace(epochs=2), out, resume=True)
+
+
+# ---------------------------------------------------------------------- span, scale-space and transfer modes
+def _source_weights(config: TrainConfig, path: Path) -> Path:
+    """A "trained" model of the tiny architecture (random, seeded) saved as a plain state_dict file."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(123)
+    model = build_model(config.replace(mode="trainable"))[0]
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _newer_mode_configs(tiny: TrainConfig, tmp_path: Path) -> dict[str, TrainConfig]:
+    kwargs = {**tiny.model_kwargs, "num_classes": 10}
+    source = _source_weights(tiny.replace(model_kwargs=kwargs), tmp_path / "source.safetensors")
+    return {
+        "span": tiny.replace(mode="span", keys="paper8"),
+        "scalespace-key": tiny.replace(mode="scalespace", keys="scalespace8", sigma_scope="key"),
+        "scalespace-channel": tiny.replace(mode="scalespace", keys="scalespace8", sigma_scope="channel"),
+        "transfer-frozen": tiny.replace(mode="transfer-frozen", filters_from=str(source)),
+        "transfer-init": tiny.replace(mode="transfer-init", filters_from=str(source)),
+    }
+
+
+@pytest.mark.parametrize("arm", ["span", "scalespace-key", "scalespace-channel", "transfer-frozen", "transfer-init"])
+def test_newer_modes_train_log_what_they_learn_and_export(tiny: TrainConfig, tmp_path: Path, arm: str) -> None:
+    config = _newer_mode_configs(tiny, tmp_path)[arm].replace(epochs=2)
+    before = initial_model(config)
+    out = tmp_path / "run"
+    result = train(config, out)
+    after = result.model
+    summary = json.loads((out / "summary.json").read_text())
+    metrics = pd.read_csv(out / "metrics.csv")
+    if arm == "span":
+        for (_, old), (_, new) in zip(key_layers(before), key_layers(after), strict=True):
+            assert torch.equal(old.basis, new.basis), "a key changed"
+            assert not torch.equal(old.alpha, new.alpha), "the mixing weights did not train"
+        assert summary["parameters"]["depthwise_trainable_per_channel"] == 9
+        assert {f"dw_alpha_k{j}" for j in range(1, 9)} | {"dw_alpha_own"} <= set(metrics.columns)
+        assert len(summary["depthwise_layers"][0]["mean_abs_alpha"]) == 8
+    elif arm.startswith("scalespace"):
+        for (_, old), (_, new) in zip(key_layers(before), key_layers(after), strict=True):
+            assert not torch.equal(old.log_sigma_x, new.log_sigma_x), "σ did not train"
+        assert summary["sigma_scope"] == config.sigma_scope
+        assert {"dw_sigma_x_k8", "dw_sigma_y_k8", "dw_gamma_k7"} <= set(metrics.columns)
+        assert metrics["dw_sigma_x_k8"].iloc[0] != metrics["dw_sigma_x_k8"].iloc[1]  # a trajectory, per epoch
+    else:
+        source = load_file(config.filters_from)
+        frozen = arm == "transfer-frozen"
+        for name, p in after.named_parameters():
+            if name.endswith("conv_dw.weight"):
+                assert p.requires_grad is not frozen
+                assert torch.equal(p.detach(), source[name]) is frozen, name
+                if frozen:
+                    assert p.grad is None, "a frozen transferred filter got a gradient"
+        assert summary["filters_from"] == config.filters_from and summary["keys"] is None
+        assert summary["parameters"]["depthwise_trainable"] == (0 if frozen else 80 * 49)
+        assert not any(c.startswith("dw_") for c in metrics.columns)
+    plain = create_model(weights=out / "model.safetensors", dims=[8, 16, 24, 32], depths=[1, 1, 1, 1])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), after.eval()(x))
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("arm", ["span", "scalespace-channel", "transfer-frozen"])
+def test_newer_modes_resume_to_bitwise_the_weights_of_an_uninterrupted_run(
+    tiny: TrainConfig, tmp_path: Path, arm: str
+) -> None:
+    config = _newer_mode_configs(tiny, tmp_path)[arm].replace(epochs=2)
+    out = tmp_path / "crashed"
+
+    def crash(epoch: int, step: int) -> None:
+        if step == 5:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(config, out, on_step=crash)
+    assert torch.load(partial_dir(out) / CHECKPOINT, weights_only=True)["epoch"] == 1
+    train(config, out, resume=True)
+    train(config, tmp_path / "uninterrupted")
+    a = load_file(out / "model.safetensors")
+    b = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    ma, mb = (pd.read_csv(d / "metrics.csv") for d in (out, tmp_path / "uninterrupted"))
+    same = [c for c in ma.columns if c not in ("seconds", "images_per_second")]
+    pd.testing.assert_frame_equal(ma[same], mb[same])
+
+
+def test_newer_modes_refuse_bad_options(tiny: TrainConfig, tmp_path: Path) -> None:
+    with pytest.raises(MasterkeyError, match="mode transfer-frozen copies .* --filters-from WEIGHTS"):
+        tiny.replace(mode="transfer-frozen")
+    with pytest.raises(MasterkeyError, match="filters_from=.*expected none unless mode is transfer-frozen"):
+        tiny.replace(mode="frozen", filters_from="x.safetensors")
+    with pytest.raises(MasterkeyError, match="sigma_scope='layer': expected key | channel"):
+        tiny.replace(mode="scalespace", sigma_scope="layer")
+    with pytest.raises(MasterkeyError, match="new_head=True: expected false unless weights are given"):
+        tiny.replace(new_head=True)
+    femto = _source_weights(
+        tiny.replace(model_kwargs={**tiny.model_kwargs, "dims": [8, 16, 24, 40]}), tmp_path / "w.safetensors"
+    )
+    with pytest.raises(MasterkeyError, match=r"layer 'stages\.3\.blocks\.0\.conv_dw' is \(40, 1, 7, 7\) there"):
+        train(tiny.replace(mode="transfer-init", filters_from=str(femto)), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not partial_dir(tmp_path / "out").exists()
+
+
+def test_full_network_transfer_keeps_everything_but_a_fresh_classifier(tiny: TrainConfig, models_dir: Path) -> None:
+    weights = models_dir / "mobilenet_v2_imagenet.pth"
+    imagenet = torch.load(weights, map_location="cpu", weights_only=True)
+    config = tiny.replace(model="torchvision:mobilenet_v2", model_kwargs={"num_classes": 10}, weights=str(weights))
+    with pytest.raises(MasterkeyError, match="the weights have 1000 classes, the model 10.*pass --new-head"):
+        build_model(config)
+    model = initial_model(config.replace(new_head=True))
+    state = model.state_dict()
+    assert state["classifier.1.weight"].shape == (10, 1280)
+    assert all(torch.equal(state[k], v) for k, v in imagenet.items() if not k.startswith("classifier"))
+    again = initial_model(config.replace(new_head=True))
+    assert torch.equal(again.state_dict()["classifier.1.weight"], state["classifier.1.weight"])  # a seeded init
+
+
+def _ddp_rank(rank: int, port: int, config_json: str, out: str, dump: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1"})
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    result = train(TrainConfig.from_dict(json.loads(config_json)), out)
+    torch.save({k: v.detach().clone() for k, v in result.model.state_dict().items()}, f"{dump}/rank{rank}.pt")
+
+
+@pytest.mark.parametrize("arm", ["scalespace-key", "span", "transfer-frozen"])
+def test_newer_modes_train_under_ddp_like_one_process(tiny: TrainConfig, tmp_path: Path, arm: str) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    config = _newer_mode_configs(tiny, tmp_path)[arm]
+    single = train(config).model.state_dict()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    args = (port, json.dumps(config.to_dict()), str(tmp_path / "ddp"), str(tmp_path))
+    mp.start_processes(_ddp_rank, args=args, nprocs=2, join=True, start_method="fork")
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks ended with different weights"
+    for name, value in rank0.items():  # the same global batch: equal up to the order of float sums
+        torch.testing.assert_close(value, single[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2

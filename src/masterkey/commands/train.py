@@ -32,14 +32,18 @@ from masterkey.files import OutputBusyError, check_output, missing_parents, remo
 
 NAME = "train"
 ORDER = 6
-HELP = "train a DS-CNN with trainable, frozen-key or key-initialised depthwise filters (one run or a seed matrix)"
+HELP = "train a DS-CNN with trainable, frozen-key, key-mixing, scale-space or transferred depthwise filters"
 DESCRIPTION = """Train a timm / torchvision model on DATA/train and evaluate on DATA/test (or DATA/val) with its
-depthwise filters trainable (as usual), frozen to keys (per-channel key + learnable offset b, optional scale a) or
-initialised from keys and then trained. One seed writes a train run; --seeds or --experiment write an experiment
-(arms x seeds) with mean ± 95% CI and curves. Runs checkpoint every epoch; --resume continues an interrupted run
-exactly. Under torchrun the same command trains with DDP on several GPUs (or CPU processes).
+depthwise filters trainable (as usual), frozen to keys (per-channel key + learnable offset b, optional scale a),
+initialised from keys, mixed from all keys, generated from scale-space models with learnable σ, or copied from a
+trained model (frozen or as initialisation). One seed writes a train run; --seeds or --experiment write an
+experiment (arms x seeds) with mean ± 95% CI and curves; --train-sizes repeats it at several training-set sizes.
+Runs checkpoint every epoch; --resume continues an interrupted run exactly. Under torchrun the same command trains
+with DDP on several GPUs (or CPU processes).
 
 modes: trainable | frozen (keys frozen, offset b learnable; --learn-scale adds a) | key-init
+  | span (kernel = sum_j alpha[c,j] key_j + b, alpha learnable) | scalespace (scale-space keys, σ learnable;
+  --sigma-scope key|channel) | transfer-frozen | transfer-init (the filters of --filters-from WEIGHTS)
 keys: paper8, random:K[:SEED], impulse, scalespace8, or a key file (safetensors / text)
 assignment of keys to channels: convnextv2-b | hornet-t (published proportions) | uniform | proportions:P1,...
   | fit:FITDIR (per-layer proportions of a 'masterkey fit' run) | model:WEIGHTS (best fit of a trained model)
@@ -58,6 +62,9 @@ examples:
   masterkey train --experiment bench/train_cifar_cpu.toml -o runs/bench       # the whole matrix
   masterkey train --experiment bench/train_cifar_cpu.toml --arms frozen-discovered --mode frozen \\
       --keys runs/discover/keys.safetensors -o runs/bench-discovered           # one more arm
+  masterkey train --model convnext_atto --model-kwargs num_classes=10,patch_size=2 --data ../shared/data/cifar10 \
+      --mode transfer-frozen --filters-from ../shared/models/cifar10-convnext/convnext_atto_s2_e55.safetensors \
+      --train-sizes 500,2000 --seeds 0,1,2 -o runs/transfer                    # a data-efficiency sweep
   masterkey train ... -o runs/frozen --resume                                  # after an interruption
   masterkey train ... -o runs/frozen --resume --epochs 40                      # train a finished run longer
   torchrun --nproc_per_node=8 -m masterkey train --recipe imagenet --model convnextv2_tiny \\
@@ -76,6 +83,9 @@ _FIELDS = {
     "learn_scale": "learn_scale",
     "key_gain": "key_gain",
     "resize_keys": "resize_keys",
+    "sigma_scope": "sigma_scope",
+    "filters_from": "filters_from",
+    "new_head": "new_head",
     "data": "data",
     "dataset": "dataset",
     "image_size": "image_size",
@@ -119,7 +129,7 @@ _FIELDS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from masterkey.networks.keyconv import MODES
+    from masterkey.networks.keyconv import MODES, SIGMA_SCOPES
     from masterkey.train.recipes import RECIPES
 
     p.add_argument(
@@ -135,10 +145,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K=V,...",
         help="model keyword arguments, e.g. num_classes=10,patch_size=1 (or a JSON object for lists)",
     )
-    g.add_argument("--drop-path", type=float, metavar="RATE", help="stochastic depth rate (model drop_path_rate)")
+    g.add_argument(
+        "--drop-path", type=float_arg(0, 1), metavar="RATE", help="stochastic depth rate (model drop_path_rate)"
+    )
     g.add_argument("--weights", metavar="FILE", help="start from these weights instead of a random init")
+    g.add_argument(
+        "--new-head",
+        action="store_true",
+        default=None,
+        help="with --weights: a fresh classifier when its class count differs from the data's (fine-tuning)",
+    )
     g = p.add_argument_group("depthwise filters")
-    g.add_argument("--mode", choices=MODES, help="trainable (default) | frozen | key-init")
+    g.add_argument("--mode", choices=MODES, help=" | ".join(MODES) + " (default trainable)")
     g.add_argument("--keys", metavar="KEYS", help="key set: built-in name or key file (default paper8)")
     g.add_argument("--assignment", metavar="SPEC", help="channel -> key rule (default convnextv2-b)")
     g.add_argument("--learn-scale", action="store_true", default=None, help="frozen mode: learn a per-channel scale")
@@ -150,6 +168,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="centre-crop / zero-pad keys whose kernel size differs from the model's",
+    )
+    g.add_argument(
+        "--sigma-scope",
+        choices=SIGMA_SCOPES,
+        help="scalespace mode: learn σ per key of a layer (default) or per channel",
+    )
+    g.add_argument(
+        "--filters-from",
+        metavar="WEIGHTS",
+        help="transfer modes: the trained model (same architecture) whose depthwise filters are copied",
     )
     _add_data_arguments(p)
     _add_training_options(p)
@@ -221,6 +249,12 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seeds", metavar="LIST", help="several seeds, e.g. 0,1,2: writes an experiment with mean ± CI")
     g.add_argument("--experiment", metavar="FILE", help="experiment file (TOML / JSON): base options, arms, seeds")
     g.add_argument("--arms", metavar="A,B", help="run only these arms of the experiment (or define a new one)")
+    g.add_argument(
+        "--train-sizes",
+        metavar="N,N",
+        help="repeat the experiment at these training-set sizes (class-balanced nested subsets, e.g. 500,2000): "
+        "accuracy vs size per arm with 95%% CIs",
+    )
     g.add_argument(
         "--collect",
         nargs="+",
@@ -319,7 +353,7 @@ def _seeds(text: str) -> list[int]:
 def build_experiment(args: argparse.Namespace) -> Any:
     """The experiment the options describe, or None for a single run."""
     from masterkey.train import TrainConfig
-    from masterkey.train.experiment import Arm, Experiment, arm_name, load_experiment
+    from masterkey.train.experiment import Arm, Experiment, arm_name, load_experiment, parse_train_sizes
 
     overrides = _overrides(args)
     if args.seed is not None and (args.seeds is not None or args.experiment):
@@ -339,6 +373,8 @@ def build_experiment(args: argparse.Namespace) -> Any:
         experiment.arms = [Arm(a.name, merged(a.overrides, inherit=True)) for a in experiment.arms]
         if args.seeds is not None:
             experiment.seeds = _seeds(args.seeds)
+        if args.train_sizes:
+            experiment.train_sizes = parse_train_sizes(args.train_sizes, "--train-sizes")
         if args.arms:
             names = [n.strip() for n in args.arms.split(",") if n.strip()]
             known = {a.name for a in experiment.arms}
@@ -356,9 +392,11 @@ def build_experiment(args: argparse.Namespace) -> Any:
         return experiment
     if args.arms:
         raise MasterkeyError("--arms selects arms of an --experiment file")
-    if args.seeds is not None:
+    sizes = parse_train_sizes(args.train_sizes, "--train-sizes") if args.train_sizes else None
+    if args.seeds is not None or sizes:
         config = TrainConfig.from_dict(overrides, source="options")
-        return Experiment(overrides, [Arm(arm_name(config), {})], _seeds(args.seeds), None)
+        seeds = _seeds(args.seeds) if args.seeds is not None else [config.seed]
+        return Experiment(overrides, [Arm(arm_name(config), {})], seeds, None, sizes)
     return None
 
 
@@ -367,9 +405,16 @@ def run(args: argparse.Namespace) -> int:
     from masterkey.train import TrainConfig, run_experiment, train
 
     if args.collect:
-        from masterkey.train.experiment import collect_experiments
+        from masterkey.train.collect import collect_experiments
 
-        if args.experiment or args.seeds is not None or args.seed is not None or args.resume or args.jobs != 1:
+        if (
+            args.experiment
+            or args.seeds is not None
+            or args.train_sizes
+            or args.seed is not None
+            or args.resume
+            or args.jobs != 1
+        ):
             raise MasterkeyError("--collect trains nothing: it takes only run directories, -o OUT and --overwrite")
 
         _check_out(args, args.collect)
@@ -456,7 +501,8 @@ def _report_experiment(summary: dict[str, Any], args: argparse.Namespace) -> int
         top1 = entry["test_top1"]
         rows.append(
             {
-                "arm": arm,
+                "arm": entry.get("arm", arm),
+                **({"train_size": entry["train_size"]} if "train_size" in entry else {}),
                 "mode": entry["train_mode"],
                 "keys": entry["keys"] or "-",
                 "n": entry["n"],

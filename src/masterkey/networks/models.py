@@ -218,9 +218,12 @@ def create_model(
     return model.eval()
 
 
-def load_weights(model: nn.Module, state: StateDict, source: str = "weights") -> None:
+def load_weights(model: nn.Module, state: StateDict, source: str = "weights", new_head: bool = False) -> None:
     """Load ``state`` into ``model`` strictly, remapping foreign namings when needed.
 
+    ``new_head``: a classifier whose class count differs from the model's (a 2-D weight with the model's input
+    width but another output count, and its bias) is not loaded: the model keeps its own freshly initialised
+    one (fine-tuning on a new label set). Everything else must fit.
     Raises :class:`MasterkeyError` listing missing / unexpected keys and shape mismatches (with a class-count
     hint) when no remapping makes the checkpoint fit.
     """
@@ -231,11 +234,29 @@ def load_weights(model: nn.Module, state: StateDict, source: str = "weights") ->
     for fn in _CHECKPOINT_FILTERS:
         candidates.append(_try_filter(fn, state, model))
     target = model.state_dict()
+    if new_head:
+        candidates = [_with_own_head(c, target) if c is not None else None for c in candidates]
     for cand in candidates:
         if cand is not None and _fits(cand, target):
             model.load_state_dict(cand, strict=True)
             return
     raise MasterkeyError(f"{source}: {describe_mismatch(state, target)}")
+
+
+def _with_own_head(state: StateDict, target: Mapping[str, Tensor]) -> StateDict:
+    """``state`` with the target's own tensors in place of a classifier of another class count."""
+    out = dict(state)
+    for key, tensor in target.items():
+        theirs = state.get(key)
+        if theirs is None or tensor.ndim != 2 or theirs.ndim != 2 or tuple(theirs.shape) == tuple(tensor.shape):
+            continue
+        if theirs.shape[1] != tensor.shape[1]:
+            continue
+        out[key] = tensor
+        bias = key.removesuffix("weight") + "bias"
+        if bias in target and bias in state and state[bias].shape != target[bias].shape:
+            out[bias] = target[bias]
+    return out
 
 
 def _try_filter(fn: Callable[..., Any], state: StateDict, model: nn.Module) -> StateDict | None:

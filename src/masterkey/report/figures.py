@@ -479,6 +479,11 @@ def matrix_heatmap(
     return fig
 
 
+def layer_heatmap(matrix: np.ndarray, layers: Sequence[str], columns: Sequence[str], title: str, xlabel: str) -> Figure:
+    """:func:`matrix_heatmap` with one row per layer of a network (names shortened to what tells them apart)."""
+    return matrix_heatmap(matrix, _short_layers(layers), columns, title, xlabel, "layer")
+
+
 # ---------------------------------------------------------------------- training
 @_styled
 def training_curves(
@@ -546,6 +551,126 @@ def _band(ax: Axes, tables: Sequence[pd.DataFrame], column: str, color: object, 
     )
     if len(usable) > 1:
         ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
+
+
+def _ci_band(frames: Sequence[pd.DataFrame], x: str, y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over runs of ``y`` at each ``x`` and the half-width of its 95% CI (0 where it is undefined)."""
+    from masterkey.stats import mean_ci
+
+    merged = pd.concat([f[[x, y]].assign(run=i) for i, f in enumerate(frames)])
+    table = merged.pivot_table(index=x, columns="run", values=y)
+    means, halves = [], []
+    for _, values in table.iterrows():
+        mean, _, half = mean_ci(values.dropna().tolist())
+        means.append(mean)
+        halves.append(0.0 if math.isnan(half) else half)
+    return table.index.to_numpy(), np.asarray(means), np.asarray(halves)
+
+
+def experiment_curves(curves: Mapping[str, Sequence[tuple[pd.DataFrame, pd.DataFrame]]]) -> Figure:
+    """An experiment's ``curves.png``: per-step train loss, per-epoch train loss, test loss and test top-1 for every
+    arm, the mean over seeds with a shaded 95% CI band. ``curves[arm]`` holds one ``(epoch_rows, step_rows)`` pair
+    per seed."""
+    panels = [
+        ("step", "train_loss", "train loss (per logged step)", True),
+        ("epoch", "train_loss", "train loss (epoch mean)", False),
+        ("epoch", "test_loss", "test loss", False),
+        ("epoch", "test_top1", "test top-1 (%)", False),
+    ]
+    fig, axes = _subplots(2, 2, figsize=(11, 8))
+    for ax, (x, y, title, steps) in zip(axes.flat, panels, strict=True):
+        for arm, runs in curves.items():
+            frames = [s if steps else e for e, s in runs]
+            frames = [f for f in frames if len(f) and y in f]
+            if not frames:
+                continue
+            xs, mean, half = _ci_band(frames, x, y)
+            marker = "o" if len(xs) <= 30 else None  # short curves: show the points
+            (line,) = ax.plot(xs, mean, label=f"{arm} (n={len(frames)})", lw=1.5, marker=marker, ms=3)
+            ax.fill_between(xs, mean - half, mean + half, color=line.get_color(), alpha=0.2, lw=0)
+        ax.set_title(title)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+    axes.flat[-1].legend(fontsize=8)
+    fig.suptitle("mean over seeds, shaded: 95% CI (Student t)")
+    fig.tight_layout()
+    return fig
+
+
+@_styled
+def efficiency_curves(table: pd.DataFrame, reference: str | None = None) -> Figure:
+    """Data efficiency: test top-1 against training-set size (log axis) per arm, mean ± 95% CI over seeds (error
+    bars); beside it the paired difference to the ``reference`` arm when the table has one. ``table`` has the
+    columns of :func:`masterkey.train.summary.efficiency_table`."""
+    with_delta = reference is not None and bool((table["delta_n"] > 0).any())
+    fig, axes = _subplots(1, 2 if with_delta else 1, figsize=(11 if with_delta else 6.5, 4.2), squeeze=False)
+    palette = _cmap("tab10")
+    sizes = sorted(table["train_size"].unique())
+    for i, (arm, group) in enumerate(table.groupby("arm", sort=False)):
+        group = group.sort_values("train_size")
+        color = palette(i % 10)
+        x = group["train_size"].to_numpy(dtype=float) * (1 + 0.012 * (i - len(sizes) / 2))  # no hidden bars
+        ci = np.nan_to_num(group["ci95"].to_numpy(dtype=float))
+        n = int(group["n"].max())
+        axes[0, 0].errorbar(
+            x, group["test_top1"], yerr=ci, color=color, marker="o", ms=4, capsize=3, label=f"{arm} (n={n})"
+        )
+        if with_delta and arm != reference:
+            dci = np.nan_to_num(group["delta_ci95"].to_numpy(dtype=float))
+            axes[0, 1].errorbar(x, group["delta_top1"], yerr=dci, color=color, marker="o", ms=4, capsize=3, label=arm)
+    axes[0, 0].set_ylabel("test top-1 (%)")
+    axes[0, 0].set_title("test top-1 vs training-set size (mean ± 95% CI)")
+    if with_delta:
+        axes[0, 1].axhline(0, color=REFERENCE_COLOR, lw=1)
+        axes[0, 1].set_ylabel(f"Δ top-1 vs {reference} (points)")
+        axes[0, 1].set_title(f"paired difference to {reference} (± 95% CI)")
+    for ax in axes.flat:
+        ax.set_xscale("log")
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([f"{s:,}" for s in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training images")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+@_styled
+def sigma_trajectories(runs: Mapping[str, Sequence[pd.DataFrame]], labels: Sequence[str] | None = None) -> Figure:
+    """Learned scales per epoch: one panel per key (σx solid, σy dashed, γ dotted), one colour per arm; the mean
+    over seeds of the ``dw_sigma_x_kJ`` / ``dw_sigma_y_kJ`` / ``dw_gamma_kJ`` columns of the per-epoch metrics (each
+    itself the mean over the layers, or channels, holding key J)."""
+    from matplotlib.lines import Line2D
+
+    columns = {str(c) for tables in runs.values() for t in tables for c in t.columns}
+    keys = sorted({int(c.rsplit("_k", 1)[1]) for c in columns if c.startswith("dw_sigma_x_k")})
+    cols = min(4, max(1, len(keys)))
+    rows = max(1, math.ceil(len(keys) / cols))
+    fig, axes = _subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows + 0.6), squeeze=False)
+    palette = _cmap("tab10")
+    styles = (("dw_sigma_x_k", "-"), ("dw_sigma_y_k", "--"), ("dw_gamma_k", ":"))
+    for k, ax in zip(keys, axes.flat, strict=False):
+        for i, tables in enumerate(runs.values()):
+            for prefix, style in styles:
+                usable = [t for t in tables if f"{prefix}{k}" in t]
+                if usable:
+                    x, mean, _ = _ci_band(usable, "epoch", f"{prefix}{k}")
+                    ax.plot(x, mean, style, color=palette(i % 10), lw=1.4)
+        ax.set_title(labels[k - 1] if labels is not None and k - 1 < len(labels) else f"key {k}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=palette(i % 10), lw=2, label=arm) for i, arm in enumerate(runs)]
+    handles += [
+        Line2D([], [], color="0.2", ls=style, label=name) for name, style in (("σx", "-"), ("σy", "--"), ("γ", ":"))
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(8, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle("Learned scale-space parameters per epoch (mean over seeds)")
+    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
+    return fig
 
 
 @_styled

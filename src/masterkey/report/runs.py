@@ -191,6 +191,7 @@ class ExperimentRun:
     summary: dict[str, Any] | None
     summary_md: str | None
     runs: list[TrainRun]
+    efficiency: pd.DataFrame | None = None  # the data-efficiency table of a sweep over training-set sizes
 
 
 @dataclass
@@ -306,6 +307,7 @@ def load_experiment(run: Run) -> ExperimentRun:
         run.read_json("summary.json"),
         run.read_text("summary.md"),
         subruns,
+        run.read_csv("efficiency.csv", ("arm", "train_size", "test_top1", "ci95"), optional=True),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,10 +409,122 @@ def train_section(train: TrainRun, index: int, options: ReportOptions) -> Sectio
             if c in train.metrics
         ]
         section.table("Metrics per epoch", train.metrics[cols], collapsed=len(train.metrics) > 12)
+    _learned_keys(section, {str(mode or run.name): [train]})
     scalars = _scalars(summary)
     if scalars is not None:
         section.table("Summary", scalars)
     return section
+
+
+def _key_labels(runs: Sequence[TrainRun]) -> list[str] | None:
+    from masterkey.keys import load_keys
+
+    name = next((r.summary.get("keys") for r in runs if r.summary and r.summary.get("keys")), None)
+    try:
+        return load_keys(str(name)).key_labels() if name else None
+    except MasterkeyError:
+        return None
+
+
+def _layer_matrix(runs: Sequence[TrainRun], value: Any) -> tuple[list[str], np.ndarray] | None:
+    """Layers x columns of ``value(layer entry) -> list`` from the ``depthwise_layers`` of each run's summary,
+    averaged over the runs (seeds)."""
+    stacks: list[np.ndarray] = []
+    names: list[str] = []
+    for train in runs:
+        layers = (train.summary or {}).get("depthwise_layers") or []
+        rows = [value(entry) for entry in layers]
+        if rows and all(r is not None for r in rows):
+            stacks.append(np.array([[math.nan if v is None else v for v in r] for r in rows], dtype=float))
+            names = [str(entry["layer"]) for entry in layers]
+    if not stacks or len({s.shape for s in stacks}) != 1:
+        return None
+    if len(stacks) == 1:
+        return names, stacks[0]
+    with warnings.catch_warnings():  # keys no channel of a layer holds are NaN in every run: NaN stays
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return names, np.nanmean(np.stack(stacks), axis=0)
+
+
+def _learned_keys(section: Section, runs: dict[str, list[TrainRun]]) -> None:
+    """What span and scale-space arms learned: mean |alpha| per layer and key (which keys each layer uses); the σ
+    trajectories per epoch and the final σ per layer and key."""
+    trajectories = {
+        arm: [
+            t.metrics for t in trains if t.metrics is not None and any(str(c).startswith("dw_sigma") for c in t.metrics)
+        ]
+        for arm, trains in runs.items()
+    }
+    trajectories = {arm: tables for arm, tables in trajectories.items() if tables}
+    if trajectories:
+        labels = _key_labels([t for arm in trajectories for t in runs[arm]])
+        section.figure(
+            "sigma",
+            "Learned scale-space parameters per epoch",
+            F.figure_png(F.sigma_trajectories(trajectories, labels)),
+            "Scale-space arms: σx, σy (and γ of the centre-surround key) of each key after every epoch, averaged "
+            "over the layers (or channels) holding the key, then over seeds. Epoch 1 is after one epoch of training; "
+            "training starts from the key set's scale-space models (for scalespace8: the fit of paper8).",
+        )
+    for arm, trains in runs.items():
+        alpha = _layer_matrix(trains, lambda e: e.get("mean_abs_alpha"))
+        if alpha is not None:
+            names, matrix = alpha
+            columns = [str(i + 1) for i in range(matrix.shape[1])]
+            png = F.figure_png(F.layer_heatmap(matrix, names, columns, f"{arm}: mean |alpha| per layer and key", "key"))
+            section.figure(
+                f"alpha-{arm}",
+                f"Mixing weights of {arm}",
+                png,
+                "Span mode: mean over the layer's channels of |alpha[c, j]| (kernel = Σ_j alpha[c, j] key_j + b), "
+                f"averaged over {len(trains)} run(s). A one-hot start puts each channel's weight on its assigned key.",
+            )
+        sigma = _layer_matrix(trains, lambda e: _interleave(e.get("sigma_x"), e.get("sigma_y")))
+        if sigma is not None:
+            names, matrix = sigma
+            columns = [f"{i // 2 + 1}{'xy'[i % 2]}" for i in range(matrix.shape[1])]
+            png = F.figure_png(
+                F.layer_heatmap(matrix, names, columns, f"{arm}: final σ per layer and key", "key, axis")
+            )
+            section.figure(
+                f"sigma-layers-{arm}",
+                f"Final σ of {arm} per layer",
+                png,
+                "σx and σy of each key (columns 1x, 1y, 2x ...) at the end of training, per layer (rows), averaged "
+                "over seeds (and over channels with --sigma-scope channel); empty: no channel of the layer holds the "
+                "key.",
+            )
+
+
+def _interleave(xs: list[Any] | None, ys: list[Any] | None) -> list[Any] | None:
+    if xs is None or ys is None:
+        return None
+    return [v for pair in zip(xs, ys, strict=True) for v in pair]
+
+
+def _efficiency(section: Section, exp: ExperimentRun) -> None:
+    """The data-efficiency figure and table of a sweep (from ``efficiency.csv``, else from ``summary.csv``)."""
+    from masterkey.train.summary import efficiency_table, summarize_sweep
+
+    table = exp.efficiency
+    if table is None and exp.table is not None and "train_size" in exp.table:
+        needed = {"train_mode", "keys", "seed"}
+        if needed <= set(exp.table.columns):
+            reference = "trainable" if "trainable" in set(exp.table["mode"]) else None
+            table = efficiency_table(summarize_sweep(exp.table, reference))
+    if table is None or not len(table):
+        return
+    reference = "trainable" if "trainable" in set(table["arm"]) else None
+    if "delta_n" not in table:
+        table = table.assign(delta_top1=math.nan, delta_ci95=math.nan, delta_n=0)
+    section.figure(
+        "efficiency",
+        "Data efficiency: accuracy vs training-set size",
+        F.figure_png(F.efficiency_curves(table, reference)),
+        "Test top-1 per arm at each training-set size (class-balanced nested subsets, the same for every arm and "
+        "seed), mean ± 95% CI over seeds; right: the paired difference to the reference arm at the same size.",
+    )
+    section.table("Data efficiency (test top-1 %, mean ± 95% CI half-width over seeds)", table, digits=2)
 
 
 def _arm_of(train: TrainRun) -> str:
@@ -430,7 +543,10 @@ def experiment_section(exp: ExperimentRun, index: int, options: ReportOptions) -
         from masterkey.stats import mean_ci95
 
         rows = []
-        for mode, group in table.groupby("mode", sort=False):
+        labels = table["mode"].astype(str)
+        if "train_size" in table:  # a sweep: one bar per arm and size
+            labels = labels + "-n" + table["train_size"].astype(int).astype(str)
+        for mode, group in table.groupby(labels, sort=False):
             mean, ci = mean_ci95(group["test_top1"].dropna().tolist())
             rows.append({"mode": mode, "n": int(group["test_top1"].notna().sum()), "test_top1": mean, "ci95": ci})
         per_mode = pd.DataFrame(rows)
@@ -447,6 +563,11 @@ def experiment_section(exp: ExperimentRun, index: int, options: ReportOptions) -
         section.figure("top1", "Final accuracy per mode", png)
         section.table("Per mode (mean ± 95% CI half-width over seeds)", per_mode, digits=2)
         section.table("Per run", table, digits=2, collapsed=len(table) > 12)
+    _efficiency(section, exp)
+    by_arm: dict[str, list[TrainRun]] = {}
+    for train in exp.runs:
+        by_arm.setdefault(_arm_of(train), []).append(train)
+    _learned_keys(section, by_arm)
     curves: dict[str, list[pd.DataFrame]] = {}
     for train in exp.runs:
         if train.metrics is not None and len(train.metrics):

@@ -1,4 +1,5 @@
-"""Training DS-CNNs with trainable, frozen or key-initialised depthwise filters (SPEC §2.7, Tables 2–3).
+"""Training DS-CNNs with trainable, frozen, key-initialised, key-mixing, scale-space or transferred depthwise filters
+(SPEC §2.7, Tables 2–3).
 
 - :mod:`masterkey.train.config` — :class:`TrainConfig`, the one dataclass that defines a run.
 - :mod:`masterkey.train.recipes` — ``--recipe`` presets: ``cifar`` (the defaults), ``imagenet`` (the paper's).
@@ -9,18 +10,25 @@
 - :mod:`masterkey.train.epoch` — one epoch of steps and the evaluation after it.
 - :mod:`masterkey.train.rundir` — ``OUT.partial`` / ``OUT``, metrics files, exports.
 - :mod:`masterkey.train.distributed` — torchrun / DDP on one node or many (nccl on GPUs, gloo on CPUs).
-- :mod:`masterkey.train.experiment` — matrices of modes x seeds with mean ± 95% CI and curves.
+- :mod:`masterkey.train.experiment` — experiments: arms x seeds (x training-set sizes), read from files.
+- :mod:`masterkey.train.runner` — :func:`run_experiment`: every run in turn (or several at once), resumable.
+- :mod:`masterkey.train.summary` — mean ± 95% CI per arm, paired differences, the data-efficiency table.
+- :mod:`masterkey.train.collect` — :func:`collect_experiments`: experiments trained apart, summarised as one.
 """
 
+from masterkey.train.collect import collect_experiments
 from masterkey.train.config import TrainConfig
-from masterkey.train.experiment import Arm, Experiment, load_experiment, run_experiment, summarize_runs
+from masterkey.train.experiment import Arm, Experiment, load_experiment
 from masterkey.train.loop import TrainResult, train
+from masterkey.train.runner import run_experiment
+from masterkey.train.summary import summarize_runs
 
 __all__ = [
     "Arm",
     "Experiment",
     "TrainConfig",
     "TrainResult",
+    "collect_experiments",
     "load_experiment",
     "run_experiment",
     "summarize_runs",

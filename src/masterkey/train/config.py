@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from masterkey.errors import MasterkeyError
-from masterkey.networks.keyconv import MODES
+from masterkey.networks.keyconv import MODES, SIGMA_SCOPES, TRANSFER_MODES
 
 
 def _runtime(default: Any) -> Any:
@@ -32,13 +33,16 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     drop_path: float | None = None  # stochastic depth rate (model keyword drop_path_rate); None: the model's default
     weights: str | None = None  # start from these weights (a local file) instead of random init
+    new_head: bool = False  # with weights: a fresh classifier for the data's classes instead of the weights' one
     # depthwise filters
-    mode: str = "trainable"  # trainable | frozen | key-init
-    keys: str = "paper8"  # built-in key set name or key file (ignored for mode trainable)
+    mode: str = "trainable"  # trainable | frozen | key-init | span | scalespace | transfer-frozen | transfer-init
+    keys: str = "paper8"  # built-in key set name or key file (ignored for modes trainable and transfer-*)
     assignment: str = "convnextv2-b"  # see masterkey.networks.keyconv.make_assigner
-    learn_scale: bool = False  # frozen mode: learn a per-channel scale a as well as the offset b
+    learn_scale: bool = False  # frozen / scalespace modes: learn a per-channel scale a as well as the offset b
     key_gain: float = 1.0  # keys are unit-norm; their kernels are key_gain * key (+ offset)
     resize_keys: bool = False  # centre-crop / zero-pad keys whose kernel size differs from the model's
+    sigma_scope: str = "key"  # scalespace mode: one (σx, σy, γ) per key of a layer, or per channel
+    filters_from: str | None = None  # transfer modes: the trained model whose depthwise filters are copied
     # data
     data: str = ""  # folder holding train/ and test/ (or val/) ImageFolders or tar shards (or a timm data set root)
     dataset: str = ""  # timm data set name with a scheme (torch/cifar10, hfds/NAME); empty: folders / tar shards
@@ -126,8 +130,26 @@ class TrainConfig:
         def bad(name: str, expected: str) -> MasterkeyError:
             return MasterkeyError(f"{source}: {name}={getattr(self, name)!r}: expected {expected}")
 
+        self._check_model(bad, source)
+        self._check_optimisation(bad)
+        self._check_data(bad, source)
+        return self
+
+    def _check_model(self, bad: Callable[[str, str], MasterkeyError], source: str) -> None:
+        """Model, depthwise-filter and runtime fields."""
         if self.mode not in MODES:
             raise bad("mode", " | ".join(MODES))
+        if self.sigma_scope not in SIGMA_SCOPES:
+            raise bad("sigma_scope", " | ".join(SIGMA_SCOPES))
+        if self.mode in TRANSFER_MODES and not self.filters_from:
+            raise MasterkeyError(
+                f"{source}: mode {self.mode} copies the depthwise filters of a trained model: give it with "
+                "--filters-from WEIGHTS (filters_from)"
+            )
+        if self.filters_from and self.mode not in TRANSFER_MODES:
+            raise bad("filters_from", f"none unless mode is {' or '.join(TRANSFER_MODES)}")
+        if self.new_head and not self.weights:
+            raise bad("new_head", "false unless weights are given (it replaces their classifier)")
         if not isinstance(self.model, str) or not self.model:
             raise bad("model", "a timm or torchvision model name")
         if not isinstance(self.model_kwargs, dict):
@@ -150,6 +172,19 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or not 1 <= value <= high):
                 raise bad(name, f"an integer from 1 to {high:,}, or none")
+        if self.amp not in ("auto", "bf16", "none"):
+            raise bad("amp", "auto | bf16 | none")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise bad("device", "auto | cpu | cuda | cuda:N")
+        if not math.isfinite(self.key_gain) or self.key_gain == 0:
+            raise bad("key_gain", "a finite non-zero number")
+        if self.drop_path is not None and not (isinstance(self.drop_path, (int, float)) and 0 <= self.drop_path < 1):
+            raise bad("drop_path", "a rate in [0, 1) or none")
+        if self.drop_path is not None and "drop_path_rate" in self.model_kwargs:
+            raise bad("drop_path", "unset when model_kwargs gives drop_path_rate (one or the other)")
+
+    def _check_optimisation(self, bad: Callable[[str, str], MasterkeyError]) -> None:
+        """Seed, learning rates, regularisation. Resolves ``lr`` from ``base_lr``."""
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise bad("seed", "an integer from 0 to 4,294,967,295")
         for name in ("lr", "weight_decay", "warmup_epochs", "min_lr", "label_smoothing", "mixup", "cutmix"):
@@ -170,16 +205,13 @@ class TrainConfig:
             raise bad("grad_clip", "a positive number or none")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise bad("ema_decay", "a number in (0, 1) or none")
+
+    def _check_data(self, bad: Callable[[str, str], MasterkeyError], source: str) -> None:
+        """Data, augmentation and data-path fields."""
         if not isinstance(self.crop_padding, int) or not 0 <= self.crop_padding <= 256:
             raise bad("crop_padding", "an integer from 0 to 256")
         if self.normalize not in ("auto", "cifar10", "imagenet", "dataset"):
             raise bad("normalize", "auto | cifar10 | imagenet | dataset")
-        if self.amp not in ("auto", "bf16", "none"):
-            raise bad("amp", "auto | bf16 | none")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise bad("device", "auto | cpu | cuda | cuda:N")
-        if not math.isfinite(self.key_gain) or self.key_gain == 0:
-            raise bad("key_gain", "a finite non-zero number")
         if self.train_crop not in ("pad", "rrc"):
             raise bad("train_crop", "pad | rrc")
         if self.train_crop == "rrc" and self.image_size is None:
@@ -194,10 +226,6 @@ class TrainConfig:
             raise bad("re_prob", "a probability in [0, 1]")
         if self.auto_augment is not None and not (isinstance(self.auto_augment, str) and self.auto_augment):
             raise bad("auto_augment", "a timm policy name such as rand-m9-mstd0.5-inc1, or none")
-        if self.drop_path is not None and not (isinstance(self.drop_path, (int, float)) and 0 <= self.drop_path < 1):
-            raise bad("drop_path", "a rate in [0, 1) or none")
-        if self.drop_path is not None and "drop_path_rate" in self.model_kwargs:
-            raise bad("drop_path", "unset when model_kwargs gives drop_path_rate (one or the other)")
         if self.data_mode not in ("auto", "memory", "stream"):
             raise bad("data_mode", "auto | memory | stream")
         for name in ("workers",):
@@ -216,14 +244,13 @@ class TrainConfig:
             raise bad("dataset", "a timm data set name such as torch/cifar10")
         if not self.data:
             raise MasterkeyError(f"{source}: no data folder given (--data DATA, holding DATA/train and DATA/test)")
-        return self
 
 
 def config_differences(saved: dict[str, Any], current: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
-    """``"name: saved -> current"`` for every non-runtime field that differs, except ``ignore``. A field a checkpoint
-    lacks (written before the field existed) counts as its default."""
+    """``"name: saved -> current"`` for every non-runtime field that differs, except ``ignore``. A field the saved
+    config lacks was added later, when its default kept the old behaviour: it counts as its default."""
     runtime = TrainConfig.runtime_fields()
-    defaults = TrainConfig(data="-").to_dict()
+    defaults = field_defaults()
     now = current.to_dict()
     out = []
     for name, value in now.items():
@@ -232,6 +259,17 @@ def config_differences(saved: dict[str, Any], current: TrainConfig, ignore: tupl
         old = saved.get(name, defaults[name])
         if normal_form(old) != normal_form(value):
             out.append(f"{name}: {old!r} (checkpoint) vs {value!r} (now)")
+    return out
+
+
+def field_defaults() -> dict[str, Any]:
+    """The default value of every :class:`TrainConfig` field."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
     return out
 
 

@@ -32,7 +32,16 @@ from torch import nn
 from masterkey.errors import MasterkeyError
 from masterkey.files import atomic_write, write_lock
 from masterkey.keys import load_keys
-from masterkey.networks.keyconv import ConvertedLayer, convert_to_keys, key_counts, parameter_counts
+from masterkey.networks.keyconv import (
+    TRANSFER_MODES,
+    ConvertedLayer,
+    convert_to_keys,
+    depthwise_epoch_stats,
+    depthwise_summary,
+    key_counts,
+    parameter_counts,
+    transfer_filters,
+)
 from masterkey.runs import write_run_info
 from masterkey.train.config import TrainConfig, config_differences
 from masterkey.train.distributed import (
@@ -99,8 +108,8 @@ class TrainResult:
 
 def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
     """The network of ``config`` (timm / torchvision by name with ``model_kwargs`` and ``drop_path``), optionally
-    loaded from ``config.weights``, then given keys as ``config.mode`` says. Seed the global RNG first for a fixed
-    init."""
+    loaded from ``config.weights``, then given keys (or the filters of ``config.filters_from``) as ``config.mode``
+    says. Seed the global RNG first for a fixed init."""
     from masterkey.networks.models import build_architecture, load_weights, read_state_dict
 
     kwargs = dict(config.model_kwargs)
@@ -109,7 +118,15 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
     model = build_architecture(config.model, **kwargs)
     if config.weights:
         state, _ = read_state_dict(config.weights)
-        load_weights(model, state, source=config.weights)
+        try:
+            load_weights(model, state, source=config.weights, new_head=config.new_head)
+        except MasterkeyError as exc:
+            if "class-count mismatch" not in str(exc):
+                raise
+            raise MasterkeyError(f"{exc}; to fine-tune on the data's classes pass --new-head") from None
+    if config.mode in TRANSFER_MODES:
+        assert config.filters_from is not None
+        return model, transfer_filters(model, config.filters_from, freeze=config.mode == "transfer-frozen")
     converted = convert_to_keys(
         model,
         config.keys,
@@ -119,6 +136,7 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
         learn_scale=config.learn_scale,
         key_gain=config.key_gain,
         resize=config.resize_keys,
+        sigma_scope=config.sigma_scope,
     )
     return model, converted
 
@@ -177,7 +195,7 @@ def _train(
         ckpt = _read_checkpoint(out, plan, config, info, steps) if plan in (RESUME, EXTEND) else None
         state = build_state(config, steps, info, device, ckpt, build_model)
 
-        keyset = load_keys(config.keys) if config.mode != "trainable" else None
+        keyset = load_keys(config.keys) if config.mode not in ("trainable", *TRANSFER_MODES) else None
         resolved = config.to_dict()
         if out is not None:
             run_on_main(info, lambda: start_out(out, plan))  # only now: bad input leaves nothing behind
@@ -207,6 +225,7 @@ def _train(
             eval_start = time.perf_counter()
             row.update(_evaluate_models(state, inputs, mean, std, config, info))
             row["seconds"] = row.pop("train_seconds") + time.perf_counter() - eval_start
+            row.update(depthwise_epoch_stats(state.model))  # learned σ / mixing weights (span, scalespace modes)
             state.epoch_rows.append(row)
             state.epoch, state.epoch_step = epoch + 1, 0
             _log_epoch(row, config, info, writer, inputs)
@@ -379,7 +398,7 @@ def _summary(
         "recipe": config.recipe,
         "mode": config.mode,
         "keys": keyset.name if keyset is not None else None,
-        "assignment": config.assignment if config.mode != "trainable" else None,
+        "assignment": config.assignment if config.mode not in ("trainable", *TRANSFER_MODES) else None,
         "learn_scale": config.learn_scale,
         "seed": config.seed,
         "epochs": config.epochs,
@@ -405,6 +424,20 @@ def _summary(
         "key_counts": key_counts(state.model, len(keyset) if keyset is not None else None),
         "converted_layers": [layer.__dict__ for layer in state.converted],
     }
+    summary.update(_depthwise_entries(config, state.model))
     if state.ema is not None:
         summary.update({k: last[k] for k in ("ema_test_loss", "ema_test_top1", "ema_test_top5")})
     return summary
+
+
+def _depthwise_entries(config: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """Summary entries of the newer modes (none for trainable / frozen / key-init: their summaries are unchanged)."""
+    out: dict[str, Any] = {}
+    if config.mode == "scalespace":
+        out["sigma_scope"] = config.sigma_scope
+    if config.mode in TRANSFER_MODES:
+        out["filters_from"] = config.filters_from
+    learned = depthwise_summary(model)
+    if learned:
+        out["depthwise_layers"] = learned
+    return out
