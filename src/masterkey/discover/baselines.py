@@ -9,8 +9,8 @@
 * ``random``: ``random:K:SEED`` Gaussian keys over several seeds (mean and 95% CI).
 * ``impulse``: one centred impulse; ``paper8``: the published 7x7 keys, centre-cropped for smaller kernels.
 
-Large banks: every pass over the filters is chunked (:mod:`masterkey.discover.chunks`); PCA's scatter is exact (a
-d x d sum accumulated chunk by chunk); k-means learns its keys on a seeded weighted sample of at most
+Large banks: every pass over the filters goes block by block (:mod:`masterkey.discover.chunks`); PCA's scatter is
+exact (a d x d sum accumulated block by block); k-means learns its keys on a seeded weighted sample of at most
 :data:`KMEANS_SAMPLE` filters, and they are scored on every filter.
 """
 
@@ -62,7 +62,7 @@ def kmeans_sample(n: int, weights: Tensor | None, sample_size: int, seed: int) -
     """
     if n <= sample_size:
         return None
-    probs = _weights(weights, n).numpy()
+    probs = _weights(weights, n).cpu().numpy()
     rows = np.random.default_rng(seed).choice(n, size=sample_size, replace=True, p=probs / probs.sum())
     return torch.from_numpy(np.sort(rows))
 
@@ -91,7 +91,7 @@ def spherical_kmeans(
 
     Banks of more than ``sample_size`` filters are clustered (and polished) on a seeded weighted sample of that
     many (:func:`kmeans_sample`), where iterations also stop once the gain is below :data:`SAMPLE_NOISE_FRACTION`
-    of the sample objective's standard error; the objective returned is that of every filter (one chunked pass;
+    of the sample objective's standard error; the objective returned is that of every filter (one more pass;
     ``score=False`` skips it and returns NaN). ``device`` runs the work there (default: the filters' device).
     """
     from masterkey.discover.autoencoder import cpu_threads

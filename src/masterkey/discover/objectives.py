@@ -151,7 +151,8 @@ def span_explained_variance(
 
 #: The greedy's score matrix (every filter's cos² with every candidate, float64) is kept while it takes at most
 #: this much memory: 41,943 filters for 50 candidates (the default bank's largest kernel size takes 3.9 MB).
-#: Beyond it the objective keeps each filter's best and second-best candidate instead (32 bytes per filter).
+#: Beyond it the objective keeps each filter's best and second-best candidate instead (48 bytes per filter, with
+#: its mean and norm).
 SCORE_MATRIX_BYTES = 16 * 2**20
 
 
@@ -173,7 +174,7 @@ class VarianceObjective:
     best. For banks whose score matrix (every filter's cos² with every candidate) fits in
     :data:`SCORE_MATRIX_BYTES`, the matrix is computed once and kept; for larger banks each filter's best and
     second-best candidate are kept instead, and after a removal only the filters that lost one of the two are
-    rescored — the same values, with memory that grows by 32 bytes per filter. Filters are read in chunks
+    rescored — the same values, with memory that grows by 48 bytes per filter. Filters are read block by block
     (:mod:`masterkey.discover.chunks`); ``device`` runs the products there.
     """
 
@@ -297,6 +298,12 @@ class VarianceObjective:
         lost = loss.tolist()
         return {c: Score(total - lost[c]) for c in members}
 
+    def scatter(self) -> Tensor:
+        """The weighted scatter ``Σ w x xᵀ`` [d, d] (float64, CPU) of the filters' unit rows, computed once."""
+        if self._scatter is None:
+            self._scatter = weighted_scatter(self.filters, self.weights, self.device)
+        return self._scatter
+
     def score_keys(self, keys: KeySet) -> Score:
         return self.score_many([keys], span=False)[0][0]
 
@@ -309,10 +316,11 @@ class VarianceObjective:
     ) -> list[tuple[Score | None, Score | None]]:
         """``(score, span score)`` of each key set (None where not asked for), in one pass over the filters.
 
-        A bank of one chunk is scored key set by key set, row by row, as always. A larger bank is scored with one
-        product per block for all key sets together, and span scores come from the weighted scatter ``S`` (one
-        d x d matrix): ``Σ w ‖Bᵀx‖² = trace(Bᵀ S B)`` for an orthonormal basis ``B`` of a key set's span — the
-        same numbers up to rounding, at a fraction of the cost (67 key sets of the default comparison).
+        A small bank (one block, :mod:`masterkey.discover.chunks`) is scored key set by key set, row by row, as
+        always. A larger bank is scored with one product per block for all key sets together, and span scores come
+        from the weighted scatter ``S`` (one d x d matrix): ``Σ w ‖Bᵀx‖² = trace(Bᵀ S B)`` for an orthonormal basis
+        ``B`` of a key set's span: the same numbers up to rounding, at a fraction of the cost (the default
+        comparison scores 67 key sets).
         """
         kmats = [_key_matrix(keys).to(self.device) for keys in keysets]
         bases = [_span_basis(kmat) for kmat in kmats] if span else []
@@ -327,9 +335,8 @@ class VarianceObjective:
             return [(Score(next(values)) if best else None, Score(next(values)) if span else None) for _ in keysets]
         bests = _best_many(self.filters, self.weights, kmats, self.device) if best else [None] * len(kmats)
         if span:
-            if self._scatter is None:
-                self._scatter = weighted_scatter(self.filters, self.weights, self.device).to(self.device)
-            spans = [float((basis * (self._scatter @ basis)).sum()) for basis in bases]
+            scatter = self.scatter().to(self.device)
+            spans = [float((basis * (scatter @ basis)).sum()) for basis in bases]
         return [(Score(b) if b is not None else None, Score(spans[i]) if span else None) for i, b in enumerate(bests)]
 
 

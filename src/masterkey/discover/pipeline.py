@@ -146,7 +146,7 @@ def prepare_filters(bank: FilterBank, kernel_size: int) -> tuple[Tensor, np.ndar
 
 
 def _check_filters(filters: Tensor, out: Tensor | None = None) -> Tensor:
-    """Centred unit-norm float32 copies of ``filters`` [N, k, k] (normalised in float64, chunk by chunk), written to
+    """Centred unit-norm float32 copies of ``filters`` [N, k, k] (normalised in float64, block by block), written to
     ``out`` if given (which may be ``filters`` itself); one clear error for empty, non-finite or constant input."""
     if filters.ndim != 3 or filters.shape[1] != filters.shape[2]:
         raise MasterkeyError(f"discover: expected filters of shape [N, k, k], got {tuple(filters.shape)}")
@@ -177,7 +177,7 @@ def _check_filters(filters: Tensor, out: Tensor | None = None) -> Tensor:
 
 
 def _shares(filters: Tensor, keys: Tensor, weights: Tensor, device: torch.device) -> Tensor:
-    """The weight of the filters whose best key (largest cos²) each key is, chunk by chunk."""
+    """The weight of the filters whose best key (largest cos²) each key is, block by block."""
     kmat = keys.reshape(len(keys), -1).double().to(device)
     shares = torch.zeros(len(keys), dtype=torch.float64, device=device)
     for rows in blocks(len(filters)):
@@ -208,7 +208,7 @@ def discover_keys(
 
     On CPU the work runs with ``config.cpu_threads`` torch threads (1 by default): its matrices are small, and on
     shared cores waiting OpenMP threads made it several times slower (see ``docs/discover.md``). Every pass over
-    the filters is chunked, so memory holds the filters once (float32) plus a few numbers per filter;
+    the filters goes block by block, so memory holds the filters once (float32) plus a few numbers per filter;
     ``copy=False`` normalises ``filters`` in place rather than in a copy (the tensor is overwritten). With a CUDA
     ``device`` the filters move there once and every stage runs there.
     """
@@ -407,7 +407,7 @@ def score_baselines(
     baselines' key sets at K. ``span_objective`` (data-free objectives only) is the score when every filter is a
     least-squares combination of all the set's keys.
 
-    Every key set is built first; then a data-free objective scores them all in one chunked pass over the filters
+    Every key set is built first; then a data-free objective scores them all in one pass over the filters
     (an objective without ``score_many`` scores them one by one)."""
     n = int(filters.shape[0])
     sizes = sorted({s for s in (*config.compare_k, config.n_keys) if 1 <= s <= n})
