@@ -86,7 +86,7 @@ def test_baseline_keysets_and_ci() -> None:
 
 
 def test_subsampled_kmeans_recovers_the_keys_of_a_bank(small_chunks, make_filters, make_keys) -> None:
-    """k-means on a 500-filter sample of 6,000 (then scored on every filter) still finds every key."""
+    """k-means on a 500-filter sample of 6,000 (then polished and scored on every filter) finds every key."""
     truth = make_keys(6, 5, seed=11)
     filters, _ = make_filters(truth, 6000, seed=11)
     x = center_norm(filters)
@@ -96,6 +96,9 @@ def test_subsampled_kmeans_recovers_the_keys_of_a_bank(small_chunks, make_filter
     _, whole_objective = spherical_kmeans(x, 6, seed=0, sample_size=10_000)
     assert objective == pytest.approx(whole_objective, abs=2e-3)
     assert math.isnan(spherical_kmeans(x, 6, seed=0, sample_size=500, score=False)[1])
+    # One key, polished on every filter: exactly the top principal direction of all of them.
+    one, _ = spherical_kmeans(x, 1, seed=0, sample_size=300)
+    assert float((one.reshape(-1).double() @ pca_keys(x, 1).reshape(-1).double()).abs()) > 1 - 1e-6
 
 
 def test_kmeans_sample_counts_sources_equally(make_filters, make_keys) -> None:

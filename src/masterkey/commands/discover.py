@@ -26,8 +26,8 @@ DESCRIPTION = """Discover K master keys from a filter bank, one kernel size at a
      filter is a least-squares mix of all K keys.
 
 Banks of millions of filters work: every pass over the filters is chunked (memory holds the filters once), and
-k-means learns its keys on a seeded sample of --kmeans-sample filters (drawn with the objective's weights) and
-they are scored on all of them; the output says when it sampled. --device cuda runs every stage on the GPU.
+k-means learns its keys on a seeded sample of --kmeans-sample filters (drawn with the objective's weights), then
+polishes and scores them on all filters; the output says when it sampled. --device cuda runs every stage on the GPU.
 
 Objectives: 'variance' (data-free, default): mean explained variance (cos²) of the bank's filters under their best
 single-key fits, each source weighted equally. 'accuracy': top-1 of a model (--weights) on a held-out split of

@@ -11,7 +11,7 @@
 
 Large banks: every pass over the filters goes block by block (:mod:`masterkey.discover.chunks`); PCA's scatter is
 exact (a d x d sum accumulated block by block); k-means learns its keys on a seeded weighted sample of at most
-:data:`KMEANS_SAMPLE` filters, and they are scored on every filter.
+:data:`KMEANS_SAMPLE` filters, then polishes and scores them on every filter.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from masterkey.discover.chunks import unit_rows_blocked, weighted_scatter
+from masterkey.discover.chunks import iter_unit_rows, unit_rows_blocked, weighted_scatter
 from masterkey.discover.objectives import explained_variance
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet, load_keys
@@ -32,8 +32,8 @@ BASELINES = ("kmeans", "pca", "random", "impulse", "paper8")
 
 
 #: k-means learns its keys on at most this many filters: a seeded sample drawn with the objective's weights (so
-#: sources count as they do in the objective); the keys are then scored on every filter. The default bank's
-#: largest kernel size (9,742 filters) is below it and is clustered whole.
+#: sources count as they do in the objective); the keys are then polished and scored on every filter. The default
+#: bank's largest kernel size (9,742 filters) is below it and is clustered whole.
 KMEANS_SAMPLE = 16384
 #: On a sample, Lloyd iterations also stop once the objective gains less than this fraction of its standard error
 #: on the sample: smaller gains fit the sample rather than the bank (on 16,384 random 7x7 filters the objective of
@@ -89,9 +89,10 @@ def spherical_kmeans(
     stop when it gains less than ``tol``; then each key is polished to that eigenvector exactly. Deterministic for
     a seed. ``threads``: torch CPU threads meanwhile (see :func:`masterkey.discover.autoencoder.cpu_threads`).
 
-    Banks of more than ``sample_size`` filters are clustered (and polished) on a seeded weighted sample of that
-    many (:func:`kmeans_sample`), where iterations also stop once the gain is below :data:`SAMPLE_NOISE_FRACTION`
-    of the sample objective's standard error; the objective returned is that of every filter (one more pass;
+    Banks of more than ``sample_size`` filters are clustered on a seeded weighted sample of that many
+    (:func:`kmeans_sample`), where iterations also stop once the gain is below :data:`SAMPLE_NOISE_FRACTION` of the
+    sample objective's standard error; the best restart's keys are then polished on every filter (one pass
+    accumulating each key's members' scatter), and the objective returned is that of every filter (one more pass;
     ``score=False`` skips it and returns NaN). ``device`` runs the work there (default: the filters' device).
     """
     from masterkey.discover.autoencoder import cpu_threads
@@ -129,6 +130,7 @@ def _kmeans(
     keys, objective = _lloyd(x64, w64, n_keys, seed, n_init, max_iter, tol, noise)
     if rows is not None:
         del x64, w64
+        keys = _polish_on_all(filters, _weights(weights, n), keys, device)
         objective = explained_variance(filters, keys, _weights(weights, n), device) if score else math.nan
     k = round(math.sqrt(keys.shape[1]))
     return keys.reshape(n_keys, k, k).to(device="cpu", dtype=torch.float32), objective
@@ -204,6 +206,31 @@ def _polish(x: Tensor, w: Tensor, c: Tensor) -> Tensor:
             xm, wm = x[members], w[members]
             v = _top_eigvec((xm * wm[:, None]).T @ xm)
             if float(((xm @ v).square() * wm).sum()) >= float(((xm @ c[j]).square() * wm).sum()):
+                out[j] = v
+    return out
+
+
+def _polish_on_all(filters: Tensor, weights: Tensor, c: Tensor, device: torch.device) -> Tensor:
+    """:func:`_polish` over every filter, block by block: each key's members' weighted scatter is accumulated (K
+    d x d matrices), and a key is replaced by its top eigenvector when ``vᵀ S v ≥ cᵀ S c`` (their members' cos²)."""
+    d = c.shape[1]
+    scatter = torch.zeros(len(c), d, d, dtype=torch.float64, device=device)
+    for _, x, w in iter_unit_rows(filters, weights, device, "baselines: filters"):
+        assign = (x @ c.T).square().argmax(dim=1)
+        # Rows grouped by key: one gather per block, then one small product per key.
+        order = torch.argsort(assign, stable=True)
+        xs, ws = x[order], w[order]
+        start = 0
+        for j, count in enumerate(torch.bincount(assign, minlength=len(c)).tolist()):
+            if count:
+                xm = xs[start : start + count]
+                scatter[j] += (xm * ws[start : start + count, None]).T @ xm
+                start += count
+    out = c.clone()
+    for j in range(len(c)):
+        if bool(scatter[j].any()):
+            v = _top_eigvec(scatter[j])
+            if float(v @ scatter[j] @ v) >= float(c[j] @ scatter[j] @ c[j]):
                 out[j] = v
     return out
 

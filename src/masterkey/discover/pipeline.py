@@ -455,7 +455,7 @@ def score_baselines(
     if any(method == "kmeans" for method, *_ in built) and n > config.kmeans_sample:
         notes.append(
             f"kmeans: keys learned on a seeded sample of {config.kmeans_sample:,} of the {n:,} filters (drawn with "
-            "the objective's weights), then scored on all of them"
+            "the objective's weights), then polished and scored on all of them"
         )
         extra["subsampled"] = {"kmeans": {"sample": config.kmeans_sample, "of_filters": n}}
     table = pd.DataFrame(rows, columns=["method", "n_keys", "objective", "span_objective", "ci95", "n_seeds", "round"])
