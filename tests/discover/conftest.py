@@ -58,3 +58,13 @@ def tiny_bank(tmp_path: Path) -> Path:
     filters3, _ = synthetic_filters(keys3, 200, seed=12)
     sources.append(HarvestedSource("gamma", "synthetic", [HarvestedLayer("blocks.0.dw", filters3[:, None])]))
     return write_bank(sources, tmp_path / "bank").path
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Banks of more than 256 filters count as large, walked in blocks of 64: small test banks take the paths of
+    banks of millions."""
+    from masterkey.discover import chunks
+
+    monkeypatch.setattr(chunks, "ONE_PASS", 256)
+    monkeypatch.setattr(chunks, "BLOCK", 64)

@@ -105,3 +105,20 @@ def test_bad_input_is_refused() -> None:
         AutoencoderConfig(steps=0)
     with pytest.raises(MasterkeyError, match="weights"):
         train_autoencoder(_filters(10), torch.full((10,), -1.0), config=SMALL, progress=False)
+
+
+@pytest.mark.parametrize("n", [1, 7, 2000, 100_003])
+def test_batches_are_drawn_as_multinomial_draws_them(n: int) -> None:
+    """Inverse-CDF sampling from the cumulative weights (built once, not at every step) gives exactly the draws
+    of torch.multinomial, and leaves the generator where multinomial leaves it: training is unchanged."""
+    from masterkey.discover.autoencoder import cumulative_weights, draw_indices
+
+    weights = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)) + 0.01
+    weights[::5] = 0.0 if n > 1 else 1.0  # filters that must never be drawn
+    cumulative = cumulative_weights(weights)
+    ours, theirs = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(5):
+        drawn = draw_indices(cumulative, 256, ours)
+        assert torch.equal(drawn, torch.multinomial(weights / weights.sum(), 256, replacement=True, generator=theirs))
+        assert n == 1 or not bool((drawn % 5 == 0).any())
+    assert torch.equal(ours.get_state(), theirs.get_state())

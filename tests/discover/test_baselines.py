@@ -83,3 +83,59 @@ def test_baseline_keysets_and_ci() -> None:
     assert mean == 2.0
     assert ci == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
     assert math.isnan(mean_ci95([1.0])[1])
+
+
+def test_subsampled_kmeans_recovers_the_keys_of_a_bank(small_chunks, make_filters, make_keys) -> None:
+    """k-means on a 500-filter sample of 6,000 (then polished and scored on every filter) finds every key."""
+    truth = make_keys(6, 5, seed=11)
+    filters, _ = make_filters(truth, 6000, seed=11)
+    x = center_norm(filters)
+    keys, objective = spherical_kmeans(x, 6, seed=0, sample_size=500)
+    assert bool((_best_abs_cos(keys, truth) >= 0.99).all()), _best_abs_cos(keys, truth)
+    assert objective == pytest.approx(explained_variance(x, keys), abs=1e-9)  # scored on every filter
+    _, whole_objective = spherical_kmeans(x, 6, seed=0, sample_size=10_000)
+    assert objective == pytest.approx(whole_objective, abs=2e-3)
+    assert math.isnan(spherical_kmeans(x, 6, seed=0, sample_size=500, score=False)[1])
+    # One key, polished on every filter: exactly the top principal direction of all of them.
+    one, _ = spherical_kmeans(x, 1, seed=0, sample_size=300)
+    assert float((one.reshape(-1).double() @ pca_keys(x, 1).reshape(-1).double()).abs()) > 1 - 1e-6
+
+
+def test_kmeans_sample_counts_sources_equally(make_filters, make_keys) -> None:
+    """The sample is drawn with the objective's weights: a source of 100 filters fills half of it when every
+    source counts equally, and a key only that small source has is found."""
+    from masterkey.discover.baselines import kmeans_sample
+
+    small, big = make_keys(1, 5, seed=20), make_keys(3, 5, seed=21)
+    a, _ = make_filters(small, 100, seed=20)
+    b, _ = make_filters(big, 9900, seed=21)
+    x = center_norm(torch.cat([a, b]))
+    labels = np.array(["a"] * 100 + ["b"] * 9900)
+    weights = source_weights(labels, len(labels))
+    assert kmeans_sample(10_000, weights, 10_000, seed=0) is None  # small enough: every filter
+    rows = kmeans_sample(10_000, weights, 2000, seed=0)
+    assert torch.equal(rows, kmeans_sample(10_000, weights, 2000, seed=0))  # seeded
+    assert 0.45 <= float((rows < 100).double().mean()) <= 0.55
+    uniform = kmeans_sample(10_000, None, 2000, seed=0)
+    assert float((uniform < 100).double().mean()) < 0.03
+    keys, _ = spherical_kmeans(x, 4, weights, seed=0, sample_size=2000)
+    assert float(_best_abs_cos(keys, small)[0]) >= 0.99
+
+
+def test_default_bank_baselines_are_unchanged() -> None:
+    """The default bank's 7x7 baselines at K = 8 as measured before discovery learned to scale (commit 31dfc5f;
+    bitwise equal on the 2-core sandbox): a bank of one chunk is computed exactly as before."""
+    from masterkey.bank import open_bank
+    from masterkey.discover.objectives import VarianceObjective
+    from masterkey.discover.pipeline import _check_filters, prepare_filters
+
+    filters, sources, _ = prepare_filters(open_bank(None), 7)
+    x = _check_filters(filters)
+    weights = source_weights(sources, len(sources))
+    objective = VarianceObjective(x, center_norm(torch.randn(4, 7, 7, generator=torch.Generator())), weights)
+    sets = [baseline_keysets(m, x, 8, weights, seeds=[0], kmeans_init=3)[0] for m in ("kmeans", "pca", "paper8")]
+    sets += baseline_keysets("random", x, 8, weights, seeds=range(10))
+    scores = [best.value for best, _ in objective.score_many(sets)]
+    before = [0.29486236390357595, 0.27251454581626544, 0.12484231450935898, 0.06897726820102858]
+    assert scores[:3] == pytest.approx(before[:3], abs=1e-12)
+    assert float(np.mean(scores[3:])) == pytest.approx(before[3], abs=1e-12)

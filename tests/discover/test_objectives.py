@@ -123,3 +123,52 @@ def test_accuracy_objective_refuses_a_kernel_size_the_model_lacks(cifar_setup) -
     model, images, prep = cifar_setup
     with pytest.raises(MasterkeyError, match="no 3x3 depthwise layers"):
         AccuracyObjective(model, images, prep, center_norm(torch.randn(4, 3, 3)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_large_bank_objective_walks_the_same_greedy_path(seed: int, small_chunks, make_filters, make_keys) -> None:
+    """Without the score matrix (best and second-best candidate per filter, rescored after a removal) and with the
+    bank in several chunks, the greedy path is the one the score matrix gives, with the same values."""
+    from masterkey.discover.greedy import greedy_backward
+
+    truth = make_keys(6, 3, seed=seed)
+    filters, _ = make_filters(truth, 900, seed=seed, noise=0.3)
+    g = torch.Generator().manual_seed(seed)
+    cands = center_norm(torch.cat([truth, torch.randn(6, 3, 3, generator=g)]))
+    weights = source_weights(np.arange(900) % 4 == 0, 900)
+    matrix = VarianceObjective(center_norm(filters), cands, weights, score_matrix_bytes=1 << 30)
+    streaming = VarianceObjective(center_norm(filters), cands, weights, score_matrix_bytes=0)
+    assert matrix.cos2 is not None and streaming.cos2 is None
+    a, b = greedy_backward(matrix, progress=False), greedy_backward(streaming, progress=False)
+    assert [s.subset for s in a.steps] == [s.subset for s in b.steps]
+    np.testing.assert_allclose(a.objective, b.objective, rtol=0, atol=1e-12)
+    for subset in ([0, 3, 5, 7], [2, 11], list(range(12))):  # arbitrary subsets, not only one removal apart
+        assert streaming.value(subset).value == pytest.approx(matrix.value(subset).value, abs=1e-12)
+        other = streaming.removal_values(subset)
+        for c, score in matrix.removal_values(subset).items():
+            assert other[c].value == pytest.approx(score.value, abs=1e-12)
+
+
+def test_scores_of_many_key_sets_in_one_pass(small_chunks) -> None:
+    """score_many on a large bank (one product per block for all key sets, spans from the scatter) agrees with
+    scoring each key set alone, and with the single-pass arithmetic of a small bank."""
+    from masterkey.discover import chunks
+    from masterkey.discover.objectives import span_explained_variance
+    from masterkey.keys import load_keys
+
+    g = torch.Generator().manual_seed(3)
+    filters = center_norm(torch.randn(1000, 5, 5, generator=g))
+    weights = source_weights(np.arange(1000) % 3, 1000)
+    sets = [load_keys(f"random:{k}:{s}", kernel_size=5) for k in (1, 4, 8) for s in range(2)] + [
+        load_keys("paper8", kernel_size=5, resize=True)
+    ]
+    objective = VarianceObjective(filters, center_norm(torch.randn(4, 5, 5, generator=g)), weights)
+    large = objective.score_many(sets)
+    chunks.ONE_PASS = 1 << 20  # the same bank as a small one
+    small = objective.score_many(sets)
+    for keys, (best, span), (best1, span1) in zip(sets, large, small, strict=True):
+        assert best.value == pytest.approx(explained_variance(filters, keys, weights), abs=1e-12)
+        assert span.value == pytest.approx(span_explained_variance(filters, keys, weights), abs=1e-12)
+        assert (best.value, span.value) == pytest.approx((best1.value, span1.value), abs=1e-12)
+        assert span.value >= best.value - 1e-12
+    assert objective.score_many(sets[:1], span=False)[0][1] is None

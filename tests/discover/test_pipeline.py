@@ -110,3 +110,56 @@ def test_accuracy_objective_end_to_end_on_cifar(cifar_convnexts: list[Path], sha
     with cpu_threads(config.cpu_threads):  # the same threads as the pipeline, so the same float rounding
         top1 = evaluate(swapped, setup.images, CIFAR10, progress=False)["top1"]
     assert found.paths[0].objective_at(8) == pytest.approx(top1, abs=1e-6)  # evaluate() averages in float32
+
+
+def test_a_large_bank_says_what_was_subsampled(small_chunks, make_filters, make_keys) -> None:
+    """A bank of several chunks with k-means on a sample: the keys are still found, the notes and summary say
+    how large the sample was, and normalising in place (copy=False) changes nothing but the input tensor."""
+    truth = make_keys(4, 3, seed=30)
+    filters, _ = make_filters(truth, 1200, seed=30)
+    sources = np.where(np.arange(1200) < 300, "small", "big")
+    config = DiscoverConfig(
+        n_keys=4,
+        n_candidates=12,
+        rounds=1,
+        compare_k=(2, 4),
+        random_seeds=2,
+        kmeans_sample=300,
+        autoencoder=AutoencoderConfig(hidden=16, steps=100, batch_size=64),
+    )
+    found = discover_keys(filters, sources, config, progress=False)
+    assert any("sample of 300 of the 1,200 filters" in note for note in found.notes), found.notes
+    assert found.summary()["subsampled"] == {"kmeans": {"sample": 300, "of_filters": 1200}}
+    assert found.baseline_keys["kmeans"].provenance["sample"] == 300
+    kmeans = found.baseline_keys["kmeans"].keys.reshape(4, -1).double()
+    assert bool(((kmeans @ truth.reshape(4, -1).double().T).abs().amax(dim=0) >= 0.99).all())
+    assert set(found.extra["baseline_timings_s"]) >= {"kmeans", "pca", "random", "scoring"}
+    owned = filters.clone()
+    again = discover_keys(owned, sources, config, progress=False, copy=False)
+    assert torch.equal(again.keys.keys, found.keys.keys) and again.baselines.equals(found.baselines)
+    assert not torch.equal(owned, filters)  # normalised in place
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_every_stage_runs_on_the_gpu(small_chunks, make_filters, make_keys) -> None:
+    """--device cuda on a bank that takes the large-bank paths: the same keys are found as on the CPU, and the
+    baselines agree to float rounding (the autoencoder trains on the GPU, so its candidates may differ slightly)."""
+    truth = make_keys(4, 5, seed=40)
+    filters, _ = make_filters(truth, 1500, seed=40)
+    sources = np.where(np.arange(1500) < 500, "small", "big")
+    config = DiscoverConfig(
+        n_keys=4,
+        n_candidates=12,
+        compare_k=(2, 4),
+        random_seeds=2,
+        kmeans_sample=400,
+        autoencoder=AutoencoderConfig(hidden=16, steps=200, batch_size=64),
+    )
+    gpu = discover_keys(filters, sources, config, device="cuda", progress=False)
+    cpu = discover_keys(filters, sources, config, progress=False)
+    cos = (gpu.keys.keys.reshape(4, -1).double() @ truth.reshape(4, -1).double().T).abs().amax(dim=0)
+    assert bool((cos >= 0.95).all()), cos
+    for method in ("kmeans", "pca", "random", "paper8"):
+        a = gpu.baselines.query("method == @method")["objective"].to_numpy()
+        b = cpu.baselines.query("method == @method")["objective"].to_numpy()
+        np.testing.assert_allclose(a, b, atol=1e-6 if method != "kmeans" else 1e-3)

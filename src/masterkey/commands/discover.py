@@ -43,6 +43,10 @@ DESCRIPTION = """Discover K master keys from a filter bank, one kernel size at a
      (10 seeds, 95% CI), impulse, paper8 (centre-cropped for smaller kernels), and the upper bound where each
      filter is a least-squares mix of all K keys.
 
+Banks of millions of filters work: every pass over the filters is chunked (memory holds the filters once), and
+k-means learns its keys on a seeded sample of --kmeans-sample filters (drawn with the objective's weights), then
+polishes and scores them on all filters; the output says when it sampled. --device cuda runs every stage on the GPU.
+
 Objectives: 'variance' (data-free, default): mean explained variance (cos²) of the bank's filters under their best
 single-key fits, each source weighted equally. 'accuracy': top-1 of a model (--weights) on a held-out split of
 its TRAINING data (--data, --held-out; never the test split) after swapping every depthwise filter for its best fit.
@@ -89,6 +93,7 @@ def _held_out(text: str) -> float | int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from masterkey.discover import BASELINES, AutoencoderConfig
+    from masterkey.discover.baselines import KMEANS_SAMPLE
 
     p.add_argument("bank", nargs="?", default="default", metavar="BANK", help="bank directory (default: embedded)")
     p.add_argument(
@@ -167,6 +172,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--compare-k", type=int_list_arg(1, MAX_KEYS), metavar="LIST", help="set sizes compared (default 1,2,4,8,16; K)"
     )
     b.add_argument("--random-seeds", type=SEEDS, default=10, help="seeds of the random baseline")
+    b.add_argument(
+        "--kmeans-sample",
+        type=int_arg(1, MAX_IMAGES),
+        default=KMEANS_SAMPLE,
+        metavar="N",
+        help=f"k-means learns on a seeded sample of at most N filters (default {KMEANS_SAMPLE})",
+    )
     b.add_argument("--universality", action="store_true", help="add the leave-one-source-out table (slower)")
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=THREADS, default=1, metavar="N", help="torch CPU threads (default 1, see docs)")
@@ -266,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
         compare_k=tuple(compare),
         baselines=tuple(args.baselines),
         random_seeds=args.random_seeds,
+        kmeans_sample=args.kmeans_sample,
         seed=args.seed,
         cpu_threads=args.threads,
         autoencoder=AutoencoderConfig(

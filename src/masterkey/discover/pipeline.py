@@ -22,14 +22,16 @@ from torch import Tensor
 
 from masterkey.bank import FilterBank
 from masterkey.discover.autoencoder import TrainedAutoencoder, cpu_threads
-from masterkey.discover.baselines import baseline_keysets
+from masterkey.discover.baselines import baseline_keysets, weighted_scatter
 from masterkey.discover.candidates import Candidates
+from masterkey.discover.chunks import BLOCK, blocks, is_large, row_chunks
 from masterkey.discover.greedy import GreedyPath
 from masterkey.discover.objectives import Objective, VarianceObjective, source_weights
 from masterkey.discover.rounds import DiscoverConfig, ObjectiveFactory, run_rounds
 from masterkey.discover.universality import leave_one_source_out
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet
+from masterkey.normalize import EXCLUDED, excluded_counts
 from masterkey.stats import mean_ci95
 
 
@@ -110,47 +112,78 @@ class Discovery:
 
 def prepare_filters(bank: FilterBank, kernel_size: int) -> tuple[Tensor, np.ndarray, dict[str, int]]:
     """The usable k x k filters of ``bank``, centred and unit-normed, their source labels, and how many filters of
-    that size were excluded (non-finite, all-zero, constant) and why."""
+    that size were excluded (non-finite, all-zero, constant) and why.
+
+    The bank is read and normalised chunk by chunk into one float32 tensor, so memory holds the filters once.
+    """
     if len(bank) == 0:
         raise MasterkeyError(f"{bank.path}: the bank (or query) holds no filters")
     sizes = bank.kernel_sizes
     if kernel_size not in sizes:
         listed = ", ".join(f"{s}x{s}" for s in sizes)
         raise MasterkeyError(f"{bank.path}: has no {kernel_size}x{kernel_size} filters (it holds {listed})")
-    view = bank.select((bank.metadata["kernel_size"] == kernel_size).to_numpy())
-    excluded = view.excluded_counts()
-    usable = view.usable()
+    of_size = (bank.metadata["kernel_size"] == kernel_size).to_numpy()
+    flags = bank.metadata["flags"].to_numpy()
+    excluded = excluded_counts(flags[of_size])
+    usable = bank.select(of_size & ((flags & int(EXCLUDED)) == 0))
     if len(usable) == 0:
         raise MasterkeyError(
-            f"{bank.path}: none of its {len(view)} {kernel_size}x{kernel_size} filters is usable (excluded: {excluded})"
+            f"{bank.path}: none of its {int(of_size.sum())} {kernel_size}x{kernel_size} filters is usable "
+            f"(excluded: {excluded})"
         )
-    return usable.filters(kernel_size, normalized=True), usable.metadata["source"].to_numpy(), excluded
+    out = torch.empty(len(usable), kernel_size, kernel_size)
+    start = 0
+    for _, chunk in usable.iter_filters(kernel_size):
+        for rows in row_chunks(len(chunk), BLOCK) if is_large(len(usable)) else [slice(0, len(chunk))]:
+            # center_norm's arithmetic without its flag check: the bank flagged these filters when it was written
+            # and usable() left out every excluded one (the check cost 5 s per million filters).
+            flat = chunk[rows].reshape(rows.stop - rows.start, -1)
+            centred = flat - flat.mean(dim=1, keepdim=True)
+            unit = centred / torch.linalg.vector_norm(centred, dim=1, keepdim=True)
+            out[start + rows.start : start + rows.stop] = unit.reshape(-1, kernel_size, kernel_size)
+        start += len(chunk)
+    return out, usable.metadata["source"].to_numpy(), excluded
 
 
-def _check_filters(filters: Tensor) -> Tensor:
+def _check_filters(filters: Tensor, out: Tensor | None = None) -> Tensor:
+    """Centred unit-norm float32 copies of ``filters`` [N, k, k] (normalised in float64, block by block), written to
+    ``out`` if given (which may be ``filters`` itself); one clear error for empty, non-finite or constant input."""
     if filters.ndim != 3 or filters.shape[1] != filters.shape[2]:
         raise MasterkeyError(f"discover: expected filters of shape [N, k, k], got {tuple(filters.shape)}")
     if filters.shape[0] == 0:
         raise MasterkeyError("discover: no filters (the bank or selection is empty)")
     if filters.shape[-1] < 2:
         raise MasterkeyError(f"discover: {filters.shape[-1]}x{filters.shape[-1]} filters have no spatial structure")
-    finite = torch.isfinite(filters.reshape(filters.shape[0], -1)).all(dim=1)
-    if not bool(finite.all()):
+    n = int(filters.shape[0])
+    out = out if out is not None else torch.empty(filters.shape, dtype=torch.float32, device=filters.device)
+    nonfinite, constant = 0, False
+    for rows in blocks(n):
+        flat = filters[rows].reshape(rows.stop - rows.start, -1).to(torch.float64)
+        centred = flat - flat.mean(dim=1, keepdim=True)
+        norms = centred.norm(dim=1)
+        # A NaN or Inf anywhere in a row makes its norm NaN or Inf.
+        finite = torch.isfinite(norms)
+        nonfinite += int((~finite).sum())
+        constant = constant or bool((norms <= 1e-12 * flat.norm(dim=1).clamp_min(1e-300)).any())
+        out[rows] = (centred / norms[:, None]).reshape(out[rows].shape).to(torch.float32)
+    if nonfinite:
         raise MasterkeyError(
-            f"discover: {int((~finite).sum())} of {filters.shape[0]} filters hold NaN or Inf; exclude them first "
+            f"discover: {nonfinite} of {n} filters hold NaN or Inf; exclude them first "
             "(a bank does so itself: FilterBank.usable())"
         )
-    flat = filters.reshape(filters.shape[0], -1).to(torch.float64)
-    centred = flat - flat.mean(dim=1, keepdim=True)
-    norms = centred.norm(dim=1)
-    if bool((norms <= 1e-12 * flat.norm(dim=1).clamp_min(1e-300)).any()):
+    if constant:
         raise MasterkeyError("discover: some filters are constant or all-zero; exclude them first")
-    return (centred / norms[:, None]).reshape(filters.shape).to(torch.float32)
+    return out
 
 
-def _shares(filters: Tensor, keys: Tensor, weights: Tensor) -> Tensor:
-    cos2 = (filters.reshape(len(filters), -1).double() @ keys.reshape(len(keys), -1).double().T).square()
-    return torch.zeros(len(keys), dtype=torch.float64).index_add_(0, cos2.argmax(dim=1), weights)
+def _shares(filters: Tensor, keys: Tensor, weights: Tensor, device: torch.device) -> Tensor:
+    """The weight of the filters whose best key (largest cos²) each key is, block by block."""
+    kmat = keys.reshape(len(keys), -1).double().to(device)
+    shares = torch.zeros(len(keys), dtype=torch.float64, device=device)
+    for rows in blocks(len(filters)):
+        cos2 = (filters[rows].reshape(rows.stop - rows.start, -1).to(device).double() @ kmat.T).square()
+        shares.index_add_(0, cos2.argmax(dim=1), weights[rows].to(device))
+    return shares.cpu()
 
 
 def discover_keys(
@@ -164,6 +197,7 @@ def discover_keys(
     progress: bool = True,
     provenance: dict[str, Any] | None = None,
     with_baselines: bool = True,
+    copy: bool = True,
 ) -> Discovery:
     """Discover ``config.n_keys`` keys from ``filters`` [N, k, k] of one kernel size.
 
@@ -173,7 +207,10 @@ def discover_keys(
     objective. ``checkpoint_dir`` makes an interrupted run resume (autoencoder and greedy paths).
 
     On CPU the work runs with ``config.cpu_threads`` torch threads (1 by default): its matrices are small, and on
-    shared cores waiting OpenMP threads made it several times slower (see ``docs/discover.md``).
+    shared cores waiting OpenMP threads made it several times slower (see ``docs/discover.md``). Every pass over
+    the filters goes block by block, so memory holds the filters once (float32) plus a few numbers per filter;
+    ``copy=False`` normalises ``filters`` in place rather than in a copy (the tensor is overwritten). With a CUDA
+    ``device`` the filters move there once and every stage runs there.
     """
     config = config or DiscoverConfig()
     with cpu_threads(config.cpu_threads if torch.device(device).type == "cpu" else None):
@@ -188,6 +225,7 @@ def discover_keys(
             progress,
             provenance,
             with_baselines,
+            copy,
         )
 
 
@@ -202,8 +240,10 @@ def _discover_keys(
     progress: bool,
     provenance: dict[str, Any] | None,
     with_baselines: bool,
+    copy: bool,
 ) -> Discovery:
-    x = _check_filters(filters)
+    start = time.perf_counter()
+    x = _check_filters(filters, out=None if copy else filters).to(device)
     n, k = int(x.shape[0]), int(x.shape[-1])
     if config.n_keys > n:
         raise MasterkeyError(f"-k {config.n_keys} is larger than the number of usable filters ({n})")
@@ -220,7 +260,6 @@ def _discover_keys(
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     ae, cands, paths, objectives, notes, timings = run_rounds(
         x, weights, config, objective_factory, device, ckpt_dir, "main", progress
     )
@@ -232,7 +271,7 @@ def _discover_keys(
     subset = list(paths[final].subset_at(config.n_keys))
     keys = cands[final].keys[subset]
     latents = cands[final].latents[subset]
-    shares = _shares(x, keys, weights)
+    shares = _shares(x, keys, weights, x.device)
     order = torch.argsort(shares, descending=True, stable=True)
     keys, latents, shares = keys[order], latents[order], shares[order]
     sources_list = list(dict.fromkeys(src.tolist()))
@@ -267,13 +306,90 @@ def _discover_keys(
     )
     if with_baselines:
         t0 = time.perf_counter()
-        disc.baselines, disc.baseline_keys, more = score_baselines(
-            x, weights, config, objectives[0], paths, cands, provenance=provenance, progress=progress
+        scored = score_baselines(
+            x, weights, config, objectives[0], paths, cands, provenance=provenance, progress=progress, device=device
         )
-        disc.notes.extend(more)
+        disc.baselines, disc.baseline_keys = scored.table, scored.keysets
+        disc.notes.extend(scored.notes)
+        disc.extra.update(scored.extra)
         disc.timings["baselines_s"] = time.perf_counter() - t0
     disc.timings["total_s"] = time.perf_counter() - start
     return disc
+
+
+@dataclass
+class BaselineScores:
+    """What :func:`score_baselines` returns."""
+
+    table: pd.DataFrame  #: method, n_keys, objective, span_objective, ci95, n_seeds, round
+    keysets: dict[str, KeySet]  #: each baseline's key set at K
+    notes: list[str]  #: what was skipped or subsampled
+    extra: dict[str, Any]  #: ``subsampled`` (what, sample size, of how many) and ``baseline_timings_s``
+
+
+def _discovered_sets(
+    sizes: Sequence[int], paths: Sequence[GreedyPath], cands: Sequence[Candidates]
+) -> list[tuple[int, float, int, KeySet]]:
+    """``(size, objective, round, keys)`` of the best round's greedy set at each size the paths reach."""
+    found = []
+    for size in sizes:
+        best = None
+        for r, (p, c) in enumerate(zip(paths, cands, strict=True)):
+            if size <= len(c) and size >= min(p.n_keys):
+                val = p.objective_at(size)
+                if best is None or val > best[1]:
+                    best = (size, val, r + 1, KeySet("d", c.keys[list(p.subset_at(size))]))
+        if best is not None:
+            found.append(best)
+    return found
+
+
+def _build_baselines(
+    filters: Tensor,
+    weights: Tensor,
+    config: DiscoverConfig,
+    sizes: Sequence[int],
+    provenance: dict[str, Any],
+    progress: bool,
+    device: str | torch.device | None,
+) -> tuple[list[tuple[str, int | None, list[KeySet]]], list[str], dict[str, float]]:
+    """Every baseline's key sets at every compared size (``(method, size, sets)``), notes, seconds per method."""
+    from tqdm import tqdm
+
+    k = int(filters.shape[-1])
+    seeds = list(range(config.seed, config.seed + config.random_seeds))
+    jobs = [(m, s) for m in config.baselines for s in (sizes if m in ("kmeans", "pca", "random") else [None])]
+    built: list[tuple[str, int | None, list[KeySet]]] = []
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+    scatter = None
+    bar = tqdm(jobs, desc=f"{k}x{k} baselines", unit="set", disable=None if progress else True, leave=False)
+    for method, size in bar:
+        if method == "pca" and size is not None and size >= k * k:
+            continue  # k x k centred filters span only k*k - 1 directions
+        t0 = time.perf_counter()
+        if method == "pca" and scatter is None:
+            scatter = weighted_scatter(filters, weights, device)  # one pass, shared by every K
+        try:
+            sets = baseline_keysets(
+                method,
+                filters,
+                size or 1,
+                weights,
+                seeds=seeds if method == "random" else [config.seed],
+                kmeans_init=config.kmeans_init,
+                provenance={**provenance, "kernel_size": k, "seed": config.seed},
+                kmeans_sample_size=config.kmeans_sample,
+                pca_scatter=scatter,
+                device=device,
+            )
+        except MasterkeyError as exc:
+            notes.append(f"baseline {method} skipped: {exc}")
+            continue
+        finally:
+            timings[method] = timings.get(method, 0.0) + time.perf_counter() - t0
+        built.append((method, size, sets))
+    return built, notes, timings
 
 
 def score_baselines(
@@ -285,70 +401,49 @@ def score_baselines(
     cands: Sequence[Candidates],
     provenance: dict[str, Any] | None = None,
     progress: bool = True,
-) -> tuple[pd.DataFrame, dict[str, KeySet], list[str]]:
+    device: str | torch.device | None = None,
+) -> BaselineScores:
     """The comparison table (discovered along the paths, and every baseline at each compared set size) and the
     baselines' key sets at K. ``span_objective`` (data-free objectives only) is the score when every filter is a
-    least-squares combination of all the set's keys."""
-    from tqdm import tqdm
+    least-squares combination of all the set's keys.
 
-    k = int(filters.shape[-1])
-    d = k * k
+    Every key set is built first; then a data-free objective scores them all in one pass over the filters
+    (an objective without ``score_many`` scores them one by one)."""
     n = int(filters.shape[0])
-    span = getattr(objective, "span_keys", None)
     sizes = sorted({s for s in (*config.compare_k, config.n_keys) if 1 <= s <= n})
+    discovered = _discovered_sets(sizes, paths, cands)
+    built, notes, timings = _build_baselines(filters, weights, config, sizes, provenance or {}, progress, device)
+    t0 = time.perf_counter()
+    every = [keys for *_, keys in discovered] + [s for *_, sets in built for s in sets]
+    score_many = getattr(objective, "score_many", None)
+    scores = score_many(every) if score_many is not None else [(objective.score_keys(s), None) for s in every]
+    timings["scoring"] = time.perf_counter() - t0
+    span = iter([math.nan if sp is None else sp.value for _, sp in scores])
+    value = iter([math.nan if sc is None else sc.value for sc, _ in scores])
     rows: list[dict[str, Any]] = []
+    for size, val, round_, _ in discovered:
+        next(value)
+        rows.append(
+            {
+                "method": "discovered",
+                "n_keys": size,
+                "objective": val,
+                "span_objective": next(span),
+                "ci95": math.nan,
+                "n_seeds": 1,
+                "round": round_,
+            }
+        )
     keysets: dict[str, KeySet] = {}
-    notes: list[str] = []
-
-    def span_of(keyset: KeySet) -> float:
-        return float(span(keyset).value) if span is not None else math.nan
-
-    for size in sizes:
-        best = None
-        for r, (p, c) in enumerate(zip(paths, cands, strict=True)):
-            if size <= len(c) and size >= min(p.n_keys):
-                val = p.objective_at(size)
-                if best is None or val > best[0]:
-                    best = (val, r, KeySet("d", c.keys[list(p.subset_at(size))]))
-        if best is not None:
-            rows.append(
-                {
-                    "method": "discovered",
-                    "n_keys": size,
-                    "objective": best[0],
-                    "span_objective": span_of(best[2]),
-                    "ci95": math.nan,
-                    "n_seeds": 1,
-                    "round": best[1] + 1,
-                }
-            )
-    seeds = list(range(config.seed, config.seed + config.random_seeds))
-    jobs = [(m, s) for m in config.baselines for s in (sizes if m in ("kmeans", "pca", "random") else [None])]
-    bar = tqdm(jobs, desc=f"{k}x{k} baselines", unit="set", disable=None if progress else True, leave=False)
-    for method, size in bar:
-        if method == "pca" and size is not None and size >= d:
-            continue  # k x k centred filters span only k*k - 1 directions
-        try:
-            sets = baseline_keysets(
-                method,
-                filters,
-                size or 1,
-                weights,
-                seeds=seeds if method == "random" else [config.seed],
-                kmeans_init=config.kmeans_init,
-                provenance={**(provenance or {}), "kernel_size": k, "seed": config.seed},
-            )
-        except MasterkeyError as exc:
-            notes.append(f"baseline {method} skipped: {exc}")
-            continue
-        values = [objective.score_keys(s).value for s in sets]
+    for method, size, sets in built:
+        values = [next(value) for _ in sets]
         mean, ci = mean_ci95(values)
         rows.append(
             {
                 "method": method,
                 "n_keys": len(sets[0]),
                 "objective": mean,
-                "span_objective": float(np.mean([span_of(s) for s in sets])),
+                "span_objective": float(np.mean([next(span) for _ in sets])),
                 "ci95": ci,
                 "n_seeds": len(sets),
                 "round": math.nan,
@@ -356,8 +451,15 @@ def score_baselines(
         )
         if size is None or size == config.n_keys:
             keysets[method] = sets[0]
+    extra: dict[str, Any] = {"baseline_timings_s": timings}
+    if any(method == "kmeans" for method, *_ in built) and n > config.kmeans_sample:
+        notes.append(
+            f"kmeans: keys learned on a seeded sample of {config.kmeans_sample:,} of the {n:,} filters (drawn with "
+            "the objective's weights), then polished and scored on all of them"
+        )
+        extra["subsampled"] = {"kmeans": {"sample": config.kmeans_sample, "of_filters": n}}
     table = pd.DataFrame(rows, columns=["method", "n_keys", "objective", "span_objective", "ci95", "n_seeds", "round"])
-    return table, keysets, notes
+    return BaselineScores(table, keysets, notes, extra)
 
 
 @dataclass
@@ -428,6 +530,8 @@ def _discover_bank(
                 )
 
             name = "accuracy"
+        # Universality needs the filters as prepared; otherwise they are normalised in place (held once).
+        several = universality and len(pd.unique(sources)) > 1
         disc = discover_keys(
             filters,
             sources,
@@ -438,6 +542,7 @@ def _discover_bank(
             checkpoint_dir=checkpoint_dir,
             progress=progress,
             provenance={**provenance_base, **(accuracy.description if accuracy else {})},
+            copy=several,
         )
         disc.extra["excluded"] = excluded
         if accuracy is not None:
@@ -462,6 +567,13 @@ def _discover_bank(
                     checkpoint_dir=checkpoint_dir,
                     progress=progress,
                 )
+                counts = pd.Series(sources).value_counts()
+                largest = int(len(sources) - counts.min()) if len(counts) > 2 else int(counts.max())
+                if largest > config.kmeans_sample:
+                    disc.notes.append(
+                        f"universality: k-means keys of source sets larger than {config.kmeans_sample:,} filters "
+                        "were learned on a seeded sample of that many"
+                    )
                 disc.timings["universality_s"] = time.perf_counter() - t0
                 disc.timings["total_s"] += disc.timings["universality_s"]
         results[k] = disc

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from masterkey.discover.autoencoder import AutoencoderConfig, TrainedAutoencoder, train_autoencoder
-from masterkey.discover.baselines import BASELINES
+from masterkey.discover.baselines import BASELINES, KMEANS_SAMPLE
 from masterkey.discover.candidates import SPACINGS, Candidates, latent_grid, make_candidates, resample_around
 from masterkey.discover.greedy import GreedyPath, greedy_backward
 from masterkey.discover.objectives import Objective
@@ -41,6 +41,7 @@ class DiscoverConfig:
     baselines: tuple[str, ...] = BASELINES
     random_seeds: int = 10  #: seeds of the random baseline (mean and 95% CI)
     kmeans_init: int = 3  #: k-means restarts
+    kmeans_sample: int = KMEANS_SAMPLE  #: k-means learns on a seeded sample of at most this many filters
     seed: int = 0  #: seeds the autoencoder (and k-means)
     cpu_threads: int | None = 1  #: torch CPU threads during discovery (None: leave torch's setting); see below
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -70,6 +71,11 @@ class DiscoverConfig:
             raise MasterkeyError(f"unknown baseline(s) {unknown}: expected some of {', '.join(BASELINES)}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise MasterkeyError(f"--threads must be at least 1, got {self.cpu_threads}")
+        largest = max((*self.compare_k, self.n_keys))
+        if self.kmeans_sample < largest:
+            raise MasterkeyError(
+                f"--kmeans-sample {self.kmeans_sample}: k-means needs at least as many filters as keys ({largest})"
+            )
         if self.random_seeds < 1:
             raise MasterkeyError(f"--random-seeds must be at least 1, got {self.random_seeds}")
 

@@ -49,7 +49,16 @@ def _discover_on(
     at_k = [p.objective_at(config.n_keys) for p in paths]
     best = int(np.argmax(at_k))
     keys = cands[best].keys[list(paths[best].subset_at(config.n_keys))]
-    kmeans, _ = spherical_kmeans(filters, config.n_keys, weights, seed=config.seed, n_init=config.kmeans_init)
+    kmeans, _ = spherical_kmeans(
+        filters,
+        config.n_keys,
+        weights,
+        seed=config.seed,
+        n_init=config.kmeans_init,
+        sample_size=config.kmeans_sample,
+        device=device,
+        score=False,
+    )
     return keys, kmeans
 
 
@@ -82,12 +91,13 @@ def leave_one_source_out(
     for kind, name in bar:
         i = names.index(name)
         mask = src == name if kind == "own" else src != name
-        result = _discover_on(filters[torch.from_numpy(mask)], src[mask], config, device, ckpt, f"{kind}{i}")
+        rows = torch.from_numpy(mask).to(filters.device)
+        result = _discover_on(filters[rows], src[mask], config, device, ckpt, f"{kind}{i}")
         (own if kind == "own" else loso)[name] = result
     rows = []
     for target in names:
-        x = filters[torch.from_numpy(src == target)]
-        own_d, own_k = (explained_variance(x, keys) for keys in own[target])
+        x = filters[torch.from_numpy(src == target).to(filters.device)]
+        own_d, own_k = (explained_variance(x, keys, device=device) for keys in own[target])
         sets = [(f"all but {target}", loso[target])] if target in loso else []
         if pairwise or len(names) == 2:
             sets += [(other, own[other]) for other in names if other != target]
@@ -96,9 +106,9 @@ def leave_one_source_out(
                 {
                     "keys_from": label,
                     "fitted_to": target,
-                    "objective": explained_variance(x, disc),
+                    "objective": explained_variance(x, disc, device=device),
                     "own_objective": own_d,
-                    "kmeans_objective": explained_variance(x, km),
+                    "kmeans_objective": explained_variance(x, km, device=device),
                     "kmeans_own_objective": own_k,
                 }
             )
