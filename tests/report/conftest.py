@@ -1,19 +1,22 @@
-"""Run directories for the report tests: a real fit run (a ConvNeXt of the default bank) and a real explain run,
-plus discover / swap / train / experiment runs written here with the exact file names and columns of the
-run-directory contracts (those commands are exercised by their own tests)."""
+"""Run directories for the report tests, every one written by the real writer on real inputs (the default bank,
+CIFAR-10 ConvNeXts and images of ../shared): a change to a writer that the report cannot read fails here."""
 
 from __future__ import annotations
 
-import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from masterkey.files import write_json, write_text
-from masterkey.keys import load_keys
-from masterkey.runs import write_run_info
+from masterkey.cli import main
+from masterkey.train import TrainConfig, train
+from masterkey.train.experiment import Arm, Experiment
+from masterkey.train.runner import run_experiment
+
+SHARED = Path(os.environ.get("MASTERKEY_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
+CIFAR = SHARED / "data" / "cifar10"
 
 
 def make_fit_run(path: Path) -> Path:
@@ -31,182 +34,72 @@ def make_fit_run(path: Path) -> Path:
     return path
 
 
+def _cli(*argv: str) -> None:
+    """Run a masterkey command in this process, as a user would from a terminal (no progress bars)."""
+    assert main([*argv, "--no-progress"] if argv[0] == "discover" else list(argv)) == 0, argv
+
+
 def make_discover_run(path: Path) -> Path:
-    path.mkdir(parents=True)
-    load_keys("paper8").save(path / "keys.safetensors")
-    load_keys("random:20:3").save(path / "candidates.safetensors")
-    rng = np.random.default_rng(0)
-    rows = []
-    for rnd, (start, stop) in enumerate(((20, 8), (12, 8)), 1):
-        for n in range(start, stop - 1, -1):
-            rows.append({"round": rnd, "n_keys": n, "objective": 0.5 + 0.01 * n + 0.002 * rnd, "removed": n})
-    pd.DataFrame(rows).to_csv(path / "path.csv", index=False)
-    baselines = [
-        {"method": "kmeans", "n_keys": 8, "objective": 0.55 + 0.01 * s, "seed": s, "ci95": None} for s in range(3)
-    ]
-    baselines += [{"method": "pca", "n_keys": 8, "objective": 0.52, "seed": None, "ci95": None}]
-    baselines += [{"method": "random", "n_keys": 8, "objective": 0.2, "seed": None, "ci95": 0.02}]
-    pd.DataFrame(baselines).to_csv(path / "baselines.csv", index=False)
-    uni = [
-        {"keys_from": a, "fitted_to": b, "objective": float(rng.uniform(0.3, 0.7)), "own_objective": 0.7}
-        for a in ("mnv2", "convnext")
-        for b in ("mnv2", "convnext")
-    ]
-    pd.DataFrame(uni).to_csv(path / "universality.csv", index=False)
-    write_json(path / "summary.json", {"n_keys": 8, "objective": 0.58, "selection": {"split": "held-out"}})
-    write_text(path / "summary.md", "# Discover\n")
-    write_run_info(path, "discover", {"bank": "default", "n_keys": 8})
+    """A flat discover run (one kernel size) of two CIFAR-10 ConvNeXts of the default bank, with every default
+    baseline and the universality table, written by ``masterkey discover``."""
+    _cli(
+        *("discover", "default", "--query", "source in ['convnext_atto_s0_e20', 'convnext_atto_s1_e20']"),
+        *("-k", "2", "--candidates", "8", "--rounds", "1", "--ae-steps", "100", "--random-seeds", "2"),
+        *("--universality", "-o", str(path)),
+    )
     return path
 
 
 def make_discover_run_per_kernel(path: Path) -> Path:
-    """A discover run over several kernel sizes: one sub-directory k3/, k7/ each with its own files."""
-    path.mkdir(parents=True)
-    for k in (3, 7):
-        sub = path / f"k{k}"
-        sub.mkdir()
-        load_keys("paper8", kernel_size=k, resize=True).save(sub / "keys.safetensors")
-        pd.DataFrame({"round": 1, "n_keys": [10, 9, 8], "objective": [0.6, 0.59, 0.57], "removed": [3, 1, 0]}).to_csv(
-            sub / "path.csv", index=False
-        )
-        pd.DataFrame(
-            {
-                "method": ["kmeans", "kmeans", "random"],
-                "n_keys": [9, 8, 8],
-                "objective": [0.5, 0.49, 0.3],
-                "ci95": [None, None, 0.01],
-            }
-        ).to_csv(sub / "baselines.csv", index=False)
-        write_json(sub / "summary.json", {"n_keys": 8, "kernel_size": k})
-    write_json(path / "summary.json", {"bank": "default", "kernel_sizes": [3, 7]})
-    write_text(path / "summary.md", "# Key discovery\n")
-    write_run_info(path, "discover", {"bank": "default", "n_keys": 8})
+    """A discover run over two kernel sizes (one sub-directory k3/, k7/ each), written by ``masterkey discover``."""
+    _cli(
+        *("discover", "default", "--query", "source in ['mobilenet_v2_imagenet', 'convnext_atto_s0_e20']"),
+        *("-k", "2", "--candidates", "8", "--rounds", "1", "--ae-steps", "100", "--baselines", "kmeans,random"),
+        *("--random-seeds", "2", "-o", str(path)),
+    )
     return path
 
 
 def make_swap_run(path: Path, with_sensitivity: bool = True) -> Path:
-    """As masterkey.swap.write_swap_run writes it: accuracies as fractions, seeded key sets pooled in summary.csv."""
-    path.mkdir(parents=True)
-    base = {"n_layers": 17, "n_filters": 7136, "n_images": 1000, "calib_images": 256, "seconds": 3.0}
-    rows = [
-        {
-            "keys": "none",
-            "group": "none",
-            "seed": None,
-            "n_keys": 0,
-            "recalibrated": False,
-            "calibration": "",
-            "top1": 0.823,
-            "top5": 0.955,
-            "delta_top1": 0.0,
-            "mean_cos2": 1.0,
-            **base,
-        }
-    ]
-    for recal in (False, True):
-        rows.append(
-            {
-                "keys": "paper8",
-                "group": "paper8",
-                "seed": None,
-                "n_keys": 8,
-                "recalibrated": recal,
-                "calibration": "train" if recal else "",
-                "top1": 0.605 if recal else 0.41,
-                "top5": 0.8,
-                "delta_top1": -0.2,
-                "mean_cos2": 0.69,
-                **base,
-            }
-        )
-        for seed in range(3):
-            rows.append(
-                {
-                    "keys": f"random:8:{seed}",
-                    "group": "random:8",
-                    "seed": seed,
-                    "n_keys": 8,
-                    "recalibrated": recal,
-                    "calibration": "train" if recal else "",
-                    "top1": 0.02 + 0.01 * seed,
-                    "top5": 0.08,
-                    "delta_top1": -0.8,
-                    "mean_cos2": 0.39,
-                    **base,
-                }
-            )
-    results = pd.DataFrame(rows)
-    results.to_csv(path / "results.csv", index=False)
-    summary = (
-        results.groupby(["group", "recalibrated", "calibration"], sort=False)
-        .agg(n_keys=("n_keys", "first"), n_seeds=("top1", "size"), top1=("top1", "mean"), top1_ci95=("top1", "std"))
-        .reset_index()
-        .rename(columns={"group": "keys"})
+    """A swap run of a CIFAR-10 ConvNeXt on 20 test images (paper8 and two seeds of random:8), written by
+    ``masterkey swap``."""
+    sensitivity = ["--sensitivity", "stage"] if with_sensitivity else []
+    _cli(
+        *("swap", "--weights", str(SHARED / "models" / "cifar10-convnext" / "convnext_atto_s0_e20.safetensors")),
+        *("--keys", "paper8", "--keys", "random:8", "--seeds", "2", "--data", str(CIFAR / "test")),
+        *("--max-images", "20", *sensitivity, "-o", str(path)),
     )
-    summary.to_csv(path / "summary.csv", index=False)
-    write_json(path / "results.json", {"info": {"model": "mobilenet_v2"}, "results": rows})
-    pd.DataFrame({"stage": [0, 1, 2], "n_filters": [100, 200, 300], "mean_cos2": [0.7, 0.6, 0.5]}).to_csv(
-        path / "per_stage.csv", index=False
-    )
-    if with_sensitivity:
-        names = [f"features.{i}.conv.1.0" for i in range(1, 8)]
-        top1 = np.linspace(0.80, 0.70, 7)
-        pd.DataFrame({"unit": "layer", "name": names, "keys": "paper8", "top1": top1, "drop": 0.823 - top1}).to_csv(
-            path / "sensitivity.csv", index=False
-        )
-    write_text(path / "summary.md", "# Swap\n")
-    write_run_info(path, "swap", {"model": "mobilenet_v2", "keys": ["paper8", "random:8:0..2"]})
     return path
 
 
-def _metrics(epochs: int, seed: int, frozen: bool) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    e = np.arange(1, epochs + 1)
-    loss = 2.3 * np.exp(-e / (3 if frozen else 4)) + 0.3 + 0.02 * rng.random(epochs)
-    top1 = 90 - 60 * np.exp(-e / 3) - (1.0 if frozen else 0.0) + rng.random(epochs)
-    return pd.DataFrame(
-        {
-            "epoch": e,
-            "step": e * 98,
-            "lr": 3e-3 * np.cos(e / epochs),
-            "train_loss": loss,
-            "train_acc": top1 - 5,
-            "test_loss": loss + 0.1,
-            "test_top1": top1,
-            "test_top5": np.minimum(99.9, top1 + 8),
-            "seconds": 12.0 * e,
-        }
+def tiny_training(epochs: int = 2) -> TrainConfig:
+    """A tiny ConvNeXt on 60 CIFAR-10 training images and 40 test images: 3 steps per epoch."""
+    return TrainConfig(
+        model="convnext_atto",
+        model_kwargs={"num_classes": 10, "dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "patch_size": 2},
+        data=str(CIFAR),
+        max_train_images=60,
+        max_test_images=40,
+        batch_size=20,
+        epochs=epochs,
+        warmup_epochs=0.5,
+        progress=False,
+        log_every=1,
+        threads=1,
     )
 
 
-def make_train_run(path: Path, mode: str = "frozen-keys", seed: int = 0, epochs: int = 6) -> Path:
-    path.mkdir(parents=True)
-    metrics = _metrics(epochs, seed, frozen=mode != "normal")
-    metrics.to_csv(path / "metrics.csv", index=False)
-    lines = [json.dumps({"step": int(s), "train_loss": float(2.3 * np.exp(-s / 200) + 0.3)}) for s in range(0, 588, 7)]
-    lines += [json.dumps(row) for row in metrics.to_dict(orient="records")]
-    write_text(path / "metrics.jsonl", "\n".join(lines) + "\n")
-    final = metrics.iloc[-1]
-    write_json(
-        path / "summary.json", {"mode": mode, "seed": seed, "keys": "paper8", "test_top1": float(final.test_top1)}
-    )
-    write_run_info(path, "train", {"model": "convnext_atto", "mode": mode, "seed": seed, "data": "cifar10"})
+def make_train_run(path: Path, epochs: int = 2) -> Path:
+    """A training run written by :func:`masterkey.train.train` (frozen paper8 keys)."""
+    train(tiny_training(epochs).replace(mode="frozen", keys="paper8"), path)
     return path
 
 
 def make_experiment_run(path: Path) -> Path:
-    path.mkdir(parents=True)
-    rows = []
-    for mode in ("normal", "frozen-keys"):
-        for seed in range(3):
-            sub = make_train_run(path / "runs" / f"{mode}-s{seed}", mode, seed, epochs=5)
-            rows.append(
-                {"mode": mode, "seed": seed, "test_top1": float(pd.read_csv(sub / "metrics.csv").test_top1.iloc[-1])}
-            )
-    pd.DataFrame(rows).to_csv(path / "summary.csv", index=False)
-    write_json(path / "summary.json", {"normal": {"mean": 88.0, "ci95": 1.0, "n": 3}})
-    write_text(path / "summary.md", "# Experiment\n")
-    write_run_info(path, "experiment", {"model": "convnext_atto", "modes": ["normal", "frozen-keys"], "seeds": 3})
+    """An experiment (trainable and frozen paper8 keys, seeds 0 and 1) written by the real experiment runner."""
+    base = {k: v for k, v in tiny_training().to_dict().items() if k != "seed"}
+    arms = [Arm("trainable", {"mode": "trainable"}), Arm("frozen-paper8", {"mode": "frozen", "keys": "paper8"})]
+    run_experiment(Experiment(base, arms, [0, 1]), path)
     return path
 
 
@@ -236,15 +129,15 @@ def run_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "train": make_train_run(root / "train"),
         "experiment": make_experiment_run(root / "experiment"),
         "explain": make_explain_run(root / "explain"),
+        "discover_per_kernel": make_discover_run_per_kernel(root / "discover-per-kernel"),
     }
 
 
 @pytest.fixture
-def run_factories() -> dict[str, object]:
-    """The builders, for tests that damage a fresh run of their own."""
-    return {
-        "train": make_train_run,
-        "swap": make_swap_run,
-        "fit": make_fit_run,
-        "discover_per_kernel": make_discover_run_per_kernel,
-    }
+def run_copy(run_dirs: dict[str, Path], tmp_path: Path):
+    """A fresh copy of one of the session's runs, for a test that damages it."""
+
+    def copy(kind: str) -> Path:
+        return Path(shutil.copytree(run_dirs[kind], tmp_path / kind))
+
+    return copy

@@ -48,13 +48,14 @@ def test_runs_are_recognised_by_kind(run_dirs) -> None:
         assert loaded.run.kind == kind
         assert loaded.run.notes == [], (kind, loaded.run.notes)
     swap = load_run(run_dirs["swap"])
-    assert len(swap.summary) == 5 and set(swap.sensitivity["unit"]) == {"layer"}
+    assert list(swap.summary["keys"]) == ["none", "paper8", "random:8"] and list(swap.summary["n_seeds"]) == [1, 1, 2]
+    assert set(swap.sensitivity["unit"]) == {"stage"} and len(swap.sensitivity) == 4  # ConvNeXt-Atto: 4 stages
     fit = load_run(run_dirs["fit"])
     assert set(fit.keysets) == {7} and len(fit.fits) == 1840
     train = load_run(run_dirs["train"])
-    assert len(train.metrics) == 6 and len(train.steps) == 84 and "test_top1" not in train.steps
+    assert len(train.metrics) == 2 and len(train.steps) == 6 and "test_top1" not in train.steps  # 3 steps an epoch
     experiment = load_run(run_dirs["experiment"])
-    assert len(experiment.runs) == 6
+    assert len(experiment.runs) == 4 and set(experiment.table["mode"]) == {"trainable", "frozen-paper8"}
     explain = load_run(run_dirs["explain"])
     assert {p.stem for p in explain.figures} >= {"scalespace", "eigenpatches", "eigen_vs_keys", "reconstruction"}
 
@@ -75,25 +76,26 @@ def test_run_json_is_required_and_strict(tmp_path) -> None:
         read_run(tmp_path)
 
 
-def test_missing_and_malformed_files_are_noted_not_fatal(tmp_path, run_factories) -> None:
-    run = run_factories["train"](tmp_path / "train")
+def test_missing_and_malformed_files_are_noted_not_fatal(run_copy) -> None:
+    run = run_copy("train")
     (run / "metrics.csv").unlink()
     (run / "summary.json").write_text("{broken")
     loaded = load_run(run)
-    assert loaded.metrics is not None and len(loaded.metrics) == 6  # recovered from metrics.jsonl
+    assert loaded.metrics is not None and len(loaded.metrics) == 2  # recovered from metrics.jsonl
     assert any("summary.json is not valid JSON" in n for n in loaded.run.notes)
     assert any("metrics.csv is missing" in n for n in loaded.run.notes)
 
-    swap = run_factories["swap"](tmp_path / "swap", with_sensitivity=False)
+    swap = run_copy("swap")
+    (swap / "sensitivity.csv").unlink()
     pd.DataFrame({"keys": ["paper8"], "accuracy": [1.0]}).to_csv(swap / "results.csv", index=False)
     loaded = load_run(swap)
     assert loaded.sensitivity is None and loaded.results is not None  # fell back to results.json
-    assert len(loaded.results) == 9
-    assert any("results.csv lacks the columns top1" in n for n in loaded.run.notes)
+    assert len(loaded.results) == 4  # none, paper8, random:8:0, random:8:1
+    assert any(n.startswith("results.csv lacks the columns") and "top1" in n for n in loaded.run.notes)
 
 
-def test_discover_run_with_one_directory_per_kernel_size(tmp_path, run_factories) -> None:
-    run = run_factories["discover_per_kernel"](tmp_path / "discover")
+def test_discover_run_with_one_directory_per_kernel_size(tmp_path, run_dirs) -> None:
+    run = run_dirs["discover_per_kernel"]
     loaded = load_run(run)
     assert isinstance(loaded, DiscoverRun) and list(loaded.parts) == ["k3", "k7"]
     assert loaded.parts["k3"].keys.kernel_size == 3 and loaded.summary["kernel_sizes"] == [3, 7]
@@ -101,6 +103,8 @@ def test_discover_run_with_one_directory_per_kernel_size(tmp_path, run_factories
     out = build_report([run], tmp_path / "r")
     names = sorted(p.name for p in out.glob("*.png"))
     assert names == [
+        "r1-discover-candidates-k3.png",
+        "r1-discover-candidates-k7.png",
         "r1-discover-keys-k3.png",
         "r1-discover-keys-k7.png",
         "r1-discover-path-k3.png",

@@ -158,7 +158,7 @@ def fit_scalespace(key: np.ndarray | torch.Tensor, family: str = "auto") -> Scal
     return _fit_family(target, family, size)
 
 
-FIT_COLUMNS = ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine")
+SCALESPACE_COLUMNS = ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine")
 
 
 def fit_keyset(keyset: KeySet, families: Sequence[str] | None = None) -> pd.DataFrame:
@@ -184,7 +184,7 @@ def fit_keyset(keyset: KeySet, families: Sequence[str] | None = None) -> pd.Data
                 "cosine": fit.cosine,
             }
         )
-    return pd.DataFrame(rows, columns=list(FIT_COLUMNS))
+    return pd.DataFrame(rows, columns=list(SCALESPACE_COLUMNS))
 
 
 def scalespace_keyset(params: pd.DataFrame, kernel_size: int, name: str = "scalespace") -> KeySet:
@@ -201,7 +201,7 @@ def scalespace_keyset(params: pd.DataFrame, kernel_size: int, name: str = "scale
         labels.append(str(getattr(row, "label", len(labels) + 1)))
     provenance = {
         "source": "scalespace",
-        "parameters": params[[c for c in FIT_COLUMNS if c in params.columns]].to_dict(orient="records"),
+        "parameters": params[[c for c in SCALESPACE_COLUMNS if c in params.columns]].to_dict(orient="records"),
     }
     return KeySet(name, torch.tensor(np.stack(keys)), provenance, tuple(labels))
 
@@ -221,7 +221,7 @@ def paper8_parameters() -> pd.DataFrame:
         }
         for i, (label, family, sx, sy, g, s, c) in enumerate(PAPER8_SCALESPACE)
     ]
-    return pd.DataFrame(rows, columns=list(FIT_COLUMNS))
+    return pd.DataFrame(rows, columns=list(SCALESPACE_COLUMNS))
 
 
 def scalespace8_keys(kernel_size: int = 7) -> KeySet:

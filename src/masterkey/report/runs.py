@@ -19,6 +19,7 @@ import pandas as pd
 
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet
+from masterkey.runformats import run_format
 from masterkey.runs import RUN_INFO, read_run_info
 
 KINDS = ("fit", "discover", "swap", "train", "experiment", "explain")
@@ -135,7 +136,10 @@ def read_run(path: str | Path) -> Run:
 
 
 # ---------------------------------------------------------------------- per kind
-FIT_COLUMNS = ("source", "layer", "layer_index", "kernel_size", "index", "key", "a", "cos2")
+# The columns each table must have come from the one declaration of the run formats (masterkey.runformats).
+FIT, DISCOVER, SWAP, TRAIN, EXPERIMENT, EXPLAIN = (
+    run_format(k) for k in ("fit", "discover", "swap", "train", "experiment", "explain")
+)
 
 
 @dataclass
@@ -209,7 +213,7 @@ LoadedRun = FitRun | DiscoverRun | SwapRun | TrainRun | ExperimentRun | ExplainR
 
 
 def load_fit(run: Run) -> FitRun:
-    fits = run.read_parquet("fits.parquet", FIT_COLUMNS)
+    fits = run.read_parquet("fits.parquet", FIT.columns("fits.parquet"))
     keysets: dict[int, KeySet] = {}
     for path in sorted(run.path.glob("keys_k*.safetensors")):
         keyset = run.read_keyset(path.name)
@@ -226,9 +230,9 @@ def _discover_part(run: Run, prefix: str) -> DiscoverPart:
         prefix,
         run.read_keyset(f"{at}keys.safetensors"),
         run.read_keyset(f"{at}candidates.safetensors", optional=True),
-        run.read_csv(f"{at}path.csv", ("n_keys", "objective")),
-        run.read_csv(f"{at}baselines.csv", ("method", "n_keys", "objective"), optional=True),
-        run.read_csv(f"{at}universality.csv", ("keys_from", "fitted_to", "objective"), optional=True),
+        run.read_csv(f"{at}path.csv", DISCOVER.columns("path.csv")),
+        run.read_csv(f"{at}baselines.csv", DISCOVER.columns("baselines.csv"), optional=True),
+        run.read_csv(f"{at}universality.csv", DISCOVER.columns("universality.csv"), optional=True),
         run.read_json(f"{at}summary.json", optional=bool(prefix)),
     )
 
@@ -246,27 +250,27 @@ def load_discover(run: Run) -> DiscoverRun:
 
 
 def load_swap(run: Run) -> SwapRun:
-    results = run.read_csv("results.csv", ("keys", "top1"))
+    results = run.read_csv("results.csv", SWAP.columns("results.csv"))
     if results is None:
         data = run.read_json("results.json", optional=True)
         rows = data.get("results", data.get("rows")) if isinstance(data, dict) else data
         if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
-            results = run._check_columns("results.json", pd.DataFrame(rows), ("keys", "top1"))
-    sensitivity = run.read_csv("sensitivity.csv", ("top1", "drop"), optional=True)
+            results = run._check_columns("results.json", pd.DataFrame(rows), SWAP.columns("results.csv"))
+    sensitivity = run.read_csv("sensitivity.csv", SWAP.columns("sensitivity.csv"), optional=True)
     if sensitivity is not None and not {"layer", "stage", "name"} & set(sensitivity.columns):
         run.notes.append("sensitivity.csv names no layer, stage or name column; skipped")
         sensitivity = None
     return SwapRun(
         run,
         results,
-        run.read_csv("summary.csv", ("keys", "top1"), optional=True),
-        run.read_csv("per_stage.csv", ("stage",), optional=True),
+        run.read_csv("summary.csv", SWAP.columns("summary.csv"), optional=True),
+        run.read_csv("per_stage.csv", SWAP.columns("per_stage.csv"), optional=True),
         sensitivity,
     )
 
 
 def load_train(run: Run) -> TrainRun:
-    metrics = run.read_csv("metrics.csv", ("epoch",))
+    metrics = run.read_csv("metrics.csv", TRAIN.columns("metrics.csv"))
     rows = run.read_jsonl("metrics.jsonl")
     steps = None
     if rows:
@@ -303,20 +307,20 @@ def load_experiment(run: Run) -> ExperimentRun:
         run.notes.append("runs/ is missing: no training curves")
     return ExperimentRun(
         run,
-        run.read_csv("summary.csv", ("mode", "test_top1")),
+        run.read_csv("summary.csv", EXPERIMENT.columns("summary.csv")),
         run.read_json("summary.json"),
         run.read_text("summary.md"),
         subruns,
-        run.read_csv("efficiency.csv", ("arm", "train_size", "test_top1", "ci95"), optional=True),
+        run.read_csv("efficiency.csv", EXPERIMENT.columns("efficiency.csv"), optional=True),
     )
 
 
 def load_explain(run: Run) -> ExplainRun:
     return ExplainRun(
         run,
-        run.read_csv("scalespace.csv", ("key", "family", "sigma_x", "sigma_y", "cosine")),
-        run.read_csv("eigenpatches.csv", ("key", "best_component", "abs_cos")),
-        run.read_csv("reconstruction.csv", ("image", "kind", "explained"), optional=True),
+        run.read_csv("scalespace.csv", EXPLAIN.columns("scalespace.csv")),
+        run.read_csv("eigenpatches.csv", EXPLAIN.columns("eigenpatches.csv")),
+        run.read_csv("reconstruction.csv", EXPLAIN.columns("reconstruction.csv"), optional=True),
         run.read_json("summary.json", optional=True),
         run.read_text("summary.md", optional=False),
         run.pngs(),

@@ -1,0 +1,261 @@
+"""The run formats: what each kind of run directory holds, declared once.
+
+Every command that writes a run directory (``fit``, ``discover``, ``swap``, ``train`` and experiments, ``explain``,
+``report``) writes ``run.json`` with its ``kind`` (:mod:`masterkey.runs`) and the files declared here. The report
+reads runs through these declarations (:mod:`masterkey.report.runs` asks for the ``columns`` of each table), and
+``tests/test_runformats.py`` checks that what the real writers write matches them, file for file and column for
+column, so that a change to a writer cannot silently break a reader. Units: accuracies in run files are
+fractions in ``[0, 1]`` for ``swap`` and percentages for ``train`` / ``experiment`` (as timm reports them); each
+column says which. See ``docs/design.md`` for the pipeline these runs come from.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["RUN_FORMATS", "RunFile", "RunFormat", "check_run", "run_format"]
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """One file of a run directory: its name (a glob for families such as ``keys_k*.safetensors``), what it holds,
+    whether every run of the kind has it, and, for tables, the columns every writer writes (at least these)."""
+
+    name: str
+    what: str
+    required: bool = True
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunFormat:
+    """The files of one kind of run directory. ``per_kernel`` kinds may hold their files in one sub-directory per
+    kernel size (``k3/``, ``k7/`` ...) instead of at the top."""
+
+    kind: str
+    what: str
+    files: tuple[RunFile, ...]
+    per_kernel: tuple[str, ...] = ()
+
+    def file(self, name: str) -> RunFile:
+        """The declaration of ``name`` (a plain name or one matching a declared glob)."""
+        for f in self.files:
+            if f.name == name or fnmatch.fnmatchcase(name, f.name):
+                return f
+        raise KeyError(f"{self.kind} runs declare no file {name!r}")
+
+    def columns(self, name: str) -> tuple[str, ...]:
+        """The columns of table ``name`` that readers may rely on."""
+        return self.file(name).columns
+
+
+_RUN_JSON = RunFile("run.json", "kind, resolved config, environment (versions, hardware), command line")
+
+RUN_FORMATS: dict[str, RunFormat] = {
+    "fit": RunFormat(
+        "fit",
+        "the affine fit of every filter of a bank to a key set (masterkey fit)",
+        (
+            _RUN_JSON,
+            RunFile(
+                "fits.parquet",
+                "one row per usable filter: its metadata, best key (0-based), a, b, cos2, residual",
+                columns=("source", "layer", "layer_index", "kernel_size", "index", "key", "a", "b", "cos2", "residual"),
+            ),
+            RunFile("keys_k*.safetensors", "the key set at each kernel size fitted"),
+            RunFile("summary.json", "key proportions and mean cos2 by kernel size, source, stage and layer"),
+            RunFile("summary.md", "the same, as Markdown"),
+        ),
+    ),
+    "discover": RunFormat(
+        "discover",
+        "key discovery on a bank (masterkey discover): flat for one kernel size, k3/, k5/ ... for several",
+        (
+            _RUN_JSON,
+            RunFile("keys.safetensors", "the discovered keys (their share of filters in the metadata)"),
+            RunFile("candidates.safetensors", "the distinct candidates the autoencoders gave"),
+            RunFile("path.csv", "the greedy path: objective after each removal", columns=("n_keys", "objective")),
+            RunFile(
+                "baselines.csv",
+                "the objective of each baseline (and of the discovered keys) at each set size; ci95 over seeds",
+                columns=("method", "n_keys", "objective", "ci95"),
+            ),
+            RunFile(
+                "universality.csv",
+                "leave-one-source-out: keys from the other sources fitted to each source (--universality)",
+                required=False,
+                columns=("keys_from", "fitted_to", "objective"),
+            ),
+            RunFile("baseline_keys/*.safetensors", "the baselines' key sets", required=False),
+            RunFile("keys.png", "the key grid", required=False),
+            RunFile("path.png", "the greedy path with its elbows", required=False),
+            RunFile("summary.json", "what was found, per kernel size"),
+            RunFile("summary.md", "the same, as Markdown"),
+        ),
+        per_kernel=(
+            "keys.safetensors",
+            "candidates.safetensors",
+            "path.csv",
+            "baselines.csv",
+            "universality.csv",
+            "baseline_keys/*.safetensors",
+            "keys.png",
+            "path.png",
+        ),
+    ),
+    "swap": RunFormat(
+        "swap",
+        "keys swapped into a pretrained network, accuracy measured (masterkey swap)",
+        (
+            _RUN_JSON,
+            RunFile(
+                "results.csv",
+                "one row per key set, seed and condition; top1 / top5 / delta_top1 as fractions in [0, 1]",
+                columns=("keys", "group", "seed", "n_keys", "recalibrated", "top1", "top5", "delta_top1", "mean_cos2"),
+            ),
+            RunFile("results.json", "the same rows with the model's description"),
+            RunFile(
+                "summary.csv",
+                "results pooled over seeds: mean and 95% CI half-width (fractions)",
+                columns=("keys", "recalibrated", "n_keys", "n_seeds", "top1", "top1_ci95"),
+            ),
+            RunFile("per_stage.csv", "mean cos2 of the fits per stage", required=False, columns=("stage",)),
+            RunFile(
+                "sensitivity.csv",
+                "one stage or layer swapped at a time (--sensitivity); top1 and drop as fractions",
+                required=False,
+                columns=("unit", "name", "keys", "top1", "drop"),
+            ),
+            RunFile("summary.md", "the tables, as Markdown"),
+        ),
+    ),
+    "train": RunFormat(
+        "train",
+        "one training run (masterkey train): model, optimiser and data order checkpointed; accuracies in percent",
+        (
+            _RUN_JSON,
+            RunFile(
+                "metrics.csv",
+                "one row per epoch: losses, train accuracy and test top-1 / top-5 in percent",
+                columns=("epoch", "step", "lr", "train_loss", "test_loss", "test_top1", "test_top5"),
+            ),
+            RunFile("metrics.jsonl", "per-step and per-epoch rows as they were logged"),
+            RunFile("summary.json", "the final numbers, parameter counts, depthwise statistics"),
+            RunFile("model.safetensors", "the trained weights", required=False),
+            RunFile("checkpoint.pt", "the state to resume from (removed when --no-checkpoint)", required=False),
+        ),
+    ),
+    "experiment": RunFormat(
+        "experiment",
+        "arms x seeds (x training-set sizes) of training runs, with 95% CIs (masterkey train --seeds / --experiment)",
+        (
+            _RUN_JSON,
+            RunFile(
+                "summary.csv",
+                "one row per run: arm (mode column), seed, final numbers in percent",
+                columns=("run", "mode", "seed", "test_top1", "test_top5", "test_loss", "train_loss"),
+            ),
+            RunFile("summary.json", "metric, confidence, seeds, arms (mean ± ci95, paired differences), runs"),
+            RunFile("summary.md", "the tables, as Markdown"),
+            RunFile("curves.png", "test top-1 and training loss of every arm", required=False),
+            RunFile(
+                "efficiency.csv",
+                "data-efficiency sweeps (--train-sizes): one row per arm and size",
+                required=False,
+                columns=("arm", "train_size", "test_top1", "ci95"),
+            ),
+            RunFile("efficiency.md", "the same, as Markdown", required=False),
+            RunFile("efficiency.png", "test top-1 against training-set size", required=False),
+            RunFile("runs/*", "one train run directory per arm, size and seed"),
+        ),
+    ),
+    "explain": RunFormat(
+        "explain",
+        "scale-space models and eigen-patches of a key set (masterkey explain)",
+        (
+            _RUN_JSON,
+            RunFile("keys.safetensors", "the key set explained"),
+            RunFile(
+                "scalespace.csv",
+                "one row per key: the best discrete scale-space model and its cosine",
+                columns=("key", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine"),
+            ),
+            RunFile("scalespace_keys.safetensors", "the models, as a key set"),
+            RunFile(
+                "eigenpatches.csv",
+                "each key against the eigen-patches of the images",
+                columns=("key", "label", "best_component", "abs_cos"),
+            ),
+            RunFile("eigenpatches.json", "the eigen-patches and their variances"),
+            RunFile("eigenpatches_random.csv", "the same for random key sets (the chance level)", required=False),
+            RunFile(
+                "reconstruction.csv",
+                "patch-by-patch reconstruction of the images from keys, eigen-patches and random bases",
+                required=False,
+                columns=("image", "basis", "kind", "seed", "n_basis", "explained"),
+            ),
+            RunFile("*.png", "figures", required=False),
+            RunFile("summary.json", "the numbers of the summary", required=False),
+            RunFile("summary.md", "the summary, as Markdown"),
+        ),
+    ),
+    "report": RunFormat(
+        "report",
+        "one self-contained HTML page plus Markdown from any runs (masterkey report)",
+        (
+            _RUN_JSON,
+            RunFile("report.html", "the page, figures embedded"),
+            RunFile("report.md", "the same, as Markdown, figures beside it"),
+            RunFile("*.png", "the figures", required=False),
+        ),
+    ),
+}
+
+
+def run_format(kind: str) -> RunFormat:
+    """The declared format of ``kind``."""
+    try:
+        return RUN_FORMATS[kind]
+    except KeyError:
+        raise KeyError(f"unknown run kind {kind!r} (known: {', '.join(RUN_FORMATS)})") from None
+
+
+def check_run(path: str | Path, kind: str) -> list[str]:
+    """What in run directory ``path`` departs from the format of ``kind``: required files that are missing, files
+    that are not declared, tables without a declared column. An empty list means the run conforms."""
+    import pandas as pd
+
+    fmt = run_format(kind)
+    root = Path(path)
+    subdirs = sorted(p for p in root.glob("k[0-9]*") if p.is_dir()) if fmt.per_kernel else []
+    if subdirs:  # one sub-directory per kernel size, each with its own summary
+        own = set(fmt.per_kernel) | {"summary.json", "summary.md"}
+        places = [(root, [f for f in fmt.files if f.name not in fmt.per_kernel])]
+        places += [(d, [f for f in fmt.files if f.name in own]) for d in subdirs]
+    else:
+        places = [(root, list(fmt.files))]
+    problems: list[str] = []
+    for where, files in places:
+        present = sorted(
+            str(p.relative_to(where))
+            for p in where.rglob("*")
+            if p.is_file()
+            and not p.name.startswith(".")
+            and not any(p.is_relative_to(d) for d in subdirs if d != where)
+        )
+        for f in files:
+            matches = [n for n in present if n == f.name or fnmatch.fnmatchcase(n, f.name)]
+            if f.required and not matches:
+                problems.append(f"{where / f.name}: missing")
+            for name in matches if f.columns else []:
+                table = pd.read_parquet(where / name) if name.endswith(".parquet") else pd.read_csv(where / name)
+                missing = [c for c in f.columns if c not in table.columns]
+                if missing:
+                    problems.append(f"{where / name}: no column {', '.join(missing)}")
+        declared = [f.name for f in files]
+        for name in present:
+            if not any(name == d or fnmatch.fnmatchcase(name, d) for d in declared):
+                problems.append(f"{where / name}: not declared for {kind} runs")
+    return problems

@@ -1,0 +1,44 @@
+"""masterkey.runformats: the declared run formats against what the real writers write. It lives beside the report
+tests because it checks the same real runs (tests/report/conftest.py) that the report reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from masterkey.report import load_run
+from masterkey.runformats import RUN_FORMATS, check_run, run_format
+
+
+@pytest.mark.parametrize("name", ["fit", "discover", "discover_per_kernel", "swap", "train", "experiment", "explain"])
+def test_every_real_run_matches_its_declared_format(run_dirs: dict[str, Path], name: str) -> None:
+    kind = name.removesuffix("_per_kernel")
+    assert check_run(run_dirs[name], kind) == []
+    assert load_run(run_dirs[name]).run.notes == []
+
+
+def test_a_departure_is_named(run_dirs: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    import pandas as pd
+
+    run = Path(shutil.copytree(run_dirs["swap"], tmp_path / "swap"))
+    (run / "summary.md").unlink()
+    table = pd.read_csv(run / "results.csv").drop(columns=["top5"])
+    table.to_csv(run / "results.csv", index=False)
+    (run / "extra.txt").write_text("x")
+    problems = check_run(run, "swap")
+    assert problems == [
+        f"{run / 'results.csv'}: no column top5",
+        f"{run / 'summary.md'}: missing",
+        f"{run / 'extra.txt'}: not declared for swap runs",
+    ]
+
+
+def test_every_kind_is_declared_once_with_run_json() -> None:
+    assert set(RUN_FORMATS) == {"fit", "discover", "swap", "train", "experiment", "explain", "report"}
+    for kind, fmt in RUN_FORMATS.items():
+        assert fmt.kind == kind and fmt.file("run.json").required
+    with pytest.raises(KeyError, match="unknown run kind 'bake'"):
+        run_format("bake")
