@@ -20,7 +20,7 @@ import pytest
 from masterkey.cli import main
 from masterkey.errors import MasterkeyError
 from masterkey.report import build_report, load_run, read_run
-from masterkey.report.html import Section, markdown_table, render_html, write_report
+from masterkey.report.html import Folded, Section, markdown_table, render_html, render_markdown, write_report
 from masterkey.report.runs import DiscoverRun, ExperimentRun, ExplainRun, FitRun, SwapRun, TrainRun
 from masterkey.report.sections import ReportOptions, discovered_key_labels
 
@@ -197,6 +197,24 @@ def test_tables_render_in_html_and_markdown() -> None:
     section.table("T", table)
     html = render_html([section], "t & t")
     assert "&lt;v&gt;" in html and "t &amp; t" in html and "1.235" in html
+
+
+def test_toc_names_the_kind_once_and_configs_fold_whole() -> None:
+    config = "\n".join(f"setting_{i} = {i}" for i in range(40))
+    named_like_kind = Section("discover-2 — 8 keys 7x7", "r1-discover", kind="discover")
+    named_apart = Section("mnv2 — mobilenet_v2", "r2-swap", [("config", Folded("40 settings", config))], kind="swap")
+    assert named_like_kind.toc_label() == "discover-2 — 8 keys 7x7"
+    assert named_apart.toc_label() == "swap mnv2 — mobilenet_v2"
+    assert Section("fit run-a — 8 keys", "r3-fit").heading() == ("fit", "run-a — 8 keys")  # no kind: first word
+    page = render_html([named_like_kind, named_apart], "t")
+    assert re.findall(r'<li><a href="#[^"]+">([^<]*)</a></li>', page) == [
+        "discover-2 — 8 keys 7x7",
+        "swap mnv2 — mobilenet_v2",
+    ]
+    assert '<span class="kind">swap</span>mnv2 — mobilenet_v2</h2>' in page
+    assert f"<details><summary>40 settings</summary><pre>{config}</pre></details>" in page
+    md = render_markdown([named_like_kind, named_apart], "t")
+    assert "## swap mnv2 — mobilenet_v2" in md and f"config:\n\n```\n{config}\n```" in md
 
 
 def test_write_report_rejects_duplicate_figure_names(tmp_path) -> None:
@@ -489,6 +507,7 @@ def _needs_browser() -> None:
         pytest.skip("/usr/bin/chromium is absent (Debian package 'chromium'; CI installs it, and there it must run)")
 
 
+@pytest.mark.slow
 def test_every_table_row_is_on_screen_at_1400_px_and_on_paper(real_report, tmp_path) -> None:
     _needs_browser()
     if not os.environ.get("CI"):
@@ -511,16 +530,17 @@ def test_every_table_row_is_on_screen_at_1400_px_and_on_paper(real_report, tmp_p
     )["clipped"]
 
 
+@pytest.mark.slow
 def test_report_of_real_runs_reads_right(real_report) -> None:
     html = (real_report / "report.html").read_text()
     toc = re.findall(r'<li><a href="#r\d+-\w+">([^<]*)</a></li>', html)
     assert toc[0].startswith("discover — 8 keys 7x7") and toc[2].startswith("train-1-epoch")
     assert not any(entry.split()[0] == entry.split()[1] for entry in toc if len(entry.split()) > 1)
     assert "…" not in html  # nothing cut: configs fold, whole
-    assert html.count("<details>") >= 6 and "&quot;rounds&quot;: 2" in html
+    assert html.count("<details>") >= 6 and "rounds = 2" in html
     assert "top1 %" in html and "test_top1 %" in html and ">top1<" not in html
     md = (real_report / "report.md").read_text()
-    assert "## discover: discover — 8 keys 7x7" in md and '"rounds": 2' in md
+    assert "## discover — 8 keys 7x7" in md and "rounds = 2" in md
     keys = load_run(real_report.parent / "discover").parts[""].keys
     labels = discovered_key_labels(keys)
     shares = [float(re.fullmatch(rf"{i + 1}: (\d+\.\d)% of filters", label).group(1)) for i, label in enumerate(labels)]

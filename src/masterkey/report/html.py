@@ -190,8 +190,10 @@ details summary { cursor: pointer; font-weight: 600; margin: 0.8em 0 0.3em; }
   figure { break-inside: avoid; }
   figure img { max-height: 240mm; object-fit: contain; border: none; }
   .scroll { overflow: visible; }
-  table.data { width: 100%; font-size: 7.5pt; }
-  table.data th, table.data td { padding: 1px 4px; max-width: none; white-space: normal; overflow-wrap: anywhere; }
+  table.data { width: 100%; font-size: 7pt; }
+  table.data th, table.data td { padding: 1px 3px; max-width: none; }
+  table.data td { overflow-wrap: anywhere; }
+  table.data td.num { overflow-wrap: normal; }
   thead { display: table-header-group; }
   tr { break-inside: avoid; }
   pre { white-space: pre-wrap; overflow-wrap: anywhere; overflow: visible; }
@@ -305,8 +307,7 @@ def render_markdown(sections: Sequence[Section], title: str, generated: str | No
     lines = [f"# {title}", "", f"generated {generated} by masterkey report", ""]
     lines += [f"- [{s.toc_label()}](#{s.anchor})" for s in sections] + [""]
     for section in sections:
-        kind, rest = section.heading()
-        lines += [f'<a id="{section.anchor}"></a>', "", f"## {kind}: {rest}" if rest else f"## {kind}", ""]
+        lines += [f'<a id="{section.anchor}"></a>', "", f"## {section.toc_label()}", ""]
         if section.facts:
             lines += ["| | |", "|:---|:---|"]
             for k, v in section.facts:

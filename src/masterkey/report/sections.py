@@ -68,14 +68,15 @@ def _facts(run: Run) -> list[tuple[str, str]]:
 
 
 def _folded_config(config: dict[str, Any]) -> Folded:
-    """The whole config (JSON), folded under a one-line summary naming its settings."""
+    """The whole config, one ``name = JSON value`` line per setting, folded under a one-line summary naming its
+    settings."""
     plain = [k for k, v in config.items() if not isinstance(v, (dict, list))]
     nested = [k for k in config if k not in plain]
     summary = ", ".join(f"{k}={config[k]}" for k in plain[:6])
     more = nested + plain[6:]
     if more:
         summary += f"{'; ' if summary else ''}{len(more)} more: {', '.join(more)}"
-    return Folded(summary, json.dumps(config, indent=2, default=str))
+    return Folded(summary, "\n".join(f"{k} = {json.dumps(v, default=str)}" for k, v in config.items()))
 
 
 def _scalars(data: dict[str, Any] | None) -> pd.DataFrame | None:
@@ -588,7 +589,7 @@ def _efficiency(section: Section, exp: ExperimentRun) -> None:
         "seed), mean ± 95% CI over seeds; right: the paired difference to the reference arm at the same size.",
     )
     section.table(
-        "Data efficiency (test top-1 in %, mean ± 95% CI half-width over seeds)",
+        "Data efficiency (test top-1 %, mean ± 95% CI half-width over seeds)",
         percent_columns(table, False, ("ci95", "delta_ci95")),
         digits=2,
     )
