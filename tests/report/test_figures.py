@@ -148,25 +148,6 @@ def test_cos2_boxplots_with_reference(labels) -> None:
     assert to_rgb(top_left.patches[-1].get_facecolor()) == to_rgb(F.REFERENCE_COLOR)
 
 
-def test_greedy_path_and_baselines() -> None:
-    path = pd.DataFrame(
-        {
-            "round": [1] * 5 + [2] * 3,
-            "n_keys": [12, 11, 10, 9, 8, 10, 9, 8],
-            "objective": [0.7, 0.69, 0.67, 0.65, 0.6, 0.68, 0.66, 0.63],
-            "removed": range(8),
-        }
-    )
-    baselines = pd.DataFrame(
-        {"method": ["kmeans"] * 3 + ["pca"], "n_keys": [8] * 4, "objective": [0.5, 0.52, 0.51, 0.4]}
-    )
-    fig = F.greedy_path(path, baselines)
-    ax = fig.axes[0]
-    assert ax.xaxis_inverted()
-    labels = ax.get_legend_handles_labels()[1]
-    assert labels == ["greedy, round 1", "greedy, round 2", "kmeans", "pca"]
-
-
 def test_training_curves_band_over_seeds() -> None:
     runs = {
         mode: [
@@ -182,6 +163,37 @@ def test_training_curves_band_over_seeds() -> None:
     steps = {"normal": [pd.DataFrame({"step": range(100), "train_loss": np.linspace(2, 0.5, 100)})]}
     fig = F.training_curves({"normal": runs["normal"]}, steps)
     assert fig.axes[0].get_xlabel() == "step"
+
+
+def test_one_epoch_curves_stay_readable() -> None:
+    """A one-epoch run: one point per curve, values that barely differ. No offset notation (+2.213), the point
+    marked and its value printed, a y-range of a few units around it, a note saying why there is no curve."""
+    one = [pd.DataFrame({"epoch": [1], "train_loss": [2.21334], "test_loss": [2.2132], "test_top1": [15.0]})]
+    fig = F.training_curves({"frozen": one})
+    fig.canvas.draw()
+    loss_ax, acc_ax = fig.axes
+    for ax in (loss_ax, acc_ax):
+        assert ax.yaxis.get_offset_text().get_text() == ""
+        assert ax.lines[0].get_marker() == "o"
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1"]
+        assert any("one point per curve" in t.get_text() for t in ax.texts)
+    assert {t.get_text() for t in loss_ax.texts} >= {"2.213"}
+    low, high = loss_ax.get_ylim()
+    assert low < 2.213 < high and high - low > 0.2
+    assert acc_ax.get_ylim() == (10.0, 20.0)
+    steps = [pd.DataFrame({"step": [1, 2, 3], "train_loss": [2.3012, 2.3011, 2.3013]})]
+    loss_ax = F.training_curves({"frozen": one}, {"frozen": steps}).axes[0]
+    assert loss_ax.lines[0].get_marker() == "o"  # three steps: each one shown
+    curves = F.experiment_curves({"frozen": [(one[0], steps[0])]})
+    curves.canvas.draw()
+    assert all(ax.yaxis.get_offset_text().get_text() == "" for ax in curves.axes)
+    assert curves.axes[-1].get_ylim() == (10.0, 20.0)
+    many = [
+        pd.DataFrame({"epoch": range(1, 41), "train_loss": np.linspace(2, 1, 40), "test_top1": np.linspace(20, 60, 40)})
+    ]
+    loss_ax, acc_ax = F.training_curves({"normal": many}).axes
+    assert acc_ax.lines[0].get_marker() in (None, "None", "")  # long curves: lines only, no note
+    assert not acc_ax.texts and acc_ax.get_ylim()[1] < 65
 
 
 def test_swap_bars_show_baseline_both_variants_and_seed_intervals() -> None:

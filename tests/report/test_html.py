@@ -4,11 +4,14 @@ and a headless-Chromium check that every figure of the page loads."""
 from __future__ import annotations
 
 import base64
+import html as html_lib
 import json
 import os
 import re
 import shutil
 import subprocess
+import unicodedata
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +20,9 @@ import pytest
 from masterkey.cli import main
 from masterkey.errors import MasterkeyError
 from masterkey.report import build_report, load_run, read_run
-from masterkey.report.html import Section, markdown_table, render_html, write_report
+from masterkey.report.html import Folded, Section, markdown_table, render_html, render_markdown, write_report
 from masterkey.report.runs import DiscoverRun, ExperimentRun, ExplainRun, FitRun, SwapRun, TrainRun
-from masterkey.report.sections import ReportOptions
+from masterkey.report.sections import ReportOptions, discovered_key_labels
 
 CHROMIUM = Path("/usr/bin/chromium")
 ORDER = ("fit", "discover", "swap", "train", "experiment", "explain")
@@ -200,6 +203,24 @@ def test_tables_render_in_html_and_markdown() -> None:
     assert "&lt;v&gt;" in html and "t &amp; t" in html and "1.235" in html
 
 
+def test_toc_names_the_kind_once_and_configs_fold_whole() -> None:
+    config = "\n".join(f"setting_{i} = {i}" for i in range(40))
+    named_like_kind = Section("discover-2 — 8 keys 7x7", "r1-discover", kind="discover")
+    named_apart = Section("mnv2 — mobilenet_v2", "r2-swap", [("config", Folded("40 settings", config))], kind="swap")
+    assert named_like_kind.toc_label() == "discover-2 — 8 keys 7x7"
+    assert named_apart.toc_label() == "swap mnv2 — mobilenet_v2"
+    assert Section("fit run-a — 8 keys", "r3-fit").heading() == ("fit", "run-a — 8 keys")  # no kind: first word
+    page = render_html([named_like_kind, named_apart], "t")
+    assert re.findall(r'<li><a href="#[^"]+">([^<]*)</a></li>', page) == [
+        "discover-2 — 8 keys 7x7",
+        "swap mnv2 — mobilenet_v2",
+    ]
+    assert '<span class="kind">swap</span>mnv2 — mobilenet_v2</h2>' in page
+    assert f"<details><summary>40 settings</summary><pre>{config}</pre></details>" in page
+    md = render_markdown([named_like_kind, named_apart], "t")
+    assert "## swap mnv2 — mobilenet_v2" in md and f"config:\n\n```\n{config}\n```" in md
+
+
 def test_write_report_rejects_duplicate_figure_names(tmp_path) -> None:
     section = Section("x y", "r1-x")
     section.figure("a", "A", b"png")
@@ -318,3 +339,213 @@ def test_every_figure_loads_in_headless_chromium(report_dir, tmp_path) -> None:
     # The check itself catches a figure that does not decode.
     damaged = html.replace("data:image/png;base64,iVBOR", "data:image/png;base64,AAAAA", 1)
     assert chromium_image_check(damaged, tmp_path / "bad") == (n_images, 1)
+
+
+# ---------------------------------------------------------------------- screen (1400 px) and paper (PDF)
+def make_real_discover_run(path: Path) -> Path:
+    """A small real discovery (two rounds, 7x7 filters of one CIFAR-10 ConvNeXt of the default bank) written by the
+    real writer."""
+    from masterkey.bank import open_bank
+    from masterkey.discover import AutoencoderConfig, DiscoverConfig, discover_bank, write_discover_run
+
+    bank = open_bank("default").query("source == 'convnext_atto_s0_e20'")
+    config = DiscoverConfig(
+        n_keys=8, n_candidates=16, rounds=2, random_seeds=2, compare_k=(4, 8), autoencoder=AutoencoderConfig(32, 200)
+    )
+    found = discover_bank(bank, [7], config, progress=False)
+    return write_discover_run(path, found, {"bank": "default", "n_keys": 8, "rounds": 2}, "default")
+
+
+def make_one_epoch_train_run(path: Path, shared: Path) -> Path:
+    """A real one-epoch training run (a ConvNeXt-Atto of 8-32 channels, 60 CIFAR-10 images)."""
+    import torch
+
+    from masterkey.train import TrainConfig, train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = TrainConfig(
+            model="convnext_atto",
+            model_kwargs={"num_classes": 10, "dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "patch_size": 2},
+            data=str(shared / "data" / "cifar10"),
+            mode="frozen",
+            keys="paper8",
+            max_train_images=60,
+            max_test_images=40,
+            batch_size=20,
+            epochs=1,
+            progress=False,
+        )
+        train(config, path)
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+def make_real_swap_run(path: Path, shared: Path) -> Path:
+    """A real swap: a CIFAR-10 ConvNeXt-Atto with paper8 and two random key sets, per-stage sensitivity."""
+    weights = shared / "models" / "cifar10-convnext" / "convnext_atto_s0_e20.safetensors"
+    args = ["swap", "--weights", str(weights), "--keys", "paper8", "--keys", "random:8", "--seeds", "2"]
+    args += ["--data", str(shared / "data" / "cifar10" / "test"), "--max-per-class", "2", "--sensitivity", "stage"]
+    assert main([*args, "-o", str(path)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_report(run_dirs, shared, tmp_path_factory) -> Path:
+    """A report of real runs: discover, swap and a one-epoch train run made here, the fit and explain runs of
+    conftest (real), and its experiment run (every table kind of the report)."""
+    root = tmp_path_factory.mktemp("real")
+    runs = [
+        make_real_discover_run(root / "discover"),
+        make_real_swap_run(root / "swap", shared),
+        make_one_epoch_train_run(root / "train-1-epoch", shared),
+        run_dirs["fit"],
+        run_dirs["experiment"],
+        run_dirs["explain"],
+    ]
+    return build_report(runs, root / "report", title="real runs", options=ReportOptions(samples=2))
+
+
+class _Tables(HTMLParser):
+    """The text of every row of every ``<table>`` of a page (cells as the reader sees them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self.tables and self.tables[-1]:
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def table_rows(html: str) -> list[list[list[str]]]:
+    parser = _Tables()
+    parser.feed(html)
+    return parser.tables
+
+
+def _squeeze(text: str) -> str:
+    """Text without whitespace, ligatures unfolded (the PDF's "ﬁ" is "fi")."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
+
+
+def chromium(args: list[str], page: Path, profile: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        *args,
+        page.as_uri(),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+def missing_rows_in_pdf(html: str, tmp_path: Path) -> tuple[int, list[str]]:
+    """Print ``html`` to PDF in headless Chromium (A4, as a reader would) and return (rows of every table,
+    the rows whose text is not in the PDF's text)."""
+    from pypdf import PdfReader
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    page, pdf = tmp_path / "page.html", tmp_path / "page.pdf"
+    page.write_text(html)
+    result = chromium(["--no-pdf-header-footer", f"--print-to-pdf={pdf}"], page, tmp_path / "profile")
+    assert pdf.is_file(), f"chromium wrote no PDF (rc {result.returncode}): {result.stderr[-800:]}"
+    text = _squeeze("".join(p.extract_text() for p in PdfReader(pdf).pages))
+    rows = [row for table in table_rows(html) for row in table]
+    return len(rows), [" | ".join(row) for row in rows if _squeeze("".join(row)) not in text]
+
+
+_LAYOUT = """<script>window.addEventListener('load', function () {
+  var clipped = [], wide = [];
+  document.querySelectorAll('table').forEach(function (table, i) {
+    if (!table.offsetParent && !table.closest('details')) { clipped.push(i + ': hidden'); }
+    for (var el = table; el && el !== document.body; el = el.parentElement) {
+      var style = getComputedStyle(el);
+      if (style.overflowY !== 'visible' && el.scrollHeight > el.clientHeight + 1) { clipped.push(i + ': rows'); }
+      if (style.overflowX === 'visible' && el.scrollWidth > el.clientWidth + 1) { wide.push(i); }
+    }
+  });
+  var out = document.createElement('pre'); out.id = 'layout';
+  out.textContent = 'LAYOUT ' + JSON.stringify({tables: document.querySelectorAll('table').length,
+    clipped: clipped, wide: wide, page: document.documentElement.scrollWidth});
+  document.body.appendChild(out);
+});</script>"""
+
+
+def screen_layout(html: str, tmp_path: Path, width: int = 1400) -> dict[str, object]:
+    """Lay ``html`` out in headless Chromium ``width`` px wide: tables whose rows a box cuts off (``clipped``), tables
+    running out of a box that does not scroll (``wide``), the page's width."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    page = tmp_path / "page.html"
+    page.write_text(html.replace("</body>", _LAYOUT + "</body>"))
+    result = chromium([f"--window-size={width},1000", "--virtual-time-budget=10000", "--dump-dom"], page, tmp_path)
+    found = re.search(r"LAYOUT (\{.*\})", result.stdout)
+    assert found, f"chromium printed no layout (rc {result.returncode}): {result.stderr[-800:]}"
+    return json.loads(html_lib.unescape(found.group(1)))
+
+
+def _needs_browser() -> None:
+    if not CHROMIUM.exists() and not os.environ.get("CI"):
+        pytest.skip("/usr/bin/chromium is absent (Debian package 'chromium'; CI installs it, and there it must run)")
+
+
+@pytest.mark.slow
+def test_every_table_row_is_on_screen_at_1400_px_and_on_paper(real_report, tmp_path) -> None:
+    _needs_browser()
+    if not os.environ.get("CI"):
+        pytest.importorskip("pypdf", reason="pypdf reads the printed PDF (pip install -e '.[test]')")
+    html = (real_report / "report.html").read_text()
+    tables = table_rows(html)
+    assert len(tables) >= 20 and sum(map(len, tables)) > 150  # every kind of table of the report is there
+    layout = screen_layout(html, tmp_path / "screen")
+    assert layout["tables"] == len(tables) and layout["clipped"] == [] and layout["wide"] == []
+    assert layout["page"] <= 1400  # wide tables scroll inside their box; the page itself never does
+    n_rows, missing = missing_rows_in_pdf(html, tmp_path / "pdf")
+    assert n_rows == sum(map(len, tables)) and missing == []
+    # The checks catch what they are for: a fixed-height scroll box on paper, a folded table that stays folded.
+    boxed = html.replace(".scroll { overflow: visible; }", ".scroll { overflow: auto; max-height: 80px; }", 1)
+    assert boxed != html
+    assert len(missing_rows_in_pdf(boxed, tmp_path / "boxed")[1]) > 20
+    assert screen_layout(
+        html.replace(".scroll { overflow-x: auto; }", ".scroll { overflow: auto; max-height: 80px; }"),
+        tmp_path / "screen-boxed",
+    )["clipped"]
+
+
+@pytest.mark.slow
+def test_report_of_real_runs_reads_right(real_report) -> None:
+    html = (real_report / "report.html").read_text()
+    toc = re.findall(r'<li><a href="#r\d+-\w+">([^<]*)</a></li>', html)
+    assert toc[0].startswith("discover — 8 keys 7x7") and toc[2].startswith("train-1-epoch")
+    assert not any(entry.split()[0] == entry.split()[1] for entry in toc if len(entry.split()) > 1)
+    assert "…" not in html  # nothing cut: configs fold, whole
+    assert html.count("<details>") >= 6 and "rounds = 2" in html
+    assert "top1 %" in html and "test_top1 %" in html and ">top1<" not in html
+    md = (real_report / "report.md").read_text()
+    assert "## discover — 8 keys 7x7" in md and "rounds = 2" in md
+    keys = load_run(real_report.parent / "discover").parts[""].keys
+    labels = discovered_key_labels(keys)
+    shares = [float(re.fullmatch(rf"{i + 1}: (\d+\.\d)% of filters", label).group(1)) for i, label in enumerate(labels)]
+    assert shares == sorted(shares, reverse=True) and 99.5 < sum(shares) < 100.5

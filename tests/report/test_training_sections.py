@@ -77,7 +77,7 @@ def test_a_sweep_report_shows_efficiency_sigmas_and_mixing_weights(sweep_dir: Pa
     ]
     summary = pd.read_csv(sweep_dir / "summary.csv")
     span40 = summary[(summary["mode"] == "span") & (summary["train_size"] == 40)]["test_top1"]
-    assert per_mode.set_index("mode").loc["span-n40", "test_top1"] == pytest.approx(span40.mean())
+    assert per_mode.set_index("mode").loc["span-n40", "test_top1 %"] == pytest.approx(span40.mean())
     # without efficiency.csv the table is rebuilt from summary.csv
     (sweep_dir / "efficiency.csv").rename(tmp_path / "efficiency.csv")
     try:

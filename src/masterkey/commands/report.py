@@ -14,6 +14,10 @@ grids, real filters assigned to each key, layer x key proportion heat-maps, per-
 reference (fit); greedy path and baselines (discover); accuracy bars (swap); training curves (train, experiment);
 scale-space and eigen-patch figures (explain). Missing optional files are skipped and listed in the report.
 
+The page reads on a screen and on paper: wide tables scroll sideways on screen and wrap when printed, long tables
+and each run's whole config are folded on screen and unfolded in print (no table loses a row, nothing is cut);
+accuracies are in %.
+
 OUT is a directory holding report.html (figures embedded, opens offline), report.md and the figures as PNG files;
 it is written atomically, with a run.json of kind "report"; --overwrite replaces only an earlier report, and OUT
 may be neither one of the RUN_DIRs nor inside or around one.

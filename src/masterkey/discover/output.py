@@ -130,7 +130,9 @@ def write_discovery(out: Path, disc: Discovery) -> None:
     title = f"{len(disc.keys)} discovered {k}x{k} keys (label: latent; ordered by share of filters)"
     _write_png(out / "keys.png", figure_bytes(key_grid(disc.keys.keys.numpy(), disc.keys.key_labels(), title)))
     ylabel = "held-out top-1" if disc.objective == "accuracy" else "mean cos² (source-weighted)"
-    fig = path_figure(path, disc.baselines, disc.elbows, f"{k}x{k}: greedy backward elimination", ylabel)
+    title = f"{k}x{k}: greedy backward elimination"
+    accuracy = disc.objective == "accuracy"
+    fig = path_figure(path, disc.baselines, disc.elbows, title, ylabel, chosen=len(disc.keys), percent=accuracy)
     _write_png(out / "path.png", figure_bytes(fig))
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 FILTER_CMAP = "RdBu_r"
 HEAT_CMAP = "viridis"
@@ -360,81 +360,7 @@ def cos2_boxplots(
     return fig
 
 
-# ---------------------------------------------------------------------- discover
-@_styled
-def greedy_path(
-    path: pd.DataFrame,
-    baselines: pd.DataFrame | None = None,
-    title: str | None = None,
-    ylabel: str = "objective",
-    chosen: int | None = None,
-) -> Figure:
-    """Objective against the number of keys along the greedy reduction (one line per round), with baselines
-    (k-means, PCA, random ...) as markers with their 95% CI where given."""
-    fig, ax = _subplots(figsize=(7.5, 4.2))
-    rounds = sorted(path["round"].unique()) if "round" in path else [None]
-    cmap = _cmap("Greys")
-    for i, rnd in enumerate(rounds):
-        part = path if rnd is None else path[path["round"] == rnd]
-        part = part.sort_values("n_keys")
-        shade = 0.5 + 0.5 * (i + 1) / len(rounds)
-        ax.plot(
-            part["n_keys"],
-            part["objective"],
-            "-o",
-            ms=3,
-            color=cmap(shade),
-            label=f"greedy, round {rnd}" if rnd is not None else "greedy",
-        )
-    # Mark the chosen key count (the last round's point there), else the smallest set on the path.
-    last = path[path["round"] == rounds[-1]] if rounds[-1] is not None else path
-    at = last[last["n_keys"] == chosen] if chosen is not None else last.iloc[0:0]
-    final = at.iloc[-1] if len(at) else path.sort_values(["n_keys"]).iloc[0]
-    n_final = int(final["n_keys"])
-    ax.plot([final["n_keys"]], [final["objective"]], "o", ms=9, mfc="none", mec="black", mew=1.5)
-    ax.annotate(
-        f"{n_final} key{'s' if n_final != 1 else ''}: {final['objective']:.3f}",
-        (final["n_keys"], final["objective"]),
-        textcoords="offset points",
-        xytext=(8, -14),
-        fontsize=8,
-    )
-    if baselines is not None and len(baselines):
-        markers = "sD^v<>ph*"
-        palette = _cmap("Dark2")  # no pale yellow: every baseline stays visible
-        for j, (method, part) in enumerate(baselines.groupby("method", sort=False)):
-            agg = part.groupby("n_keys")["objective"]
-            mean = agg.mean()
-            if "ci95" in part and part["ci95"].notna().any():
-                err = part.groupby("n_keys")["ci95"].mean().reindex(mean.index)
-            elif agg.size().max() > 1:
-                from masterkey.stats import mean_ci95
-
-                err = pd.Series({n: mean_ci95(g.tolist())[1] for n, g in agg}, dtype=float).reindex(mean.index)
-            else:
-                err = None
-            ax.errorbar(
-                mean.index,
-                mean.to_numpy(),
-                yerr=None if err is None else err.to_numpy(),
-                fmt=markers[j % len(markers)] + ("--" if len(mean) > 1 else ""),
-                color=palette(j % 8),
-                ms=6,
-                capsize=3,
-                label=str(method),
-                lw=1,
-            )
-    ax.set_xlabel("number of keys")
-    ax.set_ylabel(ylabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.invert_xaxis()
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
-    ax.set_title(title or "Greedy reduction: objective as keys are removed (right = fewer keys)")
-    fig.tight_layout()
-    return fig
-
-
+# ---------------------------------------------------------------------- heat-maps
 @_styled
 def matrix_heatmap(
     matrix: np.ndarray,
@@ -508,6 +434,8 @@ def training_curves(
                     color=color,
                     alpha=0.9 if len(step_tables) == 1 else 0.5,
                     lw=1,
+                    marker="o" if len(x) <= 30 else None,
+                    ms=3,
                     label=label if j == 0 else None,
                 )
             loss_ax.set_xlabel("step")
@@ -523,6 +451,8 @@ def training_curves(
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("test top-1 (%)")
     acc_ax.set_title("test top-1")
+    readable_axes(loss_ax)
+    readable_axes(acc_ax, min_span=10.0, bounds=(0.0, 100.0))
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -531,6 +461,43 @@ def training_curves(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def readable_axes(ax: Axes, min_span: float | None = None, bounds: tuple[float, float] | None = None) -> None:
+    """Keep a short curve legible (a one-epoch run has one point per epoch curve): tick labels without an offset
+    (never "+2.213"); a y-range of at least ``min_span`` (default 10% of the values' size) around values that
+    barely change, within ``bounds``; and where every point sits at one x, that x centred, each value printed
+    beside its point and a note saying why there is no curve."""
+    for axis in (ax.xaxis, ax.yaxis):
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, ScalarFormatter):
+            formatter.set_useOffset(False)
+    points = [(x, y) for line in ax.lines for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True)]
+    points = [(float(x), float(y)) for x, y in points if np.isfinite(x) and np.isfinite(y)]
+    if not points:
+        return
+    xs, ys = np.array(points).T
+    lo, hi = float(ys.min()), float(ys.max())
+    span = min_span if min_span is not None else 0.1 * max(abs(lo), abs(hi)) or 0.1
+    if hi - lo < span:
+        low, high = (lo + hi - span) / 2, (lo + hi + span) / 2
+        if bounds is not None:
+            low, high = max(bounds[0], low), min(bounds[1], high)
+        ax.set_ylim(low, high)
+    if np.ptp(xs) == 0:
+        ax.set_xlim(xs[0] - 1, xs[0] + 1)
+        ax.set_xticks([xs[0]])
+        for x, y in points:
+            ax.annotate(f"{y:.4g}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.text(
+            0.5,
+            0.03,
+            "one point per curve: a curve needs two epochs or more",
+            transform=ax.transAxes,
+            ha="center",
+            fontsize=8,
+            color="0.4",
+        )
 
 
 def _band(ax: Axes, tables: Sequence[pd.DataFrame], column: str, color: object, label: str) -> None:
@@ -591,6 +558,10 @@ def experiment_curves(curves: Mapping[str, Sequence[tuple[pd.DataFrame, pd.DataF
         ax.set_title(title)
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
+        if y == "test_top1":
+            readable_axes(ax, min_span=10.0, bounds=(0.0, 100.0))
+        else:
+            readable_axes(ax)
     axes.flat[-1].legend(fontsize=8)
     fig.suptitle("mean over seeds, shaded: 95% CI (Student t)")
     fig.tight_layout()

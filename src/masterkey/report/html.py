@@ -52,14 +52,38 @@ Block = FigureBlock | TableBlock | TextBlock
 
 
 @dataclass
+class Folded:
+    """A long fact (e.g. a run's whole config): ``summary`` on one line, ``text`` shown whole when unfolded (HTML
+    ``<details>``, opened for printing) and as a code block in Markdown; never cut."""
+
+    summary: str
+    text: str
+
+
+@dataclass
 class Section:
-    """One run in the report: a title, facts (label, value), notes about missing files, and blocks."""
+    """One run in the report: a title, facts (label, value), notes about missing files, and blocks. ``kind`` (the
+    run kind) is shown as a badge beside the title; without it the title's first word is the badge."""
 
     title: str
     anchor: str
-    facts: list[tuple[str, str]] = field(default_factory=list)
+    facts: list[tuple[str, str | Folded]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     blocks: list[Block] = field(default_factory=list)
+    kind: str = ""
+
+    def heading(self) -> tuple[str, str]:
+        """(badge, title): the run kind and the rest of the title."""
+        if self.kind:
+            return self.kind, self.title
+        kind, _, rest = self.title.partition(" ")
+        return kind, rest
+
+    def toc_label(self) -> str:
+        """The table-of-contents entry: the title, led by the run kind only where the title does not already
+        name it (a run directory called ``discover`` is not listed as "discover discover")."""
+        kind, rest = self.heading()
+        return rest if kind.lower() in rest.lower() else f"{kind} {rest}".strip()
 
     def figure(self, name: str, title: str, png: bytes, caption: str = "") -> None:
         self.blocks.append(FigureBlock(f"{self.anchor}-{name}", title, png, caption))
@@ -99,11 +123,25 @@ def _cell(value: Any, digits: int) -> str:
     return str(value)
 
 
+def _whole_numbers(column: pd.Series) -> bool:
+    """A float column holding only whole numbers (and gaps): integers that a missing value made float."""
+    if not pd.api.types.is_float_dtype(column) or not column.isna().any():
+        return False
+    values = column.dropna().to_numpy()
+    return bool(len(values)) and bool((values == values.round()).all()) and bool((abs(values) < 2**53).all())
+
+
 def _rows(table: pd.DataFrame, digits: int | Mapping[str, int]) -> list[list[str]]:
-    """Formatted cells; ``digits`` is one number or a per-column mapping (3 for columns it does not name)."""
+    """Formatted cells; ``digits`` is one number or a per-column mapping (3 for columns it does not name). Float
+    columns of whole numbers with gaps (a ``round`` or ``seed`` column with missing values) show as integers."""
     per_column = [digits.get(str(c), 3) if isinstance(digits, Mapping) else digits for c in table.columns]
+    whole = [_whole_numbers(table[c]) for c in table.columns]
     return [
-        [_cell(v, d) for v, d in zip(row, per_column, strict=True)] for row in table.itertuples(index=False, name=None)
+        [
+            _cell(int(v), d) if w and isinstance(v, float) and not math.isnan(v) else _cell(v, d)
+            for v, d, w in zip(row, per_column, whole, strict=True)
+        ]
+        for row in table.itertuples(index=False, name=None)
     ]
 
 
@@ -125,13 +163,17 @@ section { background: white; border: 1px solid #e1e4e8; border-radius: 8px; padd
         letter-spacing: 0.05em; background: #1f6feb; color: white; border-radius: 4px; padding: 1px 7px;
         margin-right: 8px; vertical-align: middle; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.3em 0 0.8em; }
-th, td { padding: 3px 9px; border-bottom: 1px solid #e6e8eb; }
-th { background: #f0f2f5; text-align: left; position: sticky; top: 0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.facts th { background: none; font-weight: 600; color: #5a6270; white-space: nowrap; vertical-align: top; }
-table.facts td { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.95em;
-                 word-break: break-all; }
-.scroll { overflow-x: auto; max-height: 520px; overflow-y: auto; }
+th, td { padding: 3px 9px; border-bottom: 1px solid #e6e8eb; vertical-align: top; }
+th { background: #f0f2f5; text-align: left; }
+td { max-width: 32em; overflow-wrap: break-word; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.facts { width: 100%; }
+table.facts th { background: none; font-weight: 600; color: #5a6270; white-space: nowrap; width: 1%; }
+table.facts td { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.95em; max-width: none;
+                 overflow-wrap: anywhere; }
+table.facts details summary { font-weight: normal; margin: 0; }
+table.facts pre { margin: 0.3em 0; white-space: pre-wrap; overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; }
 figure { margin: 0.6em 0 1.4em; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eceef1; border-radius: 4px; background: white; }
 figcaption { color: #5a6270; font-size: 0.88em; margin-top: 0.3em; }
@@ -139,12 +181,37 @@ figcaption { color: #5a6270; font-size: 0.88em; margin-top: 0.3em; }
 pre { background: #f6f8fa; padding: 10px; border-radius: 6px; overflow-x: auto; font-size: 0.82em; }
 nav ul { margin: 0.3em 0; padding-left: 1.2em; }
 details summary { cursor: pointer; font-weight: 600; margin: 0.8em 0 0.3em; }
+@media print {
+  @page { size: A4; margin: 12mm; }
+  body { background: white; font-size: 10pt; }
+  main { max-width: none; padding: 0; }
+  section { border: none; border-radius: 0; padding: 0; margin: 0 0 14pt; }
+  h2, h3 { break-after: avoid; }
+  figure { break-inside: avoid; }
+  figure img { max-height: 240mm; object-fit: contain; border: none; }
+  .scroll { overflow: visible; }
+  table.data { width: 100%; font-size: 7pt; }
+  table.data th, table.data td { padding: 1px 3px; max-width: none; }
+  table.data td { overflow-wrap: anywhere; }
+  table.data td.num { overflow-wrap: normal; }
+  thead { display: table-header-group; }
+  tr { break-inside: avoid; }
+  pre { white-space: pre-wrap; overflow-wrap: anywhere; overflow: visible; }
+  details::details-content { content-visibility: visible; display: block; }
+  details > summary { list-style: none; cursor: auto; }
+}
 """
+
+# Folded blocks (long tables, whole configs) print unfolded: every row of every table is on paper.
+PRINT_SCRIPT = (
+    "<script>addEventListener('beforeprint', function () {"
+    " document.querySelectorAll('details').forEach(function (d) { d.open = true; }); });</script>"
+)
 
 
 def _html_table(table: pd.DataFrame, digits: int | Mapping[str, int], css_class: str = "data") -> str:
     numeric = _numeric(table)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    head = "".join(f"<th>{_breakable(str(c))}</th>" for c in table.columns)
     body = []
     for row in _rows(table, digits):
         cells = "".join(
@@ -156,6 +223,19 @@ def _html_table(table: pd.DataFrame, digits: int | Mapping[str, int], css_class:
         f'<div class="scroll"><table class="{css_class}"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+def _breakable(name: str) -> str:
+    """A column name that may wrap after its underscores (narrow columns on paper)."""
+    return html.escape(name).replace("_", "_<wbr>")
+
+
+def _html_fact(label: str, value: str | Folded) -> str:
+    if isinstance(value, Folded):
+        body = f"<details><summary>{html.escape(value.summary)}</summary><pre>{html.escape(value.text)}</pre></details>"
+    else:
+        body = html.escape(value)
+    return f"<tr><th>{html.escape(label)}</th><td>{body}</td></tr>"
 
 
 def _html_block(block: Block) -> str:
@@ -181,22 +261,22 @@ def _html_block(block: Block) -> str:
 def render_html(sections: Sequence[Section], title: str, generated: str | None = None) -> str:
     """One self-contained HTML page (no external resources: CSS inline, figures as data URIs)."""
     generated = generated or dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    toc = "".join(f'<li><a href="#{html.escape(s.anchor)}">{html.escape(s.title)}</a></li>' for s in sections)
+    toc = "".join(f'<li><a href="#{html.escape(s.anchor)}">{html.escape(s.toc_label())}</a></li>' for s in sections)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>{PRINT_SCRIPT}</head><body><main>",
         f'<h1>{html.escape(title)}</h1><p class="meta">generated {html.escape(generated)} by masterkey report · '
         f"{len(sections)} run{'s' if len(sections) != 1 else ''}</p>",
         f"<nav><ul>{toc}</ul></nav>",
     ]
     for section in sections:
-        kind, _, rest = section.title.partition(" ")
+        kind, rest = section.heading()
         parts.append(f'<section id="{html.escape(section.anchor)}">')
         parts.append(f'<h2><span class="kind">{html.escape(kind)}</span>{html.escape(rest)}</h2>')
         if section.facts:
-            facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in section.facts)
+            facts = "".join(_html_fact(k, v) for k, v in section.facts)
             parts.append(f'<table class="facts">{facts}</table>')
         if section.notes:
             items = "".join(f"<li>{html.escape(n)}</li>" for n in section.notes)
@@ -225,13 +305,18 @@ def render_markdown(sections: Sequence[Section], title: str, generated: str | No
     """Markdown of the report; figure ``name`` is referenced as ``name.png`` beside the Markdown file."""
     generated = generated or dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [f"# {title}", "", f"generated {generated} by masterkey report", ""]
-    lines += [f"- [{s.title}](#{s.anchor})" for s in sections] + [""]
+    lines += [f"- [{s.toc_label()}](#{s.anchor})" for s in sections] + [""]
     for section in sections:
-        lines += [f'<a id="{section.anchor}"></a>', "", f"## {section.title}", ""]
+        lines += [f'<a id="{section.anchor}"></a>', "", f"## {section.toc_label()}", ""]
         if section.facts:
             lines += ["| | |", "|:---|:---|"]
-            lines += [f"| **{_md_escape(k)}** | `{_md_escape(v)}` |" for k, v in section.facts]
+            for k, v in section.facts:
+                text = v.summary if isinstance(v, Folded) else v
+                lines.append(f"| **{_md_escape(k)}** | `{_md_escape(text)}` |")
             lines.append("")
+            for k, v in section.facts:
+                if isinstance(v, Folded):
+                    lines += [f"{k}:", "", "```", v.text.rstrip(), "```", ""]
         if section.notes:
             lines += ["> Not shown:"] + [f"> - {n}" for n in section.notes] + [""]
         for block in section.blocks:

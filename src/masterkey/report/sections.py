@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
@@ -17,7 +18,7 @@ import torch
 
 from masterkey.errors import MasterkeyError
 from masterkey.report import figures as F
-from masterkey.report.html import Section
+from masterkey.report.html import Folded, Section
 from masterkey.report.runs import (
     DiscoverPart,
     DiscoverRun,
@@ -55,8 +56,7 @@ def _facts(run: Run) -> list[tuple[str, str]]:
         k: v for k, v in run.config.items() if k not in _HIDDEN_CONFIG and not k.startswith("_") and v is not None
     }
     if config:
-        text = ", ".join(f"{k}={_short(v)}" for k, v in config.items())
-        facts.append(("config", text))
+        facts.append(("config", _folded_config(config)))
     env = run.environment
     if env:
         device = ", ".join(env.get("gpus") or []) or (
@@ -67,13 +67,21 @@ def _facts(run: Run) -> list[tuple[str, str]]:
     return facts
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _folded_config(config: dict[str, Any]) -> Folded:
+    """The whole config, one ``name = JSON value`` line per setting, folded under a one-line summary naming its
+    settings."""
+    plain = [k for k, v in config.items() if not isinstance(v, (dict, list))]
+    nested = [k for k in config if k not in plain]
+    summary = ", ".join(f"{k}={config[k]}" for k in plain[:6])
+    more = nested + plain[6:]
+    if more:
+        summary += f"{'; ' if summary else ''}{len(more)} more: {', '.join(more)}"
+    return Folded(summary, "\n".join(f"{k} = {json.dumps(v, default=str)}" for k, v in config.items()))
 
 
-def _scalars(data: dict[str, Any] | None, limit: int = 30) -> pd.DataFrame | None:
-    """The scalar entries of a JSON object (nested one level: ``a.b``) as a two-column table."""
+def _scalars(data: dict[str, Any] | None) -> pd.DataFrame | None:
+    """The scalar entries of a JSON object (nested one level: ``a.b``) as a two-column table; accuracies (already
+    in %, as the trainer writes them) say so in their name."""
     if not isinstance(data, dict):
         return None
     rows = []
@@ -86,14 +94,40 @@ def _scalars(data: dict[str, Any] | None, limit: int = 30) -> pd.DataFrame | Non
             rows.append({"name": key, "value": value})
     if not rows:
         return None
-    table = pd.DataFrame(rows[:limit])
+    table = pd.DataFrame(rows)
+    table["name"] = table["name"].map(lambda n: f"{n} %" if is_accuracy(n.rsplit(".", 1)[-1]) else n)
     table["value"] = table["value"].map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
     return table
 
 
+def is_accuracy(name: str) -> bool:
+    """Whether a column or summary entry is an accuracy: ``top1``, ``top5``, anything ending in ``_top1``,
+    ``_top5`` or ``_acc`` (``test_top1``, ``best_test_top1``, ``delta_top1``, ``train_acc``), and a swap's
+    sensitivity ``drop``."""
+    return name in ("top1", "top5", "drop") or name.endswith(("_top1", "_top5", "_acc"))
+
+
+def percent_digits(table: pd.DataFrame) -> dict[str, int]:
+    """Two decimals for the percent columns of :func:`percent_columns` (3 for the others)."""
+    return {str(c): 2 for c in table.columns if str(c).endswith(" %")}
+
+
+def percent_columns(table: pd.DataFrame, fractions: bool, extra: Sequence[str] = ()) -> pd.DataFrame:
+    """Accuracy columns (:func:`is_accuracy`, their ``_ci95`` and the ``extra`` columns) named with a ``%``;
+    with ``fractions`` (swap and discover runs write top-1 as 0.823, trainers as 82.3) scaled by 100 first."""
+    names = [c for c in table.columns if is_accuracy(str(c)) or c in extra]
+    names += [c for c in table.columns if c.endswith("_ci95") and c.removesuffix("_ci95") in names]
+    if not names:
+        return table
+    out = table.copy()
+    if fractions:
+        out[names] = table[names].apply(pd.to_numeric, errors="coerce") * 100
+    return out.rename(columns={c: f"{c} %" for c in names})
+
+
 def new_section(run: Run, index: int, title_extra: str = "") -> Section:
-    title = f"{run.kind} {run.name}" + (f" — {title_extra}" if title_extra else "")
-    return Section(title, f"r{index}-{run.kind}", _facts(run))
+    title = run.name + (f" — {title_extra}" if title_extra else "")
+    return Section(title, f"r{index}-{run.kind}", _facts(run), kind=run.kind)
 
 
 # ---------------------------------------------------------------------- fit
@@ -294,28 +328,53 @@ def fit_section(fit: FitRun, index: int, options: ReportOptions) -> Section:
 
 
 # ---------------------------------------------------------------------- discover
+KEY_SCALE = (
+    "Each key on its own symmetric colour scale: red +max|value|, white 0, blue −max|value| (keys are centred and "
+    "unit-norm)."
+)
+
+
+def discovered_key_labels(keys: Any) -> list[str]:
+    """Labels of discovered keys: number and share of the bank's filters whose best key it is (from the key set's
+    provenance), else the key set's own labels."""
+    shares = keys.provenance.get("shares") if isinstance(keys.provenance, dict) else None
+    if isinstance(shares, list) and len(shares) == len(keys):
+        return [f"{i + 1}: {100 * float(share):.1f}% of filters" for i, share in enumerate(shares)]
+    return keys.key_labels()
+
+
 def _discover_part(section: Section, part: DiscoverPart) -> None:
+    from masterkey.discover.plots import path_figure
+
     tag = f"-{part.prefix}" if part.prefix else ""
     size = ""
     keys = part.keys
+    summary = part.summary or {}
+    accuracy = summary.get("objective") == "accuracy"
     if keys is not None:
         size = f"{keys.kernel_size}x{keys.kernel_size} "
-        png = F.figure_png(F.key_grid(keys.keys, keys.key_labels(), f"Discovered {size}keys ({keys.name})"))
-        section.figure(f"keys{tag}", f"Discovered {size}keys", png, "Red positive, blue negative; centred, unit-norm.")
+        labels = discovered_key_labels(keys)
+        png = F.figure_png(F.key_grid(keys.keys, labels, f"Discovered {size}keys ({keys.name})"))
+        caption = "Label: share of the bank's filters whose best key it is. " if labels != keys.key_labels() else ""
+        section.figure(f"keys{tag}", f"Discovered {size}keys", png, caption + KEY_SCALE)
     if part.path is not None and len(part.path):
-        objective = (part.summary or {}).get("objective")
-        ylabel = f"objective ({objective})" if isinstance(objective, str) else "objective"
-        chosen = len(part.keys) if part.keys is not None else None
-        png = F.figure_png(F.greedy_path(part.path, part.baselines, ylabel=ylabel, chosen=chosen))
+        objective = summary.get("objective")
+        ylabel = "held-out top-1" if accuracy else "objective (mean cos²)" if objective else "objective"
+        elbows = {int(r): int(e) for r, e in (summary.get("elbows") or {}).items()}
+        chosen = len(keys) if keys is not None else None
+        fig = path_figure(part.path, part.baselines, elbows, f"Greedy path {size}".strip(), ylabel, chosen, accuracy)
         section.figure(
             f"path{tag}",
             f"Greedy path {size}".strip(),
-            png,
-            "Objective of the remaining key set after each removal; markers: baselines (k-means, PCA, random ...) "
-            "at their key counts, error bars: 95% CI over seeds where given.",
+            F.figure_png(fig),
+            "Objective of the remaining key set after each removal (read right to left: keys are removed one by "
+            "one); x: each round's elbow; circle: the chosen number of keys; markers: baselines (k-means, PCA, "
+            "random ...) at their key counts, error bars: 95% CI over seeds where given.",
         )
     if part.baselines is not None and len(part.baselines):
-        section.table(f"Baselines {size}".strip(), part.baselines, collapsed=len(part.baselines) > 12)
+        baselines = percent_columns(part.baselines, True, ("objective", "ci95")) if accuracy else part.baselines
+        digits = percent_digits(baselines)
+        section.table(f"Baselines {size}".strip(), baselines, digits=digits, collapsed=len(baselines) > 12)
     if part.universality is not None and len(part.universality):
         pivot = part.universality.pivot_table(
             index="keys_from", columns="fitted_to", values="objective", aggfunc="mean"
@@ -336,10 +395,11 @@ def _discover_part(section: Section, part: DiscoverPart) -> None:
     if part.candidates is not None:
         cand = part.candidates
         png = F.figure_png(F.key_grid(cand.keys, cand.key_labels(), f"All {len(cand)} candidates", colored=False))
-        section.figure(f"candidates{tag}", f"Candidates {size}".strip(), png)
+        caption = "Label: the autoencoder latent z each candidate was decoded from. " + KEY_SCALE
+        section.figure(f"candidates{tag}", f"Candidates {size}".strip(), png, caption)
     scalars = _scalars(part.summary)
     if scalars is not None:
-        section.table(f"Summary {size}".strip(), scalars)
+        section.table(f"Summary {size}".strip(), scalars, collapsed=len(scalars) > 12)
 
 
 def discover_section(disc: DiscoverRun, index: int, options: ReportOptions) -> Section:
@@ -370,15 +430,18 @@ def swap_section(swap: SwapRun, index: int, options: ReportOptions) -> Section:
             "statistics re-estimated after the swap; error bars: 95% CI over key-set seeds where given.",
         )
     if swap.summary is not None and len(swap.summary):
-        section.table("Summary (seeded key sets pooled: mean and 95% CI)", swap.summary)
+        summary = percent_columns(swap.summary, True)
+        section.table("Summary (seeded key sets pooled: mean and 95% CI)", summary, digits=percent_digits(summary))
     if swap.results is not None and len(swap.results):
-        section.table("Results per key set", swap.results, collapsed=len(swap.results) > 12)
+        results = percent_columns(swap.results, True)
+        section.table("Results per key set", results, digits=percent_digits(results), collapsed=len(results) > 12)
     if swap.per_stage is not None and len(swap.per_stage):
         section.table("Per stage", swap.per_stage)
     if swap.sensitivity is not None and len(swap.sensitivity):
         png = F.figure_png(F.sensitivity_bars(swap.sensitivity))
         section.figure("sensitivity", "Sensitivity", png)
-        section.table("Sensitivity", swap.sensitivity, collapsed=len(swap.sensitivity) > 12)
+        sensitivity = percent_columns(swap.sensitivity, True)
+        section.table("Sensitivity", sensitivity, digits=percent_digits(sensitivity), collapsed=len(sensitivity) > 12)
     return section
 
 
@@ -408,11 +471,12 @@ def train_section(train: TrainRun, index: int, options: ReportOptions) -> Sectio
             )
             if c in train.metrics
         ]
-        section.table("Metrics per epoch", train.metrics[cols], collapsed=len(train.metrics) > 12)
+        metrics = percent_columns(train.metrics[cols], False)
+        section.table("Metrics per epoch", metrics, digits=percent_digits(metrics), collapsed=len(metrics) > 12)
     _learned_keys(section, {str(mode or run.name): [train]})
     scalars = _scalars(summary)
     if scalars is not None:
-        section.table("Summary", scalars)
+        section.table("Summary", scalars, collapsed=len(scalars) > 12)
     return section
 
 
@@ -524,7 +588,11 @@ def _efficiency(section: Section, exp: ExperimentRun) -> None:
         "Test top-1 per arm at each training-set size (class-balanced nested subsets, the same for every arm and "
         "seed), mean ± 95% CI over seeds; right: the paired difference to the reference arm at the same size.",
     )
-    section.table("Data efficiency (test top-1 %, mean ± 95% CI half-width over seeds)", table, digits=2)
+    section.table(
+        "Data efficiency (test top-1 %, mean ± 95% CI half-width over seeds)",
+        percent_columns(table, False, ("ci95", "delta_ci95")),
+        digits=2,
+    )
 
 
 def _arm_of(train: TrainRun) -> str:
@@ -561,8 +629,10 @@ def experiment_section(exp: ExperimentRun, index: int, options: ReportOptions) -
             )
         )
         section.figure("top1", "Final accuracy per mode", png)
-        section.table("Per mode (mean ± 95% CI half-width over seeds)", per_mode, digits=2)
-        section.table("Per run", table, digits=2, collapsed=len(table) > 12)
+        section.table(
+            "Per mode (mean ± 95% CI half-width over seeds)", percent_columns(per_mode, False, ("ci95",)), digits=2
+        )
+        section.table("Per run", percent_columns(table, False), digits=2, collapsed=len(table) > 12)
     _efficiency(section, exp)
     by_arm: dict[str, list[TrainRun]] = {}
     for train in exp.runs:

@@ -1,0 +1,37 @@
+"""Report sections: accuracies in percent with a % in their name, whole configs, discovered-key labels."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from masterkey.keys import KeySet, load_keys
+from masterkey.report.sections import discovered_key_labels, is_accuracy, percent_columns
+
+
+def test_accuracies_are_percent_and_say_so() -> None:
+    swap = pd.DataFrame(
+        {"keys": ["none", "paper8"], "top1": [0.823, 0.41], "top1_ci95": [None, 0.02], "mean_cos2": [1.0, 0.69]}
+    )
+    out = percent_columns(swap, fractions=True)
+    assert list(out.columns) == ["keys", "top1 %", "top1_ci95 %", "mean_cos2"]
+    assert out["top1 %"].tolist() == pytest.approx([82.3, 41.0]) and out["top1_ci95 %"].iloc[1] == pytest.approx(2.0)
+    assert out["mean_cos2"].tolist() == [1.0, 0.69]  # not an accuracy: left alone
+    trained = pd.DataFrame({"epoch": [1], "train_acc": [3.3], "test_top1": [15.0], "ci95": [1.5]})
+    out = percent_columns(trained, fractions=False, extra=("ci95",))
+    assert list(out.columns) == ["epoch", "train_acc %", "test_top1 %", "ci95 %"] and out["test_top1 %"].iloc[0] == 15
+    assert [is_accuracy(n) for n in ("best_test_top1", "delta_top1", "drop", "mean_cos2", "top1_ci95")] == [
+        True,
+        True,
+        True,
+        False,
+        False,  # a CI goes with its accuracy column, not on its own
+    ]
+
+
+def test_discovered_keys_are_labelled_by_their_share_of_filters() -> None:
+    paper8 = load_keys("paper8")
+    assert discovered_key_labels(paper8) == paper8.key_labels()  # no shares recorded: the set's own labels
+    shares = [0.4, 0.35, 0.25]
+    found = KeySet("found", paper8.keys[:3], provenance={"shares": shares})
+    assert discovered_key_labels(found) == ["1: 40.0% of filters", "2: 35.0% of filters", "3: 25.0% of filters"]
