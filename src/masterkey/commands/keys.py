@@ -6,7 +6,6 @@ import argparse
 
 from masterkey.commands._common import KERNEL_SIZE, format_table, output_arg, print_json
 from masterkey.files import check_output, output_file
-from masterkey.keys import builtin_keysets, load_keys
 
 NAME = "keys"
 ORDER = 3
@@ -39,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from masterkey.keys import builtin_keysets, load_keys
+
     if args.keys_command == "list":
         print(format_table([{"name": n, "what": h} for n, h in builtin_keysets().items()]))
         return 0
