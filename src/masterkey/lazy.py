@@ -9,9 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 
-def lazy_attributes(
-    package: str, exports: Mapping[str, str]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_attributes(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for the package ``package``: ``exports`` maps each public name to the module that
     defines it; the first look-up imports that module and caches the value in the package's namespace."""
 
