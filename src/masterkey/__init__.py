@@ -2,21 +2,15 @@
 
 Data flow: weights → :class:`FilterBank` → :class:`KeySet` → fits / networks → results.
 
-The public names below are imported on first use (PEP 562), so that ``import masterkey`` (and with it every
-``masterkey --help``) stays fast: torch, pandas and the rest load only when something needs them.
+The public names below (and ``__version__``) are looked up on first use (PEP 562), so that ``import masterkey``
+(and with it every ``masterkey --help``) stays fast: torch, pandas and the rest load only when something needs them.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from masterkey.lazy import lazy_attributes
-
-try:
-    __version__ = version("masterkey")
-except PackageNotFoundError:  # running from a source tree (PYTHONPATH=src)
-    __version__ = "0.1.0+src"
 
 #: Each public name and the module that defines it.
 _PUBLIC = {
@@ -44,7 +38,25 @@ if TYPE_CHECKING:
     from masterkey.sources import harvest, harvest_bank
 
 
-__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)
+_public_attribute, __dir__ = lazy_attributes(__name__, {**_PUBLIC, "__version__": __name__})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":  # looked up on first use: importlib.metadata alone takes a tenth of a second
+        global __version__
+        __version__ = _installed_version()
+        return __version__
+    return _public_attribute(name)
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("masterkey")
+    except PackageNotFoundError:  # running from a source tree (PYTHONPATH=src)
+        return "0.1.0+src"
+
 
 __all__ = [
     "FilterBank",
