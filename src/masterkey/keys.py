@@ -48,16 +48,16 @@ class KeySet:
     def __post_init__(self) -> None:
         import torch
 
-        keys = torch.as_tensor(self.keys).detach().cpu()
-        if keys.dtype not in (torch.float32, torch.float64):
-            keys = keys.to(torch.float64)
+        keys = torch.as_tensor(self.keys).detach()
+        device = keys.device  # checked and normalised on the CPU (:class:`KeyValues`), kept where they were given
+        keys = keys.cpu() if keys.dtype in (torch.float32, torch.float64) else keys.cpu().to(torch.float64)
         values = KeyValues(self.name, keys.numpy(), self.provenance, self.labels)
-        object.__setattr__(self, "keys", torch.from_numpy(values.keys))
+        object.__setattr__(self, "keys", torch.from_numpy(values.keys).to(device))
         object.__setattr__(self, "labels", values.labels)
 
     @classmethod
     def of(cls, values: KeyValues) -> KeySet:
-        """The key set of already checked and normalised ``values`` (sharing their memory)."""
+        """The key set of ``values`` (already checked and normalised, so kept bit for bit)."""
         return cls(values.name, values.keys, values.provenance, values.labels)
 
     def __len__(self) -> int:
@@ -82,8 +82,8 @@ class KeySet:
         """
         if kernel_size == self.kernel_size:
             return self
-        values = KeyValues(self.name, self.keys.numpy(), self.provenance, self.labels)
-        return KeySet.of(values.resized(kernel_size))
+        values = KeyValues(self.name, self.keys.cpu().numpy(), self.provenance, self.labels).resized(kernel_size)
+        return KeySet(values.name, self.keys.new_tensor(values.keys), values.provenance, values.labels)
 
     # ------------------------------------------------------------------ files
     def to_bytes(self) -> bytes:

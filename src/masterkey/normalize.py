@@ -52,7 +52,7 @@ def filter_flags_array(filters: np.ndarray) -> np.ndarray:
     filters = np.asarray(filters)
     if filters.ndim < 2:
         raise ValueError(f"expected filters of shape [N, k, k] or [N, d], got {tuple(filters.shape)}")
-    flat = filters.reshape(filters.shape[0], -1).astype(np.float64)
+    flat = filters.reshape(filters.shape[0], -1).astype(np.float64, copy=False)
     finite = np.isfinite(flat).all(axis=1)
     safe = np.where(np.isfinite(flat), flat, 0.0)
     zero = finite & (np.abs(safe) <= ZERO_TOL).all(axis=1)
