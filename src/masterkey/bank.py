@@ -547,17 +547,16 @@ class FilterBank:
 
 
 def _arrow_to_numpy(column: pa.ChunkedArray, where: Path, name: str) -> np.ndarray:
-    """A column of numbers or strings as a numpy array (strings as objects), read from arrow's buffers:
-    ``pyarrow``'s own ``to_numpy`` imports pandas, which would double the start-up of ``masterkey bank info``."""
+    """A column of numbers (read from arrow's buffers) or strings (as objects) as a numpy array: ``pyarrow``'s
+    own ``to_numpy`` imports pandas, and its compute functions pyarrow.compute; either would double the start-up
+    of ``masterkey bank info``."""
     array = column.combine_chunks()
     if array.null_count:
         raise MasterkeyError(f"{where}: column {name} has {array.null_count} missing values (corrupt or altered)")
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-        encoded = array.dictionary_encode()
-        values = np.array(encoded.dictionary.to_pylist(), dtype=object)
-        return values[_arrow_to_numpy(pa.chunked_array([encoded.indices]), where, name)]
     if not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)):
-        return np.array(array.to_pylist())
+        values = np.empty(len(array), dtype=object)  # strings as Python objects, as pandas holds them
+        values[:] = array.to_pylist()
+        return values
     dtype = np.dtype(array.type.to_pandas_dtype())
     return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
