@@ -1,7 +1,8 @@
 """Start-up time of the quick commands, side by side in one run, as ratios to ``python -c pass``.
 
 Each command runs in a fresh interpreter (``python -m masterkey ...``, what the ``masterkey`` console script runs),
-its wall time measured from the outside, ``--repeats`` times, interleaved round by round (every command once, then
+its wall time and CPU time (user + system: what the command costs, however busy the shared cores are) measured from
+the outside, ``--repeats`` times, interleaved round by round (every command once, then
 again) so that load from other processes hits all of them alike. ``--before SRC`` adds the same commands run from
 another source tree (e.g. the main branch before lazy imports) to the same rounds. ``python -c "import torch"`` is
 the floor that every torch-importing command pays.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -33,23 +35,30 @@ COMMANDS = [
 ]
 
 
-def run_once(argv: list[str], src: Path) -> float:
-    """Wall seconds of one run of ``python ARGV`` with ``src`` on PYTHONPATH; a failing command stops the bench."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(argv: list[str], src: Path) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one run of ``python ARGV`` with ``src`` on PYTHONPATH; a failing
+    command stops the bench. CPU time is what the command itself costs, whatever else shares the cores."""
     env = {**os.environ, "PYTHONPATH": str(src)}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _children_cpu() - cpu
     if done.returncode != 0:
         raise SystemExit(f"bench_startup: {shlex.join(argv)} failed ({done.returncode}): {done.stderr.strip()[:300]}")
-    return elapsed
+    return elapsed, cpu
 
 
-def measure(trees: dict[str, Path], repeats: int) -> dict[str, list[float]]:
-    """Seconds per run of every (label, tree) variant, ``repeats`` interleaved rounds after one warm-up round."""
+def measure(trees: dict[str, Path], repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds per run of every (label, tree) variant, ``repeats`` interleaved rounds after one warm-up
+    round."""
     variants = [(label, argv, SRC) for label, argv in BASELINES]
     for tree, src in trees.items():
         variants += [(f"{label} ({tree})", ["-m", "masterkey", *argv], src) for label, argv in COMMANDS]
-    times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+    times: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in variants}
     for round_index in range(repeats + 1):
         for label, argv, src in variants:
             seconds = run_once(argv, src)
@@ -58,13 +67,22 @@ def measure(trees: dict[str, Path], repeats: int) -> dict[str, list[float]]:
     return times
 
 
-def table(times: dict[str, list[float]]) -> str:
-    """A markdown table: median and min seconds, and the median as a multiple of ``python -c pass``'s."""
-    floor = statistics.median(times[BASELINES[0][0]])
-    lines = ["| command | median s | min s | x python -c pass |", "|---|---:|---:|---:|"]
-    for label, values in times.items():
-        median = statistics.median(values)
-        lines.append(f"| `{label}` | {median:.3f} | {min(values):.3f} | {median / floor:.1f} |")
+def table(times: dict[str, list[tuple[float, float]]]) -> str:
+    """A markdown table: median and min wall seconds and median CPU seconds, each median also as a multiple of
+    ``python -c pass``'s."""
+    walls = {label: [w for w, _ in values] for label, values in times.items()}
+    cpus = {label: [c for _, c in values] for label, values in times.items()}
+    floor_wall, floor_cpu = (statistics.median(x[BASELINES[0][0]]) for x in (walls, cpus))
+    lines = [
+        "| command | median wall s | min wall s | x python -c pass | median CPU s | x python -c pass |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label in times:
+        wall, cpu = statistics.median(walls[label]), statistics.median(cpus[label])
+        lines.append(
+            f"| `{label}` | {wall:.3f} | {min(walls[label]):.3f} | {wall / floor_wall:.1f} | {cpu:.3f} | "
+            f"{cpu / floor_cpu:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -83,7 +101,8 @@ def main() -> None:
     times = measure(trees, args.repeats)
     command = "python bench/bench_startup.py " + shlex.join(sys.argv[1:])
     text = (
-        f"{table(times)}\n\n{args.repeats} runs each, interleaved; wall time of a fresh interpreter per run.\n"
+        f"{table(times)}\n\n{args.repeats} runs each, interleaved; a fresh interpreter per run (wall time; CPU time is "
+        "user + system of the run, which other jobs on the cores do not inflate).\n"
         f"Machine: {machine}\nCommand: `{command}`\n"
     )
     print(text)
