@@ -20,16 +20,12 @@ import re
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch import Tensor
 
-from masterkey.depthwise import stage_block
 from masterkey.errors import MasterkeyError
 from masterkey.files import (
     BANK_FORMAT,
@@ -41,7 +37,12 @@ from masterkey.files import (
     sha256_file,
 )
 from masterkey.normalize import EXCLUDED, FilterFlag, center_norm, excluded_counts, filter_flags
-from masterkey.sources.base import HarvestedSource
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from torch import Tensor
+
+    from masterkey.sources.base import HarvestedSource
 
 FORMAT = BANK_FORMAT
 SCHEMA_VERSION = 1
@@ -225,10 +226,26 @@ class FilterBank:
     Tensors are read lazily from memory-mapped safetensors files; only the metadata table is held in memory.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], metadata: pd.DataFrame) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], metadata: pd.DataFrame | pa.Table) -> None:
         self.path = path
         self.manifest = manifest
-        self.metadata = metadata
+        # An opened bank keeps its arrow table and makes the pandas frame on first use, so that opening a bank,
+        # its counts and :meth:`info` need neither pandas nor torch (``masterkey bank info`` starts at once).
+        self._table = metadata if isinstance(metadata, pa.Table) else None
+        self._metadata = None if isinstance(metadata, pa.Table) else metadata
+
+    @property
+    def metadata(self) -> pd.DataFrame:
+        """One row per filter (see :data:`METADATA_SCHEMA`)."""
+        if self._metadata is None:
+            self._metadata = self._table.to_pandas()
+        return self._metadata
+
+    def _column(self, name: str) -> np.ndarray:
+        """A metadata column as a numpy array (from the arrow table while no pandas frame was made)."""
+        if self._metadata is None:
+            return _arrow_to_numpy(self._table.column(name), self.path / METADATA, name)
+        return self._metadata[name].to_numpy()
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -270,7 +287,7 @@ class FilterBank:
             if verify and sha256_file(fpath) != info["sha256"]:
                 raise MasterkeyError(f"{fpath}: checksum mismatch with the manifest (corrupt or modified)")
         try:
-            table = pq.read_table(path / METADATA)
+            table = pq.ParquetFile(path / METADATA).read()
         except Exception as exc:
             raise MasterkeyError(f"{path / METADATA}: unreadable metadata ({str(exc).splitlines()[0]})") from None
         missing = [c for c in METADATA_SCHEMA.names if c not in table.column_names]
@@ -282,23 +299,24 @@ class FilterBank:
                     f"{path / METADATA}: column {field.name} is {table.schema.field(field.name).type}, "
                     f"expected {field.type}"
                 )
-        bank = cls(path, manifest, table.to_pandas())
+        bank = cls(path, manifest, table)
         bank._check_counts()
         return bank
 
     def _check_counts(self) -> None:
         """Every count of the manifest agrees with the metadata, and the metadata with the tensor files."""
-        meta, manifest, where = self.metadata, self.manifest, self.path / METADATA
-        if len(meta) != manifest["n_filters"]:
-            raise MasterkeyError(f"{where}: {len(meta)} rows, the manifest says {manifest['n_filters']} filters")
-        counts = {str(int(k)): int(n) for k, n in meta["kernel_size"].value_counts().items()}
+        manifest, where = self.manifest, self.path / METADATA
+        kernel_size, source = self._column("kernel_size"), self._column("source")
+        if len(kernel_size) != manifest["n_filters"]:
+            raise MasterkeyError(f"{where}: {len(kernel_size)} rows, the manifest says {manifest['n_filters']} filters")
+        counts = {str(k): n for k, n in _value_counts(kernel_size).items()}
         if counts != manifest["counts_by_kernel"]:
             raise MasterkeyError(
                 f"{where}: filters per kernel size {counts}, the manifest says {manifest['counts_by_kernel']}"
             )
-        per_source = meta["source"].value_counts()
+        per_source = _value_counts(source)
         listed = {s["name"]: s["n_filters"] for s in manifest["sources"]}
-        unlisted = sorted(set(per_source.index) - set(listed))
+        unlisted = sorted(set(per_source) - set(listed))
         if unlisted:
             raise MasterkeyError(f"{where}: rows of source(s) {unlisted[:3]} that the manifest does not list")
         for name, n in listed.items():
@@ -306,11 +324,11 @@ class FilterBank:
                 raise MasterkeyError(
                     f"{where}: {int(per_source.get(name, 0))} rows of source '{name}', the manifest says {n}"
                 )
-        excluded = excluded_counts(meta["flags"].to_numpy())
+        excluded = excluded_counts(self._column("flags"))
         if excluded != manifest["excluded"]:
             raise MasterkeyError(f"{where}: excluded filters {excluded}, the manifest says {manifest['excluded']}")
         for k, n in ((int(k), n) for k, n in counts.items()):
-            index = meta.loc[meta["kernel_size"] == k, "index"].to_numpy()
+            index = self._column("index")[kernel_size == k]
             if not np.array_equal(index, np.arange(n)):
                 raise MasterkeyError(f"{where}: the index column of the {k}x{k} filters is not 0..{n - 1} in order")
             shape, dtype = self._tensor_shape(k)
@@ -325,7 +343,7 @@ class FilterBank:
 
         fpath = self.path / tensor_file(k)
         try:
-            with safe_open(str(fpath), framework="pt") as f:
+            with safe_open(str(fpath), framework="numpy") as f:
                 tensor = f.get_slice(TENSOR_NAME)
                 return tuple(tensor.get_shape()), tensor.get_dtype()
         except Exception as exc:
@@ -333,7 +351,7 @@ class FilterBank:
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
-        return len(self.metadata)
+        return len(self._column("kernel_size"))
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}x{k}: {n}" for k, n in self.counts_by_kernel().items())
@@ -348,11 +366,10 @@ class FilterBank:
         return list(dict.fromkeys(self.metadata["source"]))
 
     def counts_by_kernel(self) -> dict[int, int]:
-        counts = self.metadata["kernel_size"].value_counts()
-        return {int(k): int(counts[k]) for k in sorted(counts.index)}
+        return dict(sorted(_value_counts(self._column("kernel_size")).items()))
 
     def excluded_counts(self) -> dict[str, int]:
-        return excluded_counts(self.metadata["flags"].to_numpy())
+        return excluded_counts(self._column("flags"))
 
     def select(self, mask: np.ndarray | pd.Series | Sequence[bool]) -> FilterBank:
         """A view of the rows where ``mask`` is true."""
@@ -395,6 +412,7 @@ class FilterBank:
 
         Reads contiguous slices of the memory-mapped tensor file, so memory stays bounded for any bank size.
         """
+        import torch
         from safetensors import safe_open
 
         k = self._single_kernel(kernel_size)
@@ -427,6 +445,8 @@ class FilterBank:
         With ``normalized`` the filters are centre-normed (:func:`masterkey.normalize.center_norm`); then the view
         must not hold excluded filters (use :meth:`usable`).
         """
+        import torch
+
         k = self._single_kernel(kernel_size)
         chunks = [block for _, block in self.iter_filters(k)]
         out = torch.cat(chunks) if chunks else torch.empty(0, k, k)
@@ -449,6 +469,9 @@ class FilterBank:
         The same source (same sha256) in two banks is refused, as it would count its filters twice; two different
         sources with one name are renamed ``name#2``, ``name#3``, ...
         """
+        import pandas as pd
+        import torch
+
         if not banks:
             raise MasterkeyError("merge: no banks given")
         inputs = [b.path for b in banks]
@@ -491,13 +514,12 @@ class FilterBank:
     # ------------------------------------------------------------------ summaries
     def info(self) -> dict[str, Any]:
         """What ``masterkey bank info --json`` prints."""
-        meta = self.metadata
+        source, layer, kernel_size = self._column("source"), self._column("layer"), self._column("kernel_size")
         per_source = []
         for src in self.manifest["sources"]:
-            rows = meta[meta["source"] == src["name"]]
-            if rows.empty:
+            rows = source == src["name"]
+            if not rows.any():
                 continue
-            counts = rows["kernel_size"].value_counts()
             per_source.append(
                 {
                     "name": src["name"],
@@ -505,9 +527,9 @@ class FilterBank:
                     "model": src.get("model"),
                     "path": src.get("path"),
                     "sha256": src.get("sha256"),
-                    "n_layers": int(rows["layer"].nunique()),
-                    "n_filters": len(rows),
-                    "counts_by_kernel": {str(int(k)): int(counts[k]) for k in sorted(counts.index)},
+                    "n_layers": len(set(layer[rows])),
+                    "n_filters": int(rows.sum()),
+                    "counts_by_kernel": {str(k): n for k, n in sorted(_value_counts(kernel_size[rows]).items())},
                     "skipped": src.get("skipped", []),
                 }
             )
@@ -516,16 +538,45 @@ class FilterBank:
             "format": FORMAT,
             "schema_version": self.manifest["schema_version"],
             "package_version": self.manifest.get("package_version"),
-            "n_filters": len(meta),
+            "n_filters": len(kernel_size),
             "counts_by_kernel": {str(k): n for k, n in self.counts_by_kernel().items()},
             "excluded": self.excluded_counts(),
-            "n_layers": int(meta.groupby(["source", "layer"]).ngroups) if len(meta) else 0,
+            "n_layers": len(set(zip(source, layer, strict=True))),
             "sources": per_source,
         }
 
 
+def _arrow_to_numpy(column: pa.ChunkedArray, where: Path, name: str) -> np.ndarray:
+    """A column of numbers (read from arrow's buffers) or strings (as objects) as a numpy array: ``pyarrow``'s
+    own ``to_numpy`` imports pandas, and its compute functions pyarrow.compute; either would double the start-up
+    of ``masterkey bank info``."""
+    array = column.combine_chunks()
+    if array.null_count:
+        raise MasterkeyError(f"{where}: column {name} has {array.null_count} missing values (corrupt or altered)")
+    if not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)):
+        values = np.empty(len(array), dtype=object)  # strings as Python objects, as pandas holds them
+        values[:] = array.to_pylist()
+        return values
+    dtype = np.dtype(array.type.to_pandas_dtype())
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+
+
+def _value_counts(values: np.ndarray) -> dict[Any, int]:
+    """How often each value occurs (numbers as Python ints), in the order of first occurrence."""
+    found, first, counts = np.unique(values, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    return {
+        (int(v) if isinstance(v, np.integer) else v): int(c) for v, c in zip(found[order], counts[order], strict=True)
+    }
+
+
 def _source_rows(source: HarvestedSource, offsets: dict[int, int]) -> tuple[pd.DataFrame, dict[int, Tensor]]:
     """Metadata rows and per-kernel tensors of one harvested source; ``offsets`` is advanced."""
+    import pandas as pd
+    import torch
+
+    from masterkey.depthwise import stage_block
+
     frames = []
     tensors: dict[int, list[Tensor]] = {}
     n_layers = len(source.layers)
@@ -578,6 +629,9 @@ def _source_rows(source: HarvestedSource, offsets: dict[int, int]) -> tuple[pd.D
 
 def write_bank(sources: Sequence[HarvestedSource], path: str | Path, overwrite: bool = False) -> FilterBank:
     """Write harvested sources as a bank at ``path`` (atomically: a complete bank or nothing)."""
+    import pandas as pd
+    import torch
+
     if not sources:
         raise MasterkeyError(f"{path}: no sources to write")
     seen_sha: dict[str, str] = {}

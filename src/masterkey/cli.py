@@ -41,9 +41,20 @@ def _commands() -> dict[str, ModuleType]:
     return dict(sorted(found.items(), key=lambda kv: (getattr(kv[1], "ORDER", 99), kv[0])))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from masterkey import __version__
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version is looked up only when asked (the look-up costs a tenth of a second)."""
 
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from masterkey import __version__
+
+        print(f"masterkey {__version__}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="masterkey",
         description=(
@@ -53,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"masterkey {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="show program's version number and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module in _commands().items():
         p = sub.add_parser(

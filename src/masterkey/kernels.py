@@ -13,12 +13,15 @@ functions of σ and γ (for training with learnable scales, :mod:`masterkey.netw
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy.special import ive
 
 from masterkey.errors import MasterkeyError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Families with a description; ``gaussian-laplacian`` also has γ.
 FAMILIES: dict[str, str] = {
@@ -149,6 +152,8 @@ def discrete_gaussian_torch(sigma: torch.Tensor, radius: int, nodes: int = QUADR
     ``nodes`` equispaced points of the circle, which is spectrally exact for this periodic integrand (see
     :data:`QUADRATURE_NODES`). The exponent is never positive, so nothing overflows.
     """
+    import torch
+
     if radius < 0:
         raise MasterkeyError(f"scale-space: radius must be >= 0, got {radius}")
     theta = torch.arange(nodes, dtype=sigma.dtype, device=sigma.device) * (2 * math.pi / nodes)

@@ -14,14 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from masterkey.errors import MasterkeyError
 from masterkey.files import KEYSET_FORMAT, KEYSET_TEXT_HEADER, atomic_write, safetensors_bytes
-from masterkey.normalize import excluded_counts, filter_flags, usable_mask
+from masterkey.normalize import EXCLUDED, excluded_counts, filter_flags_array
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 #: Bounds of a key set: keys, kernel size, and the largest text key file read (larger sets: use safetensors).
 MAX_KEYS = 10_000
@@ -44,35 +46,19 @@ class KeySet:
     labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        keys = torch.as_tensor(self.keys)
-        if keys.ndim != 3 or keys.shape[1] != keys.shape[2] or keys.shape[0] == 0:
-            raise MasterkeyError(f"key set '{self.name}': expected keys of shape [K, k, k], got {tuple(keys.shape)}")
-        keys = keys.to(torch.float64)
-        bad = ~usable_mask(filter_flags(keys))
-        if bool(bad.any()):
-            counts = {n: c for n, c in excluded_counts(filter_flags(keys[bad])).items() if c}
-            first = int(torch.nonzero(bad)[0]) + 1
-            raise MasterkeyError(
-                f"key set '{self.name}': key {first} (of {len(keys)}) is unusable {counts}; keys must be finite "
-                "and non-constant"
-            )
-        flat = keys.reshape(len(keys), -1)
-        normalised = (flat.mean(dim=1).abs() < 1e-6).all() and (
-            torch.linalg.vector_norm(flat, dim=1) - 1
-        ).abs().max() < 1e-5
-        if normalised and torch.as_tensor(self.keys).dtype == torch.float32:
-            # Already centred unit-norm float32 keys are kept bit for bit, so files round-trip exactly.
-            out = torch.as_tensor(self.keys).clone()
-        else:
-            flat = flat - flat.mean(dim=1, keepdim=True)
-            flat = flat / torch.linalg.vector_norm(flat, dim=1, keepdim=True)
-            out = flat.reshape(keys.shape).to(torch.float32)
-        object.__setattr__(self, "keys", out.contiguous())
-        if self.labels is not None:
-            labels = tuple(str(x) for x in self.labels)
-            if len(labels) != len(keys):
-                raise MasterkeyError(f"key set '{self.name}': {len(labels)} labels for {len(keys)} keys")
-            object.__setattr__(self, "labels", labels)
+        import torch
+
+        keys = torch.as_tensor(self.keys).detach()
+        device = keys.device  # checked and normalised on the CPU (:class:`KeyValues`), kept where they were given
+        keys = keys.cpu() if keys.dtype in (torch.float32, torch.float64) else keys.cpu().to(torch.float64)
+        values = KeyValues(self.name, keys.numpy(), self.provenance, self.labels)
+        object.__setattr__(self, "keys", torch.from_numpy(values.keys).to(device))
+        object.__setattr__(self, "labels", values.labels)
+
+    @classmethod
+    def of(cls, values: KeyValues) -> KeySet:
+        """The key set of ``values`` (already checked and normalised, so kept bit for bit)."""
+        return cls(values.name, values.keys, values.provenance, values.labels)
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
@@ -94,31 +80,10 @@ class KeySet:
 
         A crop is not a re-fit: a 3x3 crop of a 7x7 key keeps only its centre. The provenance says so.
         """
-        k = self.kernel_size
-        if kernel_size == k:
+        if kernel_size == self.kernel_size:
             return self
-        if kernel_size < 1 or (k - kernel_size) % 2:
-            raise MasterkeyError(
-                f"key set '{self.name}': cannot resize {k}x{k} keys to {kernel_size}x{kernel_size} "
-                "(centre crop / pad needs sizes of the same parity)"
-            )
-        if kernel_size < k:
-            m = (k - kernel_size) // 2
-            keys = self.keys[:, m : m + kernel_size, m : m + kernel_size]
-            how = f"centre-cropped from {k}x{k} (a crop, not a re-fit)"
-        else:
-            p = (kernel_size - k) // 2
-            keys = torch.nn.functional.pad(self.keys, (p, p, p, p))
-            how = f"zero-padded from {k}x{k}"
-        try:
-            return KeySet(
-                f"{self.name}@{kernel_size}x{kernel_size}",
-                keys,
-                {**self.provenance, "resized": how},
-                self.labels,
-            )
-        except MasterkeyError as exc:
-            raise MasterkeyError(f"{exc} after resizing to {kernel_size}x{kernel_size}") from None
+        values = KeyValues(self.name, self.keys.cpu().numpy(), self.provenance, self.labels).resized(kernel_size)
+        return KeySet(values.name, self.keys.new_tensor(values.keys), values.provenance, values.labels)
 
     # ------------------------------------------------------------------ files
     def to_bytes(self) -> bytes:
@@ -152,6 +117,94 @@ class KeySet:
 
     @classmethod
     def load(cls, path: str | Path) -> KeySet:
+        """Read a key set from ``.safetensors`` or a text file; errors name the file and the problem."""
+        return cls.of(KeyValues.load(path))
+
+
+@dataclass(frozen=True)
+class KeyValues:
+    """The numbers of a key set, without torch: ``keys`` is a numpy [K, k, k] float32 array, each key centred and
+    unit-norm (enforced on construction). :class:`KeySet` is built on it; reading, checking, normalising and
+    resizing keys happen here, so that ``masterkey keys show`` prints a key set without importing torch."""
+
+    name: str
+    keys: np.ndarray
+    provenance: dict[str, Any] = field(default_factory=dict)
+    labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        keys = np.asarray(self.keys)
+        if keys.ndim != 3 or keys.shape[1] != keys.shape[2] or keys.shape[0] == 0:
+            raise MasterkeyError(f"key set '{self.name}': expected keys of shape [K, k, k], got {tuple(keys.shape)}")
+        values = keys.astype(np.float64)
+        bad = (filter_flags_array(values) & int(EXCLUDED)) != 0
+        if bad.any():
+            counts = {n: c for n, c in excluded_counts(filter_flags_array(values[bad])).items() if c}
+            first = int(np.flatnonzero(bad)[0]) + 1
+            raise MasterkeyError(
+                f"key set '{self.name}': key {first} (of {len(keys)}) is unusable {counts}; keys must be finite "
+                "and non-constant"
+            )
+        flat = values.reshape(len(values), -1)
+        normalised = (np.abs(flat.mean(axis=1)) < 1e-6).all() and np.abs(np.linalg.norm(flat, axis=1) - 1).max() < 1e-5
+        if normalised and keys.dtype == np.float32:
+            # Already centred unit-norm float32 keys are kept bit for bit, so files round-trip exactly.
+            out = keys.copy()
+        else:
+            flat = flat - flat.mean(axis=1, keepdims=True)
+            flat = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+            out = flat.reshape(values.shape).astype(np.float32)
+        object.__setattr__(self, "keys", np.ascontiguousarray(out))
+        if self.labels is not None:
+            labels = tuple(str(x) for x in self.labels)
+            if len(labels) != len(keys):
+                raise MasterkeyError(f"key set '{self.name}': {len(labels)} labels for {len(keys)} keys")
+            object.__setattr__(self, "labels", labels)
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    @property
+    def kernel_size(self) -> int:
+        return int(self.keys.shape[-1])
+
+    def key_labels(self) -> list[str]:
+        """Labels of the keys, ``1..K`` when none were given."""
+        return list(self.labels) if self.labels is not None else [str(i + 1) for i in range(len(self))]
+
+    def __repr__(self) -> str:
+        return f"KeySet({self.name!r}, {len(self)} keys, {self.kernel_size}x{self.kernel_size})"
+
+    def resized(self, kernel_size: int) -> KeyValues:
+        """As :meth:`KeySet.resized`: centre-cropped or zero-padded to ``kernel_size``, then re-normalised."""
+        k = self.kernel_size
+        if kernel_size == k:
+            return self
+        if kernel_size < 1 or (k - kernel_size) % 2:
+            raise MasterkeyError(
+                f"key set '{self.name}': cannot resize {k}x{k} keys to {kernel_size}x{kernel_size} "
+                "(centre crop / pad needs sizes of the same parity)"
+            )
+        if kernel_size < k:
+            m = (k - kernel_size) // 2
+            keys = self.keys[:, m : m + kernel_size, m : m + kernel_size]
+            how = f"centre-cropped from {k}x{k} (a crop, not a re-fit)"
+        else:
+            p = (kernel_size - k) // 2
+            keys = np.pad(self.keys, ((0, 0), (p, p), (p, p)))
+            how = f"zero-padded from {k}x{k}"
+        try:
+            return KeyValues(
+                f"{self.name}@{kernel_size}x{kernel_size}",
+                keys,
+                {**self.provenance, "resized": how},
+                self.labels,
+            )
+        except MasterkeyError as exc:
+            raise MasterkeyError(f"{exc} after resizing to {kernel_size}x{kernel_size}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> KeyValues:
         """Read a key set from ``.safetensors`` or a text file; errors name the file and the problem."""
         path = Path(path)
         if path.is_dir():
@@ -193,11 +246,15 @@ def _keyset_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
     return meta
 
 
-def _load_safetensors(path: Path) -> KeySet:
+#: safetensors dtypes that numpy cannot hold; such key files are read through torch.
+_TORCH_ONLY_DTYPES = {"BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def _load_safetensors(path: Path) -> KeyValues:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             names = list(f.keys())
             meta = _keyset_metadata(path, f.metadata() or {})
             if "keys" in names:
@@ -209,7 +266,10 @@ def _load_safetensors(path: Path) -> KeySet:
             shape = tuple(f.get_slice(name).get_shape())
             if len(shape) in (3, 4) and shape[-1] == shape[-2]:
                 _check_size(path, shape[0], shape[-1])
-            keys = f.get_tensor(name)
+            if f.get_slice(name).get_dtype() in _TORCH_ONLY_DTYPES:
+                keys = _read_through_torch(path, name)
+            else:
+                keys = f.get_tensor(name)
     except MasterkeyError:
         raise
     except Exception as exc:
@@ -218,14 +278,14 @@ def _load_safetensors(path: Path) -> KeySet:
         keys = keys[:, 0]
     if keys.ndim != 3 or keys.shape[1] != keys.shape[2]:
         raise MasterkeyError(f"{path}: keys must have shape [K, k, k] (or [K, 1, k, k]), got {tuple(keys.shape)}")
-    if not (keys.is_floating_point() or keys.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)):
+    if not (np.issubdtype(keys.dtype, np.floating) or keys.dtype in (np.int8, np.int16, np.int32, np.int64)):
         raise MasterkeyError(f"{path}: keys must be real numbers, got {keys.dtype}")
-    if not torch.isfinite(keys.double()).all():
+    if not np.isfinite(keys.astype(np.float64)).all():
         raise MasterkeyError(f"{path}: keys hold NaN or Inf values")
     try:
-        return KeySet(
+        return KeyValues(
             meta.get("name") or path.stem,
-            keys.float(),
+            keys.astype(np.float32),
             {**(meta.get("provenance") or {}), "file": str(path)},
             meta.get("labels"),
         )
@@ -233,11 +293,19 @@ def _load_safetensors(path: Path) -> KeySet:
         raise MasterkeyError(f"{path}: {exc}") from None
 
 
+def _read_through_torch(path: Path, name: str) -> np.ndarray:
+    """A tensor of a dtype numpy lacks (bfloat16, float8), as float32."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor(name).float().numpy()
+
+
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _EXPECTED_TEXT = "expected 'Filter N:' blocks of k rows of k numbers"
 
 
-def _load_text(path: Path) -> KeySet:
+def _load_text(path: Path) -> KeyValues:
     size = path.stat().st_size
     if size > MAX_TEXT_BYTES:
         raise MasterkeyError(
@@ -284,7 +352,7 @@ def _load_text(path: Path) -> KeySet:
         raise MasterkeyError(f"{path}: keys are {k}x{k}; need k >= 2")
     _check_size(path, len(blocks), k)
     try:
-        return KeySet(path.stem, torch.tensor(blocks, dtype=torch.float64), {"file": str(path)})
+        return KeyValues(path.stem, np.array(blocks, dtype=np.float64), {"file": str(path)})
     except MasterkeyError as exc:
         raise MasterkeyError(f"{path}: {exc}") from None
 
@@ -294,7 +362,7 @@ def _finite(x: float) -> bool:
 
 
 # ---------------------------------------------------------------------- built-ins
-Builtin = Callable[[int | None, list[str]], KeySet]
+Builtin = Callable[[int | None, list[str]], KeyValues]
 _BUILTINS: dict[str, tuple[Builtin, str, str]] = {}
 
 
@@ -315,7 +383,7 @@ def builtin_keysets() -> dict[str, str]:
 
 
 @register_keyset("paper8", "the 8 published 7x7 master keys (Babaiee et al. 2025; values CC-BY-4.0 Lindeberg)")
-def paper8(kernel_size: int | None = None, args: list[str] | None = None) -> KeySet:
+def paper8(kernel_size: int | None = None, args: list[str] | None = None) -> KeyValues:
     path = Path(str(resources.files("masterkey") / "data" / "paper8_7x7.txt"))
     loaded = _load_text(path)
     labels = (
@@ -328,7 +396,7 @@ def paper8(kernel_size: int | None = None, args: list[str] | None = None) -> Key
         "7 centre-surround",
         "8 gaussian",
     )
-    return KeySet("paper8", loaded.keys, {"source": "paper8", "attribution": PAPER8_ATTRIBUTION}, labels)
+    return KeyValues("paper8", loaded.keys, {"source": "paper8", "attribution": PAPER8_ATTRIBUTION}, labels)
 
 
 def _int_part(spec: str, text: str, what: str, low: int, high: int) -> int:
@@ -343,7 +411,9 @@ def _int_part(spec: str, text: str, what: str, low: int, high: int) -> int:
 @register_keyset(
     "random", "random:K[:SEED] — K Gaussian random keys (a reference with no structure)", "random:K[:SEED]"
 )
-def random_keys(kernel_size: int | None, args: list[str]) -> KeySet:
+def random_keys(kernel_size: int | None, args: list[str]) -> KeyValues:
+    import torch  # the keys are torch's seeded Gaussian draws, as they always were
+
     spec = ":".join(["random", *args])
     if not args:
         raise MasterkeyError(f"keys {spec!r}: give the number of keys, as in random:8 or random:8:SEED")
@@ -351,20 +421,20 @@ def random_keys(kernel_size: int | None, args: list[str]) -> KeySet:
     seed = _int_part(spec, args[1], "the seed", 0, 2**32 - 1) if len(args) > 1 else 0
     k = kernel_size or 7
     gen = torch.Generator().manual_seed(seed)
-    keys = torch.randn(count, k, k, generator=gen, dtype=torch.float64)
-    return KeySet(f"random:{count}:{seed}", keys, {"source": "random", "count": count, "seed": seed})
+    keys = torch.randn(count, k, k, generator=gen, dtype=torch.float64).numpy()
+    return KeyValues(f"random:{count}:{seed}", keys, {"source": "random", "count": count, "seed": seed})
 
 
 @register_keyset("impulse", "one centred impulse key (a pixel-copy baseline)")
-def impulse(kernel_size: int | None, args: list[str]) -> KeySet:
+def impulse(kernel_size: int | None, args: list[str]) -> KeyValues:
     k = kernel_size or 7
-    key = torch.zeros(1, k, k, dtype=torch.float64)
+    key = np.zeros((1, k, k), dtype=np.float64)
     key[0, k // 2, k // 2] = 1.0
-    return KeySet("impulse", key, {"source": "impulse"}, ("impulse",))
+    return KeyValues("impulse", key, {"source": "impulse"}, ("impulse",))
 
 
 @register_keyset("scalespace8", "the 8 keys modelled by discrete scale-space kernels (Lindeberg et al. 2026)")
-def scalespace8(kernel_size: int | None, args: list[str]) -> KeySet:
+def scalespace8(kernel_size: int | None, args: list[str]) -> KeyValues:
     from masterkey.kernels import PAPER8_SCALESPACE, scalespace8_kernels
 
     if kernel_size is not None and (kernel_size < 3 or kernel_size % 2 == 0):
@@ -379,7 +449,7 @@ def scalespace8(kernel_size: int | None, args: list[str]) -> KeySet:
         "fitted_to": "paper8 (7x7)",
         "model": "Lindeberg, Babaiee & Kiasari, JMIV 2026 (arXiv 2509.12746): differences of T(n; σ) = e^{-σ²} I_n(σ²)",
     }
-    return KeySet("scalespace8", torch.from_numpy(kernels), provenance, labels)
+    return KeyValues("scalespace8", kernels, provenance, labels)
 
 
 _GENERATED = {"random", "impulse", "scalespace8"}
@@ -398,25 +468,36 @@ def load_keys(spec: str | Path | KeySet, kernel_size: int | None = None, resize:
     files) must match it, or are centre-cropped / zero-padded when ``resize`` is true. Every size is bounded
     (:data:`MAX_KEYS`, :data:`MAX_KERNEL_SIZE`) before anything is made.
     """
+    if not isinstance(spec, KeySet):
+        return KeySet.of(load_key_values(spec, kernel_size, resize))
     check_kernel_size(kernel_size)
-    if isinstance(spec, KeySet):
-        keyset = spec
+    return _sized(spec, kernel_size, resize)
+
+
+def load_key_values(spec: str | Path, kernel_size: int | None = None, resize: bool = False) -> KeyValues:
+    """:func:`load_keys` as numpy :class:`KeyValues`: the same specs, checks and messages, without torch (except
+    for ``random:K``, whose keys are torch's seeded draws)."""
+    check_kernel_size(kernel_size)
+    text = str(spec)
+    name, *args = text.split(":")
+    if not text.strip():
+        raise MasterkeyError("keys '': empty; give a built-in key set or a key file")
+    if name in _BUILTINS and not Path(text).is_file():
+        factory, _, usage = _BUILTINS[name]
+        if len(args) > usage.count(":"):
+            takes = f"is written {usage}" if ":" in usage else "takes no arguments"
+            raise MasterkeyError(f"keys {text!r}: {name} {takes}")
+        values = factory(kernel_size if name in _GENERATED else None, args)
+    elif Path(text).exists():
+        values = KeyValues.load(text)
     else:
-        text = str(spec)
-        name, *args = text.split(":")
-        if not text.strip():
-            raise MasterkeyError("keys '': empty; give a built-in key set or a key file")
-        if name in _BUILTINS and not Path(text).is_file():
-            factory, _, usage = _BUILTINS[name]
-            if len(args) > usage.count(":"):
-                takes = f"is written {usage}" if ":" in usage else "takes no arguments"
-                raise MasterkeyError(f"keys {text!r}: {name} {takes}")
-            keyset = factory(kernel_size if name in _GENERATED else None, args)
-        elif Path(text).exists():
-            keyset = KeySet.load(text)
-        else:
-            known = ", ".join(_BUILTINS)
-            raise MasterkeyError(f"keys {text!r}: neither a key file nor a built-in key set ({known})")
+        known = ", ".join(_BUILTINS)
+        raise MasterkeyError(f"keys {text!r}: neither a key file nor a built-in key set ({known})")
+    return _sized(values, kernel_size, resize)
+
+
+def _sized(keyset: Any, kernel_size: int | None, resize: bool) -> Any:
+    """``keyset`` (a :class:`KeySet` or :class:`KeyValues`) at ``kernel_size``: as it is, or resized when allowed."""
     if kernel_size is not None and keyset.kernel_size != kernel_size:
         if not resize:
             raise MasterkeyError(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 #: A filter whose every weight has ``|w| <= ZERO_TOL`` counts as all-zero (the paper's threshold).
 ZERO_TOL = 1e-4
@@ -40,15 +42,25 @@ def filter_flags(filters: Tensor) -> Tensor:
 
     Only the data-dependent flags (``NONFINITE``, ``ZERO``, ``CONSTANT``) are set here.
     """
-    flat = _flat(filters).double()
-    finite = torch.isfinite(flat).all(dim=1)
-    safe = torch.where(torch.isfinite(flat), flat, torch.zeros_like(flat))
-    zero = finite & (safe.abs() <= ZERO_TOL).all(dim=1)
-    centred_sq = (safe - safe.mean(dim=1, keepdim=True)).pow(2).sum(dim=1)
-    scale_sq = safe.pow(2).sum(dim=1)
+    import torch
+
+    return torch.from_numpy(filter_flags_array(_flat(filters).detach().cpu().double().numpy()))
+
+
+def filter_flags_array(filters: np.ndarray) -> np.ndarray:
+    """:func:`filter_flags` of a numpy array ([N, k, k] or [N, d]): ``int32`` flags, computed in float64."""
+    filters = np.asarray(filters)
+    if filters.ndim < 2:
+        raise ValueError(f"expected filters of shape [N, k, k] or [N, d], got {tuple(filters.shape)}")
+    flat = filters.reshape(filters.shape[0], -1).astype(np.float64, copy=False)
+    finite = np.isfinite(flat).all(axis=1)
+    safe = np.where(np.isfinite(flat), flat, 0.0)
+    zero = finite & (np.abs(safe) <= ZERO_TOL).all(axis=1)
+    centred_sq = np.square(safe - safe.mean(axis=1, keepdims=True)).sum(axis=1)
+    scale_sq = np.square(safe).sum(axis=1)
     # Constant relative to the filter's own scale, so that float rounding of a constant filter still counts.
     constant = finite & ~zero & (centred_sq <= 1e-12 * scale_sq)
-    flags = torch.zeros(flat.shape[0], dtype=torch.int32)
+    flags = np.zeros(flat.shape[0], dtype=np.int32)
     flags[~finite] |= int(FilterFlag.NONFINITE)
     flags[zero] |= int(FilterFlag.ZERO)
     flags[constant] |= int(FilterFlag.CONSTANT)
@@ -69,6 +81,8 @@ def excluded_counts(flags: Tensor | np.ndarray) -> dict[str, int]:
 
 def usable_mask(flags: Tensor) -> Tensor:
     """True where a filter carries none of the :data:`EXCLUDED` flags."""
+    import torch
+
     return (torch.as_tensor(flags) & int(EXCLUDED)) == 0
 
 
@@ -79,6 +93,8 @@ def center_norm(filters: Tensor) -> Tensor:
     filter is non-finite, all-zero or constant: flag those with :func:`filter_flags` and exclude them first, so
     nothing is ever divided by zero.
     """
+    import torch
+
     flat = _flat(filters)
     bad = ~usable_mask(filter_flags(flat))
     if bool(bad.any()):

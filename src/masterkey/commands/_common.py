@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from masterkey.errors import MasterkeyError
-from masterkey.networks.models import parse_scalar
 
 #: Upper bounds of user-given sizes. They are far above any real use and far below what would exhaust a machine.
 MAX_BATCH = 65_536  # images (or filters) per batch
@@ -154,6 +153,8 @@ def print_json(obj: Any) -> None:
 
 def parse_kwargs(text: str | None, what: str = "--model-kwargs") -> dict[str, Any]:
     """``"num_classes=10,patch_size=1"`` → ``{"num_classes": 10, "patch_size": 1}`` (ints, floats, bools, strings)."""
+    from masterkey.networks.models import parse_scalar
+
     out: dict[str, Any] = {}
     if not text:
         return out

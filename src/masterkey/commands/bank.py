@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from masterkey.bank import FilterBank, open_bank
 from masterkey.commands._common import format_table, output_arg, print_json
+
+if TYPE_CHECKING:
+    from masterkey.bank import FilterBank
 
 NAME = "bank"
 ORDER = 2
@@ -68,6 +71,8 @@ def print_info(bank: FilterBank) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from masterkey.bank import FilterBank, open_bank
+
     if args.bank_command == "info":
         bank = open_bank(args.bank)
         print_json(bank.info()) if args.json else print_info(bank)

@@ -92,8 +92,7 @@ def _held_out(text: str) -> float | int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from masterkey.discover import BASELINES, AutoencoderConfig
-    from masterkey.discover.baselines import KMEANS_SAMPLE
+    from masterkey.discover.settings import BASELINES, KMEANS_SAMPLE, AutoencoderConfig
 
     p.add_argument("bank", nargs="?", default="default", metavar="BANK", help="bank directory (default: embedded)")
     p.add_argument(

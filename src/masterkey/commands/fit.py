@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from masterkey.bank import default_bank_path, open_bank
 from masterkey.commands._common import (
     MAX_CHUNK,
     SEED,
@@ -19,8 +18,10 @@ from masterkey.commands._common import (
     resolved_device,
 )
 from masterkey.files import atomic_directory, check_output, write_json, write_text
-from masterkey.fit import BankFit, fit_bank, fit_report
 from masterkey.runs import write_run_info
+
+if TYPE_CHECKING:
+    from masterkey.fit import BankFit
 
 NAME = "fit"
 ORDER = 4
@@ -57,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from masterkey.bank import default_bank_path, open_bank
+    from masterkey.fit import fit_bank, fit_report
+
     if args.out:
         bank_path = default_bank_path() if args.bank == "default" else args.bank
         check_output(args.out, "fit", overwrite=args.overwrite, inputs=[bank_path, args.keys])

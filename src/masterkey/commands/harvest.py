@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from tqdm import tqdm
-
 from masterkey.commands._common import output_arg, parse_kwargs, print_json
 from masterkey.commands.bank import print_info
-from masterkey.sources import harvest_bank
 
 NAME = "harvest"
 ORDER = 1
@@ -40,6 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from masterkey.sources import harvest_bank
+
     bank = harvest_bank(
         args.sources,
         args.out,

@@ -6,7 +6,6 @@ import argparse
 
 from masterkey.commands._common import KERNEL_SIZE, format_table, output_arg, print_json
 from masterkey.files import check_output, output_file
-from masterkey.keys import builtin_keysets, load_keys
 
 NAME = "keys"
 ORDER = 3
@@ -39,12 +38,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from masterkey.keys import builtin_keysets, load_key_values, load_keys
+
     if args.keys_command == "list":
         print(format_table([{"name": n, "what": h} for n, h in builtin_keysets().items()]))
         return 0
     if args.keys_command == "convert":
         check_output(args.out, "keys", overwrite=args.overwrite, inputs=[args.keys])
-    keyset = load_keys(args.keys, kernel_size=args.kernel_size, resize=args.resize_keys)
+    # show prints numbers only, read without torch (numpy KeyValues); convert writes files through the KeySet.
+    load = load_key_values if args.keys_command == "show" else load_keys
+    keyset = load(args.keys, kernel_size=args.kernel_size, resize=args.resize_keys)
     if args.keys_command == "convert":
         binary = args.out.endswith(".safetensors")
         with output_file(

@@ -129,7 +129,7 @@ _FIELDS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from masterkey.networks.keyconv import MODES, SIGMA_SCOPES
+    from masterkey.networks.modes import MODES, SIGMA_SCOPES
     from masterkey.train.recipes import RECIPES
 
     p.add_argument(

@@ -11,37 +11,84 @@ Typical use::
     found[7].comparison()    # objective vs K for discovered / k-means / PCA / random / paper8
 """
 
-from masterkey.discover.autoencoder import (
-    AutoencoderConfig,
-    KeyAutoencoder,
-    TrainedAutoencoder,
-    sign_invariant_loss,
-    train_autoencoder,
-    uniform_latent_penalty,
+from typing import TYPE_CHECKING
+
+from masterkey.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from masterkey.discover.autoencoder import (
+        AutoencoderConfig,
+        KeyAutoencoder,
+        TrainedAutoencoder,
+        sign_invariant_loss,
+        train_autoencoder,
+        uniform_latent_penalty,
+    )
+    from masterkey.discover.baselines import BASELINES, baseline_keysets, pca_keys, spherical_kmeans
+    from masterkey.discover.candidates import Candidates, dedupe, latent_grid, make_candidates, resample_around
+    from masterkey.discover.greedy import GreedyPath, GreedyStep, find_elbow, greedy_backward
+    from masterkey.discover.objectives import (
+        AccuracyObjective,
+        Objective,
+        Score,
+        VarianceObjective,
+        explained_variance,
+        source_weights,
+        span_explained_variance,
+    )
+    from masterkey.discover.output import write_discover_run, write_discovery
+    from masterkey.discover.pipeline import (
+        AccuracySetup,
+        Discovery,
+        discover_bank,
+        discover_keys,
+        prepare_filters,
+    )
+    from masterkey.discover.rounds import DiscoverConfig
+    from masterkey.discover.universality import leave_one_source_out
+    from masterkey.stats import mean_ci95
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        "AutoencoderConfig": "masterkey.discover.autoencoder",
+        "KeyAutoencoder": "masterkey.discover.autoencoder",
+        "TrainedAutoencoder": "masterkey.discover.autoencoder",
+        "sign_invariant_loss": "masterkey.discover.autoencoder",
+        "train_autoencoder": "masterkey.discover.autoencoder",
+        "uniform_latent_penalty": "masterkey.discover.autoencoder",
+        "BASELINES": "masterkey.discover.baselines",
+        "baseline_keysets": "masterkey.discover.baselines",
+        "pca_keys": "masterkey.discover.baselines",
+        "spherical_kmeans": "masterkey.discover.baselines",
+        "Candidates": "masterkey.discover.candidates",
+        "dedupe": "masterkey.discover.candidates",
+        "latent_grid": "masterkey.discover.candidates",
+        "make_candidates": "masterkey.discover.candidates",
+        "resample_around": "masterkey.discover.candidates",
+        "GreedyPath": "masterkey.discover.greedy",
+        "GreedyStep": "masterkey.discover.greedy",
+        "find_elbow": "masterkey.discover.greedy",
+        "greedy_backward": "masterkey.discover.greedy",
+        "AccuracyObjective": "masterkey.discover.objectives",
+        "Objective": "masterkey.discover.objectives",
+        "Score": "masterkey.discover.objectives",
+        "VarianceObjective": "masterkey.discover.objectives",
+        "explained_variance": "masterkey.discover.objectives",
+        "source_weights": "masterkey.discover.objectives",
+        "span_explained_variance": "masterkey.discover.objectives",
+        "write_discover_run": "masterkey.discover.output",
+        "write_discovery": "masterkey.discover.output",
+        "AccuracySetup": "masterkey.discover.pipeline",
+        "Discovery": "masterkey.discover.pipeline",
+        "discover_bank": "masterkey.discover.pipeline",
+        "discover_keys": "masterkey.discover.pipeline",
+        "prepare_filters": "masterkey.discover.pipeline",
+        "DiscoverConfig": "masterkey.discover.rounds",
+        "leave_one_source_out": "masterkey.discover.universality",
+        "mean_ci95": "masterkey.stats",
+    },
 )
-from masterkey.discover.baselines import BASELINES, baseline_keysets, pca_keys, spherical_kmeans
-from masterkey.discover.candidates import Candidates, dedupe, latent_grid, make_candidates, resample_around
-from masterkey.discover.greedy import GreedyPath, GreedyStep, find_elbow, greedy_backward
-from masterkey.discover.objectives import (
-    AccuracyObjective,
-    Objective,
-    Score,
-    VarianceObjective,
-    explained_variance,
-    source_weights,
-    span_explained_variance,
-)
-from masterkey.discover.output import write_discover_run, write_discovery
-from masterkey.discover.pipeline import (
-    AccuracySetup,
-    Discovery,
-    discover_bank,
-    discover_keys,
-    prepare_filters,
-)
-from masterkey.discover.rounds import DiscoverConfig
-from masterkey.discover.universality import leave_one_source_out
-from masterkey.stats import mean_ci95
 
 __all__ = [
     "BASELINES",

@@ -36,37 +36,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from masterkey.discover.chunks import ONE_PASS, blocks, row_chunks
+from masterkey.discover.settings import LOSSES, AutoencoderConfig
 from masterkey.errors import MasterkeyError
 from masterkey.files import atomic_write
-
-LOSSES = ("cosine", "mse")
-
-
-@dataclass(frozen=True)
-class AutoencoderConfig:
-    """Hyper-parameters of :func:`train_autoencoder` (the defaults train in a few seconds on 2 CPU cores)."""
-
-    hidden: int = 64  #: width of the hidden layers
-    steps: int = 1200  #: optimisation steps
-    batch_size: int = 256
-    lr: float = 1e-2  #: peak learning rate of Adam (linear warm-up over 5% of the steps, then cosine decay)
-    weight_decay: float = 0.0
-    loss: str = "cosine"  #: "cosine" (1 - |cos|) or "mse" (min over the two signs)
-    spread: float = 1.0  #: weight of the uniform-latent term (0 turns it off; see :func:`uniform_latent_penalty`)
-    seed: int = 0
-    checkpoint_every: int = 250  #: steps between checkpoints (when a checkpoint path is given)
-    cpu_threads: int | None = 1  #: torch threads while training on CPU (None: leave torch's setting)
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise MasterkeyError(f"autoencoder loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
-        for name in ("hidden", "steps", "batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise MasterkeyError(f"autoencoder {name} must be at least 1, got {getattr(self, name)}")
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise MasterkeyError(f"autoencoder cpu_threads must be at least 1, got {self.cpu_threads}")
-        if not self.lr > 0:
-            raise MasterkeyError(f"autoencoder lr must be positive, got {self.lr}")
 
 
 class KeyAutoencoder(nn.Module):

@@ -25,16 +25,10 @@ from torch import Tensor
 
 from masterkey.discover.chunks import iter_unit_rows, unit_rows_blocked, weighted_scatter
 from masterkey.discover.objectives import explained_variance
+from masterkey.discover.settings import BASELINES, KMEANS_SAMPLE
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet, load_keys
 
-BASELINES = ("kmeans", "pca", "random", "impulse", "paper8")
-
-
-#: k-means learns its keys on at most this many filters: a seeded sample drawn with the objective's weights (so
-#: sources count as they do in the objective); the keys are then polished and scored on every filter. The default
-#: bank's largest kernel size (9,742 filters) is below it and is clustered whole.
-KMEANS_SAMPLE = 16384
 #: On a sample, Lloyd iterations also stop once the objective gains less than this fraction of its standard error
 #: on the sample: smaller gains fit the sample rather than the bank (on 16,384 random 7x7 filters the objective of
 #: held-out filters stopped improving after 10-20 iterations while the sample's crept on for 200).

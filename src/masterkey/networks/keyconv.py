@@ -41,13 +41,7 @@ from torch import Tensor, nn
 from masterkey.depthwise import find_depthwise
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet, load_keys
-
-#: Training modes of the depthwise filters (see :func:`convert_to_keys` and :func:`transfer_filters`).
-MODES = ("trainable", "frozen", "key-init", "span", "scalespace", "transfer-frozen", "transfer-init")
-#: Modes that copy the filters of a trained model (``filters_from``) instead of using keys.
-TRANSFER_MODES = ("transfer-frozen", "transfer-init")
-#: Modes that use a key set.
-KEY_MODES = ("frozen", "key-init", "span", "scalespace")
+from masterkey.networks.modes import MODES, SIGMA_SCOPES, TRANSFER_MODES
 
 #: Filter-type proportions (percent, keys 1-8 of ``paper8``) of trained models, from the paper (SPEC §2.7).
 PUBLISHED_PROPORTIONS: dict[str, tuple[float, ...]] = {
@@ -221,10 +215,6 @@ class SpanConv2d(KernelConv2d):
 
     def extra_repr(self) -> str:
         return f"{self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, keys={len(self.basis)}"
-
-
-#: σ scopes of :class:`ScaleSpaceConv2d`: one (σx, σy, γ) per key of a layer, or one per channel.
-SIGMA_SCOPES = ("key", "channel")
 
 
 @dataclass(frozen=True)

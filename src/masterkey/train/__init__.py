@@ -16,12 +16,32 @@
 - :mod:`masterkey.train.collect` — :func:`collect_experiments`: experiments trained apart, summarised as one.
 """
 
-from masterkey.train.collect import collect_experiments
-from masterkey.train.config import TrainConfig
-from masterkey.train.experiment import Arm, Experiment, load_experiment
-from masterkey.train.loop import TrainResult, train
-from masterkey.train.runner import run_experiment
-from masterkey.train.summary import summarize_runs
+from typing import TYPE_CHECKING
+
+from masterkey.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from masterkey.train.collect import collect_experiments
+    from masterkey.train.config import TrainConfig
+    from masterkey.train.experiment import Arm, Experiment, load_experiment
+    from masterkey.train.loop import TrainResult, train
+    from masterkey.train.runner import run_experiment
+    from masterkey.train.summary import summarize_runs
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    {
+        "collect_experiments": "masterkey.train.collect",
+        "TrainConfig": "masterkey.train.config",
+        "Arm": "masterkey.train.experiment",
+        "Experiment": "masterkey.train.experiment",
+        "load_experiment": "masterkey.train.experiment",
+        "TrainResult": "masterkey.train.loop",
+        "train": "masterkey.train.loop",
+        "run_experiment": "masterkey.train.runner",
+        "summarize_runs": "masterkey.train.summary",
+    },
+)
 
 __all__ = [
     "Arm",
