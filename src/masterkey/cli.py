@@ -43,6 +43,7 @@ def _commands() -> dict[str, ModuleType]:
 
 def build_parser() -> argparse.ArgumentParser:
     from masterkey import __version__
+    from masterkey.commands._common import add_progress_argument
 
     parser = _Parser(
         prog="masterkey",
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)
+        add_progress_argument(p)
         p.set_defaults(_run=module.run)
     return parser
 
