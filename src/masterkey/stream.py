@@ -390,13 +390,14 @@ def decode_all(
     images: StreamedImages, workers: int | None = None, batch_size: int = 256, progress: bool = False
 ) -> ImageSet:
     """Decode every image of ``images`` into one uint8 tensor (an in-memory :class:`ImageSet`); ``progress``: a
-    bar per batch."""
+    bar counting the images decoded."""
     if len(images) == 0:
         raise MasterkeyError(f"{images.root}: no images")
-    batches = ranges(len(images), batch_size)
-    decoded = image_batches(images, batches, workers=workers)
-    bar = progress_bar(decoded, total=len(batches), desc=f"decode {images.root}", unit="batch", enabled=progress)
-    parts = [x for x, _ in bar]
+    parts = []
+    with progress_bar(total=len(images), desc=f"decode {images.root}", unit="image", enabled=progress) as bar:
+        for x, _ in image_batches(images, ranges(len(images), batch_size), workers=workers):
+            parts.append(x)
+            bar.update(len(x))
     return ImageSet(torch.cat(parts).contiguous(), images.labels.clone(), images.classes, images.root)
 
 

@@ -127,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         skip = {"json", "overwrite", "command"}
         config = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in skip}
-        write_explain_run(expl, args.out, config, overwrite=args.overwrite, command=_command_line())
+        write_explain_run(
+            expl, args.out, config, overwrite=args.overwrite, command=_command_line(), progress=progress_enabled(args)
+        )
     summary = expl.summary()
     if args.json:
         print_json(

@@ -95,7 +95,9 @@ def explain_keys(
     scalespace = fit_keyset(keyset, families, progress=progress)
     models = scalespace_keyset(scalespace, keyset.kernel_size, name=f"scalespace({keyset.name})")
     gray = load_gray_images(images, max_images=max_images)
-    eigen = eigen_patches(gray, keyset.kernel_size, n_components, window_sigma, stride, max_patches, seed)
+    with progress_bar(total=1, desc=f"eigen-patches of {len(gray)} images", unit="PCA", enabled=progress) as bar:
+        eigen = eigen_patches(gray, keyset.kernel_size, n_components, window_sigma, stride, max_patches, seed)
+        bar.update()
     recon = reconstruction_table(gray, keyset, seeds, progress=progress)
     model_rows = []
     desc = f"reconstruct from {models.name}"
@@ -258,12 +260,15 @@ def write_explain_run(
     config: dict[str, Any] | None = None,
     overwrite: bool = False,
     command: str | None = None,
+    progress: bool = False,
 ) -> Path:
     """An "explain" run directory: scalespace.csv, eigenpatches.csv, reconstruction.csv, keys.safetensors,
     scalespace_keys.safetensors, eigenpatches.json, figures (*.png), summary.json, summary.md and run.json.
-    ``command`` (the command line that made it) is quoted in summary.md."""
+    ``command`` (the command line that made it) is quoted in summary.md. ``progress``: a bar per figure drawn."""
     config = dict(config or {})
-    figs = {name: F.figure_png(fig) for name, fig in explain_figures(expl).items()}
+    figures = explain_figures(expl)
+    drawing = progress_bar(figures.items(), total=len(figures), desc="draw figures", unit="figure", enabled=progress)
+    figs = {name: F.figure_png(fig) for name, fig in drawing}
     out = Path(out)
     with atomic_directory(out, "explain", overwrite=overwrite) as tmp:
         expl.scalespace.to_csv(tmp / "scalespace.csv", index=False)
