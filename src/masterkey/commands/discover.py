@@ -307,7 +307,9 @@ def run(args: argparse.Namespace) -> int:
         )
         run_config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         run_config.update(out=str(out), discover=config.to_dict(), kernel_sizes=list(discoveries))
-        write_discover_run(out, discoveries, run_config, str(bank.path), overwrite=args.overwrite)
+        write_discover_run(
+            out, discoveries, run_config, str(bank.path), overwrite=args.overwrite, progress=progress_enabled(args)
+        )
     except Exception:
         # A failed discovery leaves nothing behind; only a killed or interrupted one keeps its checkpoint to resume.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
