@@ -104,6 +104,8 @@ def test_every_command_accepts_progress_and_no_progress() -> None:
         assert {"--progress", "--no-progress"} <= options, prog
     # Sub-actions take it after their name; the earlier spellings of discover and train still work.
     assert top.parse_args(["bank", "info", "B", "--no-progress"]).progress is False
+    assert top.parse_args(["bank", "--no-progress", "info", "B"]).progress is False
+    assert top.parse_args(["bank", "info", "B"]).progress is None
     assert top.parse_args(["cache", "info", "--progress"]).progress is True
     assert top.parse_args(["discover", "--no-progress"]).progress is False
     assert top.parse_args(["train", "--progress", "-o", "x"]).progress is True
@@ -134,8 +136,9 @@ def test_add_progress_argument_reaches_nested_actions() -> None:
     add_progress_argument(parser)
     assert parser.parse_args(["one", "--progress"]).progress is True
     assert parser.parse_args(["2", "--no-progress"]).progress is False
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--progress", "one"])  # the top level has sub-actions: the option goes after them
+    assert parser.parse_args(["--progress", "one"]).progress is True  # before the sub-action, too
+    assert parser.parse_args(["--progress", "one", "--no-progress"]).progress is False  # the last one wins
+    assert parser.parse_args(["one"]).progress is None
 
 
 def test_note_written_lists_each_output_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

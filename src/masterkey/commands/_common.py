@@ -181,22 +181,21 @@ def note_written(*paths: str | Path | None) -> None:
             note(f"wrote {describe_written(path)}")
 
 
-def add_progress_argument(p: argparse.ArgumentParser) -> None:
-    """``--progress / --no-progress`` on ``p`` (on each sub-action's parser where ``p`` has sub-actions, so that
-    ``masterkey bank info --no-progress`` works): bars on stderr; by default only when stderr is a terminal.
-    Read it with :func:`progress_enabled`."""
-    subparsers = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
-    if subparsers:
-        for action in subparsers:
-            for child in {id(c): c for c in action.choices.values()}.values():
-                add_progress_argument(child)
-        return
+def add_progress_argument(p: argparse.ArgumentParser, default: Any = None) -> None:
+    """``--progress / --no-progress`` on ``p`` and on the parsers of its sub-actions, so that both
+    ``masterkey bank --no-progress info`` and ``masterkey bank info --no-progress`` work: bars on stderr; by
+    default only when stderr is a terminal. Read it with :func:`progress_enabled`."""
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
-        default=None,
+        default=default,
         help="progress bars on stderr (default: shown when stderr is a terminal, hidden when it is a pipe or file)",
     )
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in {id(c): c for c in action.choices.values()}.values():
+                # SUPPRESS: a sub-action given no option keeps the value its parent parsed.
+                add_progress_argument(child, default=argparse.SUPPRESS)
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
