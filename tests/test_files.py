@@ -268,3 +268,16 @@ def test_safetensors_bytes_are_stable_and_readable(tmp_path):
     assert json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"] == dict(
         sorted(metadata.items())
     )
+
+
+def test_describe_written_names_files_sizes_and_hides_dot_entries(tmp_path):
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    (run / ".run.lock").write_text("x" * 10_000)  # hidden: not counted
+    for i in range(14):
+        (run / f"f{i:02d}.csv").write_text("x" * 100)
+    (run / "sub" / "deep.bin").write_bytes(b"\0" * 2_600_000)
+    line = files.describe_written(run, limit=3)
+    assert line == f"{run}/ (15 files, 2.6 MB): f00.csv, f01.csv, f02.csv, ... (12 more)"
+    assert files.describe_written(run, limit=20).endswith("f13.csv, sub/")  # directories after files
+    assert files.describe_written(run / "f00.csv") == f"{run / 'f00.csv'} (100 B)"

@@ -55,6 +55,8 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from masterkey.commands._common import add_progress_argument
+
     parser = _Parser(
         prog="masterkey",
         description=(
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(p)
+        add_progress_argument(p)
         p.set_defaults(_run=module.run)
     return parser
 

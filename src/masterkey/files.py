@@ -299,6 +299,39 @@ def output_file(
             yield f
 
 
+def describe_written(path: str | Path, limit: int = 12) -> str:
+    """What ``path`` now holds, in one line for the closing list of a command: a file with its size
+    (``keys.safetensors (1.2 kB)``) or a directory with its file count, total size and top-level entries
+    (``runs/discover/ (14 files, 2.1 MB): keys.safetensors, report.html, figures/, ...``), at most ``limit``
+    names. Hidden entries (locks, checkpoints of other runs) are left out."""
+    path = Path(path)
+    if not path.is_dir():
+        size = path.stat().st_size if path.is_file() else None
+        return f"{path}" if size is None else f"{path} ({_human_size(size)})"
+
+    def visible(f: Path) -> bool:
+        return not any(n.startswith(".") for n in f.relative_to(path).parts)
+
+    files = [f for f in path.rglob("*") if f.is_file() and visible(f)]
+    total = sum(f.stat().st_size for f in files)
+    entries = sorted(path.iterdir(), key=lambda e: (e.is_dir(), e.name))
+    names = [f"{e.name}/" if e.is_dir() else e.name for e in entries if not e.name.startswith(".")]
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+    count = f"{len(files)} file{'' if len(files) == 1 else 's'}"
+    return f"{str(path).rstrip('/')}/ ({count}, {_human_size(total)}): {shown}"
+
+
+def _human_size(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    size, unit = n / 1000, "kB"
+    for bigger in ("MB", "GB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, bigger
+    return f"{size:.1f} {unit}"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"

@@ -20,6 +20,7 @@ from torch import Tensor
 from masterkey.bank import FilterBank
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet, load_keys
+from masterkey.progress import progress_bar
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Filters per kernel call: large enough for efficient matrix products, small enough to stay in CPU cache.
@@ -184,12 +185,14 @@ def fit_bank(
     resize: bool = False,
     chunk_size: int = 65536,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> BankFit:
     """Fit every usable filter of ``bank`` to ``keys``.
 
     Kernel sizes the keys do not have are fitted with resized keys when ``resize`` is true (centre crop / zero
     pad, see :meth:`KeySet.resized`) and skipped otherwise; if no kernel size can be fitted the error says so.
     Non-finite, all-zero and constant filters are excluded and counted in ``BankFit.excluded``.
+    ``progress``: a bar counting the filters fitted, chunk by chunk.
     """
     if len(bank) == 0:
         raise MasterkeyError(f"{bank.path}: the bank (or query) holds no filters")
@@ -199,6 +202,9 @@ def fit_bank(
     keysets: dict[int, KeySet] = {}
     skipped: list[int] = []
     frames = []
+    kernel_of = usable.metadata["kernel_size"]
+    total = sum(int((kernel_of == k).sum()) for k in bank.kernel_sizes if k == base.kernel_size or resize)
+    bar = progress_bar(total=total, desc=f"fit {base.name}", unit="filter", unit_scale=True, enabled=progress)
     for k in bank.kernel_sizes:
         view = usable.select((usable.metadata["kernel_size"] == k).to_numpy())
         if k != base.kernel_size and not resize:
@@ -212,11 +218,13 @@ def fit_bank(
         for meta, block in view.iter_filters(k, chunk_size=chunk_size):
             parts.extend(fit_chunks(block.split(fit_chunk_size(device)), keyset, device=device))
             metas.append(meta)
+            bar.update(len(block))
         result = FitResult.cat(parts)
         frame = pd.concat(metas).reset_index(drop=True)
         fits = result.to_frame()
         fits["key_label"] = np.asarray(keyset.key_labels(), dtype=object)[fits["key"].to_numpy()]
         frames.append(pd.concat([frame, fits], axis=1))
+    bar.close()
     if not keysets:
         sizes = ", ".join(f"{k}x{k}" for k in bank.kernel_sizes)
         raise MasterkeyError(

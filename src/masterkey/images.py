@@ -22,6 +22,7 @@ from torch import Tensor
 
 from masterkey.errors import MasterkeyError
 from masterkey.files import atomic_write
+from masterkey.progress import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -133,11 +134,13 @@ def load_image_folder(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     workers: int | None = None,
+    progress: bool = False,
 ) -> ImageSet:
     """Decode an ImageFolder tree into one uint8 tensor, cached on disk by content (paths, sizes, mtimes, options).
 
     ``resize`` scales the shorter side, ``crop`` centre-crops a square; both are needed when image sizes differ.
     ``max_per_class`` keeps the first N files of each class (sorted), for small, reproducible subsets.
+    ``progress``: a bar while decoding (a cached set loads at once).
     """
     files, labels, classes = list_image_folder(root)
     if max_per_class is not None:
@@ -159,7 +162,8 @@ def load_image_folder(
         except Exception:
             pass  # a damaged cache entry is rebuilt below
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(pool.map(lambda f: decode_image(f, resize, crop, interpolation), files))
+        work = pool.map(lambda f: decode_image(f, resize, crop, interpolation), files)
+        decoded = list(progress_bar(work, total=len(files), desc=f"decode {root}", unit="image", enabled=progress))
     shapes = {tuple(img.shape) for img in decoded}
     if len(shapes) > 1:
         raise MasterkeyError(

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from masterkey.errors import MasterkeyError
 from masterkey.images import ImageSet, decode_image, list_image_folder
+from masterkey.progress import progress_bar
 
 log = logging.getLogger("masterkey")
 DATA_MODES = ("auto", "memory", "stream")
@@ -385,11 +386,18 @@ def image_batches(
         images.samples.worker_init()
 
 
-def decode_all(images: StreamedImages, workers: int | None = None, batch_size: int = 256) -> ImageSet:
-    """Decode every image of ``images`` into one uint8 tensor (an in-memory :class:`ImageSet`)."""
+def decode_all(
+    images: StreamedImages, workers: int | None = None, batch_size: int = 256, progress: bool = False
+) -> ImageSet:
+    """Decode every image of ``images`` into one uint8 tensor (an in-memory :class:`ImageSet`); ``progress``: a
+    bar counting the images decoded."""
     if len(images) == 0:
         raise MasterkeyError(f"{images.root}: no images")
-    parts = [x for x, _ in image_batches(images, ranges(len(images), batch_size), workers=workers)]
+    parts = []
+    with progress_bar(total=len(images), desc=f"decode {images.root}", unit="image", enabled=progress) as bar:
+        for x, _ in image_batches(images, ranges(len(images), batch_size), workers=workers):
+            parts.append(x)
+            bar.update(len(x))
     return ImageSet(torch.cat(parts).contiguous(), images.labels.clone(), images.classes, images.root)
 
 

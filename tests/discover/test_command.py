@@ -43,8 +43,10 @@ def _check_kernel_dir(path: Path, n_keys: int, kernel_size: int) -> None:
 def test_multi_kernel_run_writes_one_directory_per_size(tiny_bank: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["discover", str(tiny_bank), "-k", "4", "--compare-k", "2,4", *FAST, "-o", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "3x3:" in printed and "5x5:" in printed and f"wrote {out}" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "3x3:" in printed and "5x5:" in printed
+    assert f"masterkey: wrote {out}/ (" in captured.err and "summary.json" in captured.err
     assert "kmeans" in printed and "paper8" in printed
     for k in (3, 5):
         _check_kernel_dir(out / f"k{k}", 4, k)

@@ -235,7 +235,8 @@ def test_report_command(run_dirs, tmp_path, capsys) -> None:
     assert main(["report", str(run_dirs["train"]), "-o", str(out), "--title", "T", "--samples", "0"]) == 0
     html = (out / "report.html").read_text()
     assert "<title>T</title>" in html and "1 run" in html
-    assert "report.html" in capsys.readouterr().out
+    closing = capsys.readouterr().err  # the closing list of written files, on stderr
+    assert f"masterkey: wrote {out}/ (" in closing and "report.html" in closing and "report.md" in closing
     assert main(["report", str(run_dirs["train"]), "-o", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "x")]) == 2

@@ -162,9 +162,14 @@ def test_cli_writes_a_swap_run(weights: Path, shared: Path, tmp_path: Path, caps
     out = tmp_path / "run"
     argv = ["swap", "--weights", str(weights), "--keys", "paper8", "--keys", "random:8", "--seeds", "2"]
     argv += ["--data", str(shared / "data" / "cifar10" / "test"), "--max-per-class", "2", "--layers", "stage:0-1"]
-    argv += ["--sensitivity", "stage", "-o", str(out), "--json"]
+    argv += ["--sensitivity", "stage", "--progress", "-o", str(out), "--json"]
     assert main(argv) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    # --progress draws bars on stderr even when it is not a terminal, each naming what it measures.
+    for bar in ("key sets:", "sensitivity by stage:", "unswapped model: evaluate:", "random:8:1: evaluate:"):
+        assert bar in captured.err, bar
+    assert f"masterkey: wrote {out}/ (" in captured.err and "results.csv" in captured.err
     assert [r["keys"] for r in printed["results"]] == ["none", "paper8", "random:8:0", "random:8:1"]
     assert printed["info"]["model"] == "convnext_atto" and printed["info"]["n_images"] == 20
     results = pd.read_csv(out / "results.csv")

@@ -9,6 +9,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from masterkey.errors import MasterkeyError
@@ -169,6 +170,42 @@ def parse_kwargs(text: str | None, what: str = "--model-kwargs") -> dict[str, An
 def note(message: str) -> None:
     """A remark for the user on stderr (stdout stays machine-readable with --json)."""
     print(f"masterkey: {message}", file=sys.stderr)
+
+
+def note_written(*paths: str | Path | None) -> None:
+    """The closing list of a command that writes files: one ``masterkey: wrote ...`` line on stderr per output
+    (a directory with its size and the files in it), so that stdout keeps only the results."""
+    from masterkey.files import describe_written
+
+    for path in paths:
+        if path is not None:
+            note(f"wrote {describe_written(path)}")
+
+
+def add_progress_argument(p: argparse.ArgumentParser, default: Any = None) -> None:
+    """``--progress / --no-progress`` on ``p`` and on the parsers of its sub-actions, so that both
+    ``masterkey bank --no-progress info`` and ``masterkey bank info --no-progress`` work: bars on stderr; by
+    default only when stderr is a terminal. Read it with :func:`progress_enabled`."""
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="progress bars on stderr (default: shown when stderr is a terminal, hidden when it is a pipe or file)",
+    )
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in {id(c): c for c in action.choices.values()}.values():
+                # SUPPRESS: a sub-action given no option keeps the value its parent parsed.
+                add_progress_argument(child, default=argparse.SUPPRESS)
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Whether to show progress bars: ``--progress`` / ``--no-progress`` if given, else whether stderr is a
+    terminal."""
+    choice = getattr(args, "progress", None)
+    if choice is None:
+        return sys.stderr.isatty()
+    return bool(choice)
 
 
 def add_data_mode_arguments(p: Any, workers: bool = True) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from masterkey.commands._common import format_table, output_arg, print_json
+from masterkey.commands._common import format_table, note_written, output_arg, print_json
 
 if TYPE_CHECKING:
     from masterkey.bank import FilterBank
@@ -81,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             bank = bank.save(args.out, overwrite=args.overwrite)
         print_json(bank.info()) if args.json else print_info(bank)
+        note_written(args.out)
     elif args.bank_command == "merge":
         merged = FilterBank.merge([open_bank(b) for b in args.banks], args.out, overwrite=args.overwrite)
         print_json(merged.info()) if args.json else print_info(merged)
+        note_written(args.out)
     elif args.bank_command == "verify":
         bank = FilterBank.open(args.bank if args.bank != "default" else open_bank(None).path, verify=True)
         print(f"{bank.path}: ok ({len(bank):,} filters, every checksum matches the manifest)")

@@ -190,7 +190,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-resume", action="store_true", help="ignore (and delete) a checkpoint of an earlier run")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -240,7 +239,7 @@ def _accuracy_setup(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from masterkey.bank import default_bank_path, open_bank
-    from masterkey.commands._common import resolved_device
+    from masterkey.commands._common import note_written, progress_enabled, resolved_device
     from masterkey.depthwise import find_depthwise
     from masterkey.discover import AutoencoderConfig, DiscoverConfig, discover_bank, write_discover_run
     from masterkey.discover.output import comparison_text
@@ -303,11 +302,13 @@ def run(args: argparse.Namespace) -> int:
             universality=args.universality,
             device=device,
             checkpoint_dir=checkpoint_dir,
-            progress=not args.no_progress,
+            progress=progress_enabled(args),
         )
         run_config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         run_config.update(out=str(out), discover=config.to_dict(), kernel_sizes=list(discoveries))
-        write_discover_run(out, discoveries, run_config, str(bank.path), overwrite=args.overwrite)
+        write_discover_run(
+            out, discoveries, run_config, str(bank.path), overwrite=args.overwrite, progress=progress_enabled(args)
+        )
     except Exception:
         # A failed discovery leaves nothing behind; only a killed or interrupted one keeps its checkpoint to resume.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -317,6 +318,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     if args.json:
         print_json({"out": str(out), "seconds": elapsed, **{str(k): d.summary() for k, d in discoveries.items()}})
+        note_written(out)
         return 0
     for k, disc in discoveries.items():
         s = disc.summary()
@@ -329,5 +331,6 @@ def run(args: argparse.Namespace) -> int:
         print(comparison_text(disc))
         for line in disc.notes:
             note(f"{k}x{k}: {line}")
-    print(f"\nwrote {out} in {elapsed:.1f} s")
+    note(f"finished in {elapsed:.1f} s")
+    note_written(out)
     return 0

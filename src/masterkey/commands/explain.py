@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from masterkey.commands._common import SEED, SEEDS, float_arg, format_table, int_arg, output_arg, print_json
+from masterkey.commands._common import (
+    SEED,
+    SEEDS,
+    float_arg,
+    format_table,
+    int_arg,
+    note_written,
+    output_arg,
+    print_json,
+    progress_enabled,
+)
 
 #: Patch values held for the PCA (patches x k x k); 2^27 float64 values are 1 GiB.
 MAX_PATCH_VALUES = 1 << 27
@@ -112,11 +122,14 @@ def run(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         seeds=range(args.seeds),
         seed=args.seed,
+        progress=progress_enabled(args),
     )
     if args.out:
         skip = {"json", "overwrite", "command"}
         config = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in skip}
-        write_explain_run(expl, args.out, config, overwrite=args.overwrite, command=_command_line())
+        write_explain_run(
+            expl, args.out, config, overwrite=args.overwrite, command=_command_line(), progress=progress_enabled(args)
+        )
     summary = expl.summary()
     if args.json:
         print_json(
@@ -126,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 "eigenpatches": expl.eigen_table.to_dict(orient="records"),
             }
         )
+        note_written(args.out)
         return 0
     print(f"scale-space models of {keys.name} (least squares; cosine of centred key and model):")
     print(format_table(expl.scalespace.to_dict(orient="records")))
@@ -137,6 +151,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(expl.eigen_table.to_dict(orient="records")))
     print("\npatch-by-patch reconstruction (explained within-patch variance, mean over images):")
     print(format_table(summarize_reconstruction(expl.reconstruction).to_dict(orient="records")))
-    if args.out:
-        print(f"\nwrote {args.out}")
+    note_written(args.out)
     return 0

@@ -13,8 +13,10 @@ from masterkey.commands._common import (
     format_table,
     int_arg,
     note,
+    note_written,
     output_arg,
     print_json,
+    progress_enabled,
     resolved_device,
 )
 from masterkey.files import atomic_directory, check_output, write_json, write_text
@@ -68,13 +70,17 @@ def run(args: argparse.Namespace) -> int:
     if args.query:
         bank = bank.query(args.query)
     device = resolved_device(args.device)
-    fit = fit_bank(bank, args.keys, resize=args.resize_keys, chunk_size=args.chunk_size, device=device)
+    progress = progress_enabled(args)
+    fit = fit_bank(
+        bank, args.keys, resize=args.resize_keys, chunk_size=args.chunk_size, device=device, progress=progress
+    )
     for k in fit.skipped_kernels:
         note(f"skipped the {k}x{k} filters: keys are {fit_kernel(fit)}x{fit_kernel(fit)} (--resize-keys fits them too)")
     reference = None
     if args.reference != "none":
         spec = f"random:{fit.n_keys}:{args.reference_seed}"
-        reference = fit_bank(bank.query(f"kernel_size in {sorted(fit.keysets)}"), spec, resize=True, device=device)
+        fitted = bank.query(f"kernel_size in {sorted(fit.keysets)}")
+        reference = fit_bank(fitted, spec, resize=True, device=device, progress=progress)
     report = fit_report(fit, reference)
     report["bank"] = str(bank.path)
     if args.query:
@@ -85,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(report)
     else:
         print(render_text(report))
-        if args.out:
-            print(f"\nwrote {args.out}")
+    note_written(args.out)
     return 0
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from masterkey.commands._common import output_arg, parse_kwargs, print_json
+from masterkey.commands._common import note_written, output_arg, parse_kwargs, print_json, progress_enabled
 from masterkey.commands.bank import print_info
+from masterkey.progress import progress_bar
 
 NAME = "harvest"
 ORDER = 1
@@ -37,10 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from masterkey.sources import harvest_bank
 
+    show = progress_enabled(args)
     bank = harvest_bank(
         args.sources,
         args.out,
@@ -49,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
         model_kwargs=parse_kwargs(args.model_kwargs),
         pretrained=args.pretrained,
         overwrite=args.overwrite,
-        progress=lambda items: tqdm(items, desc="harvest", unit="source", disable=None, leave=False),
+        progress=lambda items: progress_bar(items, desc="harvest", unit="source", enabled=show),
     )
     if args.json:
         print_json(bank.info())
     else:
         print_info(bank)
+    note_written(args.out)
     return 0

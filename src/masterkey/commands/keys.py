@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from masterkey.commands._common import KERNEL_SIZE, format_table, output_arg, print_json
+from masterkey.commands._common import KERNEL_SIZE, format_table, note_written, output_arg, print_json
 from masterkey.files import check_output, output_file
 
 NAME = "keys"
@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
             args.out, "keys", overwrite=args.overwrite, inputs=[args.keys], mode="wb" if binary else "w"
         ) as f:
             f.write(keyset.to_bytes() if binary else keyset.to_text())
-        print(f"wrote {args.out}: {keyset}")
+        print(keyset)
+        note_written(args.out)
     elif args.json:
         print_json(
             {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from masterkey.commands._common import int_arg, output_arg
+from masterkey.commands._common import int_arg, note_written, output_arg
 
 NAME = "report"
 ORDER = 10
@@ -46,6 +46,5 @@ def run(args: argparse.Namespace) -> int:
     out = build_report(
         args.runs, args.out, title=args.title, options=ReportOptions(args.samples, args.bank), overwrite=args.overwrite
     )
-    figures = len(list(out.glob("*.png")))
-    print(f"wrote {out / 'report.html'} and {out / 'report.md'} ({figures} figures)")
+    note_written(out)
     return 0

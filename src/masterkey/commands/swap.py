@@ -15,10 +15,11 @@ from masterkey.commands._common import (
     device_arg,
     format_table,
     int_arg,
-    note,
+    note_written,
     output_arg,
     parse_kwargs,
     print_json,
+    progress_enabled,
     resolved_device,
 )
 from masterkey.errors import MasterkeyError
@@ -130,12 +131,21 @@ def run(args: argparse.Namespace) -> int:
     if args.sensitivity:
         check_keys(model, specs[:1], None, args.resize_keys)
     data = {"data_mode": args.data_mode, "memory_budget": args.memory_budget}
-    images = load_eval_images(args.data, prep, max_per_class=args.max_per_class, max_images=args.max_images, **data)
+    progress = progress_enabled(args)
+    images = load_eval_images(
+        args.data, prep, max_per_class=args.max_per_class, max_images=args.max_images, progress=progress, **data
+    )
     calibration = None
     if args.recalibrate is not None and args.calib_data:
         calibration = Calibration(
             images=calibration_images(
-                args.calib_data, prep, args.recalibrate, seed=args.calib_seed, exclude=args.data, **data
+                args.calib_data,
+                prep,
+                args.recalibrate,
+                seed=args.calib_seed,
+                exclude=args.data,
+                progress=progress,
+                **data,
             )
         )
     elif args.recalibrate is not None:
@@ -149,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         calib_batch_size=args.calib_batch_size,
         device=resolved_device(args.device),
         workers=args.workers,
+        progress=progress,
     )
     recal = args.recalibrate is not None
     results = session.sweep(specs, layers=args.layers, resize=args.resize_keys, recalibrate=recal)
@@ -163,8 +174,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(results.to_dict())
     else:
         print(render_text(results))
-        if args.out:
-            note(f"wrote {args.out}")
+    note_written(args.out)
     return 0
 
 

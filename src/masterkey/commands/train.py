@@ -23,6 +23,7 @@ from masterkey.commands._common import (
     format_table,
     int_arg,
     note,
+    note_written,
     output_arg,
     parse_kwargs,
     print_json,
@@ -202,7 +203,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also checkpoint every N steps (mid-epoch)",
     )
     g.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard logs")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
     g = p.add_argument_group("output")
     g.add_argument(
         "-o", "--out", type=output_arg, metavar="OUT", required=True, help="run (or experiment) directory to write"
@@ -437,6 +437,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.json:
             print_json(result.summary)
+            note_written(args.out)
             return 0
         s = result.summary
         keys = f" keys {s['keys']} ({s['assignment']})" if s["keys"] else ""
@@ -445,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
             f"test top-1 {s['test_top1']:.2f}%  top-5 {s['test_top5']:.2f}%  loss {s['test_loss']:.4f}  "
             f"(train loss {s['train_loss']:.4f}, {s['images_per_second']:.0f} images/s on {s['device']})"
         )
-        print(f"\nwrote {args.out}")
+        note_written(args.out)
         return 0
     configs = [experiment.config(arm, experiment.seeds[0]) for arm in experiment.arms]
     inputs = [
@@ -495,6 +496,7 @@ def _failed_run_cleanup(out: str) -> Iterator[None]:
 def _report_experiment(summary: dict[str, Any], args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
+        note_written(args.out)
         return 0
     rows = []
     for arm, entry in summary["arms"].items():
@@ -514,5 +516,5 @@ def _report_experiment(summary: dict[str, Any], args: argparse.Namespace) -> int
         )
     print(format_table(rows, digits=2))
     note("test top-1 in percent: mean and 95% CI half-width (Student t) over seeds")
-    print(f"\nwrote {args.out}")
+    note_written(args.out)
     return 0

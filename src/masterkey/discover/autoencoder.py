@@ -33,12 +33,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from masterkey.discover.chunks import ONE_PASS, blocks, row_chunks
 from masterkey.discover.settings import LOSSES, AutoencoderConfig
 from masterkey.errors import MasterkeyError
 from masterkey.files import atomic_write
+from masterkey.progress import progress_bar
 
 
 class KeyAutoencoder(nn.Module):
@@ -228,7 +228,7 @@ def train_autoencoder(
     config: AutoencoderConfig | None = None,
     device: str | torch.device = "cpu",
     checkpoint: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = False,
     desc: str = "autoencoder",
     on_checkpoint: Callable[[int], None] | None = None,
 ) -> TrainedAutoencoder:
@@ -310,7 +310,7 @@ def _train(
     cumulative = cumulative_weights(weights)
     model.train()
     running, count = 0.0, 0
-    bar = tqdm(range(start, config.steps), desc=desc, unit="step", disable=None if progress else True, leave=False)
+    bar = progress_bar(range(start, config.steps), desc=desc, unit="step", enabled=progress)
     for step in bar:
         index = draw_indices(cumulative, config.batch_size, sampler)
         x = data[index.to(device)]

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from masterkey.discover.objectives import Objective, Score
 from masterkey.errors import MasterkeyError
 from masterkey.files import write_json
+from masterkey.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def greedy_backward(
     floor: int = 1,
     checkpoint: str | Path | None = None,
     checkpoint_tag: str = "",
-    progress: bool = True,
+    progress: bool = False,
     desc: str = "greedy",
     on_step: Callable[[GreedyStep], None] | None = None,
 ) -> GreedyPath:
@@ -189,13 +189,8 @@ def greedy_backward(
         if on_step is not None:
             on_step(path.steps[-1])
     current = list(path.steps[-1].subset)
-    bar = tqdm(
-        total=len(members) - floor,
-        initial=len(members) - len(current),
-        desc=desc,
-        unit="removal",
-        disable=None if progress else True,
-        leave=False,
+    bar = progress_bar(
+        total=len(members) - floor, initial=len(members) - len(current), desc=desc, unit="removal", enabled=progress
     )
     while len(current) > floor:
         values = objective.removal_values(current)

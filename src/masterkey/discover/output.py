@@ -12,6 +12,7 @@ import pandas as pd
 from masterkey.discover.pipeline import Discovery
 from masterkey.discover.plots import figure_bytes, key_grid, path_figure
 from masterkey.files import atomic_directory, atomic_write, write_json, write_text
+from masterkey.progress import progress_bar
 from masterkey.runs import write_run_info
 
 
@@ -160,15 +161,20 @@ def write_discover_run(
     config: dict[str, Any],
     bank: str,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
-    """Write a discover run directory atomically: flat for one kernel size, ``k3/``, ``k5/`` ... for several."""
+    """Write a discover run directory atomically: flat for one kernel size, ``k3/``, ``k5/`` ... for several.
+    ``progress``: a bar per kernel size written (figures take seconds)."""
     out = Path(out)
-    with atomic_directory(out, "discover", overwrite=overwrite) as tmp:
+    bar = progress_bar(total=len(discoveries), desc=f"write {out}", unit="kernel size", enabled=progress)
+    with bar, atomic_directory(out, "discover", overwrite=overwrite) as tmp:
         if len(discoveries) == 1:
             write_discovery(tmp, next(iter(discoveries.values())))
+            bar.update()
         else:
             for k, disc in discoveries.items():
                 write_discovery(tmp / f"k{k}", disc)
+                bar.update()
             write_json(
                 tmp / "summary.json",
                 {

@@ -32,6 +32,7 @@ from masterkey.discover.universality import leave_one_source_out
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet
 from masterkey.normalize import EXCLUDED, excluded_counts
+from masterkey.progress import progress_bar
 from masterkey.stats import mean_ci95
 
 
@@ -194,7 +195,7 @@ def discover_keys(
     objective_name: str | None = None,
     device: str | torch.device = "cpu",
     checkpoint_dir: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = False,
     provenance: dict[str, Any] | None = None,
     with_baselines: bool = True,
     copy: bool = True,
@@ -354,7 +355,6 @@ def _build_baselines(
     device: str | torch.device | None,
 ) -> tuple[list[tuple[str, int | None, list[KeySet]]], list[str], dict[str, float]]:
     """Every baseline's key sets at every compared size (``(method, size, sets)``), notes, seconds per method."""
-    from tqdm import tqdm
 
     k = int(filters.shape[-1])
     seeds = list(range(config.seed, config.seed + config.random_seeds))
@@ -363,7 +363,7 @@ def _build_baselines(
     notes: list[str] = []
     timings: dict[str, float] = {}
     scatter = None
-    bar = tqdm(jobs, desc=f"{k}x{k} baselines", unit="set", disable=None if progress else True, leave=False)
+    bar = progress_bar(jobs, desc=f"{k}x{k} baselines", unit="set", enabled=progress)
     for method, size in bar:
         if method == "pca" and size is not None and size >= k * k:
             continue  # k x k centred filters span only k*k - 1 directions
@@ -400,7 +400,7 @@ def score_baselines(
     paths: Sequence[GreedyPath],
     cands: Sequence[Candidates],
     provenance: dict[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool = False,
     device: str | torch.device | None = None,
 ) -> BaselineScores:
     """The comparison table (discovered along the paths, and every baseline at each compared set size) and the
@@ -481,7 +481,7 @@ def discover_bank(
     universality: bool = False,
     device: str | torch.device = "cpu",
     checkpoint_dir: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> dict[int, Discovery]:
     """Run :func:`discover_keys` on each kernel size of ``bank`` (all by default), one at a time.
 
@@ -517,7 +517,7 @@ def _discover_bank(
         )
     provenance_base = {"bank": str(bank.path)}
     results: dict[int, Discovery] = {}
-    for k in sizes:
+    for k in progress_bar(sizes, desc="kernel sizes", unit="size", enabled=progress and len(sizes) > 1, leave=True):
         filters, sources, excluded = prepare_filters(bank, k)
         factory = None
         name = "variance"

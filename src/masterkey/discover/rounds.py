@@ -91,7 +91,7 @@ def run_rounds(
     device: str | torch.device = "cpu",
     checkpoint_dir: Path | None = None,
     tag: str = "main",
-    progress: bool = True,
+    progress: bool = False,
 ) -> tuple[TrainedAutoencoder, list[Candidates], list[GreedyPath], list[Objective], list[str], dict[str, float]]:
     """Autoencoder, then one or two rounds of candidates + greedy path (the core of :func:`discover_keys`)."""
     k = int(filters.shape[-1])

@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from masterkey.discover.baselines import spherical_kmeans
 from masterkey.discover.objectives import VarianceObjective, explained_variance, source_weights
 from masterkey.discover.rounds import DiscoverConfig, run_rounds
 from masterkey.errors import MasterkeyError
+from masterkey.progress import progress_bar
 
 COLUMNS = ["keys_from", "fitted_to", "objective", "own_objective", "kmeans_objective", "kmeans_own_objective"]
 
@@ -68,7 +68,7 @@ def leave_one_source_out(
     config: DiscoverConfig | None = None,
     device: str | torch.device = "cpu",
     checkpoint_dir: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = False,
     pairwise: bool = True,
 ) -> pd.DataFrame:
     """The universality table for centred unit-norm ``filters`` [N, k, k] labelled by ``sources``.
@@ -87,7 +87,7 @@ def leave_one_source_out(
     loso: dict[str, tuple[Tensor, Tensor]] = {}
     # With two sources, "all but S" is the other source: its own keys serve, and only pairwise rows are written.
     jobs = [("own", s) for s in names] + ([("loso", s) for s in names] if len(names) > 2 else [])
-    bar = tqdm(jobs, desc=f"{k}x{k} universality", unit="set", disable=None if progress else True, leave=False)
+    bar = progress_bar(jobs, desc=f"{k}x{k} universality", unit="set", enabled=progress)
     for kind, name in bar:
         i = names.index(name)
         mask = src == name if kind == "own" else src != name

@@ -30,6 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from masterkey.errors import MasterkeyError
 from masterkey.images import IMAGE_SUFFIXES
 from masterkey.keys import KeySet, load_keys
+from masterkey.progress import progress_bar
 from masterkey.stats import mean_ci95
 
 #: Natural images shipped with scikit-image (``skimage.data``) and scikit-learn (``load_sample_images``).
@@ -315,13 +316,16 @@ def pca_basis(image: np.ndarray, size: int, n: int) -> np.ndarray:
     return vt[:n].reshape(n, size, size)
 
 
-def reconstruction_table(images: dict[str, np.ndarray], keys: KeySet, seeds: Sequence[int] = range(5)) -> pd.DataFrame:
+def reconstruction_table(
+    images: dict[str, np.ndarray], keys: KeySet, seeds: Sequence[int] = range(5), progress: bool = False
+) -> pd.DataFrame:
     """Per image: scores of reconstructions from ``keys``, from random key sets of the same size (one row per
     seed) and from the image's own PCA basis of that size. Columns: image, basis, kind (keys / random / pca),
-    seed, n_basis, rmse, psnr, explained."""
+    seed, n_basis, rmse, psnr, explained. ``progress``: a bar per image."""
     rows = []
     size, n = keys.kernel_size, len(keys)
-    for name, image in images.items():
+    desc = f"reconstruct from {keys.name}, random, PCA"
+    for name, image in progress_bar(images.items(), total=len(images), desc=desc, unit="image", enabled=progress):
         bases: list[tuple[str, str, int | None, np.ndarray | torch.Tensor]] = [("keys", keys.name, None, keys.keys)]
         bases += [("random", f"random:{n}:{s}", s, load_keys(f"random:{n}:{s}", kernel_size=size).keys) for s in seeds]
         bases.append(("pca", f"pca:{n}", None, pca_basis(image, size, n)))

@@ -34,6 +34,7 @@ from masterkey.explain.eigenpatches import (
 from masterkey.explain.scalespace import fit_keyset, scalespace_keyset
 from masterkey.files import atomic_directory, write_json, write_text
 from masterkey.keys import KeySet, load_keys
+from masterkey.progress import progress_bar
 from masterkey.report import figures as F
 from masterkey.report.html import markdown_table
 from masterkey.runs import write_run_info
@@ -84,18 +85,23 @@ def explain_keys(
     max_images: int = 64,
     seeds: Sequence[int] = range(10),
     seed: int = 0,
+    progress: bool = False,
 ) -> Explanation:
     """Fit scale-space models to ``keys``, compute eigen-patches of ``images`` (default: the built-in natural
     images) at the keys' size, compare both with the keys, and reconstruct every image patch by patch from the keys,
-    from their scale-space models, from random key sets (``seeds``) and from the optimal PCA basis."""
+    from their scale-space models, from random key sets (``seeds``) and from the optimal PCA basis. ``progress``:
+    a bar for each stage."""
     keyset = load_keys(keys)
-    scalespace = fit_keyset(keyset, families)
+    scalespace = fit_keyset(keyset, families, progress=progress)
     models = scalespace_keyset(scalespace, keyset.kernel_size, name=f"scalespace({keyset.name})")
     gray = load_gray_images(images, max_images=max_images)
-    eigen = eigen_patches(gray, keyset.kernel_size, n_components, window_sigma, stride, max_patches, seed)
-    recon = reconstruction_table(gray, keyset, seeds)
+    with progress_bar(total=1, desc=f"eigen-patches of {len(gray)} images", unit="PCA", enabled=progress) as bar:
+        eigen = eigen_patches(gray, keyset.kernel_size, n_components, window_sigma, stride, max_patches, seed)
+        bar.update()
+    recon = reconstruction_table(gray, keyset, seeds, progress=progress)
     model_rows = []
-    for name, image in gray.items():
+    desc = f"reconstruct from {models.name}"
+    for name, image in progress_bar(gray.items(), total=len(gray), desc=desc, unit="image", enabled=progress):
         scores = reconstruction_scores(image, reconstruct(image, models), keyset.kernel_size)
         model_rows.append(
             {"image": name, "basis": models.name, "kind": "scalespace", "seed": None, "n_basis": len(models), **scores}
@@ -254,12 +260,15 @@ def write_explain_run(
     config: dict[str, Any] | None = None,
     overwrite: bool = False,
     command: str | None = None,
+    progress: bool = False,
 ) -> Path:
     """An "explain" run directory: scalespace.csv, eigenpatches.csv, reconstruction.csv, keys.safetensors,
     scalespace_keys.safetensors, eigenpatches.json, figures (*.png), summary.json, summary.md and run.json.
-    ``command`` (the command line that made it) is quoted in summary.md."""
+    ``command`` (the command line that made it) is quoted in summary.md. ``progress``: a bar per figure drawn."""
     config = dict(config or {})
-    figs = {name: F.figure_png(fig) for name, fig in explain_figures(expl).items()}
+    figures = explain_figures(expl)
+    drawing = progress_bar(figures.items(), total=len(figures), desc="draw figures", unit="figure", enabled=progress)
+    figs = {name: F.figure_png(fig) for name, fig in drawing}
     out = Path(out)
     with atomic_directory(out, "explain", overwrite=overwrite) as tmp:
         expl.scalespace.to_csv(tmp / "scalespace.csv", index=False)

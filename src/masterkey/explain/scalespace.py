@@ -36,6 +36,7 @@ from scipy.optimize import least_squares
 from masterkey.errors import MasterkeyError
 from masterkey.kernels import FAMILIES, PAPER8_SCALESPACE, kernel_radius, scalespace_kernel
 from masterkey.keys import KeySet, load_keys
+from masterkey.progress import progress_bar
 
 #: Upper bound of σ in fits; a 7x7 window cannot tell larger scales apart.
 SIGMA_MAX = 4.0
@@ -161,16 +162,24 @@ def fit_scalespace(key: np.ndarray | torch.Tensor, family: str = "auto") -> Scal
 SCALESPACE_COLUMNS = ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine")
 
 
-def fit_keyset(keyset: KeySet, families: Sequence[str] | None = None) -> pd.DataFrame:
+def fit_keyset(keyset: KeySet, families: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
     """One row per key: ``key`` (1-based), ``label``, ``family``, ``sigma_x``, ``sigma_y``, ``gamma``, ``sign``,
-    ``cosine``. ``families`` defaults to the family each label names (:func:`family_for_label`), else ``auto``."""
+    ``cosine``. ``families`` defaults to the family each label names (:func:`family_for_label`), else ``auto``.
+    ``progress``: a bar per key fitted."""
     labels = keyset.key_labels()
     if families is None:
         families = [family_for_label(label) or "auto" for label in labels]
     if len(families) != len(keyset):
         raise MasterkeyError(f"scale-space fit: {len(families)} families for {len(keyset)} keys of '{keyset.name}'")
     rows = []
-    for i, (key, label, family) in enumerate(zip(keyset.keys, labels, families, strict=True)):
+    fits = progress_bar(
+        zip(keyset.keys, labels, families, strict=True),
+        total=len(keyset),
+        desc=f"scale-space fits of {keyset.name}",
+        unit="key",
+        enabled=progress,
+    )
+    for i, (key, label, family) in enumerate(fits):
         fit = fit_scalespace(key, family)
         rows.append(
             {

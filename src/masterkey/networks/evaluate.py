@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from masterkey.errors import MasterkeyError
 from masterkey.images import (
@@ -23,6 +22,7 @@ from masterkey.images import (
     load_image_folder,
     stratified_split,
 )
+from masterkey.progress import progress_bar
 from masterkey.stream import (
     Images,
     Samples,
@@ -117,6 +117,7 @@ def load_eval_images(
     data_mode: str = "memory",
     memory_budget: str | int | None = None,
     workers: int | None = None,
+    progress: bool = False,
 ) -> Images:
     """The images of ``root`` (an ImageFolder tree or tar shards of one) with the geometry of ``prep`` applied.
 
@@ -125,7 +126,7 @@ def load_eval_images(
     ``data_mode``: ``memory`` decodes them once (an ImageFolder without ``max_images`` through the disk cache) into
     an :class:`ImageSet`; ``stream`` returns :class:`~masterkey.stream.StreamedImages` decoded batch by batch when
     evaluated (the same pixels); ``auto`` streams when the decoded set exceeds the memory budget (see
-    :func:`masterkey.stream.choose_data_mode`) and logs which path it took.
+    :func:`masterkey.stream.choose_data_mode`) and logs which path it took. ``progress``: a bar while decoding.
     """
     samples = select_eval_samples(root, max_per_class, max_images, seed)
     streamed = StreamedImages(samples, prep.resize, prep.crop, prep.interpolation)
@@ -136,9 +137,14 @@ def load_eval_images(
         return streamed
     if max_images is None and samples.from_folder:
         return load_image_folder(
-            root, resize=prep.resize, crop=prep.crop, interpolation=prep.interpolation, max_per_class=max_per_class
+            root,
+            resize=prep.resize,
+            crop=prep.crop,
+            interpolation=prep.interpolation,
+            max_per_class=max_per_class,
+            progress=progress,
         )
-    return decode_all(streamed, workers=workers)
+    return decode_all(streamed, workers=workers, progress=progress)
 
 
 @torch.no_grad()
@@ -148,11 +154,12 @@ def predict_logits(
     prep: Preprocessing,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
-    progress: bool = True,
+    progress: bool = False,
     workers: int | None = None,
+    desc: str = "evaluate",
 ) -> Tensor:
     """Logits [N, classes] of ``model`` (in eval mode) over ``images`` (in memory, or streamed by ``workers``
-    DataLoader processes: the same batches, the same numbers)."""
+    DataLoader processes: the same batches, the same numbers). ``progress``: a bar per batch named ``desc``."""
     device = torch.device(device)
     # channels_last is markedly faster for depthwise convs on CPU (oneDNN) and on GPU tensor cores.
     model.eval().to(device, memory_format=torch.channels_last)
@@ -160,7 +167,7 @@ def predict_logits(
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
     out = []
     batches = ranges(len(images), batch_size)
-    bar = tqdm(total=len(batches), desc="evaluate", unit="batch", disable=None if progress else True, leave=False)
+    bar = progress_bar(total=len(batches), desc=desc, unit="batch", enabled=progress)
     for x, _ in image_batches(images, batches, device, workers=workers):
         x = ((x.float() - mean) / std).contiguous(memory_format=torch.channels_last)
         out.append(model(x).float().cpu())
@@ -185,14 +192,15 @@ def evaluate(
     prep: Preprocessing,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
-    progress: bool = True,
+    progress: bool = False,
     workers: int | None = None,
+    desc: str = "evaluate",
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy of ``model`` on ``images``; the class count must match the data's (checked on one
-    image before the whole set is run)."""
+    image before the whole set is run). ``progress``: a bar per batch named ``desc``."""
     check_class_count(model, images, prep, device=device)
     logits = predict_logits(
-        model, images, prep, batch_size=batch_size, device=device, progress=progress, workers=workers
+        model, images, prep, batch_size=batch_size, device=device, progress=progress, workers=workers, desc=desc
     )
     return accuracy(logits, images.labels)
 

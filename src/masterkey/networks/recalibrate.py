@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from masterkey.errors import MasterkeyError
 from masterkey.images import stratified_split
 from masterkey.networks.evaluate import Preprocessing, load_eval_images
+from masterkey.progress import progress_bar
 from masterkey.stream import Images, image_batches, list_samples
 
 
@@ -59,6 +59,7 @@ def calibration_images(
     exclude: str | Path | None = None,
     data_mode: str = "memory",
     memory_budget: str | int | None = None,
+    progress: bool = False,
 ) -> Images:
     """``n_images`` images of the ImageFolder ``root`` (same number per class as far as possible), with the
     evaluation geometry of ``prep``, in memory or streamed (``data_mode``, see
@@ -71,7 +72,9 @@ def calibration_images(
             f"{root}: the calibration images are the evaluation images; calibrate on training data (--calib-data)"
         )
     per_class = math.ceil(n_images / len(list_samples(root).classes))
-    images = load_eval_images(root, prep, max_per_class=per_class, data_mode=data_mode, memory_budget=memory_budget)
+    images = load_eval_images(
+        root, prep, max_per_class=per_class, data_mode=data_mode, memory_budget=memory_budget, progress=progress
+    )
     if len(images) > n_images:
         _, keep = stratified_split(images.labels, held_out=n_images, seed=seed)
         images = images.subset(keep)
@@ -85,12 +88,13 @@ def recalibrate_batchnorm(
     prep: Preprocessing,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
-    progress: bool = True,
+    progress: bool = False,
     workers: int | None = None,
+    desc: str = "recalibrate",
 ) -> RecalibrationReport:
     """Reset and re-estimate, in place, the running mean / variance of every BatchNorm layer of ``model`` on
     ``images`` (in memory or streamed; labels unused). The model is left in eval mode with its momenta as they
-    were."""
+    were. ``progress``: a bar per batch named ``desc``."""
     bns = batchnorm_layers(model)
     if not bns:
         raise MasterkeyError(
@@ -117,7 +121,7 @@ def recalibrate_batchnorm(
             bn.reset_running_stats()
             bn.momentum = None  # cumulative moving average: every batch counts equally
             bn.train()
-        bar = tqdm(total=len(batches), desc="recalibrate", unit="batch", disable=None if progress else True)
+        bar = progress_bar(total=len(batches), desc=desc, unit="batch", enabled=progress)
         for x, _ in image_batches(images, batches, device, workers=workers):
             model(((x.float() - mean) / std).contiguous(memory_format=torch.channels_last))
             bar.update()

@@ -22,7 +22,6 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from masterkey.errors import MasterkeyError
 from masterkey.images import ImageSet
@@ -37,6 +36,7 @@ from masterkey.networks.evaluate import (
 )
 from masterkey.networks.recalibrate import crossfit_folds, has_batchnorm, recalibrate_batchnorm
 from masterkey.networks.surgery import LayerSelector, SwapReport, depthwise_layers, swap_depthwise
+from masterkey.progress import progress_bar
 from masterkey.stream import Images, StreamedImages
 from masterkey.swap.results import BASELINE, SwapResults
 
@@ -132,7 +132,7 @@ class SwapSession:
         batch_size: int = 128,
         calib_batch_size: int = 64,
         device: str | torch.device = "cpu",
-        progress: bool = True,
+        progress: bool = False,
         workers: int | None = None,
     ) -> None:
         if not depthwise_layers(model):
@@ -163,8 +163,8 @@ class SwapSession:
         """Put the original weights and BatchNorm statistics back."""
         self.model.load_state_dict(self.original)
 
-    def evaluate(self) -> dict[str, float]:
-        """Top-1 / top-5 of the model as it is now."""
+    def evaluate(self, desc: str = "evaluate") -> dict[str, float]:
+        """Top-1 / top-5 of the model as it is now (``desc`` names its progress bar)."""
         return evaluate(
             self.model,
             self.images,
@@ -173,6 +173,7 @@ class SwapSession:
             device=self.device,
             progress=self.progress,
             workers=self.workers,
+            desc=desc,
         )
 
     def _calib_count(self, calibration: Calibration) -> int:
@@ -183,9 +184,11 @@ class SwapSession:
     def _folds(self, calibration: Calibration) -> list[tuple[Tensor, Tensor]]:
         return crossfit_folds(self.images.labels, calibration.crossfit, calibration.n_images, seed=calibration.seed)
 
-    def evaluate_recalibrated(self, calibration: Calibration) -> dict[str, float]:
+    def evaluate_recalibrated(self, calibration: Calibration, desc: str = "") -> dict[str, float]:
         """Re-estimate the BatchNorm statistics of the model as it is now, then evaluate it (on calibration
-        images, or cross-fitted). The recalibrated statistics stay in the model."""
+        images, or cross-fitted). The recalibrated statistics stay in the model. ``desc`` names the progress bars
+        (the key set being measured)."""
+        prefix = f"{desc}: " if desc else ""
         kwargs = {
             "batch_size": self.calib_batch_size,
             "device": self.device,
@@ -193,14 +196,18 @@ class SwapSession:
             "workers": self.workers,
         }
         if calibration.images is not None:
-            recalibrate_batchnorm(self.model, calibration.images, self.prep, **kwargs)
-            return self.evaluate()
+            recalibrate_batchnorm(self.model, calibration.images, self.prep, desc=f"{prefix}recalibrate", **kwargs)
+            return self.evaluate(f"{prefix}evaluate recalibrated")
         check_class_count(self.model, self.images, self.prep, device=self.device)
         swapped = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         logits: Tensor | None = None
-        for calib_idx, eval_idx in self._folds(calibration):
+        folds = self._folds(calibration)
+        for fold, (calib_idx, eval_idx) in enumerate(folds, 1):
+            where = f"{prefix}fold {fold}/{len(folds)}"
             self.model.load_state_dict(swapped)
-            recalibrate_batchnorm(self.model, self.images.subset(calib_idx), self.prep, **kwargs)
+            recalibrate_batchnorm(
+                self.model, self.images.subset(calib_idx), self.prep, desc=f"{where} recalibrate", **kwargs
+            )
             part = predict_logits(
                 self.model,
                 self.images.subset(eval_idx),
@@ -209,6 +216,7 @@ class SwapSession:
                 device=self.device,
                 progress=self.progress,
                 workers=self.workers,
+                desc=f"{where} evaluate",
             )
             if logits is None:
                 logits = torch.empty(len(self.images), part.shape[1])
@@ -220,7 +228,7 @@ class SwapSession:
         """Accuracy of the unswapped model (computed once)."""
         if self._baseline is None:
             self.restore()
-            self._baseline = self.evaluate()
+            self._baseline = self.evaluate("unswapped model: evaluate")
         return self._baseline
 
     def check_keys(self, specs: Sequence[str | KeySet], layers: LayerSelector = None, resize: bool = False) -> None:
@@ -255,13 +263,13 @@ class SwapSession:
                 "n_layers": len(report.layers),
                 "n_filters": report.n_filters,
             }
-            rows = [self._row(common, self.evaluate(), base, None, start)]
+            rows = [self._row(common, self.evaluate(f"{name}: evaluate"), base, None, start)]
             if recalibrate:
                 swapped = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 for calibration in self.calibrations:
                     self.model.load_state_dict(swapped)
                     start = time.perf_counter()
-                    acc = self.evaluate_recalibrated(calibration)
+                    acc = self.evaluate_recalibrated(calibration, name)
                     rows.append(self._row(common, acc, base, calibration, start))
         finally:
             self.restore()
@@ -307,7 +315,8 @@ class SwapSession:
                 self.restore()
                 start = time.perf_counter()
                 try:
-                    rows.append(self._row(common, self.evaluate_recalibrated(calibration), base, calibration, start))
+                    acc = self.evaluate_recalibrated(calibration, "unswapped model")
+                    rows.append(self._row(common, acc, base, calibration, start))
                 finally:
                     self.restore()
         return rows
@@ -324,7 +333,7 @@ class SwapSession:
         self.check_keys(specs, layers, resize)
         rows = self.baseline_rows(recalibrate)
         stages = []
-        for spec in tqdm(specs, desc="key sets", unit="set", disable=None if self.progress else True):
+        for spec in progress_bar(specs, desc="key sets", unit="set", enabled=self.progress, leave=True):
             new, report = self.run(spec, layers=layers, resize=resize, recalibrate=recalibrate)
             rows.extend(new)
             per_stage = report.per_stage()
@@ -356,7 +365,7 @@ class SwapSession:
             units = [(p.name, [p.name]) for p in positions]
         self.check_keys([keys], resize=resize)
         rows = []
-        for name, members in tqdm(units, desc=f"sensitivity by {by}", disable=None if self.progress else True):
+        for name, members in progress_bar(units, desc=f"sensitivity by {by}", enabled=self.progress, leave=True):
             new, report = self.run(keys, layers=members, resize=resize, recalibrate=recalibrate)
             row: dict[str, Any] = {
                 "unit": by,

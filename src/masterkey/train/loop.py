@@ -42,6 +42,7 @@ from masterkey.networks.keyconv import (
     parameter_counts,
     transfer_filters,
 )
+from masterkey.progress import progress_bar
 from masterkey.runs import write_run_info
 from masterkey.train.config import TrainConfig, config_differences
 from masterkey.train.distributed import (
@@ -332,17 +333,9 @@ def _tensorboard(config: TrainConfig, run_dir: Path | None, info: Distributed) -
 
 
 def _progress(config: TrainConfig, info: Distributed, epoch: int, steps: int, done: int) -> Any:
-    from tqdm.auto import tqdm
-
-    show = None if config.progress is None else config.progress
-    return tqdm(
-        total=steps,
-        initial=done,
-        desc=f"epoch {epoch + 1}/{config.epochs}",
-        disable=(not info.is_main) or (None if show is None else not show),
-        leave=False,
-        file=sys.stderr,
-    )
+    show = sys.stderr.isatty() if config.progress is None else config.progress
+    desc = f"epoch {epoch + 1}/{config.epochs}"
+    return progress_bar(total=steps, initial=done, desc=desc, unit="step", enabled=info.is_main and show)
 
 
 def _log_epoch(row: dict[str, Any], config: TrainConfig, info: Distributed, writer: Any, inputs: TrainInputs) -> None:
