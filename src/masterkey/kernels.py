@@ -97,12 +97,7 @@ def scalespace_kernel(
         return gaussian_kernel_2d(sigma_x, sigma_y, size) - gamma * laplacian_kernel(sigma_x, sigma_y, size)
     tx, ty = discrete_gaussian(sigma_x, radius + 1), discrete_gaussian(sigma_y, radius + 1)
     operators = {"": lambda v: v[1:-1], "+": forward_difference, "-": backward_difference, "c": central_difference}
-    if family == "gaussian":
-        x_op, y_op = "", ""
-    elif family[:2] == "dx":
-        x_op, y_op = (family[2:] or "c"), ""
-    else:
-        x_op, y_op = "", (family[2:] or "c")
+    x_op, y_op = _difference_operators(family)
     return np.outer(operators[y_op](ty), operators[x_op](tx))
 
 
@@ -196,10 +191,15 @@ def scalespace_kernel_torch(
         "-": lambda v: v[:, 1:-1] - v[:, :-2],
         "c": lambda v: (v[:, 2:] - v[:, :-2]) / 2,
     }
-    if family == "gaussian":
-        x_op, y_op = "", ""
-    elif family[:2] == "dx":
-        x_op, y_op = (family[2:] or "c"), ""
-    else:
-        x_op, y_op = "", (family[2:] or "c")
+    x_op, y_op = _difference_operators(family)
     return outer(operators[y_op](ty), operators[x_op](tx))
+
+
+def _difference_operators(family: str) -> tuple[str, str]:
+    """The difference operators along x and y of a separable family: "" (none), "+" (forward), "-" (backward) or
+    "c" (central); ``dx`` / ``dy`` alone mean central."""
+    if family == "gaussian":
+        return "", ""
+    if family[:2] == "dx":
+        return family[2:] or "c", ""
+    return "", family[2:] or "c"

@@ -36,8 +36,30 @@ PAPER8_ATTRIBUTION = (
 )
 
 
-@dataclass(frozen=True)
-class KeySet:
+class _KeyShape:
+    """What a key set (torch: :class:`KeySet`, numpy: :class:`KeyValues`) tells about its shape and labels."""
+
+    name: str
+    keys: Any
+    labels: tuple[str, ...] | None
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    @property
+    def kernel_size(self) -> int:
+        return int(self.keys.shape[-1])
+
+    def key_labels(self) -> list[str]:
+        """Labels of the keys, ``1..K`` when none were given."""
+        return list(self.labels) if self.labels is not None else [str(i + 1) for i in range(len(self))]
+
+    def __repr__(self) -> str:
+        return f"KeySet({self.name!r}, {len(self)} keys, {self.kernel_size}x{self.kernel_size})"
+
+
+@dataclass(frozen=True, repr=False)  # the repr of _KeyShape
+class KeySet(_KeyShape):
     """``keys`` is [K, k, k] float32, each key centred and unit-norm (enforced on construction)."""
 
     name: str
@@ -59,20 +81,6 @@ class KeySet:
     def of(cls, values: KeyValues) -> KeySet:
         """The key set of ``values`` (already checked and normalised, so kept bit for bit)."""
         return cls(values.name, values.keys, values.provenance, values.labels)
-
-    def __len__(self) -> int:
-        return int(self.keys.shape[0])
-
-    @property
-    def kernel_size(self) -> int:
-        return int(self.keys.shape[-1])
-
-    def key_labels(self) -> list[str]:
-        """Labels of the keys, ``1..K`` when none were given."""
-        return list(self.labels) if self.labels is not None else [str(i + 1) for i in range(len(self))]
-
-    def __repr__(self) -> str:
-        return f"KeySet({self.name!r}, {len(self)} keys, {self.kernel_size}x{self.kernel_size})"
 
     # ------------------------------------------------------------------ resizing
     def resized(self, kernel_size: int) -> KeySet:
@@ -121,8 +129,8 @@ class KeySet:
         return cls.of(KeyValues.load(path))
 
 
-@dataclass(frozen=True)
-class KeyValues:
+@dataclass(frozen=True, repr=False)
+class KeyValues(_KeyShape):
     """The numbers of a key set, without torch: ``keys`` is a numpy [K, k, k] float32 array, each key centred and
     unit-norm (enforced on construction). :class:`KeySet` is built on it; reading, checking, normalising and
     resizing keys happen here, so that ``masterkey keys show`` prints a key set without importing torch."""
@@ -160,20 +168,6 @@ class KeyValues:
             if len(labels) != len(keys):
                 raise MasterkeyError(f"key set '{self.name}': {len(labels)} labels for {len(keys)} keys")
             object.__setattr__(self, "labels", labels)
-
-    def __len__(self) -> int:
-        return int(self.keys.shape[0])
-
-    @property
-    def kernel_size(self) -> int:
-        return int(self.keys.shape[-1])
-
-    def key_labels(self) -> list[str]:
-        """Labels of the keys, ``1..K`` when none were given."""
-        return list(self.labels) if self.labels is not None else [str(i + 1) for i in range(len(self))]
-
-    def __repr__(self) -> str:
-        return f"KeySet({self.name!r}, {len(self)} keys, {self.kernel_size}x{self.kernel_size})"
 
     def resized(self, kernel_size: int) -> KeyValues:
         """As :meth:`KeySet.resized`: centre-cropped or zero-padded to ``kernel_size``, then re-normalised."""
