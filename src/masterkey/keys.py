@@ -392,7 +392,10 @@ def check_kernel_size(kernel_size: int | None, what: str = "kernel size") -> Non
 
 
 def load_keys(spec: str | Path | KeySet, kernel_size: int | None = None, resize: bool = False) -> KeySet:
-    """A key set from a built-in spec (``paper8``, ``random:8:0``, ``impulse``, ``scalespace8``) or a file.
+    """A key set from any key spec: a built-in (``paper8``, ``random:8:0``, ``impulse``, ``scalespace8``), a key
+    file, a discover run directory or ``DIR:METHOD`` (see :func:`resolve_key_spec`). A run with keys for several
+    kernel sizes gives the keys of ``kernel_size`` (or, with ``resize``, of the nearest size of the same parity);
+    with no size asked for, its largest keys.
 
     ``kernel_size`` asks for keys of that size: generated built-ins are made at that size; fixed ones (``paper8``,
     files) must match it, or are centre-cropped / zero-padded when ``resize`` is true. Every size is bounded
@@ -402,7 +405,10 @@ def load_keys(spec: str | Path | KeySet, kernel_size: int | None = None, resize:
     if isinstance(spec, KeySet):
         keyset = spec
     else:
-        text = str(spec)
+        resolved = resolve_key_spec(str(spec))
+        if isinstance(resolved, dict):
+            return _per_size_keys(str(spec), resolved, kernel_size, resize)
+        text = resolved
         name, *args = text.split(":")
         if not text.strip():
             raise MasterkeyError("keys '': empty; give a built-in key set or a key file")
@@ -452,4 +458,34 @@ def resolve_key_spec(spec: str | KeySet) -> KeySet | str | dict[int, str]:
     if per_size:
         return per_size
     what = "a discover run" if method is None else f"a discover run with {method} baseline keys"
-    raise MasterkeyError(f"keys '{text}': the folder {path} is not {what} (no {name}, nor k*/{name})")
+    methods = sorted({f.stem for f in [*path.glob("baseline_keys/*.safetensors"), *path.glob("k*/baseline_keys/*")]})
+    known = f"; its methods: {', '.join(methods)}" if method is not None and methods else ""
+    raise MasterkeyError(f"keys '{text}': the folder {path} is not {what} (no {name}, nor k*/{name}){known}")
+
+
+def _per_size_keys(spec: str, paths: dict[int, str], kernel_size: int | None, resize: bool) -> KeySet:
+    """The keys of a discover run with one directory per kernel size (``{k: path}``) for ``kernel_size``."""
+    if kernel_size is None:
+        return load_keys(paths[max(paths)])
+    if kernel_size in paths:
+        return load_keys(paths[kernel_size], kernel_size=kernel_size)
+    same_parity = sorted((abs(k - kernel_size), k) for k in paths if (k - kernel_size) % 2 == 0)
+    if not resize or not same_parity:
+        have = ", ".join(f"{k}x{k}" for k in sorted(paths))
+        hint = "; pass --resize-keys to centre-crop / zero-pad keys of another size" if same_parity else ""
+        raise MasterkeyError(f"keys '{spec}': no {kernel_size}x{kernel_size} keys (the run has {have}){hint}")
+    return load_keys(paths[same_parity[0][1]], kernel_size=kernel_size, resize=True)
+
+
+def key_spec_label(spec: str) -> str:
+    """A short label for a key spec, fit for file and arm names: a built-in as written (``:`` → ``-``), a key
+    file's stem, a discover run's folder name (``NAME-METHOD`` for ``DIR:METHOD``)."""
+    path = Path(spec)
+    if path.is_file():
+        return path.stem
+    if path.is_dir():
+        return path.resolve().name
+    head, _, method = spec.rpartition(":")
+    if head and Path(head).is_dir():
+        return f"{Path(head).resolve().name}-{method}"
+    return spec.replace(":", "-")

@@ -168,7 +168,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("fit-out-cwd", ["fit", "{ws}/bank", "-o", ".", "--overwrite"], ". is the current folder or holds it"),
     ("fit-out-key-file", ["fit", "{ws}/bank", "--keys", f"{K}/paper8.txt", "-o", f"{K}/paper8.txt"], "input"),
     # ------------------------------------------------------------------ discover
-    ("disc-k-zero", [*DISC, "-k", "0"], "argument -k/--keys: expected an integer from 1"),
+    ("disc-k-zero", [*DISC, "-k", "0"], "argument -k/--n-keys: expected an integer from 1"),
+    ("disc-keys-renamed", [*DISC, "--keys", "8"], "argument --keys: in discover the number of keys is -k/--n-keys"),
     ("disc-k-huge", [*DISC, "-k", "5000"], "got 5,000"),
     ("disc-candidates-one", [*DISC, "--candidates", "1"], "argument --candidates"),
     ("disc-candidates-huge", [*DISC, "--candidates", "1000000"], "got 1,000,000"),

@@ -300,7 +300,7 @@ def _discover_part(section: Section, part: DiscoverPart) -> None:
     keys = part.keys
     if keys is not None:
         size = f"{keys.kernel_size}x{keys.kernel_size} "
-        png = F.figure_png(F.key_grid(keys.keys, keys.key_labels(), f"Discovered {size}keys ({keys.name})"))
+        png = F.figure_png(F.keyset_figure(keys, f"Discovered {size}keys ({keys.name}; caption: share of filters)"))
         section.figure(f"keys{tag}", f"Discovered {size}keys", png, "Red positive, blue negative; centred, unit-norm.")
     if part.path is not None and len(part.path):
         objective = (part.summary or {}).get("objective")
