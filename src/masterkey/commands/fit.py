@@ -117,6 +117,8 @@ def _columns(rows: list[dict[str, Any]], first: list[str]) -> list[str]:
 
 
 def render_text(report: dict[str, Any]) -> str:
+    from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
+
     keys = "; ".join(f"{k}x{k}: {v['name']}" for k, v in report["keys"].items())
     excluded = ", ".join(f"{n} {what}" for what, n in report["excluded"].items())
     lines = [
@@ -132,7 +134,11 @@ def render_text(report: dict[str, Any]) -> str:
         ("by stage", "by_stage", ["stage"]),
     ):
         rows = report[name] if isinstance(report[name], list) else [report[name]]
+        if name == "by_stage":
+            rows = [{**row, "stage": stage_name(row["stage"])} for row in rows]
         lines += ["", f"{title}:", format_table(rows, _columns(rows, first))]
+    if any(str(row.get("stage")) == "-1" for row in report["by_stage"]):
+        lines.append(UNKNOWN_STAGE_NOTE)
     return "\n".join(lines)
 
 

@@ -506,13 +506,13 @@ def _report_experiment(summary: dict[str, Any], args: argparse.Namespace) -> int
                 "mode": entry["train_mode"],
                 "keys": entry["keys"] or "-",
                 "n": entry["n"],
-                "top1_mean": top1["mean"],
-                "top1_ci95": top1["ci95"],
-                "top5_mean": entry["test_top5"]["mean"],
+                "top1 %": top1["mean"],
+                "top1 ±95% CI": top1["ci95"],
+                "top5 %": entry["test_top5"]["mean"],
                 "train_loss": entry["train_loss"]["mean"],
             }
         )
     print(format_table(rows, digits=2))
-    note("test top-1 in percent: mean and 95% CI half-width (Student t) over seeds")
+    note("test top-1 / top-5 in percent: mean and 95% CI half-width in points (Student t) over seeds")
     print(f"\nwrote {args.out}")
     return 0

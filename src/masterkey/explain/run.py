@@ -31,7 +31,7 @@ from masterkey.explain.eigenpatches import (
     reconstruction_table,
     summarize_reconstruction,
 )
-from masterkey.explain.scalespace import fit_keyset, scalespace_keyset
+from masterkey.explain.scalespace import BOUND_NOTE, fit_keyset, scalespace_keyset
 from masterkey.files import atomic_directory, write_json, write_text
 from masterkey.keys import KeySet, load_keys
 from masterkey.report import figures as F
@@ -70,7 +70,23 @@ class Explanation:
             "window_sigma": self.eigen.window_sigma,
             "images": list(self.images),
             "reconstruction": recon.to_dict(orient="records"),
+            "reconstruction_degenerate": degenerate_reconstruction(self.keys) is not None,
+            "scalespace_at_bound": int((self.scalespace["at_bound"] != "").sum()),
         }
+
+
+def degenerate_reconstruction(keys: KeySet) -> str | None:
+    """Why the patch-by-patch reconstruction cannot tell key sets apart for ``keys``, or None when it can: K keys
+    plus a constant span all k*k patch values once K + 1 >= k*k, so every basis of that size (keys, random, PCA)
+    reconstructs every patch exactly, up to rounding."""
+    k = keys.kernel_size
+    if len(keys) + 1 < k * k:
+        return None
+    return (
+        f"degenerate: any {len(keys)} independent keys + a constant span all {k * k} values of a {k}x{k} patch, so "
+        "the keys, random keys and the PCA basis all reconstruct every patch exactly (explained 1.000, PSNR "
+        "limited only by rounding); the reconstruction does not tell key sets apart here"
+    )
 
 
 def explain_keys(
@@ -214,7 +230,9 @@ def _image_list(names: Sequence[str], limit: int = 8) -> str:
 def _markdown(expl: Explanation, command: str | None) -> str:
     s = expl.summary()
     recon = summarize_reconstruction(expl.reconstruction)
-    scalespace = expl.scalespace[["key", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine"]]
+    scalespace = expl.scalespace[["key", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine", "at_bound"]]
+    bound = [BOUND_NOTE + ".", ""] if s["scalespace_at_bound"] else []
+    degenerate = degenerate_reconstruction(expl.keys)
     lines = [
         f"# Explain {expl.keys.name} ({len(expl.keys)} keys, {expl.keys.kernel_size}x{expl.keys.kernel_size})",
         "",
@@ -225,6 +243,7 @@ def _markdown(expl: Explanation, command: str | None) -> str:
         "",
         markdown_table(scalespace, {"sigma_x": 3, "sigma_y": 3, "gamma": 3, "cosine": 4}),
         "",
+        *bound,
         "## Eigen-patches",
         "",
         f"PCA of {expl.eigen.n_patches:,} Gaussian-windowed (σ = {expl.eigen.window_sigma:g}) patches of "
@@ -242,6 +261,7 @@ def _markdown(expl: Explanation, command: str | None) -> str:
         "",
         markdown_table(recon, {"explained": 3, "explained_ci95": 3, "psnr": 2, "psnr_ci95": 2}),
         "",
+        *([f"**{degenerate[0].upper()}{degenerate[1:]}.**", ""] if degenerate else []),
     ]
     if command:
         lines += ["Made with:", "", "```", command, "```", ""]

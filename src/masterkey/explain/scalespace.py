@@ -158,12 +158,32 @@ def fit_scalespace(key: np.ndarray | torch.Tensor, family: str = "auto") -> Scal
     return _fit_family(target, family, size)
 
 
-FIT_COLUMNS = ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine")
+FIT_COLUMNS = ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine", "at_bound")
+#: What the ``at_bound`` column means, for the places that print it.
+BOUND_NOTE = (
+    f"at_bound: a parameter at the edge of its search range (σ in [0, {SIGMA_MAX:g}], |γ| <= {GAMMA_MAX:g}); the fit "
+    "did not settle inside it (σ = 0: a single pixel; σ at its maximum: wider than the window can tell apart)"
+)
+
+
+def at_bound(sigma_x: float, sigma_y: float, gamma: float, tol: float = 0.01) -> str:
+    """The fitted parameters within ``tol`` (a fraction of the range) of a bound of their search range, e.g.
+    ``"σx=max, σy=0"`` ('' if none)."""
+    marks = []
+    for name, value in (("σx", sigma_x), ("σy", sigma_y)):
+        if value <= tol * SIGMA_MAX:
+            marks.append(f"{name}=0")
+        elif value >= SIGMA_MAX * (1 - tol):
+            marks.append(f"{name}=max")
+    if not math.isnan(gamma) and abs(gamma) >= GAMMA_MAX * (1 - tol):
+        marks.append("|γ|=max")
+    return ", ".join(marks)
 
 
 def fit_keyset(keyset: KeySet, families: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per key: ``key`` (1-based), ``label``, ``family``, ``sigma_x``, ``sigma_y``, ``gamma``, ``sign``,
-    ``cosine``. ``families`` defaults to the family each label names (:func:`family_for_label`), else ``auto``."""
+    ``cosine``, ``at_bound`` (:func:`at_bound`; :data:`BOUND_NOTE`). ``families`` defaults to the family each
+    label names (:func:`family_for_label`), else ``auto``."""
     labels = keyset.key_labels()
     if families is None:
         families = [family_for_label(label) or "auto" for label in labels]
@@ -182,6 +202,7 @@ def fit_keyset(keyset: KeySet, families: Sequence[str] | None = None) -> pd.Data
                 "gamma": fit.gamma,
                 "sign": fit.sign,
                 "cosine": fit.cosine,
+                "at_bound": at_bound(fit.sigma_x, fit.sigma_y, fit.gamma),
             }
         )
     return pd.DataFrame(rows, columns=list(FIT_COLUMNS))
