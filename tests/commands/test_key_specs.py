@@ -1,0 +1,107 @@
+"""One key-spec grammar for every command that takes keys: a built-in, a key file, a discover run directory (one
+folder per kernel size, as the real ``discover`` writes it) and ``DIR:METHOD`` (its baseline keys)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from masterkey.cli import main
+from masterkey.keys import load_keys
+
+DISCOVER_FAST = [
+    *("--kernel-size", "3,7", "-k", "4", "--compare-k", "2,4", "--ae-steps", "200", "--ae-hidden", "32"),
+    *("--candidates", "16", "--random-seeds", "2", "--rounds", "1", "--no-progress"),
+]
+FORMS = ["builtin", "file", "run", "run-method"]
+
+
+@pytest.fixture(scope="session")
+def discover_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real discover run (3x3 and 7x7 keys of the embedded bank) written by ``masterkey discover``."""
+    out = tmp_path_factory.mktemp("discover") / "run"
+    assert main(["discover", *DISCOVER_FAST, "-o", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def spec(request: pytest.FixtureRequest, discover_run: Path, shared: Path) -> tuple[str, str]:
+    """(key spec, the key-set name it must load at 7x7) for the form ``request.param``."""
+    return {
+        "builtin": ("paper8", "paper8"),
+        "file": (str(shared / "keys" / "paper8_7x7.txt"), "paper8_7x7"),
+        "run": (str(discover_run), "discovered4-7x7"),
+        "run-method": (f"{discover_run}:kmeans", "kmeans4"),
+    }[request.param]
+
+
+def test_the_discover_run_is_one_folder_per_kernel_size(discover_run: Path) -> None:
+    assert not (discover_run / "keys.safetensors").exists()
+    assert (discover_run / "k3" / "keys.safetensors").is_file() and (discover_run / "k7" / "keys.safetensors").is_file()
+
+
+@pytest.mark.parametrize("spec", FORMS, indirect=True)
+def test_keys_show_draws_every_form(spec: tuple[str, str], tmp_path: Path, capsys) -> None:
+    keys, name = spec
+    png = tmp_path / "keys.png"
+    assert main(["keys", "show", keys, "--png", str(png)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"KeySet('{name}'") and f"wrote {png}" in err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("spec", FORMS, indirect=True)
+def test_fit_takes_every_form(spec: tuple[str, str], capsys) -> None:
+    keys, name = spec
+    assert main(["fit", "--keys", keys, "--resize-keys", "--reference", "none", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    names = {int(k): v["name"] for k, v in report["keys"].items()}
+    assert sorted(names) == [3, 5, 7] and names[7] == name
+    if name.startswith(("discovered", "kmeans")):  # a discover run gives its own 3x3 keys; 5x5: the nearest, padded
+        own3 = name.replace("7x7", "3x3")
+        assert names[3] == own3 and names[5] == f"{own3}@5x5"
+        assert load_keys(keys, kernel_size=3).provenance["kernel_size"] == 3
+    else:
+        assert names[3] == f"{name}@3x3" and names[5] == f"{name}@5x5"
+
+
+@pytest.mark.parametrize("spec", FORMS, indirect=True)
+def test_explain_takes_every_form(spec: tuple[str, str], capsys) -> None:
+    keys, name = spec
+    args = ["explain", keys, "--images", "camera", "--seeds", "1", "--max-patches", "500", "--stride", "8", "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["keys"] == name and summary["kernel_size"] == 7  # a run with several sizes: its largest keys
+
+
+@pytest.mark.parametrize("spec", FORMS, indirect=True)
+def test_swap_takes_every_form(spec: tuple[str, str], cifar_convnexts: list[Path], shared: Path, capsys) -> None:
+    keys, name = spec
+    data = shared / "data" / "cifar10" / "test"
+    args = ["swap", "--weights", str(cifar_convnexts[0]), "--keys", keys, "--data", str(data), "--max-images", "20"]
+    assert main([*args, "--batch-size", "20"]) == 0
+    out = capsys.readouterr().out
+    row = re.search(rf"^{re.escape(keys)}\s+(\d+)\s+no\s+1\s", out, re.MULTILINE)
+    assert row and int(row.group(1)) == len(load_keys(keys, kernel_size=7)) == (8 if "paper8" in name else 4)
+    assert "accuracy (one seed per key set, no CI):" in out and "Δtop1: percentage points against" in out
+
+
+@pytest.mark.parametrize("spec", FORMS, indirect=True)
+def test_train_takes_every_form(spec: tuple[str, str], shared: Path, tmp_path: Path, capsys) -> None:
+    keys, name = spec
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in sorted(p.name for p in (shared / "data" / "cifar10" / split).iterdir())[:2]:
+            (data / split / cls).mkdir(parents=True)
+            for image in sorted((shared / "data" / "cifar10" / split / cls).iterdir())[:2]:
+                shutil.copy(image, data / split / cls / image.name)
+    args = ["train", "--model", "convnext_atto", "--model-kwargs", "num_classes=2,patch_size=1", "--data", str(data)]
+    args += ["--mode", "frozen", "--keys", keys, "--assignment", "uniform", "--epochs", "1"]
+    args += ["--batch-size", "2", "--eval-batch-size", "4"]
+    assert main([*args, "--threads", "1", "--no-progress", "--json", "-o", str(tmp_path / "run")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["keys"] == name and summary["mode"] == "frozen"
