@@ -440,6 +440,8 @@ def resolve_key_spec(spec: str | KeySet) -> KeySet | str | dict[int, str]:
     if isinstance(spec, KeySet):
         return spec
     text = str(spec)
+    if not text.strip():
+        return text
     path, method = Path(text), None
     if not path.exists() and ":" in text:
         head, _, tail = text.rpartition(":")

@@ -11,21 +11,10 @@ from pathlib import Path
 import pytest
 
 from masterkey.cli import main
-from masterkey.keys import load_keys
+from masterkey.errors import MasterkeyError
+from masterkey.keys import key_spec_label, load_keys
 
-DISCOVER_FAST = [
-    *("--kernel-size", "3,7", "-k", "4", "--compare-k", "2,4", "--ae-steps", "200", "--ae-hidden", "32"),
-    *("--candidates", "16", "--random-seeds", "2", "--rounds", "1", "--no-progress"),
-]
 FORMS = ["builtin", "file", "run", "run-method"]
-
-
-@pytest.fixture(scope="session")
-def discover_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real discover run (3x3 and 7x7 keys of the embedded bank) written by ``masterkey discover``."""
-    out = tmp_path_factory.mktemp("discover") / "run"
-    assert main(["discover", *DISCOVER_FAST, "-o", str(out)]) == 0
-    return out
 
 
 @pytest.fixture
@@ -105,3 +94,30 @@ def test_train_takes_every_form(spec: tuple[str, str], shared: Path, tmp_path: P
     assert main([*args, "--threads", "1", "--no-progress", "--json", "-o", str(tmp_path / "run")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["keys"] == name and summary["mode"] == "frozen"
+
+
+def test_load_keys_picks_a_runs_keys_by_kernel_size(discover_run: Path) -> None:
+    run = str(discover_run)
+    assert load_keys(run).name == "discovered4-7x7"  # no size asked for: the largest
+    assert load_keys(run, kernel_size=3).name == "discovered4-3x3"
+    with pytest.raises(MasterkeyError, match=r"no 5x5 keys \(the run has 3x3, 7x7\); pass --resize-keys"):
+        load_keys(run, kernel_size=5)
+    assert load_keys(run, kernel_size=5, resize=True).name == "discovered4-3x3@5x5"
+    assert len(load_keys(f"{run}:pca", kernel_size=3)) == 4
+    with pytest.raises(MasterkeyError, match="its methods: impulse, kmeans, paper8, pca, random"):
+        load_keys(f"{run}:nope")
+    assert key_spec_label(run) == "run" and key_spec_label(f"{run}:kmeans") == "run-kmeans"
+    assert key_spec_label("random:8:1") == "random-8-1"
+
+
+def test_a_folder_that_is_no_run_gets_one_clear_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes").mkdir()
+    assert main(["explain", str(tmp_path / "notes")]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"keys '{tmp_path / 'notes'}': the folder {tmp_path / 'notes'} is not a discover run "
+            "(no keys.safetensors, nor k*/keys.safetensors)"
+        )
+    )

@@ -38,7 +38,12 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bank", nargs="?", default="default", metavar="BANK", help="bank directory (default: embedded)")
-    p.add_argument("--keys", default="paper8", metavar="KEYS", help="key set: built-in name or file (default paper8)")
+    p.add_argument(
+        "--keys",
+        default="paper8",
+        metavar="KEYS",
+        help="key set: built-in, key file, discover run, DIR:METHOD (default paper8)",
+    )
     p.add_argument("--resize-keys", action="store_true", help="centre-crop / zero-pad keys to other kernel sizes")
     p.add_argument("--query", metavar="EXPR", help="fit only the bank rows matching this metadata query")
     p.add_argument(

@@ -157,7 +157,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("depthwise filters")
     g.add_argument("--mode", choices=MODES, help=" | ".join(MODES) + " (default trainable)")
-    g.add_argument("--keys", metavar="KEYS", help="key set: built-in name or key file (default paper8)")
+    g.add_argument(
+        "--keys", metavar="KEYS", help="key set: built-in, key file, discover run, DIR:METHOD (default paper8)"
+    )
     g.add_argument("--assignment", metavar="SPEC", help="channel -> key rule (default convnextv2-b)")
     g.add_argument("--learn-scale", action="store_true", default=None, help="frozen mode: learn a per-channel scale")
     g.add_argument(

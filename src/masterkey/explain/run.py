@@ -150,6 +150,7 @@ def explain_figures(expl: Explanation, crop: int = 192) -> dict[str, Any]:
         f"{r.family}\nσ {r.sigma_x:.2f}, {r.sigma_y:.2f}"
         + (f", γ {r.gamma:.2f}" if not math.isnan(r.gamma) else "")
         + f"\ncos {r.cosine:.3f}"
+        + (f"\nat bound: {r.at_bound}" if r.at_bound else "")
         for r in expl.scalespace.itertuples()
     ]
     figs["scalespace"] = F.filter_grid(
