@@ -459,10 +459,13 @@ def resolve_key_spec(spec: str | KeySet) -> KeySet | str | dict[int, str]:
             per_size[int(m.group(1))] = str(sub / name)
     if per_size:
         return per_size
-    what = "a discover run" if method is None else f"a discover run with {method} baseline keys"
+    what = "a discover run nor a key file" if method is None else f"a discover run with {method} baseline keys"
     methods = sorted({f.stem for f in [*path.glob("baseline_keys/*.safetensors"), *path.glob("k*/baseline_keys/*")]})
-    known = f"; its methods: {', '.join(methods)}" if method is not None and methods else ""
-    raise MasterkeyError(f"keys '{text}': the folder {path} is not {what} (no {name}, nor k*/{name}){known}")
+    hint = f"; its methods: {', '.join(methods)}" if method is not None and methods else ""
+    inside = sorted(f.name for f in path.glob("*.safetensors"))
+    if method is None and inside:
+        hint = f"; key files in it: {', '.join(inside[:4])}{', ...' if len(inside) > 4 else ''}"
+    raise MasterkeyError(f"keys '{text}': the folder {path} is not {what} (no {name}, nor k*/{name}){hint}")
 
 
 def _per_size_keys(spec: str, paths: dict[int, str], kernel_size: int | None, resize: bool) -> KeySet:

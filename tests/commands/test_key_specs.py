@@ -117,7 +117,7 @@ def test_a_folder_that_is_no_run_gets_one_clear_line(tmp_path: Path, capsys) -> 
         capsys.readouterr()
         .err.strip()
         .endswith(
-            f"keys '{tmp_path / 'notes'}': the folder {tmp_path / 'notes'} is not a discover run "
+            f"keys '{tmp_path / 'notes'}': the folder {tmp_path / 'notes'} is not a discover run nor a key file "
             "(no keys.safetensors, nor k*/keys.safetensors)"
         )
     )

@@ -238,8 +238,7 @@ def test_keyset_figure_draws_one_panel_per_key_on_one_stated_scale() -> None:
     limit = float(base.keys.abs().max())
     assert all(image.get_clim() == pytest.approx((-limit, limit)) for image in grid.images)
     texts = [t.get_text() for t in grid.texts]
-    assert texts[:3] == ["z=0.1", "z=0.5", "z=0.9"]
-    assert {"50.0% of filters", "30.0% of filters", "20.0% of filters"} <= set(texts)
+    assert {"z=0.1", "z=0.5", "z=0.9", "50.0% of filters", "30.0% of filters", "20.0% of filters"} <= set(texts)
     assert bar.get_ylabel() == f"value (one scale for all, ±{limit:.2f})"
     assert "share of filters" in fig._suptitle.get_text()
 
