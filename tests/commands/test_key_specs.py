@@ -91,6 +91,14 @@ def test_train_takes_every_form(spec: tuple[str, str], shared: Path, tmp_path: P
     args = ["train", "--model", "convnext_atto", "--model-kwargs", "num_classes=2,patch_size=1", "--data", str(data)]
     args += ["--mode", "frozen", "--keys", keys, "--assignment", "uniform", "--epochs", "1"]
     args += ["--batch-size", "2", "--eval-batch-size", "4"]
+    if keys.endswith(":kmeans"):  # one seed as an experiment: its table, arm named without the path
+        assert main([*args, "--threads", "1", "--no-progress", "--seeds", "0", "-o", str(tmp_path / "run")]) == 0
+        out, err = capsys.readouterr()
+        header, _, row = out.splitlines()[:3]
+        assert header.split() == ["arm", "mode", "keys", "n", *"top1 % top1 ±95% CI top5 %".split(), "train_loss"]
+        assert row.split()[:4] == [f"frozen-{Path(keys.rpartition(':')[0]).name}-kmeans", "frozen", name, "1"]
+        assert "test top-1 / top-5 in percent" in err
+        return
     assert main([*args, "--threads", "1", "--no-progress", "--json", "-o", str(tmp_path / "run")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["keys"] == name and summary["mode"] == "frozen"
