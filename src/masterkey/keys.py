@@ -9,6 +9,7 @@ safetensors or the text format of ``paper8_7x7.txt`` (``Filter N:`` then k rows 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -440,8 +441,8 @@ def resolve_key_spec(spec: str | KeySet) -> KeySet | str | dict[int, str]:
     if isinstance(spec, KeySet):
         return spec
     text = str(spec)
-    if not text.strip():
-        return text
+    if not text.strip() or (text.split(":")[0] in _BUILTINS and "/" not in text and os.sep not in text):
+        return text  # a built-in wins over a folder of the same name (write ./NAME for the folder)
     path, method = Path(text), None
     if not path.exists() and ":" in text:
         head, _, tail = text.rpartition(":")

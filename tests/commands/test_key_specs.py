@@ -129,3 +129,10 @@ def test_a_folder_that_is_no_run_gets_one_clear_line(tmp_path: Path, capsys) -> 
             "(no keys.safetensors, nor k*/keys.safetensors)"
         )
     )
+
+
+def test_a_built_in_wins_over_a_folder_of_the_same_name(discover_run: Path, tmp_path: Path, monkeypatch) -> None:
+    shutil.copytree(discover_run, tmp_path / "paper8")
+    monkeypatch.chdir(tmp_path)
+    assert load_keys("paper8").name == "paper8" and load_keys("random:3:1").name == "random:3:1"
+    assert load_keys("./paper8").name == "discovered4-7x7"
