@@ -61,6 +61,20 @@ _BLOCK_ONLY = [
 ]
 
 
+#: Shown instead of stage -1: the layer names do not say the stage (e.g. ``features.N`` of a raw state_dict). A
+#: stage is not guessed from the layer order: where a stage starts (a stride or width change) a state_dict alone
+#: does not always tell.
+UNKNOWN_STAGE_NOTE = (
+    "stage 'unknown': the layer names do not say the stage (e.g. features.N or _blocks.N of a raw state_dict); "
+    "layers are listed one by one in the by-layer table"
+)
+
+
+def stage_name(stage: object) -> str:
+    """A stage index as shown to a person: ``"unknown"`` for -1 (not derivable from the layer name)."""
+    return "unknown" if stage is None or str(stage) == "-1" else str(stage)
+
+
 def stage_block(layer: str) -> tuple[int, int]:
     """(stage, block) parsed from a layer name; -1 where the naming does not say."""
     for pattern in _STAGE_BLOCK:

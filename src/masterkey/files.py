@@ -119,13 +119,41 @@ def _keyset_file_kind(path: Path) -> str | None:
         return None
 
 
+#: The PNG ``Software`` text of figures masterkey writes as outputs of their own (``keys show --png``).
+FIGURE_SOFTWARE = "masterkey"
+
+
+def _png_file_kind(path: Path) -> str | None:
+    """``"figure"`` for a PNG whose ``Software`` text chunk (before the image data) says masterkey wrote it."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            for _ in range(64):
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                size, name = struct.unpack(">I4s", head)
+                if name in (b"IDAT", b"IEND") or size > _MAX_INFO_BYTES:
+                    return None
+                data = f.read(size)
+                f.seek(4, os.SEEK_CUR)  # CRC
+                key, _, value = data.partition(b"\0")
+                if name == b"tEXt" and key == b"Software" and value.decode("latin-1").startswith(FIGURE_SOFTWARE):
+                    return "figure"
+    except OSError:
+        return None
+    return None
+
+
 def output_kind(path: str | Path) -> str | None:
     """What masterkey output ``path`` is, or None when it is not one.
 
     A directory with a ``run.json`` is a run of the kind it names (``fit``, ``discover``, ``report`` ...); one
     with a bank ``manifest.json`` is a ``"bank"``; a folder holding only ``report.html``, ``report.md`` and PNGs
     is a ``"report"`` written before reports had a ``run.json``; an empty folder is ``"empty"``. A file is
-    ``"keys"`` when it is a key set masterkey wrote. Links are never masterkey outputs.
+    ``"keys"`` when it is a key set masterkey wrote, ``"figure"`` when it is a PNG masterkey wrote. Links are never
+    masterkey outputs.
     """
     path = Path(path)
     if path.is_symlink():
@@ -150,7 +178,7 @@ def output_kind(path: str | Path) -> str | None:
             return "report"
         return None
     if path.is_file():
-        return _keyset_file_kind(path)
+        return _png_file_kind(path) if path.suffix.lower() == ".png" else _keyset_file_kind(path)
     return None
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from masterkey.bank import FilterBank
 from masterkey.errors import MasterkeyError
-from masterkey.keys import KeySet, load_keys
+from masterkey.keys import KeySet, load_keys, resolve_key_spec
 from masterkey.progress import progress_bar
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -199,6 +199,8 @@ def fit_bank(
     excluded = bank.excluded_counts()
     usable = bank.usable()
     base = load_keys(keys)
+    resolved = resolve_key_spec(keys) if isinstance(keys, str) else None
+    own_sizes = set(resolved) if isinstance(resolved, dict) else {base.kernel_size}  # a discover run: per size
     keysets: dict[int, KeySet] = {}
     skipped: list[int] = []
     frames = []
@@ -207,7 +209,7 @@ def fit_bank(
     bar = progress_bar(total=total, desc=f"fit {base.name}", unit="filter", unit_scale=True, enabled=progress)
     for k in bank.kernel_sizes:
         view = usable.select((usable.metadata["kernel_size"] == k).to_numpy())
-        if k != base.kernel_size and not resize:
+        if k not in own_sizes and not resize:
             skipped.append(k)
             continue
         keyset = load_keys(keys if isinstance(keys, str) else base, kernel_size=k, resize=resize)

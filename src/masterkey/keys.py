@@ -9,6 +9,7 @@ safetensors or the text format of ``paper8_7x7.txt`` (``Filter N:`` then k rows 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -456,7 +457,10 @@ def check_kernel_size(kernel_size: int | None, what: str = "kernel size") -> Non
 
 
 def load_keys(spec: str | Path | KeySet, kernel_size: int | None = None, resize: bool = False) -> KeySet:
-    """A key set from a built-in spec (``paper8``, ``random:8:0``, ``impulse``, ``scalespace8``) or a file.
+    """A key set from any key spec: a built-in (``paper8``, ``random:8:0``, ``impulse``, ``scalespace8``), a key
+    file, a discover run directory or ``DIR:METHOD`` (see :func:`resolve_key_spec`). A run with keys for several
+    kernel sizes gives the keys of ``kernel_size`` (or, with ``resize``, of the nearest size of the same parity);
+    with no size asked for, its largest keys.
 
     ``kernel_size`` asks for keys of that size: generated built-ins are made at that size; fixed ones (``paper8``,
     files) must match it, or are centre-cropped / zero-padded when ``resize`` is true. Every size is bounded
@@ -472,7 +476,10 @@ def load_key_values(spec: str | Path, kernel_size: int | None = None, resize: bo
     """:func:`load_keys` as numpy :class:`KeyValues`: the same specs, checks and messages, without torch (except
     for ``random:K``, whose keys are torch's seeded draws)."""
     check_kernel_size(kernel_size)
-    text = str(spec)
+    resolved = resolve_key_spec(str(spec))
+    if isinstance(resolved, dict):
+        return _per_size_keys(str(spec), resolved, kernel_size, resize)
+    text = str(resolved)
     name, *args = text.split(":")
     if not text.strip():
         raise MasterkeyError("keys '': empty; give a built-in key set or a key file")
@@ -509,6 +516,8 @@ def resolve_key_spec(spec: str | KeySet) -> KeySet | str | dict[int, str]:
     if isinstance(spec, KeySet):
         return spec
     text = str(spec)
+    if not text.strip() or (text.split(":")[0] in _BUILTINS and "/" not in text and os.sep not in text):
+        return text  # a built-in wins over a folder of the same name (write ./NAME for the folder)
     path, method = Path(text), None
     if not path.exists() and ":" in text:
         head, _, tail = text.rpartition(":")
@@ -526,5 +535,38 @@ def resolve_key_spec(spec: str | KeySet) -> KeySet | str | dict[int, str]:
             per_size[int(m.group(1))] = str(sub / name)
     if per_size:
         return per_size
-    what = "a discover run" if method is None else f"a discover run with {method} baseline keys"
-    raise MasterkeyError(f"keys '{text}': the folder {path} is not {what} (no {name}, nor k*/{name})")
+    what = "a discover run nor a key file" if method is None else f"a discover run with {method} baseline keys"
+    methods = sorted({f.stem for f in [*path.glob("baseline_keys/*.safetensors"), *path.glob("k*/baseline_keys/*")]})
+    hint = f"; its methods: {', '.join(methods)}" if method is not None and methods else ""
+    inside = sorted(f.name for f in path.glob("*.safetensors"))
+    if method is None and inside:
+        hint = f"; key files in it: {', '.join(inside[:4])}{', ...' if len(inside) > 4 else ''}"
+    raise MasterkeyError(f"keys '{text}': the folder {path} is not {what} (no {name}, nor k*/{name}){hint}")
+
+
+def _per_size_keys(spec: str, paths: dict[int, str], kernel_size: int | None, resize: bool) -> KeyValues:
+    """The keys of a discover run with one directory per kernel size (``{k: path}``) for ``kernel_size``."""
+    if kernel_size is None:
+        return load_key_values(paths[max(paths)])
+    if kernel_size in paths:
+        return load_key_values(paths[kernel_size], kernel_size=kernel_size)
+    same_parity = sorted((abs(k - kernel_size), k) for k in paths if (k - kernel_size) % 2 == 0)
+    if not resize or not same_parity:
+        have = ", ".join(f"{k}x{k}" for k in sorted(paths))
+        hint = "; pass --resize-keys to centre-crop / zero-pad keys of another size" if same_parity else ""
+        raise MasterkeyError(f"keys '{spec}': no {kernel_size}x{kernel_size} keys (the run has {have}){hint}")
+    return load_key_values(paths[same_parity[0][1]], kernel_size=kernel_size, resize=True)
+
+
+def key_spec_label(spec: str) -> str:
+    """A short label for a key spec, fit for file and arm names: a built-in as written (``:`` → ``-``), a key
+    file's stem, a discover run's folder name (``NAME-METHOD`` for ``DIR:METHOD``)."""
+    path = Path(spec)
+    if path.is_file():
+        return path.stem
+    if path.is_dir():
+        return path.resolve().name
+    head, _, method = spec.rpartition(":")
+    if head and Path(head).is_dir():
+        return f"{Path(head).resolve().name}-{method}"
+    return spec.replace(":", "-")

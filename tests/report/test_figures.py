@@ -237,3 +237,25 @@ def test_image_panels() -> None:
     fig = F.image_panels(images, "two", columns=2)
     assert [ax.get_title() for ax in fig.axes] == ["a", "b"]
     assert png_size(F.figure_png(fig))[0] > 300
+
+
+def test_keyset_figure_draws_one_panel_per_key_on_one_stated_scale() -> None:
+    from masterkey.keys import KeySet
+
+    base = load_keys("random:3:0", kernel_size=5)
+    discovered = KeySet("discovered3-5x5", base.keys, {"shares": [0.5, 0.3, 0.2]}, ("z=0.1", "z=0.5", "z=0.9"))
+    fig = F.keyset_figure(discovered)
+    grid, bar = fig.axes
+    assert len(grid.images) == 3
+    limit = float(base.keys.abs().max())
+    assert all(image.get_clim() == pytest.approx((-limit, limit)) for image in grid.images)
+    texts = [t.get_text() for t in grid.texts]
+    assert {"z=0.1", "z=0.5", "z=0.9", "50.0% of filters", "30.0% of filters", "20.0% of filters"} <= set(texts)
+    assert bar.get_ylabel() == f"value (one scale for all, ±{limit:.2f})"
+    assert "share of filters" in fig._suptitle.get_text()
+
+    paper = F.keyset_figure(load_keys("paper8"))
+    assert len(paper.axes[0].images) == 8 and "% of filters" not in " ".join(t.get_text() for t in paper.axes[0].texts)
+    assert "1 shift-down" in [t.get_text() for t in paper.axes[0].texts]
+    many = F.keyset_figure(load_keys("random:20:0"))
+    assert len(many.axes[0].images) == 20 and len(many.axes) == 2

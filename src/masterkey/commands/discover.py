@@ -91,19 +91,29 @@ def _held_out(text: str) -> float | int:
     )
 
 
+class _RenamedKeysOption(argparse.Action):
+    """``--keys`` names a key set in every other command; here the count is ``-k/--n-keys``: say so in one line."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: object, values: object, option: object = None):
+        raise argparse.ArgumentError(
+            self, "in discover the number of keys is -k/--n-keys (--keys names a key set in the other commands)"
+        )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from masterkey.discover.settings import BASELINES, KMEANS_SAMPLE, AutoencoderConfig
 
     p.add_argument("bank", nargs="?", default="default", metavar="BANK", help="bank directory (default: embedded)")
     p.add_argument(
         "-k",
-        "--keys",
+        "--n-keys",
         dest="n_keys",
         type=int_arg(1, MAX_CANDIDATES),
         default=8,
         metavar="K",
         help="keys to keep (default 8)",
     )
+    p.add_argument("--keys", nargs="?", action=_RenamedKeysOption, help=argparse.SUPPRESS)
     p.add_argument(
         "--kernel-size",
         type=int_list_arg(2, MAX_KERNEL_SIZE),

@@ -45,7 +45,11 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "keys", nargs="?", default="paper8", metavar="KEYS", help="key set (built-in or file; default paper8)"
+        "keys",
+        nargs="?",
+        default="paper8",
+        metavar="KEYS",
+        help="key set: built-in, key file, discover run directory or DIR:METHOD (default paper8)",
     )
     p.add_argument(
         "--images",
@@ -64,7 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="scale-space family for every key ('auto' = best of all); default: from the key labels, else auto",
     )
-    p.add_argument("--components", type=int_arg(1, 63 * 63), default=16, help="eigen-patches computed (default 16)")
+    p.add_argument(
+        "--components",
+        type=int_arg(1, 63 * 63),
+        help="eigen-patches computed (default 16, or k*k for smaller k x k keys, e.g. 9 for 3x3)",
+    )
     p.add_argument(
         "--window-sigma",
         type=float_arg(0, 1000, open_low=True),
@@ -93,13 +101,16 @@ def _command_line() -> str | None:
 def run(args: argparse.Namespace) -> int:
     from masterkey.errors import MasterkeyError
     from masterkey.explain.eigenpatches import summarize_reconstruction
-    from masterkey.explain.run import explain_keys, write_explain_run
+    from masterkey.explain.run import degenerate_reconstruction, explain_keys, write_explain_run
+    from masterkey.explain.scalespace import BOUND_NOTE
     from masterkey.files import check_output
     from masterkey.keys import load_keys
 
     if args.out:
         check_output(args.out, "explain", overwrite=args.overwrite, inputs=[args.keys, args.images])
     keys = load_keys(args.keys)
+    if args.components is None:
+        args.components = min(16, keys.kernel_size**2)
     if args.components > keys.kernel_size**2:
         raise MasterkeyError(
             f"--components {args.components}: {keys.kernel_size}x{keys.kernel_size} patches have at most "
@@ -143,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"scale-space models of {keys.name} (least squares; cosine of centred key and model):")
     print(format_table(expl.scalespace.to_dict(orient="records")))
+    if summary["scalespace_at_bound"]:
+        print(BOUND_NOTE)
     print(
         f"\neigen-patches: PCA of {expl.eigen.n_patches:,} windowed patches of {len(expl.images)} images; "
         f"mean best |cos| {summary['eigen_mean_best_abs_cos']:.3f} "
@@ -151,5 +164,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(expl.eigen_table.to_dict(orient="records")))
     print("\npatch-by-patch reconstruction (explained within-patch variance, mean over images):")
     print(format_table(summarize_reconstruction(expl.reconstruction).to_dict(orient="records")))
+    if degenerate_reconstruction(keys):
+        print(f"{degenerate_reconstruction(keys)}.")
     note_written(args.out)
     return 0

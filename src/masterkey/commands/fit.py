@@ -41,7 +41,12 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bank", nargs="?", default="default", metavar="BANK", help="bank directory (default: embedded)")
-    p.add_argument("--keys", default="paper8", metavar="KEYS", help="key set: built-in name or file (default paper8)")
+    p.add_argument(
+        "--keys",
+        default="paper8",
+        metavar="KEYS",
+        help="key set: built-in, key file, discover run, DIR:METHOD (default paper8)",
+    )
     p.add_argument("--resize-keys", action="store_true", help="centre-crop / zero-pad keys to other kernel sizes")
     p.add_argument("--query", metavar="EXPR", help="fit only the bank rows matching this metadata query")
     p.add_argument(
@@ -126,6 +131,8 @@ def _columns(rows: list[dict[str, Any]], first: list[str]) -> list[str]:
 
 
 def render_text(report: dict[str, Any]) -> str:
+    from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
+
     keys = "; ".join(f"{k}x{k}: {v['name']}" for k, v in report["keys"].items())
     excluded = ", ".join(f"{n} {what}" for what, n in report["excluded"].items())
     lines = [
@@ -141,7 +148,11 @@ def render_text(report: dict[str, Any]) -> str:
         ("by stage", "by_stage", ["stage"]),
     ):
         rows = report[name] if isinstance(report[name], list) else [report[name]]
+        if name == "by_stage":
+            rows = [{**row, "stage": stage_name(row["stage"])} for row in rows]
         lines += ["", f"{title}:", format_table(rows, _columns(rows, first))]
+    if any(str(row.get("stage")) == "-1" for row in report["by_stage"]):
+        lines.append(UNKNOWN_STAGE_NOTE)
     return "\n".join(lines)
 
 

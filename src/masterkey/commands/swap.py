@@ -203,16 +203,24 @@ def render_text(results: Any) -> str:
                 "n_keys": str(r["n_keys"]),
                 "recal": "yes" if r["recalibrated"] else "no",
                 "seeds": r["n_seeds"],
-                "top1": _pm(r["top1"], r["top1_ci95"]),
-                "top5": _pm(r["top5"], r["top5_ci95"]),
-                "d_top1": _pm(r["delta_top1"], r["delta_top1_ci95"]),
+                "top1 %": _pm(r["top1"], r["top1_ci95"]),
+                "top5 %": _pm(r["top5"], r["top5_ci95"]),
+                "Δtop1 pts": _pm(r["delta_top1"], r["delta_top1_ci95"]),
                 "mean_cos2": r["mean_cos2"],
             }
         )
-    lines += ["", "accuracy (%; mean ± 95% CI over seeds):", format_table(rows)]
+    seeded = bool(len(summary)) and bool((summary["n_seeds"] > 1).any())
+    spread = "mean ± 95% CI over seeds" if seeded else "one seed per key set, no CI"
+    lines += ["", f"accuracy ({spread}):", format_table(rows)]
+    lines.append(DELTA_NOTE if info.get("calibration") else "Δtop1: percentage points against the unswapped model")
     if not results.per_stage.empty:
+        from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
+
         cols = ["keys", "stage", "n_layers", "n_filters", "kernel_sizes", "mean_cos2"]
-        lines += ["", "mean cos² per stage:", format_table(results.per_stage.to_dict(orient="records"), cols)]
+        stages = [{**r, "stage": stage_name(r["stage"])} for r in results.per_stage.to_dict(orient="records")]
+        lines += ["", "mean cos² per stage:", format_table(stages, cols)]
+        if any(r["stage"] == "unknown" for r in stages):
+            lines.append(UNKNOWN_STAGE_NOTE)
     if results.sensitivity is not None:
         sens = results.sensitivity.to_dict(orient="records")
         for row in sens:
@@ -221,6 +229,13 @@ def render_text(results: Any) -> str:
                     row[col] = round(100 * row[col], 2)
         lines += ["", "sensitivity (one unit swapped at a time; top-1, top-5, drop in %):", format_table(sens)]
     return "\n".join(lines)
+
+
+#: What ``delta_top1`` of a recalibrated row is measured against (a choice: the model the user started from).
+DELTA_NOTE = (
+    "Δtop1: percentage points against the unswapped model as loaded (not recalibrated), in every row, recalibrated "
+    "ones too; the recalibrated unswapped row shows what recalibration alone does"
+)
 
 
 def _pm(mean: float, half: float) -> str:

@@ -158,7 +158,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("depthwise filters")
     g.add_argument("--mode", choices=MODES, help=" | ".join(MODES) + " (default trainable)")
-    g.add_argument("--keys", metavar="KEYS", help="key set: built-in name or key file (default paper8)")
+    g.add_argument(
+        "--keys", metavar="KEYS", help="key set: built-in, key file, discover run, DIR:METHOD (default paper8)"
+    )
     g.add_argument("--assignment", metavar="SPEC", help="channel -> key rule (default convnextv2-b)")
     g.add_argument("--learn-scale", action="store_true", default=None, help="frozen mode: learn a per-channel scale")
     g.add_argument(
@@ -508,13 +510,13 @@ def _report_experiment(summary: dict[str, Any], args: argparse.Namespace) -> int
                 "mode": entry["train_mode"],
                 "keys": entry["keys"] or "-",
                 "n": entry["n"],
-                "top1_mean": top1["mean"],
-                "top1_ci95": top1["ci95"],
-                "top5_mean": entry["test_top5"]["mean"],
+                "top1 %": top1["mean"],
+                "top1 ±95% CI": top1["ci95"],
+                "top5 %": entry["test_top5"]["mean"],
                 "train_loss": entry["train_loss"]["mean"],
             }
         )
     print(format_table(rows, digits=2))
-    note("test top-1 in percent: mean and 95% CI half-width (Student t) over seeds")
+    note("test top-1 / top-5 in percent: mean and 95% CI half-width in points (Student t) over seeds")
     note_written(args.out)
     return 0

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from masterkey.discover.pipeline import Discovery
-from masterkey.discover.plots import figure_bytes, key_grid, path_figure
+from masterkey.discover.plots import figure_bytes, path_figure
 from masterkey.files import atomic_directory, atomic_write, write_json, write_text
 from masterkey.progress import progress_bar
 from masterkey.runs import write_run_info
@@ -128,8 +128,10 @@ def write_discovery(out: Path, disc: Discovery) -> None:
     write_json(out / "summary.json", disc.summary())
     write_text(out / "summary.md", discovery_markdown(disc))
     k = disc.kernel_size
-    title = f"{len(disc.keys)} discovered {k}x{k} keys (label: latent; ordered by share of filters)"
-    _write_png(out / "keys.png", figure_bytes(key_grid(disc.keys.keys.numpy(), disc.keys.key_labels(), title)))
+    from masterkey.report.figures import figure_png, keyset_figure
+
+    title = f"{len(disc.keys)} discovered {k}x{k} keys (label: latent z; caption: share of filters; ordered by share)"
+    _write_png(out / "keys.png", figure_png(keyset_figure(disc.keys, title)))
     ylabel = "held-out top-1" if disc.objective == "accuracy" else "mean cos² (source-weighted)"
     title = f"{k}x{k}: greedy backward elimination"
     accuracy = disc.objective == "accuracy"

@@ -1,10 +1,9 @@
-"""Simple figures of a discovery: the key grid and the greedy path (matplotlib, Agg, no pyplot state)."""
+"""Simple figures of a discovery: the greedy path (matplotlib, Agg, no pyplot state); the key grid is
+:func:`masterkey.report.figures.keyset_figure`."""
 
 from __future__ import annotations
 
 import io
-import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,29 +21,6 @@ def figure_bytes(fig: Figure, dpi: int = 120) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     return buffer.getvalue()
-
-
-def key_grid(keys: np.ndarray, labels: Sequence[str], title: str, columns: int = 8) -> Figure:
-    """Keys [K, k, k] side by side, red positive / blue negative on a symmetric scale per key."""
-    from matplotlib.figure import Figure
-
-    keys = np.asarray(keys, dtype=float)
-    n = len(keys)
-    columns = max(1, min(columns, n))
-    rows = math.ceil(n / columns)
-    fig = Figure(figsize=(1.3 * columns + 0.4, 1.45 * rows + 0.5))
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= n:
-            ax.set_axis_off()
-            continue
-        vmax = float(np.abs(keys[i]).max()) or 1.0
-        ax.imshow(keys[i], cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
-        ax.set_title(str(labels[i]), fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return fig
 
 
 def _baseline_points(part: pd.DataFrame) -> tuple[pd.Series, pd.Series | None]:

@@ -31,7 +31,7 @@ from masterkey.explain.eigenpatches import (
     reconstruction_table,
     summarize_reconstruction,
 )
-from masterkey.explain.scalespace import fit_keyset, scalespace_keyset
+from masterkey.explain.scalespace import BOUND_NOTE, fit_keyset, scalespace_keyset
 from masterkey.files import atomic_directory, write_json, write_text
 from masterkey.keys import KeySet, load_keys
 from masterkey.progress import progress_bar
@@ -71,7 +71,23 @@ class Explanation:
             "window_sigma": self.eigen.window_sigma,
             "images": list(self.images),
             "reconstruction": recon.to_dict(orient="records"),
+            "reconstruction_degenerate": degenerate_reconstruction(self.keys) is not None,
+            "scalespace_at_bound": int((self.scalespace["at_bound"] != "").sum()),
         }
+
+
+def degenerate_reconstruction(keys: KeySet) -> str | None:
+    """Why the patch-by-patch reconstruction cannot tell key sets apart for ``keys``, or None when it can: K keys
+    plus a constant span all k*k patch values once K + 1 >= k*k, so every basis of that size (keys, random, PCA)
+    reconstructs every patch exactly, up to rounding."""
+    k = keys.kernel_size
+    if len(keys) + 1 < k * k:
+        return None
+    return (
+        f"degenerate: any {len(keys)} independent keys + a constant span all {k * k} values of a {k}x{k} patch, so "
+        "the keys, random keys and the PCA basis all reconstruct every patch exactly (explained 1.000, PSNR "
+        "limited only by rounding); the reconstruction does not tell key sets apart here"
+    )
 
 
 def explain_keys(
@@ -140,6 +156,7 @@ def explain_figures(expl: Explanation, crop: int = 192) -> dict[str, Any]:
         f"{r.family}\nσ {r.sigma_x:.2f}, {r.sigma_y:.2f}"
         + (f", γ {r.gamma:.2f}" if not math.isnan(r.gamma) else "")
         + f"\ncos {r.cosine:.3f}"
+        + (f"\nat bound: {r.at_bound}" if r.at_bound else "")
         for r in expl.scalespace.itertuples()
     ]
     figs["scalespace"] = F.filter_grid(
@@ -220,7 +237,9 @@ def _image_list(names: Sequence[str], limit: int = 8) -> str:
 def _markdown(expl: Explanation, command: str | None) -> str:
     s = expl.summary()
     recon = summarize_reconstruction(expl.reconstruction)
-    scalespace = expl.scalespace[["key", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine"]]
+    scalespace = expl.scalespace[["key", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine", "at_bound"]]
+    bound = [BOUND_NOTE + ".", ""] if s["scalespace_at_bound"] else []
+    degenerate = degenerate_reconstruction(expl.keys)
     lines = [
         f"# Explain {expl.keys.name} ({len(expl.keys)} keys, {expl.keys.kernel_size}x{expl.keys.kernel_size})",
         "",
@@ -231,6 +250,7 @@ def _markdown(expl: Explanation, command: str | None) -> str:
         "",
         markdown_table(scalespace, {"sigma_x": 3, "sigma_y": 3, "gamma": 3, "cosine": 4}),
         "",
+        *bound,
         "## Eigen-patches",
         "",
         f"PCA of {expl.eigen.n_patches:,} Gaussian-windowed (σ = {expl.eigen.window_sigma:g}) patches of "
@@ -248,6 +268,7 @@ def _markdown(expl: Explanation, command: str | None) -> str:
         "",
         markdown_table(recon, {"explained": 3, "explained_ci95": 3, "psnr": 2, "psnr_ci95": 2}),
         "",
+        *([f"**{degenerate[0].upper()}{degenerate[1:]}.**", ""] if degenerate else []),
     ]
     if command:
         lines += ["Made with:", "", "```", command, "```", ""]

@@ -159,13 +159,32 @@ def fit_scalespace(key: np.ndarray | torch.Tensor, family: str = "auto") -> Scal
     return _fit_family(target, family, size)
 
 
-SCALESPACE_COLUMNS = ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine")
+SCALESPACE_COLUMNS = ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine", "at_bound")
+#: What the ``at_bound`` column means, for the places that print it.
+BOUND_NOTE = (
+    f"at_bound: a parameter at the edge of its search range (σ in [0, {SIGMA_MAX:g}], |γ| <= {GAMMA_MAX:g}); the fit "
+    "did not settle inside it (σ = 0: a single pixel; σ at its maximum: wider than the window can tell apart)"
+)
+
+
+def at_bound(sigma_x: float, sigma_y: float, gamma: float, tol: float = 0.01) -> str:
+    """The fitted parameters within ``tol`` (a fraction of the range) of a bound of their search range, e.g.
+    ``"σx=max, σy=0"`` ('' if none)."""
+    marks = []
+    for name, value in (("σx", sigma_x), ("σy", sigma_y)):
+        if value <= tol * SIGMA_MAX:
+            marks.append(f"{name}=0")
+        elif value >= SIGMA_MAX * (1 - tol):
+            marks.append(f"{name}=max")
+    if not math.isnan(gamma) and abs(gamma) >= GAMMA_MAX * (1 - tol):
+        marks.append("|γ|=max")
+    return ", ".join(marks)
 
 
 def fit_keyset(keyset: KeySet, families: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
     """One row per key: ``key`` (1-based), ``label``, ``family``, ``sigma_x``, ``sigma_y``, ``gamma``, ``sign``,
-    ``cosine``. ``families`` defaults to the family each label names (:func:`family_for_label`), else ``auto``.
-    ``progress``: a bar per key fitted."""
+    ``cosine``, ``at_bound`` (:func:`at_bound`; :data:`BOUND_NOTE`). ``families`` defaults to the family each
+    label names (:func:`family_for_label`), else ``auto``. ``progress``: a bar per key fitted."""
     labels = keyset.key_labels()
     if families is None:
         families = [family_for_label(label) or "auto" for label in labels]
@@ -191,6 +210,7 @@ def fit_keyset(keyset: KeySet, families: Sequence[str] | None = None, progress: 
                 "gamma": fit.gamma,
                 "sign": fit.sign,
                 "cosine": fit.cosine,
+                "at_bound": at_bound(fit.sigma_x, fit.sigma_y, fit.gamma),
             }
         )
     return pd.DataFrame(rows, columns=list(SCALESPACE_COLUMNS))

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from masterkey.depthwise import find_depthwise
 from masterkey.errors import MasterkeyError
-from masterkey.keys import KeySet, load_keys
+from masterkey.keys import KeySet, load_keys, resolve_key_spec
 from masterkey.networks.modes import MODES, SIGMA_SCOPES, TRANSFER_MODES
 
 #: Filter-type proportions (percent, keys 1-8 of ``paper8``) of trained models, from the paper (SPEC §2.7).
@@ -610,6 +610,7 @@ def convert_to_keys(
     if sigma_scope not in SIGMA_SCOPES:
         raise MasterkeyError(f"sigma scope '{sigma_scope}': expected one of {', '.join(SIGMA_SCOPES)}")
     base = load_keys(keys)
+    per_size = isinstance(keys, str) and isinstance(resolve_key_spec(keys), dict)  # a discover run, keys per size
     models = scalespace_models(base) if mode == "scalespace" else None
     assign = make_assigner(assignment)
     layers = find_depthwise(model)
@@ -624,7 +625,7 @@ def convert_to_keys(
             if models is not None:  # the layer's keys are the models at its size (what the assigner fits to)
                 keyset = _model_keyset(models, base, kh)
             else:
-                keyset = load_keys(base, kernel_size=kh, resize=resize)
+                keyset = load_keys(keys if per_size else base, kernel_size=kh, resize=resize)
         except MasterkeyError as exc:
             raise MasterkeyError(f"layer {dw.name}: {exc}") from None
         result = assign(dw.name, dw.conv.weight.detach().cpu(), keyset, layer_generator(seed, dw.name))

@@ -81,10 +81,10 @@ def key_colors(n: int) -> list[tuple[float, float, float, float]]:
     return [cmap(i / n) for i in range(n)]
 
 
-def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
-    """The figure as PNG bytes (tight bounding box, white background)."""
+def figure_png(fig: Figure, dpi: int = DPI, metadata: Mapping[str, str] | None = None) -> bytes:
+    """The figure as PNG bytes (tight bounding box, white background; ``metadata``: PNG text chunks)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white", metadata=metadata)
     return buffer.getvalue()
 
 
@@ -122,9 +122,11 @@ def filter_canvas(
     column_titles: Sequence[str] | None = None,
     column_colors: Sequence[object] | None = None,
     cell_inches: float = 0.95,
+    scale: float | None = None,
 ) -> Figure:
     """Filters drawn on one axes (fast for hundreds of filters): a diverging colour map centred at 0 with each
-    filter scaled to its own largest |value|, optional coloured frames, captions, row and column titles."""
+    filter scaled to its own largest |value| or, with ``scale``, all on the one range [-scale, scale] shown by a
+    colour bar; optional coloured frames, captions, row and column titles."""
     n_rows = 1 + max((c.row for c in cells), default=0)
     n_cols = 1 + max((c.col for c in cells), default=0)
     gap_y = _GAP_Y if any(c.caption for c in cells) else _GAP_X
@@ -132,8 +134,11 @@ def filter_canvas(
     top = 0.75 if column_titles else 0.15
     width = left + n_cols * (1 + _GAP_X)
     height = top + n_rows * (1 + gap_y)
-    fig = Figure(figsize=(width * cell_inches, height * cell_inches + (0.45 if title else 0)))
-    ax = fig.add_axes((0, 0, 1, 1 - (0.45 / (height * cell_inches + 0.45) if title else 0)))
+    bar_inches = 1.1 if scale is not None else 0.0
+    fig_width = width * cell_inches + bar_inches
+    fig = Figure(figsize=(fig_width, height * cell_inches + (0.45 if title else 0)))
+    top_frac = 1 - (0.45 / (height * cell_inches + 0.45) if title else 0)
+    ax = fig.add_axes((0, 0, 1 - bar_inches / fig_width, top_frac))
     ax.set_xlim(-left, n_cols * (1 + _GAP_X))
     ax.set_ylim(n_rows * (1 + gap_y), -top)
     ax.set_aspect("equal")
@@ -142,8 +147,10 @@ def filter_canvas(
     for cell in cells:
         x0, y0 = cell.col * (1 + _GAP_X), cell.row * (1 + gap_y)
         values = _as_array(cell.values)
-        scale = float(np.abs(values).max()) or 1.0
-        ax.imshow(values, cmap=cmap, vmin=-scale, vmax=scale, extent=(x0, x0 + 1, y0 + 1, y0), interpolation="nearest")
+        vmax = scale if scale is not None else float(np.abs(values).max()) or 1.0
+        image = ax.imshow(
+            values, cmap=cmap, vmin=-vmax, vmax=vmax, extent=(x0, x0 + 1, y0 + 1, y0), interpolation="nearest"
+        )
         frame = cell.frame if cell.frame is not None else "0.75"
         ax.add_patch(Rectangle((x0, y0), 1, 1, fill=False, edgecolor=frame, lw=2.4 if cell.frame is not None else 0.7))
         if cell.caption:
@@ -157,6 +164,11 @@ def filter_canvas(
     # imshow resets the limits to the last image; restore the whole canvas.
     ax.set_xlim(-left, n_cols * (1 + _GAP_X))
     ax.set_ylim(n_rows * (1 + gap_y), -top)
+    if scale is not None and cells:
+        cax = fig.add_axes((1 - 0.8 * bar_inches / fig_width, 0.12 * top_frac, 0.15 / fig_width, 0.76 * top_frac))
+        bar = fig.colorbar(image, cax=cax)
+        bar.set_label(f"value (one scale for all, ±{scale:.2f})", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, y=0.995, va="top")
     return fig
@@ -169,9 +181,10 @@ def filter_grid(
     column_titles: Sequence[str] | None = None,
     column_colors: Sequence[object] | None = None,
     cell: float = 0.95,
+    scale: float | None = None,
 ) -> Figure:
     """A grid of filters: ``rows`` of (row title, filters [n, k, k], captions or None); columns may have titles
-    and frame colours (a key's colour)."""
+    and frame colours (a key's colour); ``scale``: one colour range for all (see :func:`filter_canvas`)."""
     cells = []
     for r, (_, filters, captions) in enumerate(rows):
         for c in range(len(filters)):
@@ -179,7 +192,7 @@ def filter_grid(
             caption = captions[c] if captions is not None and c < len(captions) else ""
             cells.append(Cell(r, c, _as_array(filters[c]), frame, caption))
     row_titles = [r[0] for r in rows] if any(r[0] for r in rows) else None
-    return filter_canvas(cells, title, row_titles, None, column_titles, column_colors, cell)
+    return filter_canvas(cells, title, row_titles, None, column_titles, column_colors, cell, scale)
 
 
 @_styled
@@ -190,22 +203,39 @@ def key_grid(
     captions: Sequence[str] | None = None,
     columns: int = 8,
     colored: bool = True,
+    shared_scale: bool = False,
 ) -> Figure:
     """Filters side by side (wrapped after ``columns``). With ``colored`` (keys) each is framed and titled in its
-    key colour; otherwise (e.g. eigen-patches) frames are neutral."""
+    key colour; otherwise (e.g. eigen-patches) frames are neutral. With ``shared_scale`` all share one symmetric
+    colour range (their largest |value|), shown by a colour bar; otherwise each uses its own."""
     keys = _as_array(keys)
     n = len(keys)
+    scale = (float(np.abs(keys).max()) or 1.0) if shared_scale else None
     labels = list(labels) if labels is not None else [str(i + 1) for i in range(n)]
     colors: list[Any] = key_colors(n) if colored else [None] * n
     if n <= columns:
         rows = [("", keys, list(captions) if captions is not None else None)]
-        return filter_grid(rows, title, labels, colors if colored else None, cell=1.05)
+        return filter_grid(rows, title, labels, colors if colored else None, cell=1.05, scale=scale)
     # Several rows: the label goes under each key (column titles would only name the first row).
     cells = [
         Cell(i // columns, i % columns, keys[i], colors[i], labels[i] + (f"\n{captions[i]}" if captions else ""))
         for i in range(n)
     ]
-    return filter_canvas(cells, title, cell_inches=0.9)
+    return filter_canvas(cells, title, cell_inches=0.9, scale=scale)
+
+
+def keyset_figure(keyset: Any, title: str | None = None, columns: int = 8) -> Figure:
+    """A :class:`~masterkey.keys.KeySet` drawn as a :func:`key_grid` on one shared symmetric colour scale: each key
+    titled with its label and, when the key set carries it (discovered keys: provenance ``shares``), captioned with
+    the share of the bank's filters it explains."""
+    shares = keyset.provenance.get("shares")
+    captions = None
+    if isinstance(shares, list) and len(shares) == len(keyset):
+        captions = [f"{100 * float(s):.1f}% of filters" for s in shares]
+    k = keyset.kernel_size
+    what = "; caption: share of filters whose best key it is" if captions else ""
+    title = title or f"{keyset.name}: {len(keyset)} keys, {k}x{k} (centred, unit-norm{what})"
+    return key_grid(keyset.keys, keyset.key_labels(), title, captions, columns=columns, shared_scale=True)
 
 
 @_styled

@@ -332,6 +332,10 @@ KEY_SCALE = (
     "Each key on its own symmetric colour scale: red +max|value|, white 0, blue −max|value| (keys are centred and "
     "unit-norm)."
 )
+SHARED_KEY_SCALE = (
+    "One symmetric colour scale for all keys (the colour bar): red positive, white 0, blue negative (keys are "
+    "centred and unit-norm)."
+)
 
 
 def discovered_key_labels(keys: Any) -> list[str]:
@@ -353,10 +357,13 @@ def _discover_part(section: Section, part: DiscoverPart) -> None:
     accuracy = summary.get("objective") == "accuracy"
     if keys is not None:
         size = f"{keys.kernel_size}x{keys.kernel_size} "
-        labels = discovered_key_labels(keys)
-        png = F.figure_png(F.key_grid(keys.keys, labels, f"Discovered {size}keys ({keys.name})"))
-        caption = "Label: share of the bank's filters whose best key it is. " if labels != keys.key_labels() else ""
-        section.figure(f"keys{tag}", f"Discovered {size}keys", png, caption + KEY_SCALE)
+        png = F.figure_png(F.keyset_figure(keys, f"Discovered {size}keys ({keys.name})"))
+        shares = (
+            "Under each key: the share of the bank's filters whose best key it is. "
+            if keys.provenance.get("shares")
+            else ""
+        )
+        section.figure(f"keys{tag}", f"Discovered {size}keys", png, shares + SHARED_KEY_SCALE)
     if part.path is not None and len(part.path):
         objective = summary.get("objective")
         ylabel = "held-out top-1" if accuracy else "objective (mean cos²)" if objective else "objective"

@@ -30,6 +30,13 @@ RESULT_COLUMNS = (
 )
 
 
+#: How accuracies are stored in JSON / CSV (the terminal and Markdown show percent).
+ACCURACY_UNIT = (
+    "top1, top5, delta_top1, drop and their ci95 are fractions (0.823 = 82.3%); delta_top1 is against the "
+    "unswapped model as loaded (not recalibrated)"
+)
+
+
 @dataclass
 class SwapResults:
     """Rows (one per key set and condition, the unswapped baseline first), the per-stage cos² of each key set,
@@ -65,6 +72,7 @@ class SwapResults:
     def to_dict(self) -> dict[str, Any]:
         """Everything as plain JSON-ready data (NaN, e.g. the seed of a non-random key set, becomes None)."""
         out: dict[str, Any] = {
+            "accuracy_unit": ACCURACY_UNIT,
             "info": self.info,
             "results": _records(self.frame()),
             "summary": _records(self.summary()),
@@ -122,7 +130,7 @@ def markdown_summary(summary: pd.DataFrame) -> str:
     with_calib = "calibration" in summary and bool((summary["calibration"].fillna("") != "").any())
     head = "| keys | n_keys | recalibrated |" + (" calibration |" if with_calib else "")
     lines = [
-        head + " seeds | top-1 % | top-5 % | Δ top-1 (points) | mean cos² |",
+        head + " seeds | top-1 % | top-5 % | Δ top-1 (points vs the unswapped model, not recalibrated) | mean cos² |",
         "| --- | ---: | :---: |" + (" --- |" if with_calib else "") + " ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in summary.to_dict(orient="records"):

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from masterkey.errors import MasterkeyError
-from masterkey.keys import builtin_keysets
+from masterkey.keys import builtin_keysets, key_spec_label
 from masterkey.train.config import TrainConfig
 
 #: Largest number of training-set sizes in one sweep (each multiplies the runs).
@@ -141,7 +141,7 @@ def arm_name(config: TrainConfig) -> str:
     if config.mode == "trainable":
         return "trainable"
     spec = config.filters_from if config.filters_from else config.keys
-    label = Path(spec).stem if Path(spec).is_file() else spec.replace(":", "-")
+    label = key_spec_label(spec)
     return f"{config.mode}-{label}"
 
 
