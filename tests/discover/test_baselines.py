@@ -139,3 +139,10 @@ def test_default_bank_baselines_are_unchanged() -> None:
     before = [0.29486236390357595, 0.27251454581626544, 0.12484231450935898, 0.06897726820102858]
     assert scores[:3] == pytest.approx(before[:3], abs=1e-12)
     assert float(np.mean(scores[3:])) == pytest.approx(before[3], abs=1e-12)
+
+
+def test_every_default_baseline_has_one_builder() -> None:
+    from masterkey.discover.baselines import _BASELINE_BUILDERS
+    from masterkey.discover.settings import BASELINES
+
+    assert set(BASELINES) == set(_BASELINE_BUILDERS)

@@ -101,6 +101,9 @@ class _RenamedKeysOption(argparse.Action):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``masterkey discover``, in the order ``--help`` shows them. Longer than 100 lines because it
+    is one flat list of ``add_argument`` calls (one per option of :class:`DiscoverConfig` and of the run), which
+    reads best in one place."""
     from masterkey.discover.settings import BASELINES, KMEANS_SAMPLE, AutoencoderConfig
 
     p.add_argument("bank", nargs="?", default="default", metavar="BANK", help="bank directory (default: embedded)")

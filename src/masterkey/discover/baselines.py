@@ -17,7 +17,8 @@ exact (a d x d sum accumulated block by block); k-means learns its keys on a see
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -266,31 +267,62 @@ def baseline_keysets(
     ignore ``n_keys``). ``filters`` are the bank's usable filters [N, k, k] of one kernel size.
 
     ``kmeans_sample_size``: see :func:`spherical_kmeans`; ``pca_scatter``: see :func:`pca_keys`."""
-    k = int(filters.shape[-1])
-    prov = dict(provenance or {})
-    if method == "kmeans":
-        keys, _ = spherical_kmeans(
-            filters,
-            n_keys,
-            weights,
-            seed=seeds[0],
-            n_init=kmeans_init,
-            sample_size=kmeans_sample_size,
-            device=device,
-            score=False,
-        )
-        prov.update(method="spherical sign-invariant k-means", seed=seeds[0], n_init=kmeans_init)
-        if len(filters) > kmeans_sample_size:
-            prov.update(sample=kmeans_sample_size, of_filters=len(filters))
-        return [KeySet(f"kmeans{n_keys}", keys, prov)]
-    if method == "pca":
-        prov.update(method="PCA top-K of the weighted scatter")
-        scatter = pca_scatter if pca_scatter is not None else weighted_scatter(filters, weights, device)
-        return [KeySet(f"pca{n_keys}", pca_keys(filters, n_keys, weights, scatter), prov)]
-    if method == "random":
-        return [load_keys(f"random:{n_keys}:{s}", kernel_size=k) for s in seeds]
-    if method == "impulse":
-        return [load_keys("impulse", kernel_size=k)]
-    if method == "paper8":
-        return [load_keys("paper8", kernel_size=k, resize=True)]
-    raise MasterkeyError(f"unknown baseline {method!r}: expected one of {', '.join(BASELINES)}")
+    if method not in _BASELINE_BUILDERS:
+        raise MasterkeyError(f"unknown baseline {method!r}: expected one of {', '.join(BASELINES)}")
+    request = _BaselineRequest(
+        filters, n_keys, weights, seeds, kmeans_init, dict(provenance or {}), kmeans_sample_size, pca_scatter, device
+    )
+    return _BASELINE_BUILDERS[method](request)
+
+
+@dataclass
+class _BaselineRequest:
+    """What :func:`baseline_keysets` was asked for, handed to the builder of one method."""
+
+    filters: Tensor
+    n_keys: int
+    weights: Tensor | None
+    seeds: Sequence[int]
+    kmeans_init: int
+    provenance: dict
+    kmeans_sample_size: int
+    pca_scatter: Tensor | None
+    device: str | torch.device | None
+
+    @property
+    def kernel_size(self) -> int:
+        return int(self.filters.shape[-1])
+
+
+def _kmeans_baseline(r: _BaselineRequest) -> list[KeySet]:
+    keys, _ = spherical_kmeans(
+        r.filters,
+        r.n_keys,
+        r.weights,
+        seed=r.seeds[0],
+        n_init=r.kmeans_init,
+        sample_size=r.kmeans_sample_size,
+        device=r.device,
+        score=False,
+    )
+    prov = r.provenance | {"method": "spherical sign-invariant k-means", "seed": r.seeds[0], "n_init": r.kmeans_init}
+    if len(r.filters) > r.kmeans_sample_size:
+        prov.update(sample=r.kmeans_sample_size, of_filters=len(r.filters))
+    return [KeySet(f"kmeans{r.n_keys}", keys, prov)]
+
+
+def _pca_baseline(r: _BaselineRequest) -> list[KeySet]:
+    prov = r.provenance | {"method": "PCA top-K of the weighted scatter"}
+    scatter = r.pca_scatter if r.pca_scatter is not None else weighted_scatter(r.filters, r.weights, r.device)
+    return [KeySet(f"pca{r.n_keys}", pca_keys(r.filters, r.n_keys, r.weights, scatter), prov)]
+
+
+#: The baselines by name: each builds its key sets from a :class:`_BaselineRequest` (the one place a new baseline
+#: is added; :data:`BASELINES` lists the default ones in their order).
+_BASELINE_BUILDERS: dict[str, Callable[[_BaselineRequest], list[KeySet]]] = {
+    "kmeans": _kmeans_baseline,
+    "pca": _pca_baseline,
+    "random": lambda r: [load_keys(f"random:{r.n_keys}:{s}", kernel_size=r.kernel_size) for s in r.seeds],
+    "impulse": lambda r: [load_keys("impulse", kernel_size=r.kernel_size)],
+    "paper8": lambda r: [load_keys("paper8", kernel_size=r.kernel_size, resize=True)],
+}
