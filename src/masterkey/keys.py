@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -548,14 +548,23 @@ def _per_size_keys(spec: str, paths: dict[int, str], kernel_size: int | None, re
     """The keys of a discover run with one directory per kernel size (``{k: path}``) for ``kernel_size``."""
     if kernel_size is None:
         return load_key_values(paths[max(paths)])
-    if kernel_size in paths:
-        return load_key_values(paths[kernel_size], kernel_size=kernel_size)
-    same_parity = sorted((abs(k - kernel_size), k) for k in paths if (k - kernel_size) % 2 == 0)
+    size = nearest_kernel_size(paths, kernel_size, resize, f"keys '{spec}'", "the run has")
+    return load_key_values(paths[size], kernel_size=kernel_size, resize=size != kernel_size)
+
+
+def nearest_kernel_size(sizes: Iterable[int], kernel_size: int, resize: bool, what: str, have_label: str) -> int:
+    """Which of the key sets' ``sizes`` serves ``kernel_size`` filters: the same size, else (with ``resize``) the
+    nearest size of the same parity (the smaller one on a tie), to be centre-cropped or zero-padded. Raises
+    :class:`MasterkeyError` starting with ``what`` when none does."""
+    sizes = sorted(set(sizes))
+    if kernel_size in sizes:
+        return kernel_size
+    same_parity = sorted((abs(k - kernel_size), k) for k in sizes if (k - kernel_size) % 2 == 0)
     if not resize or not same_parity:
-        have = ", ".join(f"{k}x{k}" for k in sorted(paths))
+        have = ", ".join(f"{k}x{k}" for k in sizes)
         hint = "; pass --resize-keys to centre-crop / zero-pad keys of another size" if same_parity else ""
-        raise MasterkeyError(f"keys '{spec}': no {kernel_size}x{kernel_size} keys (the run has {have}){hint}")
-    return load_key_values(paths[same_parity[0][1]], kernel_size=kernel_size, resize=True)
+        raise MasterkeyError(f"{what}: no {kernel_size}x{kernel_size} keys ({have_label} {have}){hint}")
+    return same_parity[0][1]
 
 
 def key_spec_label(spec: str) -> str:

@@ -25,7 +25,7 @@ from torch import nn
 from masterkey.depthwise import DepthwiseConv, find_depthwise, stage_block
 from masterkey.errors import MasterkeyError
 from masterkey.fit import fit_affine
-from masterkey.keys import KeySet, load_keys
+from masterkey.keys import KeySet, load_keys, nearest_kernel_size
 from masterkey.normalize import filter_flags, usable_mask
 
 LayerSelector = str | Sequence[str] | Callable[[str], bool] | None
@@ -200,16 +200,9 @@ def keys_for_kernel(keys: Keys, kernel_size: int, resize: bool = False) -> KeySe
     nearest size of the same parity.
     """
     if isinstance(keys, Mapping):
-        if kernel_size in keys:
-            return load_keys(keys[kernel_size], kernel_size=kernel_size, resize=resize)
-        same_parity = sorted((abs(k - kernel_size), k) for k in keys if (k - kernel_size) % 2 == 0)
-        if not resize or not same_parity:
-            have = ", ".join(f"{k}x{k}" for k in sorted(keys))
-            raise MasterkeyError(
-                f"no keys for the {kernel_size}x{kernel_size} filters (the key sets are {have}); "
-                "pass --resize-keys to crop / pad a key set of another size"
-            )
-        return load_keys(keys[same_parity[0][1]], kernel_size=kernel_size, resize=True)
+        what = f"keys for the {kernel_size}x{kernel_size} filters"
+        size = nearest_kernel_size(keys, kernel_size, resize, what, "they are")
+        return load_keys(keys[size], kernel_size=kernel_size, resize=size != kernel_size or resize)
     return load_keys(keys, kernel_size=kernel_size, resize=resize)
 
 
