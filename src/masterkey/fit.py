@@ -1,4 +1,4 @@
-"""Exact affine fit of filters to keys (SPEC §2.4).
+"""Exact affine fit of filters to keys (docs/design.md, pipeline step 4).
 
 For a centred unit-norm key x̂ the least-squares fit of a filter y by ``a * x̂ + b`` is closed form:
 ``a = <y - ȳ, x̂>``, ``b = ȳ``, and residual² = ||y - ȳ||² - a². One matrix product scores every filter against

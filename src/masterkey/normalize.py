@@ -1,4 +1,4 @@
-"""Per-filter normalisation ("center_norm", SPEC §2.2) and the flags that exclude unusable filters."""
+"""Per-filter normalisation ("center_norm", docs/design.md, step 2) and the flags that exclude unusable filters."""
 
 from __future__ import annotations
 

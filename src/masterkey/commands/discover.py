@@ -32,7 +32,7 @@ from masterkey.errors import MasterkeyError
 NAME = "discover"
 ORDER = 5
 HELP = "discover key sets: 1-D-latent autoencoder -> candidates -> greedy reduction, with baselines (the main job)"
-DESCRIPTION = """Discover K master keys from a filter bank, one kernel size at a time (SPEC §2.3, §2.5):
+DESCRIPTION = """Discover K master keys from a filter bank, one kernel size at a time (docs/design.md, pipeline step 3):
 
   1. train an autoencoder whose latent is one number in [0, 1] on the bank's centred unit-norm filters
      (sign-invariant: a filter and its negative are the same filter; every source weighs the same);

@@ -1,5 +1,5 @@
-"""Key discovery (SPEC §2.3, §2.5): 1-D-latent autoencoder → candidates → greedy backward elimination, with
-baselines, an upper bound and a universality check.
+"""Key discovery (docs/design.md, pipeline step 3): 1-D-latent autoencoder → candidates → greedy backward
+elimination, with baselines, an upper bound and a universality check.
 
 Typical use::
 

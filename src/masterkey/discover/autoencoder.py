@@ -1,4 +1,4 @@
-"""The 1-D-latent autoencoder of SPEC §2.3: filters → one number in [0, 1] → filters.
+"""The 1-D-latent autoencoder (docs/design.md, pipeline step 3): filters → one number in [0, 1] → filters.
 
 Centred unit-norm k x k filters are encoded by 4 layers to a single latent squashed to [0, 1] by a sigmoid and
 decoded by 4 layers back to k x k. Decoding evenly spaced latents then traces the learned 1-D manifold of filter

@@ -1,4 +1,4 @@
-"""Greedy backward elimination of candidate keys (SPEC §2.5), the elbow of its path, and its checkpoints.
+"""Greedy backward elimination of candidate keys (docs/design.md, step 3), the elbow of its path, its checkpoints.
 
 From a set of candidates, repeatedly remove the one whose removal hurts the objective least, recording the
 objective at every set size down to a floor. The path (set size vs objective) shows how many keys the bank needs;

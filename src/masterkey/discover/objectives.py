@@ -1,4 +1,4 @@
-"""Objectives that score a set of keys, for the greedy reduction and for the baselines (SPEC §2.5).
+"""Objectives that score a set of keys, for the greedy reduction and for the baselines (docs/design.md, step 3).
 
 * :class:`VarianceObjective` (data-free): the mean explained variance (cos²) of a bank's filters under their best
   affine fits, averaged per source first, so that one big model cannot dominate.

@@ -1,4 +1,4 @@
-"""The discovery pipeline for one kernel size, and for every kernel size of a bank (SPEC §2.3, §2.5).
+"""The discovery pipeline for one kernel size, and for every kernel size of a bank (docs/design.md, pipeline step 3).
 
 autoencoder (1-D latent) → candidates (decoded evenly spaced latents) → greedy backward elimination under an
 objective → [second round: resample latents around the best 10, repeat] → keys; then baselines (k-means, PCA,

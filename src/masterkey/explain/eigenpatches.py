@@ -1,4 +1,4 @@
-"""Eigen-patches of natural images and patch-by-patch reconstruction from keys (SPEC §2.8).
+"""Eigen-patches of natural images and patch-by-patch reconstruction from keys (docs/design.md, pipeline step 7).
 
 The authors' argument (OpenReview discussion, after Romeny's *Front-End Vision*, p. 204): the principal components
 of Gaussian-windowed k x k patches of natural images ("eigen-patches") look like Gaussian derivatives, and so like the

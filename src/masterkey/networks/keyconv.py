@@ -1,4 +1,4 @@
-"""Depthwise convolutions built from keys (SPEC §2.7 and beyond): the modes of ``masterkey train``.
+"""Depthwise convolutions built from keys (docs/design.md, step 6, and beyond): the modes of ``masterkey train``.
 
 :class:`KeyConv2d` replaces a depthwise ``nn.Conv2d`` in place. Its kernel is ``scale * key + offset`` where ``key``
 [C, 1, k, k] is a frozen *buffer* (so no optimiser, weight decay or gradient ever touches it), ``offset`` is the
@@ -43,7 +43,7 @@ from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet, load_keys, resolve_key_spec
 from masterkey.networks.modes import MODES, SIGMA_SCOPES, TRANSFER_MODES
 
-#: Filter-type proportions (percent, keys 1-8 of ``paper8``) of trained models, from the paper (SPEC §2.7).
+#: Filter-type proportions (percent, keys 1-8 of ``paper8``) of trained models, as the paper reports them.
 PUBLISHED_PROPORTIONS: dict[str, tuple[float, ...]] = {
     "convnextv2-b": (2.77, 3.71, 3.33, 3.55, 3.08, 6.34, 24.17, 53.05),
     "hornet-t": (33.89, 13.97, 3.35, 4.64, 6.35, 5.54, 15.62, 16.64),

@@ -1,4 +1,4 @@
-"""Re-estimate BatchNorm running statistics after a swap (SPEC §3, non-LayerNorm networks).
+"""Re-estimate BatchNorm running statistics after a swap (docs/design.md, pipeline step 5: non-LayerNorm networks).
 
 A BatchNorm after a depthwise conv normalises with the mean and variance the *trained* filter produced; once the
 filter is swapped for ``a * key + b`` those statistics are stale. Re-estimating them on a few hundred training

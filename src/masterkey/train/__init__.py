@@ -1,5 +1,5 @@
 """Training DS-CNNs with trainable, frozen, key-initialised, key-mixing, scale-space or transferred depthwise filters
-(SPEC §2.7, Tables 2–3).
+(the paper's Tables 2–3; docs/design.md, pipeline step 6).
 
 - :mod:`masterkey.train.config` — :class:`TrainConfig`, the one dataclass that defines a run.
 - :mod:`masterkey.train.recipes` — ``--recipe`` presets: ``cifar`` (the defaults), ``imagenet`` (the paper's).

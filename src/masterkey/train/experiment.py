@@ -122,8 +122,8 @@ class Experiment:
 
 
 def standard_arms(discovered_keys: str | None = None) -> list[Arm]:
-    """The matrix of SPEC §2.8: trainable, frozen paper8, frozen random (8 keys), key-initialised (paper8), and
-    frozen discovered keys when a key file is given."""
+    """The matrix of the paper's training experiments: trainable, frozen paper8, frozen random (8 keys),
+    key-initialised (paper8), and frozen discovered keys when a key file is given."""
     arms = [
         Arm("trainable", {"mode": "trainable"}),
         Arm("frozen-paper8", {"mode": "frozen", "keys": "paper8"}),
