@@ -143,19 +143,19 @@ def test_an_unreadable_file_is_one_line_naming_it(workspace, capsys, monkeypatch
 
 
 def test_an_os_error_anywhere_is_one_line_naming_the_file(capsys, monkeypatch):
-    import masterkey.commands.keys as keys_command
+    import masterkey.keys  # `keys show` imports its reader from here when it runs
 
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", "/data/keys.txt")
 
-    monkeypatch.setattr(keys_command, "load_keys", denied)
+    monkeypatch.setattr(masterkey.keys, "load_key_values", denied)
     assert_clean_failure(run_cli(capsys, ["keys", "show", "x"]), "cannot access /data/keys.txt: permission denied")
 
 
 def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys, monkeypatch):
-    import masterkey.commands.keys as keys_command
+    import masterkey.keys
 
-    monkeypatch.setattr(keys_command, "builtin_keysets", lambda: 1 / 0)
+    monkeypatch.setattr(masterkey.keys, "builtin_keysets", lambda: 1 / 0)
     outcome = run_cli(capsys, ["keys", "list"])
     assert outcome.code == 1
     assert "Traceback" in outcome.err and "ZeroDivisionError" in outcome.err
@@ -168,12 +168,12 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(capsys, monkeypatch):
     ids=["MemoryError", "torch-allocator"],
 )
 def test_running_out_of_memory_is_one_line(capsys, monkeypatch, failure):
-    import masterkey.commands.keys as keys_command
+    import masterkey.keys
 
     def exhausted(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(keys_command, "load_keys", exhausted)
+    monkeypatch.setattr(masterkey.keys, "load_key_values", exhausted)
     assert_clean_failure(run_cli(capsys, ["keys", "show", "paper8"]), "out of memory")
 
 
