@@ -307,22 +307,7 @@ def chromium_image_check(html: str, tmp_path: Path) -> tuple[int, int]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     page = tmp_path / "page.html"
     page.write_text(html.replace("</body>", _CHECK + "</body>"))
-    profile = tmp_path / "profile"
-    cmd = [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        page.as_uri(),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    result = chromium(["--virtual-time-budget=10000", "--dump-dom"], page, tmp_path / "profile")
     found = re.search(r"IMGCHECK (\d+) (\d+)", result.stdout)
     assert found, f"chromium printed no check result (rc {result.returncode}): {result.stderr[-800:]}"
     return int(found.group(1)), int(found.group(2))
