@@ -127,8 +127,8 @@ train(config, sys.argv[2], on_step=on_step)
 """
 
 
-def test_a_run_killed_mid_epoch_resumes_to_identical_weights(tiny: TrainConfig, tmp_path: Path) -> None:
-    config = tiny.replace(mode="frozen", epochs=2, mixup=0.5, model_kwargs={**tiny.model_kwargs, "drop_path_rate": 0.1})
+def _killed_run(config: TrainConfig, tmp_path: Path) -> Path:
+    """Train ``config`` in a subprocess killed with SIGKILL after 5 steps; returns its output path."""
     out = tmp_path / "killed"
     script = tmp_path / "run.py"
     script.write_text(_KILLED_RUN)
@@ -139,6 +139,12 @@ def test_a_run_killed_mid_epoch_resumes_to_identical_weights(tiny: TrainConfig, 
         timeout=300,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    return out
+
+
+def test_a_run_killed_mid_epoch_resumes_to_identical_weights(tiny: TrainConfig, tmp_path: Path) -> None:
+    config = tiny.replace(mode="frozen", epochs=2, mixup=0.5, model_kwargs={**tiny.model_kwargs, "drop_path_rate": 0.1})
+    out = _killed_run(config, tmp_path)
     partial = partial_dir(out)
     assert not out.exists() and (partial / CHECKPOINT).is_file() and not (partial / "summary.json").exists()
     assert torch.load(partial / CHECKPOINT, weights_only=True)["epoch"] == 1  # killed in epoch 2 (steps 4-6)
@@ -199,16 +205,7 @@ def test_a_streamed_run_killed_after_a_mid_epoch_checkpoint_resumes_bitwise(tiny
         epochs=2, mixup=0.5, data_mode="stream", workers=1, checkpoint_every=2, image_size=32, train_crop="rrc",
         auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, drop_path=0.1,
     )  # fmt: skip
-    out = tmp_path / "killed"
-    script = tmp_path / "run.py"
-    script.write_text(_KILLED_RUN)
-    proc = subprocess.run(
-        [sys.executable, str(script), json.dumps(config.to_dict()), str(out), "5", str(torch.get_num_threads())],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    out = _killed_run(config, tmp_path)
     ckpt = torch.load(partial_dir(out) / CHECKPOINT, weights_only=True)
     assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (1, 1, 4)
     resumed = train(config, out, resume=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,14 +197,8 @@ def _load_train_data(
 ) -> TrainData:
     train = _load_split(train_dir, image_size, max_train_images, *geometry)
     test = _load_split(test_dir, image_size, max_test_images, *geometry)
-    if train.classes != test.classes:
-        only_train = sorted(set(train.classes) - set(test.classes))[:3]
-        only_test = sorted(set(test.classes) - set(train.classes))[:3]
-        raise MasterkeyError(
-            f"--data {root}: {train_dir.name}/ and {test_dir.name}/ have different classes "
-            f"({len(train.classes)} vs {len(test.classes)}; only in {train_dir.name}: {only_train}, "
-            f"only in {test_dir.name}: {only_test})"
-        )
+    names = (train_dir.name, test_dir.name)
+    check_same_classes(train.classes, test.classes, f"--data {root}: {names[0]}/ and {names[1]}/", *names)
     if train.images.shape[1:] != test.images.shape[1:]:
         raise MasterkeyError(
             f"--data {root}: train images are {tuple(train.images.shape[1:])} but test images "
@@ -406,3 +400,16 @@ class MemoryBatches:
             x = normalize_images(self.images[index], self.mean, self.std)
             x = device_augment(x, config, epoch, step, self.rank, per_rank)
             yield StepBatch(x, self.labels[index], index)
+
+
+def check_same_classes(
+    train: Sequence[str], test: Sequence[str], what: str, train_name: str = "train", test_name: str = "test"
+) -> None:
+    """Refuse train and test splits whose class lists differ, naming a few classes found in only one of them."""
+    if train != test:
+        only_train = sorted(set(train) - set(test))[:3]
+        only_test = sorted(set(test) - set(train))[:3]
+        raise MasterkeyError(
+            f"{what} have different classes ({len(train)} vs {len(test)}; only in {train_name}: {only_train}, "
+            f"only in {test_name}: {only_test})"
+        )

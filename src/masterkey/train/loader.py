@@ -293,13 +293,7 @@ def _split_samples(config: Any) -> tuple[Samples, Samples]:
     else:
         train_dir, test_dir = D.find_splits(config.data)
         train, test = list_samples(train_dir), list_samples(test_dir)
-    if train.classes != test.classes:
-        only_train = sorted(set(train.classes) - set(test.classes))[:3]
-        only_test = sorted(set(test.classes) - set(train.classes))[:3]
-        raise MasterkeyError(
-            f"--data {config.data}: the train and test splits have different classes ({len(train.classes)} vs "
-            f"{len(test.classes)}; only in train: {only_train}, only in test: {only_test})"
-        )
+    D.check_same_classes(train.classes, test.classes, f"--data {config.data}: the train and test splits")
     keep_train = D.subset_positions(train.labels, len(train.classes), config.max_train_images)
     keep_test = D.subset_positions(test.labels, len(test.classes), config.max_test_images)
     return (
