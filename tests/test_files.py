@@ -95,9 +95,9 @@ def test_output_kinds_are_recognised(tmp_path):
 @pytest.mark.parametrize(
     ("out", "kind", "overwrite", "inputs", "message"),
     [
-        ("fit", "fit", False, [], "already exists (pass --overwrite"),
+        ("fit", "fit", False, [], "already exists (pass overwrite=True"),
         ("fit", "fit", True, [], None),
-        ("fit", "discover", True, [], "is a masterkey fit output; --overwrite replaces only a discover output"),
+        ("fit", "discover", True, [], "is a masterkey fit output; overwrite=True replaces only a discover output"),
         ("train", "experiment", True, [], None),
         ("user", "fit", True, [], "user is not a masterkey output"),
         ("user/new", "fit", False, ["user"], "lies inside the input"),

@@ -121,7 +121,7 @@ def test_excluded_filters_are_counted_not_fitted():
 
 def test_kernel_size_mismatch_is_a_clear_error():
     bank = open_bank(None).query("kernel_size == 3")
-    with pytest.raises(MasterkeyError, match=r"kernel-size mismatch.*3x3.*7x7.*--resize-keys"):
+    with pytest.raises(MasterkeyError, match=r"kernel-size mismatch.*3x3.*7x7.*resize=True"):
         fit_bank(bank, "paper8")
     mixed = fit_bank(open_bank(None).query("kernel_size in [3, 7]"), "paper8")
     assert mixed.skipped_kernels == [3] and list(mixed.keysets) == [7]

@@ -60,7 +60,7 @@ def test_builtins():
 
 
 def test_resize_only_when_asked_and_says_it_is_a_crop():
-    with pytest.raises(MasterkeyError, match="--resize-keys"):
+    with pytest.raises(MasterkeyError, match="resize=True"):
         load_keys("paper8", kernel_size=3)
     crop = load_keys("paper8", kernel_size=3, resize=True)
     assert crop.kernel_size == 3 and "crop" in crop.provenance["resized"]

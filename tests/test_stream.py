@@ -134,7 +134,7 @@ def test_an_unreadable_image_stops_an_evaluation_with_its_file_named(
 def test_timm_schemes_that_only_iterate_or_cannot_be_read_are_refused(tmp_path: Path) -> None:
     with pytest.raises(MasterkeyError, match="'wds/' data sets only as a stream"):
         list_samples(tmp_path, "wds/imagenet")
-    with pytest.raises(MasterkeyError, match=r"--dataset torch/cifar10 --data .*timm cannot read it"):
+    with pytest.raises(MasterkeyError, match=r"dataset=torch/cifar10 path=.*timm cannot read it"):
         list_samples(tmp_path, "torch/cifar10")
 
 
@@ -147,7 +147,7 @@ def test_sizes_and_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     assert format_bytes(3 * 1024**3) == "3.0 GiB"
     monkeypatch.setenv("MASTERKEY_MEMORY_BUDGET", "100M")
     assert memory_budget() == (100 * 1024**2, "MASTERKEY_MEMORY_BUDGET")
-    assert memory_budget("2G") == (2 * 1024**3, "--memory-budget")
+    assert memory_budget("2G") == (2 * 1024**3, "memory_budget")
     monkeypatch.delenv("MASTERKEY_MEMORY_BUDGET")
     budget, source = memory_budget()
     assert budget > 0 and source == "half of the available memory"
@@ -156,18 +156,18 @@ def test_sizes_and_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_auto_keeps_memory_when_the_set_fits_and_streams_when_it_does_not() -> None:
     # ImageNet-1k at 224 px: 1,331,167 images, 186.6 GiB decoded.
     imagenet = choose_data_mode("auto", 1_331_167, (3, 224, 224), what="imagenet", budget="64G")
-    assert imagenet.stream and "186.6 GiB at 3x224x224, above the memory budget 64.0 GiB (--memory-budget)" in (
+    assert imagenet.stream and "186.6 GiB at 3x224x224, above the memory budget 64.0 GiB (memory_budget)" in (
         imagenet.reason
     )
     cifar = choose_data_mode("auto", 60_000, (3, 32, 32), what="cifar10", budget="64G")
     assert not cifar.stream and cifar.reason.startswith("memory: 60,000 images of cifar10 decode to 175.8 MiB")
     assert choose_data_mode("stream", 10, (3, 8, 8), what="x").reason.startswith("stream (asked for")
-    with pytest.raises(MasterkeyError, match=r"--data-mode memory: 1,331,167 images of imagenet decode to 186.6 GiB.*"
+    with pytest.raises(MasterkeyError, match=r"data_mode=memory: 1,331,167 images of imagenet decode to 186.6 GiB.*"
                        "above the memory budget 64.0 GiB"):  # fmt: skip
         choose_data_mode("memory", 1_331_167, (3, 224, 224), what="imagenet", budget="64G")
     needs = "the per-image augmentation (RandAugment) runs in DataLoader workers"
     assert choose_data_mode("auto", 10, (3, 8, 8), what="x", needs_stream=needs).reason == f"stream: {needs}"
-    with pytest.raises(MasterkeyError, match="--data-mode memory: the per-image augmentation"):
+    with pytest.raises(MasterkeyError, match="data_mode=memory: the per-image augmentation"):
         choose_data_mode("memory", 10, (3, 8, 8), what="x", needs_stream=needs)
     with pytest.raises(MasterkeyError, match="expected auto, memory or stream"):
         choose_data_mode("disk", 10, (3, 8, 8), what="x")

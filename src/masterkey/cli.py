@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, command_line_options
 
 MAIN_JOB = "discover"
 #: Exit statuses: bad input or an expected failure; a genuine bug; a closed output pipe (as SIGPIPE would);
@@ -92,16 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _log_to_stderr()
     try:
-        parser = build_parser()
-        if not argv:
-            argv = [MAIN_JOB] if MAIN_JOB in _commands() else ["fit"]
-        args = parser.parse_args(argv)
-        if not getattr(args, "_run", None):
-            parser.print_help()
-            return EXIT_ERROR
-        code = int(args._run(args) or 0)
-        sys.stdout.flush()  # a closed pipe shows here, inside the boundary, not at interpreter exit
-        return code
+        with command_line_options():
+            return _dispatch(argv)
     except SystemExit as exc:  # argparse: --help, --version, argument errors
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     except BrokenPipeError:
@@ -125,6 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         return _bug()
     return EXIT_ERROR
+
+
+def _dispatch(argv: list[str]) -> int:
+    parser = build_parser()
+    if not argv:
+        argv = [MAIN_JOB] if MAIN_JOB in _commands() else ["fit"]
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return EXIT_ERROR
+    code = int(args._run(args) or 0)
+    sys.stdout.flush()  # a closed pipe shows here, inside the boundary, not at interpreter exit
+    return code
 
 
 def _error(message: str) -> None:

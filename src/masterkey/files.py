@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 
 
 class OutputBusyError(MasterkeyError):
@@ -230,12 +230,13 @@ def check_output(
                 )
     if os.path.lexists(path):
         if not overwrite:
-            raise MasterkeyError(f"{path} already exists (pass --overwrite to replace it)")
+            raise MasterkeyError(f"{path} already exists (pass {option('overwrite', True)} to replace it)")
         found = output_kind(path)
         if found != "empty" and found not in _REPLACEABLE.get(kind, {kind}):
             what = "not a masterkey output" if found is None else f"{_a(found)} masterkey {found} output"
             raise MasterkeyError(
-                f"{path} is {what}; --overwrite replaces only {_a(kind)} {kind} output written by masterkey, so it "
+                f"{path} is {what}; {option('overwrite', True)} replaces only {_a(kind)} {kind} output written by "
+                "masterkey, so it "
                 "is left alone: choose another output"
             )
     return path

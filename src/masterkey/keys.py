@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.files import KEYSET_FORMAT, KEYSET_TEXT_HEADER, atomic_write, safetensors_bytes
 from masterkey.normalize import EXCLUDED, excluded_counts, filter_flags_array
 
@@ -503,7 +503,8 @@ def _sized(keyset: Any, kernel_size: int | None, resize: bool) -> Any:
         if not resize:
             raise MasterkeyError(
                 f"keys '{keyset.name}' are {keyset.kernel_size}x{keyset.kernel_size} but "
-                f"{kernel_size}x{kernel_size} filters are asked for; pass --resize-keys to centre-crop / zero-pad"
+                f"{kernel_size}x{kernel_size} filters are asked for; pass "
+                f"{option('resize', True, flag='--resize-keys')} to centre-crop / zero-pad"
             )
         keyset = keyset.resized(kernel_size)
     return keyset
@@ -562,7 +563,11 @@ def nearest_kernel_size(sizes: Iterable[int], kernel_size: int, resize: bool, wh
     same_parity = sorted((abs(k - kernel_size), k) for k in sizes if (k - kernel_size) % 2 == 0)
     if not resize or not same_parity:
         have = ", ".join(f"{k}x{k}" for k in sizes)
-        hint = "; pass --resize-keys to centre-crop / zero-pad keys of another size" if same_parity else ""
+        hint = (
+            f"; pass {option('resize', True, flag='--resize-keys')} to centre-crop / zero-pad keys of another size"
+            if same_parity
+            else ""
+        )
         raise MasterkeyError(f"{what}: no {kernel_size}x{kernel_size} keys ({have_label} {have}){hint}")
     return same_parity[0][1]
 

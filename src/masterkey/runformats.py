@@ -2,8 +2,9 @@
 
 Every command that writes a run directory (``fit``, ``discover``, ``swap``, ``train`` and experiments, ``explain``,
 ``report``) writes ``run.json`` with its ``kind`` (:mod:`masterkey.runs`) and the files declared here. The report
-reads runs through these declarations (:mod:`masterkey.report.runs` asks for the ``columns`` of each table), and
-``tests/test_runformats.py`` checks that what the real writers write matches them, file for file and column for
+reads runs through these declarations (:mod:`masterkey.report.runs` asks for the ``columns`` of each table), every
+table is written through :func:`write_table` (which refuses a table that lost a declared column), and
+``tests/report/test_runformats.py`` checks that what the real writers write matches them, file for file and column for
 column, so that a change to a writer cannot silently break a reader. Units: accuracies in run files are
 fractions in ``[0, 1]`` for ``swap`` and percentages for ``train`` / ``experiment`` (as timm reports them); each
 column says which. See ``docs/design.md`` for the pipeline these runs come from.
@@ -12,10 +13,15 @@ column says which. See ``docs/design.md`` for the pipeline these runs come from.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["RUN_FORMATS", "RunFile", "RunFormat", "check_run", "run_format"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["RUN_FORMATS", "RunFile", "RunFormat", "check_columns", "check_run", "run_format", "write_table"]
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,30 @@ def run_format(kind: str) -> RunFormat:
         return RUN_FORMATS[kind]
     except KeyError:
         raise KeyError(f"unknown run kind {kind!r} (known: {', '.join(RUN_FORMATS)})") from None
+
+
+def check_columns(kind: str, name: str, columns: Iterable[str]) -> None:
+    """Refuse to write table ``name`` of a ``kind`` run when it is not declared or lacks a declared column: a
+    writer that drifted from its format is a bug, caught where it is written rather than where a reader fails."""
+    declared = run_format(kind).columns(name)
+    missing = [c for c in declared if c not in set(columns)]
+    if missing:
+        raise ValueError(f"{kind} run file {name}: the writer lost the declared column(s) {', '.join(missing)}")
+
+
+def write_table(folder: str | Path, kind: str, name: str, table: pd.DataFrame) -> Path:
+    """Write ``table`` as the run file ``folder/name`` of a ``kind`` run (CSV, or Parquet for ``*.parquet``),
+    atomically, after :func:`check_columns`. Returns the path."""
+    from masterkey.files import atomic_write
+
+    check_columns(kind, name, table.columns)
+    path = Path(folder) / name
+    with atomic_write(path, "wb") as f:
+        if name.endswith(".parquet"):
+            table.to_parquet(f, index=False)
+        else:
+            f.write(table.to_csv(index=False).encode())
+    return path
 
 
 def check_run(path: str | Path, kind: str) -> list[str]:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.images import ImageSet, decode_image, list_image_folder
 from masterkey.progress import progress_bar
 
@@ -205,20 +205,23 @@ def _timm_samples(path: Path, dataset: str, split: str) -> Samples:
     scheme = dataset.partition("/")[0].lower() if "/" in dataset else ""
     if scheme in ITERABLE_SCHEMES:
         raise MasterkeyError(
-            f"--dataset {dataset}: timm reads '{scheme}/' data sets only as a stream (no random access), so the "
-            "deterministic per-(seed, epoch) order, world-size independent batches and exact mid-epoch resume cannot "
-            "hold; use an ImageFolder tree or tar shards of one (timm's tar reader gives random access)"
+            f"{option('dataset', dataset)}: timm reads '{scheme}/' data sets only as a stream (no random access), so "
+            "the deterministic per-(seed, epoch) order, world-size independent batches and exact mid-epoch resume "
+            "cannot hold; use an ImageFolder tree or tar shards of one (timm's tar reader gives random access)"
         )
     try:
         ds = create_dataset(dataset, root=str(path), split=split, download=False)
     except ImportError as exc:
-        raise MasterkeyError(f"--dataset {dataset}: needs a package that is not installed ({exc})") from None
+        raise MasterkeyError(f"{option('dataset', dataset)}: needs a package that is not installed ({exc})") from None
     except (AssertionError, RuntimeError, OSError, ValueError, KeyError) as exc:
         raise MasterkeyError(
-            f"--dataset {dataset} --data {path} (split {split}): timm cannot read it ({_first_line(exc)})"
+            f"{option('dataset', dataset)} {option('path', path, flag='--data')} (split {split}): timm cannot read "
+            f"it ({_first_line(exc)})"
         ) from None
     if isinstance(ds, torch.utils.data.IterableDataset):
-        raise MasterkeyError(f"--dataset {dataset}: an iterable data set; masterkey needs random access (see docs)")
+        raise MasterkeyError(
+            f"{option('dataset', dataset)}: an iterable data set; masterkey needs random access (see docs)"
+        )
     reader = getattr(ds, "reader", None)
     if reader is not None:
         targets = getattr(reader, "targets", None)
@@ -229,7 +232,9 @@ def _timm_samples(path: Path, dataset: str, split: str) -> Samples:
         return Samples(str(path), classes, torch.as_tensor(np.asarray(targets, dtype=np.int64)), dataset=reader)
     targets = getattr(ds, "targets", None)
     if targets is None:
-        raise MasterkeyError(f"--dataset {dataset}: the data set lists no targets; masterkey needs labelled images")
+        raise MasterkeyError(
+            f"{option('dataset', dataset)}: the data set lists no targets; masterkey needs labelled images"
+        )
     classes = [str(c) for c in getattr(ds, "classes", sorted(set(map(int, targets))))]
     return Samples(str(path), classes, torch.as_tensor(np.asarray(targets, dtype=np.int64)), dataset=ds)
 
@@ -379,7 +384,8 @@ def image_batches(
             raise MasterkeyError(
                 f"{errors[0]}; the evaluation stops (it counts every image: remove or repair the file)"
                 if "cannot decode" in errors[0]
-                else f"{images.root}: {errors[0]}; give a resize and crop (--image-size N) to make them equal"
+                else f"{images.root}: {errors[0]}; give a resize and crop ({option('image_size', 'N')}) to make them "
+                "equal"
             )
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     if n_workers == 0:
@@ -410,8 +416,10 @@ def ranges(n: int, batch_size: int) -> list[range]:
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
 
-def parse_size(text: str, what: str = "--memory-budget") -> int:
-    """``"8G"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` → bytes (K/M/G/T are powers of 1024)."""
+def parse_size(text: str, what: str | None = None) -> int:
+    """``"8G"``, ``"512M"``, ``"1.5GiB"``, ``"1000000"`` → bytes (K/M/G/T are powers of 1024); ``what`` names the
+    value in errors (by default the ``memory_budget`` option)."""
+    what = what or option("memory_budget")
     m = _SIZE.match(str(text))
     if not m:
         raise MasterkeyError(f"{what} {text!r}: expected a size such as 16G, 512M or a number of bytes")
@@ -434,7 +442,7 @@ def memory_budget(budget: str | int | None = None) -> tuple[int, str]:
     """Bytes the decoded images may take in host memory, and where the number comes from: ``budget`` (a size), else
     ``$MASTERKEY_MEMORY_BUDGET``, else half of the memory available now (``MemAvailable`` of /proc/meminfo)."""
     if budget is not None:
-        return (budget if isinstance(budget, int) else parse_size(budget)), "--memory-budget"
+        return (budget if isinstance(budget, int) else parse_size(budget)), option("memory_budget")
     env = os.environ.get("MASTERKEY_MEMORY_BUDGET")
     if env:
         return parse_size(env, "MASTERKEY_MEMORY_BUDGET"), "MASTERKEY_MEMORY_BUDGET"
@@ -482,7 +490,7 @@ def choose_data_mode(
     stream otherwise. ``memory`` on images that do not fit is refused (before anything is decoded).
     ``needs_stream`` names a reason only the streamed path serves (per-image augmentation in workers)."""
     if requested not in DATA_MODES:
-        raise MasterkeyError(f"--data-mode {requested!r}: expected auto, memory or stream")
+        raise MasterkeyError(f"{option('data_mode', repr(requested))}: expected auto, memory or stream")
     size = n_images * math.prod(image_shape)
     shape = "x".join(map(str, image_shape))
     decoded = f"{n_images:,} images of {what} decode to {format_bytes(size)} at {shape}"
@@ -490,7 +498,9 @@ def choose_data_mode(
         return DataMode("stream", f"stream (asked for; {decoded})")
     if needs_stream:
         if requested == "memory":
-            raise MasterkeyError(f"--data-mode memory: {needs_stream}; use --data-mode stream (or auto)")
+            raise MasterkeyError(
+                f"{option('data_mode', 'memory')}: {needs_stream}; use {option('data_mode', 'stream')} (or auto)"
+            )
         return DataMode("stream", f"stream: {needs_stream}")
     limit, source = memory_budget(budget)
     limits = [(limit, f"the memory budget {format_bytes(limit)} ({source})")]
@@ -502,7 +512,7 @@ def choose_data_mode(
         return DataMode("memory", f"memory: {decoded}, within {' and '.join(t for _, t in limits)}")
     if requested == "memory":
         raise MasterkeyError(
-            f"--data-mode memory: {decoded}, above {over[1]}; use --data-mode stream (or auto), or raise the budget "
-            "with --memory-budget SIZE / MASTERKEY_MEMORY_BUDGET"
+            f"{option('data_mode', 'memory')}: {decoded}, above {over[1]}; use {option('data_mode', 'stream')} (or "
+            f"auto), or raise the budget with {option('memory_budget', 'SIZE')} / MASTERKEY_MEMORY_BUDGET"
         )
     return DataMode("stream", f"stream: {decoded}, above {over[1]}")

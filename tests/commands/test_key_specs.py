@@ -108,7 +108,7 @@ def test_load_keys_picks_a_runs_keys_by_kernel_size(discover_run: Path) -> None:
     run = str(discover_run)
     assert load_keys(run).name == "discovered4-7x7"  # no size asked for: the largest
     assert load_keys(run, kernel_size=3).name == "discovered4-3x3"
-    with pytest.raises(MasterkeyError, match=r"no 5x5 keys \(the run has 3x3, 7x7\); pass --resize-keys"):
+    with pytest.raises(MasterkeyError, match=r"no 5x5 keys \(the run has 3x3, 7x7\); pass resize=True"):
         load_keys(run, kernel_size=5)
     assert load_keys(run, kernel_size=5, resize=True).name == "discovered4-3x3@5x5"
     assert len(load_keys(f"{run}:pca", kernel_size=3)) == 4

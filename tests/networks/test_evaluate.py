@@ -130,7 +130,7 @@ def test_the_data_mode_is_chosen_and_memory_that_does_not_fit_is_refused(
     root = shared / "data" / "imagenet-samples" / "val"
     monkeypatch.setenv("MASTERKEY_MEMORY_BUDGET", "1M")  # 12 images at 224 px: 1.7 MiB
     assert isinstance(load_eval_images(root, TORCHVISION_IMAGENET, max_images=12, data_mode="auto"), StreamedImages)
-    with pytest.raises(MasterkeyError, match=r"--data-mode memory: 12 images of .*imagenet-samples/val decode to"):
+    with pytest.raises(MasterkeyError, match=r"data_mode=memory: 12 images of .*imagenet-samples/val decode to"):
         load_eval_images(root, TORCHVISION_IMAGENET, max_images=12, data_mode="memory")
     monkeypatch.setenv("MASTERKEY_MEMORY_BUDGET", "1G")
     assert not isinstance(load_eval_images(root, TORCHVISION_IMAGENET, max_images=12, data_mode="auto"), StreamedImages)

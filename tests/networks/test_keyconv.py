@@ -203,7 +203,7 @@ def test_export_round_trip_loads_into_plain_timm(learn_scale: bool) -> None:
 
 def test_kernel_size_mismatch_needs_an_explicit_resize() -> None:
     model = tiny_convnext(kernel_sizes=3)
-    with pytest.raises(MasterkeyError, match=r"stages\.0\.blocks\.0\.conv_dw.*7x7.*3x3.*--resize-keys"):
+    with pytest.raises(MasterkeyError, match=r"stages\.0\.blocks\.0\.conv_dw.*7x7.*3x3.*resize=True"):
         convert_to_keys(model, "paper8", "frozen")
     convert_to_keys(model, "paper8", "frozen", resize=True)
     cropped = load_keys("paper8").resized(3).keys

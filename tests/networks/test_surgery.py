@@ -113,7 +113,7 @@ def test_resolution_stages_for_names_without_stage(mobilenet: nn.Module) -> None
 
 def test_keys_per_kernel_size(models_dir) -> None:
     lite = create_model("tf_efficientnet_lite0", weights=models_dir / "efficientnet_lite0_imagenet.pth")
-    with pytest.raises(MasterkeyError, match="--resize-keys"):
+    with pytest.raises(MasterkeyError, match="resize=True"):
         swap_depthwise(copy.deepcopy(lite), "paper8")
     mapping = {3: "random:4:1", 5: load_keys("random:6:2", kernel_size=5)}
     report = swap_depthwise(copy.deepcopy(lite), mapping)

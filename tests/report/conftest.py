@@ -21,8 +21,7 @@ CIFAR = SHARED / "data" / "cifar10"
 
 def make_fit_run(path: Path) -> Path:
     from masterkey.bank import open_bank
-    from masterkey.commands.fit import write_fit_run
-    from masterkey.fit import fit_bank, fit_report
+    from masterkey.fit import fit_bank, fit_report, write_fit_run
 
     bank = open_bank("default").query("source == 'convnext_atto_s0_e20'")
     fit = fit_bank(bank, "paper8")

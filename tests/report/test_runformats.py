@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from masterkey.report import load_run
-from masterkey.runformats import RUN_FORMATS, check_run, run_format
+from masterkey.runformats import RUN_FORMATS, check_run, run_format, write_table
 
 
 @pytest.mark.parametrize("name", ["fit", "discover", "discover_per_kernel", "swap", "train", "experiment", "explain"])
@@ -42,3 +43,19 @@ def test_every_kind_is_declared_once_with_run_json() -> None:
         assert fmt.kind == kind and fmt.file("run.json").required
     with pytest.raises(KeyError, match="unknown run kind 'bake'"):
         run_format("bake")
+
+
+def test_a_writer_cannot_drop_a_declared_column(tmp_path: Path) -> None:
+    path = pd.DataFrame({"n_keys": [3, 2], "objective": [0.9, 0.8], "extra": [1, 2]})
+    written = write_table(tmp_path, "discover", "path.csv", path)
+    assert pd.read_csv(written).equals(path)
+    with pytest.raises(ValueError, match="discover run file path.csv: the writer lost the declared column"):
+        write_table(tmp_path, "discover", "path.csv", path.drop(columns="objective"))
+    with pytest.raises(KeyError, match="declare no file 'paths.csv'"):
+        write_table(tmp_path, "discover", "paths.csv", path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["path.csv"]  # nothing half-written beside it
+
+
+def test_parquet_tables_round_trip(tmp_path: Path) -> None:
+    fits = pd.DataFrame({c: [0.5] for c in run_format("fit").columns("fits.parquet")})
+    assert pd.read_parquet(write_table(tmp_path, "fit", "fits.parquet", fits)).equals(fits)

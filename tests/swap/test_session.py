@@ -151,7 +151,7 @@ def test_session_errors(convnext: nn.Module, cifar_images) -> None:
         session.sweep(["paper9"])
     with pytest.raises(MasterkeyError, match="has no calibration images"):
         session.run("paper8", recalibrate=True)
-    with pytest.raises(MasterkeyError, match="--resize-keys"):
+    with pytest.raises(MasterkeyError, match="resize=True"):
         session.sweep([KeySet("three", torch.randn(2, 3, 3))])
 
 

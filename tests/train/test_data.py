@@ -49,7 +49,7 @@ def test_wrong_layouts_give_clear_errors(tmp_path: Path, cifar: Path) -> None:
     with pytest.raises(MasterkeyError, match="no such data folder"):
         D.find_splits(tmp_path / "absent")
     # One split's class folders given instead of the folder holding train/ and test/.
-    with pytest.raises(MasterkeyError, match=r"missing train/.*found sub-folders: airplane.*point --data at"):
+    with pytest.raises(MasterkeyError, match=r"missing train/.*found sub-folders: airplane.*point data at"):
         D.find_splits(cifar / "train")
     only_train = _tree(tmp_path / "a", cifar, {"train": ["cat", "dog"]})
     with pytest.raises(MasterkeyError, match=r"missing test/ \(or val/\)"):

@@ -183,7 +183,7 @@ def test_an_interrupted_experiment_resumes_run_by_run(tiny: TrainConfig, tmp_pat
     partial = tmp_path / "exp.partial" / "runs"
     assert (partial / "frozen-s0" / "summary.json").is_file()  # the first run completed
     assert (partial / "frozen-s1.partial" / "checkpoint.pt").is_file()  # the second stopped in epoch 2
-    with pytest.raises(MasterkeyError, match="interrupted experiment: pass --resume"):
+    with pytest.raises(MasterkeyError, match="interrupted experiment: pass resume=True"):
         run_experiment(experiment, out)
     changed = Experiment(base | {"epochs": 2, "lr": 1e-3}, experiment.arms, [0, 1])
     with pytest.raises(MasterkeyError, match=r"frozen-s0 was trained with a different config \(lr: 0\.003"):
@@ -214,7 +214,7 @@ def test_runs_trained_side_by_side_match_runs_trained_one_after_another(tiny: Tr
     epoch_lines = sorted(line.split("] ")[0] + "]" for line in lines if "] epoch 1/1" in line)
     assert epoch_lines == ["[frozen-s0]", "[frozen-s1]", "[trainable-s0]", "[trainable-s1]"]
     assert sum("] masterkey: data: memory" in line for line in lines) == 4  # library notes carry the prefix too
-    with pytest.raises(MasterkeyError, match="--jobs 0: expected a positive number"):
+    with pytest.raises(MasterkeyError, match="jobs=0: expected a positive number"):
         run_experiment(Experiment(base, arms, [0, 1]), tmp_path / "three", jobs=0)
     with pytest.raises(MasterkeyError, match="on_step needs jobs=1"):
         run_experiment(Experiment(base, arms, [0, 1]), tmp_path / "three", jobs=2, on_step=lambda e, s: None)

@@ -152,12 +152,12 @@ def test_auto_streams_under_a_small_budget_and_memory_that_does_not_fit_is_refus
         "data: stream: 36 images" in r.getMessage() and "above the memory budget 64.0 KiB (MASTERKEY_MEMORY_BUDGET)"
         in r.getMessage() for r in caplog.records
     )  # fmt: skip
-    with pytest.raises(MasterkeyError, match=r"--data-mode memory: 36 images .* decode to 108.0 KiB at 3x32x32, above"):
+    with pytest.raises(MasterkeyError, match=r"data_mode=memory: 36 images .* decode to 108.0 KiB at 3x32x32, above"):
         train(config.replace(data_mode="memory"), tmp_path / "refused")
     assert not (tmp_path / "refused").exists() and not partial_dir(tmp_path / "refused").exists()
     monkeypatch.setenv("MASTERKEY_MEMORY_BUDGET", "1G")
     assert train(config).summary["data_mode"] == "memory"
-    with pytest.raises(MasterkeyError, match="--data-mode memory: the per-image augmentation.*RandomResizedCrop"):
+    with pytest.raises(MasterkeyError, match="data_mode=memory: the per-image augmentation.*RandomResizedCrop"):
         train(config.replace(data_mode="memory", train_crop="rrc"))
 
 

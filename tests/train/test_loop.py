@@ -151,7 +151,7 @@ def test_a_run_killed_mid_epoch_resumes_to_identical_weights(tiny: TrainConfig, 
 
     with pytest.raises(MasterkeyError, match=r"different config: lr: 0\.003 \(checkpoint\) vs 0\.001 \(now\)"):
         train(config.replace(lr=1e-3), out, resume=True)
-    with pytest.raises(MasterkeyError, match="interrupted run: pass --resume"):
+    with pytest.raises(MasterkeyError, match="interrupted run: pass resume=True"):
         train(config, out)
     resumed = train(config, out, resume=True)
     reference = train(config, tmp_path / "uninterrupted")
@@ -172,7 +172,7 @@ def test_bad_inputs_give_clear_errors(tiny: TrainConfig, tmp_path: Path) -> None
     with pytest.raises(MasterkeyError, match="'convnext_nope': not a timm or torchvision model name"):
         train(tiny.replace(model="convnext_nope"))
     small_kernels = {**tiny.model_kwargs, "kernel_sizes": 3}
-    with pytest.raises(MasterkeyError, match=r"conv_dw: keys 'paper8' are 7x7 but 3x3.*--resize-keys"):
+    with pytest.raises(MasterkeyError, match=r"conv_dw: keys 'paper8' are 7x7 but 3x3.*resize=True"):
         train(tiny.replace(mode="frozen", model_kwargs=small_kernels), tmp_path / "kernels")
     with pytest.raises(MasterkeyError, match="num_classes=100 but .* has 10 classes"):
         train(tiny.replace(model_kwargs={**tiny.model_kwargs, "num_classes": 100}))
@@ -225,7 +225,7 @@ def test_a_finished_run_continues_with_more_epochs(
     out = tmp_path / "run"
     first = train(tiny, out)
     before = pd.read_csv(out / "metrics.csv")
-    with pytest.raises(MasterkeyError, match=r"already complete \(1 epochs\); nothing to resume \(pass --epochs N"):
+    with pytest.raises(MasterkeyError, match=r"already complete \(1 epochs\); nothing to resume \(pass epochs=N"):
         train(tiny, out, resume=True)
     with caplog.at_level(logging.WARNING, logger="masterkey"):
         longer = train(tiny.replace(epochs=3), out, resume=True)
@@ -336,7 +336,7 @@ def test_newer_modes_resume_to_bitwise_the_weights_of_an_uninterrupted_run(
 
 
 def test_newer_modes_refuse_bad_options(tiny: TrainConfig, tmp_path: Path) -> None:
-    with pytest.raises(MasterkeyError, match="mode transfer-frozen copies .* --filters-from WEIGHTS"):
+    with pytest.raises(MasterkeyError, match="mode transfer-frozen copies .* filters_from=WEIGHTS"):
         tiny.replace(mode="transfer-frozen")
     with pytest.raises(MasterkeyError, match="filters_from=.*expected none unless mode is transfer-frozen"):
         tiny.replace(mode="frozen", filters_from="x.safetensors")
@@ -356,7 +356,7 @@ def test_full_network_transfer_keeps_everything_but_a_fresh_classifier(tiny: Tra
     weights = models_dir / "mobilenet_v2_imagenet.pth"
     imagenet = torch.load(weights, map_location="cpu", weights_only=True)
     config = tiny.replace(model="torchvision:mobilenet_v2", model_kwargs={"num_classes": 10}, weights=str(weights))
-    with pytest.raises(MasterkeyError, match="the weights have 1000 classes, the model 10.*pass --new-head"):
+    with pytest.raises(MasterkeyError, match="the weights have 1000 classes, the model 10.*pass new_head=True"):
         build_model(config)
     model = initial_model(config.replace(new_head=True))
     state = model.state_dict()

@@ -8,7 +8,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,30 +119,6 @@ def resolved_device(spec: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, digits: int = 3) -> str:
-    """Plain-text table with right-aligned numbers."""
-    if not rows:
-        return "(none)"
-    columns = list(columns or rows[0].keys())
-
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.{digits}f}" if v == v else "-"
-        if isinstance(v, int) and not isinstance(v, bool):
-            return f"{v:,}"
-        return "" if v is None else str(v)
-
-    body = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r.get(c), (int, float)) for r in rows) for c in columns]
-
-    def line(values: Sequence[str]) -> str:
-        cells = (v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True))
-        return "  ".join(cells).rstrip()
-
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(b) for b in body)]).rstrip()
 
 
 def print_json(obj: Any) -> None:

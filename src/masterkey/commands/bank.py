@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from masterkey.commands._common import format_table, note_written, output_arg, print_json
+from masterkey.commands._common import note_written, output_arg, print_json
+from masterkey.tables import format_table
 
 if TYPE_CHECKING:
     from masterkey.bank import FilterBank

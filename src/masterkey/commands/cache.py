@@ -89,7 +89,8 @@ def _size(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masterkey.commands._common import format_table, print_json
+    from masterkey.commands._common import print_json
+    from masterkey.tables import format_table
 
     root = cache_root()
     entries = cache_entries(root)

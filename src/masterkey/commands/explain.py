@@ -9,13 +9,13 @@ from masterkey.commands._common import (
     SEED,
     SEEDS,
     float_arg,
-    format_table,
     int_arg,
     note_written,
     output_arg,
     print_json,
     progress_enabled,
 )
+from masterkey.tables import format_table
 
 #: Patch values held for the PCA (patches x k x k); 2^27 float64 values are 1 GiB.
 MAX_PATCH_VALUES = 1 << 27

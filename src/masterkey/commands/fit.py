@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from masterkey.commands._common import (
     MAX_CHUNK,
     SEED,
     device_arg,
-    format_table,
     int_arg,
     note,
     note_written,
@@ -19,11 +16,7 @@ from masterkey.commands._common import (
     progress_enabled,
     resolved_device,
 )
-from masterkey.files import atomic_directory, check_output, write_json, write_text
-from masterkey.runs import write_run_info
-
-if TYPE_CHECKING:
-    from masterkey.fit import BankFit
+from masterkey.files import check_output
 
 NAME = "fit"
 ORDER = 4
@@ -66,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from masterkey.bank import default_bank_path, open_bank
-    from masterkey.fit import fit_bank, fit_report
+    from masterkey.fit import fit_bank, fit_kernel, fit_report, render_text, write_fit_run
 
     if args.out:
         bank_path = default_bank_path() if args.bank == "default" else args.bank
@@ -98,66 +91,3 @@ def run(args: argparse.Namespace) -> int:
         print(render_text(report))
     note_written(args.out)
     return 0
-
-
-def fit_kernel(fit: BankFit) -> int:
-    return next(iter(fit.keysets.values())).kernel_size
-
-
-def write_fit_run(
-    out: str | Path,
-    fit: BankFit,
-    report: dict[str, Any],
-    config: dict[str, Any],
-    overwrite: bool,
-    inputs: list[Any] | None = None,
-) -> None:
-    """A fit run directory: fits.parquet, summary.json, summary.md, keys_k*.safetensors, run.json."""
-    with atomic_directory(out, "fit", overwrite=overwrite, inputs=inputs or []) as tmp:
-        fit.table.to_parquet(tmp / "fits.parquet", index=False)
-        for k, keyset in fit.keysets.items():
-            keyset.save(tmp / f"keys_k{k}.safetensors")
-        write_json(tmp / "summary.json", report)
-        write_text(tmp / "summary.md", render_markdown(report))
-        write_run_info(tmp, "fit", {k: v for k, v in config.items() if not k.startswith("_")})
-
-
-_SHORT = ["n", "mean_cos2", "q05_cos2", "q50_cos2", "q95_cos2", "ref_mean_cos2", "ref_q50_cos2"]
-
-
-def _columns(rows: list[dict[str, Any]], first: list[str]) -> list[str]:
-    present = rows[0].keys() if rows else []
-    return first + [c for c in _SHORT if c in present] + [c for c in present if c.startswith("p_")]
-
-
-def render_text(report: dict[str, Any]) -> str:
-    from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
-
-    keys = "; ".join(f"{k}x{k}: {v['name']}" for k, v in report["keys"].items())
-    excluded = ", ".join(f"{n} {what}" for what, n in report["excluded"].items())
-    lines = [
-        f"fit of {keys}",
-        f"bank {report['bank']}: {report['n_fitted']:,} filters fitted (excluded: {excluded})",
-    ]
-    if "reference" in report:
-        lines.append("reference: " + "; ".join(f"{k}x{k}: {v}" for k, v in report["reference"].items()))
-    for title, name, first in (
-        ("overall", "overall", []),
-        ("by kernel size", "by_kernel", ["kernel_size"]),
-        ("by source", "by_source", ["source"]),
-        ("by stage", "by_stage", ["stage"]),
-    ):
-        rows = report[name] if isinstance(report[name], list) else [report[name]]
-        if name == "by_stage":
-            rows = [{**row, "stage": stage_name(row["stage"])} for row in rows]
-        lines += ["", f"{title}:", format_table(rows, _columns(rows, first))]
-    if any(str(row.get("stage")) == "-1" for row in report["by_stage"]):
-        lines.append(UNKNOWN_STAGE_NOTE)
-    return "\n".join(lines)
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    lines = ["# Fit summary", "", "```", render_text(report), "```", ""]
-    rows = report["by_layer"]
-    lines += ["## By layer", "", "```", format_table(rows, _columns(rows, ["source", "layer"])), "```", ""]
-    return "\n".join(lines)

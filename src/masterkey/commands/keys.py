@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from masterkey.commands._common import KERNEL_SIZE, format_table, note_written, output_arg, print_json
+from masterkey.commands._common import KERNEL_SIZE, note_written, output_arg, print_json
 from masterkey.files import check_output, output_file
+from masterkey.tables import format_table
 
 if TYPE_CHECKING:
     from masterkey.keys import KeySet

@@ -13,7 +13,6 @@ from masterkey.commands._common import (
     SEEDS,
     add_data_mode_arguments,
     device_arg,
-    format_table,
     int_arg,
     note_written,
     output_arg,
@@ -23,6 +22,7 @@ from masterkey.commands._common import (
     resolved_device,
 )
 from masterkey.errors import MasterkeyError
+from masterkey.tables import format_table
 
 NAME = "swap"
 ORDER = 6

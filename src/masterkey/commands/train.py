@@ -20,7 +20,6 @@ from masterkey.commands._common import (
     THREADS,
     device_arg,
     float_arg,
-    format_table,
     int_arg,
     note,
     note_written,
@@ -30,6 +29,7 @@ from masterkey.commands._common import (
 )
 from masterkey.errors import MasterkeyError
 from masterkey.files import OutputBusyError, check_output, missing_parents, remove_empty_folders
+from masterkey.tables import format_table
 
 NAME = "train"
 ORDER = 6

@@ -13,6 +13,7 @@ from masterkey.discover.pipeline import Discovery
 from masterkey.discover.plots import figure_bytes, path_figure
 from masterkey.files import atomic_directory, atomic_write, write_json, write_text
 from masterkey.progress import progress_bar
+from masterkey.runformats import write_table
 from masterkey.runs import write_run_info
 
 
@@ -121,10 +122,10 @@ def write_discovery(out: Path, disc: Discovery) -> None:
     for method, keyset in disc.baseline_keys.items():
         keyset.save(out / "baseline_keys" / f"{method}.safetensors")
     path = disc.path_frame()
-    _write_csv(out / "path.csv", path)
-    _write_csv(out / "baselines.csv", disc.baselines)
+    write_table(out, "discover", "path.csv", path)
+    write_table(out, "discover", "baselines.csv", disc.baselines)
     if disc.universality is not None:
-        _write_csv(out / "universality.csv", disc.universality)
+        write_table(out, "discover", "universality.csv", disc.universality)
     write_json(out / "summary.json", disc.summary())
     write_text(out / "summary.md", discovery_markdown(disc))
     k = disc.kernel_size
@@ -137,11 +138,6 @@ def write_discovery(out: Path, disc: Discovery) -> None:
     accuracy = disc.objective == "accuracy"
     fig = path_figure(path, disc.baselines, disc.elbows, title, ylabel, chosen=len(disc.keys), percent=accuracy)
     _write_png(out / "path.png", figure_bytes(fig))
-
-
-def _write_csv(path: Path, table: pd.DataFrame) -> None:
-    with atomic_write(path, "w") as f:
-        table.to_csv(f, index=False)
 
 
 def _write_png(path: Path, data: bytes) -> None:

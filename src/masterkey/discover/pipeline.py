@@ -29,7 +29,7 @@ from masterkey.discover.greedy import GreedyPath
 from masterkey.discover.objectives import Objective, VarianceObjective, source_weights
 from masterkey.discover.rounds import DiscoverConfig, ObjectiveFactory, run_rounds
 from masterkey.discover.universality import leave_one_source_out
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.keys import KeySet
 from masterkey.normalize import EXCLUDED, excluded_counts
 from masterkey.progress import progress_bar
@@ -247,7 +247,9 @@ def _discover_keys(
     x = _check_filters(filters, out=None if copy else filters).to(device)
     n, k = int(x.shape[0]), int(x.shape[-1])
     if config.n_keys > n:
-        raise MasterkeyError(f"-k {config.n_keys} is larger than the number of usable filters ({n})")
+        raise MasterkeyError(
+            f"{option('n_keys', config.n_keys, flag='-k')} is larger than the number of usable filters ({n})"
+        )
     src = np.asarray(sources if sources is not None else ["filters"] * n)
     if src.shape != (n,):
         raise MasterkeyError(f"discover: {len(src)} source labels for {n} filters")
@@ -513,7 +515,8 @@ def _discover_bank(
     if missing:
         held = ", ".join(f"{s}x{s}" for s in bank.kernel_sizes)
         raise MasterkeyError(
-            f"{bank.path}: has no {missing[0]}x{missing[0]} filters (it holds {held}); choose --kernel-size among them"
+            f"{bank.path}: has no {missing[0]}x{missing[0]} filters (it holds {held}); choose "
+            f"{option('kernel_sizes', flag='--kernel-size')} among them"
         )
     provenance_base = {"bank": str(bank.path)}
     results: dict[int, Discovery] = {}

@@ -19,7 +19,7 @@ from masterkey.discover.baselines import BASELINES, KMEANS_SAMPLE
 from masterkey.discover.candidates import SPACINGS, Candidates, latent_grid, make_candidates, resample_around
 from masterkey.discover.greedy import GreedyPath, greedy_backward
 from masterkey.discover.objectives import Objective
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 
 ObjectiveFactory = Callable[[Tensor], Objective]
 WEIGHTINGS = ("source", "filter")
@@ -48,36 +48,47 @@ class DiscoverConfig:
 
     def __post_init__(self) -> None:
         if self.n_keys < 1:
-            raise MasterkeyError(f"-k: the number of keys must be at least 1, got {self.n_keys}")
+            raise MasterkeyError(
+                f"{option('n_keys', flag='-k')}: the number of keys must be at least 1, got {self.n_keys}"
+            )
         if self.n_candidates < 2:
-            raise MasterkeyError(f"--candidates must be at least 2, got {self.n_candidates}")
+            raise MasterkeyError(
+                f"{option('n_candidates', flag='--candidates')} must be at least 2, got {self.n_candidates}"
+            )
         if self.n_keys > self.n_candidates:
             raise MasterkeyError(
-                f"-k {self.n_keys} is larger than the candidate count {self.n_candidates}; "
-                "lower -k or raise --candidates"
+                f"{option('n_keys', self.n_keys, flag='-k')} is larger than the candidate count {self.n_candidates}; "
+                f"lower {option('n_keys', flag='-k')} or raise {option('n_candidates', flag='--candidates')}"
             )
         if self.rounds not in (1, 2):
-            raise MasterkeyError(f"--rounds must be 1 or 2, got {self.rounds}")
+            raise MasterkeyError(f"{option('rounds')} must be 1 or 2, got {self.rounds}")
         if not 1 <= self.floor <= self.n_keys:
-            raise MasterkeyError(f"--path-to must lie in 1..K ({self.n_keys}), got {self.floor}")
+            raise MasterkeyError(
+                f"{option('floor', flag='--path-to')} must lie in 1..K ({self.n_keys}), got {self.floor}"
+            )
         if self.spacing not in SPACINGS:
-            raise MasterkeyError(f"--spacing {self.spacing!r}: expected one of {', '.join(SPACINGS)}")
+            raise MasterkeyError(f"{option('spacing', repr(self.spacing))}: expected one of {', '.join(SPACINGS)}")
         if self.weighting not in WEIGHTINGS:
-            raise MasterkeyError(f"--weighting {self.weighting!r}: expected one of {', '.join(WEIGHTINGS)}")
+            raise MasterkeyError(
+                f"{option('weighting', repr(self.weighting))}: expected one of {', '.join(WEIGHTINGS)}"
+            )
         if not 0 < self.dedupe <= 1:
-            raise MasterkeyError(f"--dedupe must lie in (0, 1], got {self.dedupe}")
+            raise MasterkeyError(f"{option('dedupe')} must lie in (0, 1], got {self.dedupe}")
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise MasterkeyError(f"unknown baseline(s) {unknown}: expected some of {', '.join(BASELINES)}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise MasterkeyError(f"--threads must be at least 1, got {self.cpu_threads}")
+            raise MasterkeyError(
+                f"{option('cpu_threads', flag='--threads')} must be at least 1, got {self.cpu_threads}"
+            )
         largest = max((*self.compare_k, self.n_keys))
         if self.kmeans_sample < largest:
             raise MasterkeyError(
-                f"--kmeans-sample {self.kmeans_sample}: k-means needs at least as many filters as keys ({largest})"
+                f"{option('kmeans_sample', self.kmeans_sample)}: k-means needs at least as many filters as keys "
+                f"({largest})"
             )
         if self.random_seeds < 1:
-            raise MasterkeyError(f"--random-seeds must be at least 1, got {self.random_seeds}")
+            raise MasterkeyError(f"{option('random_seeds')} must be at least 1, got {self.random_seeds}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,8 +122,9 @@ def run_rounds(
     cands = [make_candidates(ae, latent_grid(latents, config.n_candidates, config.spacing), config.dedupe)]
     if len(cands[0]) < config.n_keys:
         raise MasterkeyError(
-            f"{k}x{k}: -k {config.n_keys} is larger than the {len(cands[0])} distinct candidates the autoencoder "
-            f"gave (of {config.n_candidates}, near-duplicates removed); lower -k or raise --candidates"
+            f"{k}x{k}: {option('n_keys', config.n_keys, flag='-k')} is larger than the {len(cands[0])} distinct "
+            f"candidates the autoencoder gave (of {config.n_candidates}, near-duplicates removed); lower "
+            f"{option('n_keys', flag='-k')} or raise {option('n_candidates', flag='--candidates')}"
         )
 
     def greedy(objective: Objective, round_: int) -> GreedyPath:

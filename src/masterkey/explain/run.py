@@ -37,6 +37,7 @@ from masterkey.keys import KeySet, load_keys
 from masterkey.progress import progress_bar
 from masterkey.report import figures as F
 from masterkey.report.html import markdown_table
+from masterkey.runformats import write_table
 from masterkey.runs import write_run_info
 from masterkey.stats import mean_ci95
 
@@ -292,10 +293,10 @@ def write_explain_run(
     figs = {name: F.figure_png(fig) for name, fig in drawing}
     out = Path(out)
     with atomic_directory(out, "explain", overwrite=overwrite) as tmp:
-        expl.scalespace.to_csv(tmp / "scalespace.csv", index=False)
-        expl.eigen_table.to_csv(tmp / "eigenpatches.csv", index=False)
-        expl.reconstruction.to_csv(tmp / "reconstruction.csv", index=False)
-        expl.random_eigen.to_csv(tmp / "eigenpatches_random.csv", index=False)
+        write_table(tmp, "explain", "scalespace.csv", expl.scalespace)
+        write_table(tmp, "explain", "eigenpatches.csv", expl.eigen_table)
+        write_table(tmp, "explain", "reconstruction.csv", expl.reconstruction)
+        write_table(tmp, "explain", "eigenpatches_random.csv", expl.random_eigen)
         expl.keys.save(tmp / "keys.safetensors")
         expl.models.save(tmp / "scalespace_keys.safetensors")
         eigen = expl.eigen

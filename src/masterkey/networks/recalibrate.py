@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.images import stratified_split
 from masterkey.networks.evaluate import Preprocessing, load_eval_images
 from masterkey.progress import progress_bar
@@ -66,10 +66,13 @@ def calibration_images(
     :func:`~masterkey.networks.evaluate.load_eval_images`). ``exclude`` names the evaluation folder, which must not
     be used for calibration too."""
     if n_images < 1:
-        raise MasterkeyError(f"--recalibrate {n_images}: the number of calibration images must be at least 1")
+        raise MasterkeyError(
+            f"{option('n_images', n_images, flag='--recalibrate')}: the number of calibration images must be at least 1"
+        )
     if exclude is not None and Path(root).resolve() == Path(exclude).resolve():
         raise MasterkeyError(
-            f"{root}: the calibration images are the evaluation images; calibrate on training data (--calib-data)"
+            f"{root}: the calibration images are the evaluation images; calibrate on training data "
+            f"({option('root', flag='--calib-data')})"
         )
     per_class = math.ceil(n_images / len(list_samples(root).classes))
     images = load_eval_images(
@@ -145,7 +148,9 @@ def crossfit_folds(
     labels = torch.as_tensor(labels)
     n = len(labels)
     if n_folds < 2 or n_folds > n:
-        raise MasterkeyError(f"--crossfit {n_folds}: need 2 <= folds <= the number of images ({n})")
+        raise MasterkeyError(
+            f"{option('n_folds', n_folds, flag='--crossfit')}: need 2 <= folds <= the number of images ({n})"
+        )
     gen = torch.Generator().manual_seed(seed)
     fold = torch.empty(n, dtype=torch.long)
     offset = 0

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from masterkey.depthwise import DepthwiseConv, find_depthwise, stage_block
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.fit import fit_affine
 from masterkey.keys import KeySet, load_keys, nearest_kernel_size
 from masterkey.normalize import filter_flags, usable_mask
@@ -169,7 +169,7 @@ _STAGE_TOKEN = re.compile(r"^stages?:(\d+)(?:-(\d+))?$")
 def _select_by_pattern(layers: Sequence[LayerPosition], pattern: str) -> list[LayerPosition]:
     tokens = [t.strip() for t in pattern.split(",") if t.strip()]
     if not tokens:
-        raise MasterkeyError(f"--layers {pattern!r}: empty layer selection")
+        raise MasterkeyError(f"{option('layers', repr(pattern))}: empty layer selection")
     chosen: set[str] = set()
     for token in tokens:
         m = _STAGE_TOKEN.match(token)
@@ -183,7 +183,8 @@ def _select_by_pattern(layers: Sequence[LayerPosition], pattern: str) -> list[La
             stages = sorted({pos.stage for pos in layers})
             names = ", ".join(pos.name for pos in layers[:3])
             raise MasterkeyError(
-                f"--layers {token!r}: matches no depthwise layer (stages {stages}; layer names such as {names}, ...)"
+                f"{option('layers', repr(token))}: matches no depthwise layer (stages {stages}; layer names such as "
+                f"{names}, ...)"
             )
         chosen |= hits
     return [pos for pos in layers if pos.name in chosen]

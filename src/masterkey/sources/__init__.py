@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.files import atomic_write, check_output, missing_parents, remove_empty_folders, safetensors_bytes
 from masterkey.sources.base import HarvestedLayer, HarvestedSource, accept_layer
 from masterkey.sources.network import harvest_model, harvest_module
@@ -64,7 +64,7 @@ def harvest(
         )
     if path.is_file():
         if weights is not None:
-            raise MasterkeyError(f"{path}: --weights goes with a model name, not with a weights file")
+            raise MasterkeyError(f"{path}: {option('weights')} goes with a model name, not with a weights file")
         if path.suffix.lower() == ".onnx":
             return harvest_onnx(path, name=name)
         return harvest_state_dict_file(path, name=name)
@@ -145,7 +145,9 @@ def harvest_bank(
         raise MasterkeyError("harvest: give at least one SOURCE")
     check_output(out, "bank", overwrite=overwrite, inputs=[*sources, weights])
     if (weights is not None or name is not None) and len(sources) > 1:
-        raise MasterkeyError("--weights and --name go with a single SOURCE (use NAME@WEIGHTS for several)")
+        raise MasterkeyError(
+            f"{option('weights')} and {option('name')} go with a single SOURCE (use NAME@WEIGHTS for several)"
+        )
     work = out.with_name(f".{out.name}.partial")
     options = {"weights": weights, "name": name, "kwargs": model_kwargs, "pretrained": pretrained}
     harvested = []

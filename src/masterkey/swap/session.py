@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.images import ImageSet
 from masterkey.keys import KeySet, resolve_key_spec
 from masterkey.networks.evaluate import (
@@ -355,7 +355,7 @@ class SwapSession:
         top-1) and, with ``recalibrate``, top1_recal / drop_recal.
         """
         if by not in ("stage", "layer"):
-            raise MasterkeyError(f"--sensitivity {by!r}: expected 'stage' or 'layer'")
+            raise MasterkeyError(f"{option('by', repr(by), flag='--sensitivity')}: expected 'stage' or 'layer'")
         base = self.baseline()
         positions = depthwise_layers(self.model)
         if by == "stage":
@@ -420,11 +420,13 @@ def load_model(
             if name is None:
                 raise MasterkeyError(
                     f"{weights}: the file names no architecture and matches none of the common DS-CNNs; "
-                    "give --model NAME (a timm or torchvision model name)"
+                    f"give {option('name', 'NAME', flag='--model')} (a timm or torchvision model name)"
                 )
         name = name or metadata["arch"]
     elif name is None:
-        raise MasterkeyError("no model: give --model NAME, --weights FILE, or both")
+        raise MasterkeyError(
+            f"no model: give {option('name', 'NAME', flag='--model')}, {option('weights', 'FILE')}, or both"
+        )
     model = create_model(name, weights=weights, pretrained=pretrained, **kwargs)
     return model, name, metadata
 
@@ -433,14 +435,15 @@ def write_swap_run(out: str | Path, results: SwapResults, config: dict[str, Any]
     """A "swap" run directory: results.csv / results.json, summary.csv, per_stage.csv, optional
     sensitivity.csv, summary.md and run.json (see the run-directory contract)."""
     from masterkey.files import atomic_directory, write_json, write_text
+    from masterkey.runformats import write_table
     from masterkey.runs import write_run_info
 
     with atomic_directory(out, "swap", overwrite=overwrite) as tmp:
-        results.frame().to_csv(tmp / "results.csv", index=False)
-        results.summary().to_csv(tmp / "summary.csv", index=False)
-        results.per_stage.to_csv(tmp / "per_stage.csv", index=False)
+        write_table(tmp, "swap", "results.csv", results.frame())
+        write_table(tmp, "swap", "summary.csv", results.summary())
+        write_table(tmp, "swap", "per_stage.csv", results.per_stage)
         if results.sensitivity is not None:
-            results.sensitivity.to_csv(tmp / "sensitivity.csv", index=False)
+            write_table(tmp, "swap", "sensitivity.csv", results.sensitivity)
         write_json(tmp / "results.json", results.to_dict())
         write_text(tmp / "summary.md", results.to_markdown())
         write_run_info(tmp, "swap", {k: v for k, v in config.items() if not k.startswith("_")})

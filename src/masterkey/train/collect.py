@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.files import check_output, write_lock
 from masterkey.runs import RUN_INFO, read_run_info, write_run_info
 from masterkey.train.config import TrainConfig, normal_form
@@ -61,7 +61,8 @@ def _finished_runs(source: Path) -> list[tuple[str, int | None, Path]]:
                     out.append((p.name.rsplit("-s", 1)[0], None, p))
             return out
     raise MasterkeyError(
-        f"--collect {source}: not an experiment or train run directory (no run.json of kind 'experiment' or 'train' "
+        f"{option('sources', source, flag='--collect')}: not an experiment or train run directory (no run.json of "
+        "kind 'experiment' or 'train' "
         "with finished runs, here or in a .partial beside it)"
     )
 
@@ -75,11 +76,17 @@ def _gather(sources: Sequence[str | Path]) -> tuple[dict[RunKey, Path], dict[Run
             key = (arm, size, int(config["seed"]))
             if key in found:
                 at = f" size {size}" if size is not None else ""
-                raise MasterkeyError(f"--collect: arm '{arm}'{at} seed {key[2]} is in both {found[key]} and {run}")
+                raise MasterkeyError(
+                    f"{option('sources', flag='--collect')}: arm '{arm}'{at} seed {key[2]} is in both {found[key]} "
+                    f"and {run}"
+                )
             found[key], configs[key] = run, config
     sized = {key[1] is not None for key in found}
     if len(sized) > 1:
-        raise MasterkeyError("--collect: a sweep over training-set sizes and runs without sizes cannot be joined")
+        raise MasterkeyError(
+            f"{option('sources', flag='--collect')}: a sweep over training-set sizes and runs without sizes cannot "
+            "be joined"
+        )
     return found, configs
 
 
@@ -97,7 +104,10 @@ def _check_protocol(found: dict[RunKey, Path], configs: dict[RunKey, dict[str, A
             if name not in runtime and normal_form(reference.get(name)) != normal_form(config.get(name))
         ]
         if diffs:
-            raise MasterkeyError(f"--collect: these runs were trained differently and cannot be compared: {diffs[0]}")
+            raise MasterkeyError(
+                f"{option('sources', flag='--collect')}: these runs were trained differently and cannot be compared: "
+                f"{diffs[0]}"
+            )
     return {k: v for k, v in reference.items() if k not in runtime}
 
 
@@ -109,7 +119,7 @@ def collect_experiments(sources: Sequence[str | Path], out: str | Path, *, overw
     only. Runs of sweeps over training-set sizes join as a sweep."""
     out = Path(out)
     if not sources:
-        raise MasterkeyError("--collect: give at least one experiment or run directory")
+        raise MasterkeyError(f"{option('sources', flag='--collect')}: give at least one experiment or run directory")
     found, configs = _gather(sources)
     sweep = any(key[1] is not None for key in found)
     base = _check_protocol(found, configs, sweep)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.networks.keyconv import MODES, SIGMA_SCOPES, TRANSFER_MODES
 
 
@@ -144,7 +144,7 @@ class TrainConfig:
         if self.mode in TRANSFER_MODES and not self.filters_from:
             raise MasterkeyError(
                 f"{source}: mode {self.mode} copies the depthwise filters of a trained model: give it with "
-                "--filters-from WEIGHTS (filters_from)"
+                f"{option('filters_from', 'WEIGHTS')}"
             )
         if self.filters_from and self.mode not in TRANSFER_MODES:
             raise bad("filters_from", f"none unless mode is {' or '.join(TRANSFER_MODES)}")
@@ -215,11 +215,11 @@ class TrainConfig:
         if self.train_crop not in ("pad", "rrc"):
             raise bad("train_crop", "pad | rrc")
         if self.train_crop == "rrc" and self.image_size is None:
-            raise bad("image_size", "a size for RandomResizedCrop (train_crop rrc needs --image-size N)")
+            raise bad("image_size", f"a size for RandomResizedCrop (train_crop rrc needs {option('image_size', 'N')})")
         if not isinstance(self.crop_pct, (int, float)) or not 0 < self.crop_pct <= 1:
             raise bad("crop_pct", "a number in (0, 1]")
         if self.crop_pct != 1 and self.image_size is None:
-            raise bad("crop_pct", "1 unless --image-size N is given (crop_pct scales the resize to N)")
+            raise bad("crop_pct", f"1 unless {option('image_size', 'N')} is given (crop_pct scales the resize to N)")
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise bad("interpolation", "bilinear | bicubic | nearest")
         if not isinstance(self.re_prob, (int, float)) or not 0 <= self.re_prob <= 1:
@@ -239,11 +239,13 @@ class TrainConfig:
         if self.memory_budget is not None:
             from masterkey.stream import parse_size
 
-            parse_size(self.memory_budget, "--memory-budget")
+            parse_size(self.memory_budget)
         if self.dataset and not isinstance(self.dataset, str):
             raise bad("dataset", "a timm data set name such as torch/cifar10")
         if not self.data:
-            raise MasterkeyError(f"{source}: no data folder given (--data DATA, holding DATA/train and DATA/test)")
+            raise MasterkeyError(
+                f"{source}: no data folder given ({option('data', 'DATA')}, holding DATA/train and DATA/test)"
+            )
 
 
 def config_differences(saved: dict[str, Any], current: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:

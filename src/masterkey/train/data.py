@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.images import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -71,7 +71,7 @@ def find_splits(root: str | Path) -> tuple[Path, Path]:
     file (``DATA/train.tar``); a clear error for any other layout."""
     root = Path(root)
     if not root.is_dir():
-        raise MasterkeyError(f"--data {root}: no such data folder")
+        raise MasterkeyError(f"{option('data', root)}: no such data folder")
     train = _split(root, TRAIN_SPLITS)
     test = _split(root, TEST_SPLITS)
     if train is None or test is None:
@@ -79,10 +79,13 @@ def find_splits(root: str | Path) -> tuple[Path, Path]:
         missing = "train/" if train is None else "test/ (or val/)"
         hint = ""
         if subdirs and train is None and any(list((root / d).glob("*.*"))[:1] for d in subdirs[:3]):
-            hint = "; it looks like one split of class folders: point --data at the folder holding train/ and test/"
+            hint = (
+                f"; it looks like one split of class folders: point {option('data')} at the folder holding train/ "
+                "and test/"
+            )
         shown = ", ".join(subdirs[:6]) + (", ..." if len(subdirs) > 6 else "")
         raise MasterkeyError(
-            f"--data {root}: expected DATA/train and DATA/test (or DATA/val) ImageFolders (or tar shards, or "
+            f"{option('data', root)}: expected DATA/train and DATA/test (or DATA/val) ImageFolders (or tar shards, or "
             f"train.tar and val.tar), missing {missing} (found sub-folders: {shown or 'none'}){hint}"
         )
     return train, test
@@ -113,7 +116,7 @@ def _load_split(
         )
     except MasterkeyError as exc:
         if "different sizes" in str(exc):
-            raise MasterkeyError(f"{exc} (for training: --image-size N)") from None
+            raise MasterkeyError(f"{exc} (for training: {option('image_size', 'N')})") from None
         raise
     if max_images is not None and len(images) > max_images:
         keep, _ = stratified_split(images.labels, len(images) - max_images, seed=0)
@@ -198,11 +201,11 @@ def _load_train_data(
     train = _load_split(train_dir, image_size, max_train_images, *geometry)
     test = _load_split(test_dir, image_size, max_test_images, *geometry)
     names = (train_dir.name, test_dir.name)
-    check_same_classes(train.classes, test.classes, f"--data {root}: {names[0]}/ and {names[1]}/", *names)
+    check_same_classes(train.classes, test.classes, f"{option('data', root)}: {names[0]}/ and {names[1]}/", *names)
     if train.images.shape[1:] != test.images.shape[1:]:
         raise MasterkeyError(
-            f"--data {root}: train images are {tuple(train.images.shape[1:])} but test images "
-            f"{tuple(test.images.shape[1:])}; pass --image-size N to make them equal"
+            f"{option('data', root)}: train images are {tuple(train.images.shape[1:])} but test images "
+            f"{tuple(test.images.shape[1:])}; pass {option('image_size', 'N')} to make them equal"
         )
     mean, std = normalization(normalize, Path(root), train)
     return TrainData(train, test, train.classes, mean, std, train_dir, test_dir)

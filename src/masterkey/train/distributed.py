@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,9 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise MasterkeyError(f"device '{spec}': CUDA is not available on this machine (use --device cpu)")
+            raise MasterkeyError(
+                f"device '{spec}': CUDA is not available on this machine (use {option('device', 'cpu')})"
+            )
         if spec == "cuda":
             spec = f"cuda:{local_rank}"
         device = torch.device(spec)

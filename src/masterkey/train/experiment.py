@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.keys import builtin_keysets, key_spec_label
 from masterkey.train.config import TrainConfig
 
@@ -145,8 +145,10 @@ def arm_name(config: TrainConfig) -> str:
     return f"{config.mode}-{label}"
 
 
-def parse_train_sizes(text: str, source: str = "--train-sizes") -> list[int]:
-    """:func:`check_sizes` of comma-separated sizes (``"500,2000"``)."""
+def parse_train_sizes(text: str, source: str | None = None) -> list[int]:
+    """:func:`check_sizes` of comma-separated sizes (``"500,2000"``); ``source`` names them in errors (by default
+    the ``train_sizes`` option)."""
+    source = source or option("train_sizes")
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -245,7 +247,7 @@ def load_experiment(path: str | Path) -> Experiment:
     """Read an experiment file (``.toml`` or ``.json``); see the module docstring for the format."""
     path = Path(path)
     if not path.is_file():
-        raise MasterkeyError(f"--experiment {path}: no such file")
+        raise MasterkeyError(f"{option('path', path, flag='--experiment')}: no such file")
     raw = _read_file(path)
     if not isinstance(raw, dict):
         raise MasterkeyError(f"{path}: expected a table with seeds, [base] and [[arms]]")

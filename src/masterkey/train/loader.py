@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.images import ImageSet, decode_image, open_rgb
 from masterkey.stream import (
     DataMode,
@@ -265,7 +265,7 @@ class StreamBatches:
 
 def _batch_error(config: Any, errors: list[str], epoch: int, step: int) -> str:
     if errors and "cannot decode" not in errors[0]:
-        return f"{config.data}: {errors[0]}; pass --image-size N to make them equal"
+        return f"{config.data}: {errors[0]}; pass {option('image_size', 'N')} to make them equal"
     return f"every image of a batch (epoch {epoch + 1}, step {step + 1}) was unreadable: {errors[0]}"
 
 
@@ -293,7 +293,7 @@ def _split_samples(config: Any) -> tuple[Samples, Samples]:
     else:
         train_dir, test_dir = D.find_splits(config.data)
         train, test = list_samples(train_dir), list_samples(test_dir)
-    D.check_same_classes(train.classes, test.classes, f"--data {config.data}: the train and test splits")
+    D.check_same_classes(train.classes, test.classes, f"{option('data', config.data)}: the train and test splits")
     keep_train = D.subset_positions(train.labels, len(train.classes), config.max_train_images)
     keep_test = D.subset_positions(test.labels, len(test.classes), config.max_test_images)
     return (

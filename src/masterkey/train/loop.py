@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.files import atomic_write, write_lock
 from masterkey.keys import load_keys
 from masterkey.networks.keyconv import (
@@ -61,6 +61,7 @@ from masterkey.train.rundir import (
     EXTEND,
     FRESH,
     RESUME,
+    already_complete,
     check_out,
     checkpoint_path,
     partial_dir,
@@ -124,7 +125,7 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
         except MasterkeyError as exc:
             if "class-count mismatch" not in str(exc):
                 raise
-            raise MasterkeyError(f"{exc}; to fine-tune on the data's classes pass --new-head") from None
+            raise MasterkeyError(f"{exc}; to fine-tune on the data's classes pass {option('new_head', True)}") from None
     if config.mode in TRANSFER_MODES:
         assert config.filters_from is not None
         return model, transfer_filters(model, config.filters_from, freeze=config.mode == "transfer-frozen")
@@ -250,7 +251,8 @@ def _resolve(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
     kwargs = dict(config.model_kwargs)
     if kwargs.setdefault("num_classes", n_classes) != n_classes:
         raise MasterkeyError(
-            f"--model-kwargs num_classes={kwargs['num_classes']} but {inputs.source} has {n_classes} classes"
+            f"{option('model_kwargs', 'num_classes=' + str(kwargs['num_classes']))} but {inputs.source} has "
+            f"{n_classes} classes"
         )
     if config.normalize == "auto":
         from masterkey.images import CIFAR10_MEAN
@@ -274,7 +276,7 @@ def _read_checkpoint(out: Path | None, plan: str, config: TrainConfig, info: Dis
         if diffs:
             raise MasterkeyError(
                 f"{path} was written by a different config: {'; '.join(diffs)} "
-                "(resume with the same options, or start over with --overwrite)"
+                f"(resume with the same options, or start over with {option('overwrite', True)})"
             )
         _check_epochs(ckpt, config, out, plan, steps)
         read.append(ckpt)
@@ -288,12 +290,9 @@ def _check_epochs(ckpt: dict[str, Any], config: TrainConfig, out: Path, plan: st
     recomputed over the new total from the current step (one warning)."""
     planned, done, step = int(ckpt["config"]["epochs"]), int(ckpt["epoch"]), int(ckpt["step"])
     if plan == EXTEND and config.epochs <= done:
-        raise MasterkeyError(
-            f"{out} is already complete ({done} epochs); nothing to resume (pass --epochs N with N > {done} to train "
-            "it longer, or --overwrite to train again)"
-        )
+        raise already_complete(out, done)
     if config.epochs < done or (config.epochs == done and ckpt["epoch_step"]):
-        raise MasterkeyError(f"--epochs {config.epochs}: the checkpoint has already trained {done} epochs")
+        raise MasterkeyError(f"{option('epochs', config.epochs)}: the checkpoint has already trained {done} epochs")
     if config.epochs != planned:
         ratio = config.min_lr / config.lr
         warmup = round(config.warmup_epochs * steps)

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.files import (
     atomic_write,
     check_output,
@@ -27,6 +27,7 @@ from masterkey.files import (
     write_text,
 )
 from masterkey.networks.keyconv import export_state_dict
+from masterkey.runformats import check_columns
 from masterkey.train.config import TrainConfig
 from masterkey.train.state import CHECKPOINT
 
@@ -55,7 +56,8 @@ def check_out(out: Path, resume: bool, overwrite: bool, epochs: int | None = Non
             return RESUME if (partial / CHECKPOINT).is_file() else RESTART
         if not overwrite:
             raise MasterkeyError(
-                f"{partial} holds an interrupted run: pass --resume to continue it or --overwrite to start over"
+                f"{partial} holds an interrupted run: pass {option('resume', True)} to continue it or "
+                f"{option('overwrite', True)} to start over"
             )
         return FRESH
     if out.exists() and not overwrite:
@@ -64,7 +66,7 @@ def check_out(out: Path, resume: bool, overwrite: bool, epochs: int | None = Non
                 _check_longer(out, epochs)
                 return EXTEND
             raise MasterkeyError(f"{out} is already complete and holds no {CHECKPOINT} to continue from")
-        raise MasterkeyError(f"{out} already exists (pass --overwrite to replace it)")
+        raise MasterkeyError(f"{out} already exists (pass {option('overwrite', True)} to replace it)")
     if resume and not out.exists():
         raise MasterkeyError(f"nothing to resume: neither {out} nor {partial} exists")
     return FRESH
@@ -76,10 +78,15 @@ def _check_longer(out: Path, epochs: int | None) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return  # the checkpoint decides (see masterkey.train.loop)
     if epochs is not None and epochs <= done:
-        raise MasterkeyError(
-            f"{out} is already complete ({done} epochs); nothing to resume (pass --epochs N with N > {done} to train "
-            "it longer, or --overwrite to train again)"
-        )
+        raise already_complete(out, done)
+
+
+def already_complete(out: Path, done: int) -> MasterkeyError:
+    """The error for resuming a complete run of ``done`` epochs without asking for more."""
+    return MasterkeyError(
+        f"{out} is already complete ({done} epochs); nothing to resume (pass {option('epochs', 'N')} with N > {done} "
+        f"to train it longer, or {option('overwrite', True)} to train again)"
+    )
 
 
 def checkpoint_path(out: Path, plan: str) -> Path:
@@ -119,7 +126,9 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 def write_metrics(run_dir: Path, epoch_rows: list[dict[str, Any]], step_rows: list[dict[str, Any]]) -> None:
     """``metrics.csv`` (one row per epoch; per-rank lists left out) and ``metrics.jsonl`` (step rows and epoch rows
     in step order, with the per-rank lists)."""
-    write_text(run_dir / "metrics.csv", _csv_text(epoch_rows))
+    text = _csv_text(epoch_rows)
+    check_columns("train", "metrics.csv", text.partition("\n")[0].split(","))
+    write_text(run_dir / "metrics.csv", text)
     merged = sorted([*step_rows, *epoch_rows], key=lambda r: (r["step"], "test_top1" in r))
     write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in merged))
 

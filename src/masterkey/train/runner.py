@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.files import check_output, write_lock
 from masterkey.keys import load_keys
 from masterkey.networks.keyconv import TRANSFER_MODES
@@ -33,7 +33,7 @@ def _check_completed(sub: Path, config: TrainConfig) -> None:
     if diffs:
         raise MasterkeyError(
             f"{sub} was trained with a different config ({'; '.join(diffs)}); resume with the same experiment, or "
-            "start over with --overwrite"
+            f"start over with {option('overwrite', True)}"
         )
 
 
@@ -119,7 +119,7 @@ def _prepare(experiment: Experiment, out: Path, run_dir: Path, resume: bool, ove
     """Check the output location and every arm (data, keys, model, training-set sizes) before anything trains."""
     if out.exists() and not overwrite:
         raise MasterkeyError(
-            f"{out} already exists (pass --overwrite to replace it)"
+            f"{out} already exists (pass {option('overwrite', True)} to replace it)"
             if not resume
             else f"{out} is already complete; nothing to resume"
         )
@@ -130,7 +130,8 @@ def _prepare(experiment: Experiment, out: Path, run_dir: Path, resume: bool, ove
             shutil.rmtree(run_dir)
         elif not resume:
             raise MasterkeyError(
-                f"{run_dir} holds an interrupted experiment: pass --resume to continue it or --overwrite to start over"
+                f"{run_dir} holds an interrupted experiment: pass {option('resume', True)} to continue it or "
+                f"{option('overwrite', True)} to start over"
             )
     elif resume:
         raise MasterkeyError(f"nothing to resume: neither {out} nor {run_dir} exists")
@@ -168,13 +169,15 @@ def run_experiment(
     """
     out = Path(out)
     if jobs < 1:
-        raise MasterkeyError(f"--jobs {jobs}: expected a positive number of runs to train at once")
+        raise MasterkeyError(f"{option('jobs', jobs)}: expected a positive number of runs to train at once")
     if jobs > 1 and on_step is not None:
         raise MasterkeyError("run_experiment: on_step needs jobs=1 (the runs of jobs > 1 train in other processes)")
     info, _ = init_distributed(str(experiment.base.get("device", "auto")))
     if jobs > 1 and info.world_size > 1:
         shutdown(info)
-        raise MasterkeyError("--jobs trains runs side by side on one device; under torchrun every run uses all ranks")
+        raise MasterkeyError(
+            f"{option('jobs')} trains runs side by side on one device; under torchrun every run uses all ranks"
+        )
     try:
         with contextlib.ExitStack() as stack:
             if info.is_main:

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from masterkey.files import atomic_write, write_json, write_text
+from masterkey.runformats import write_table
 from masterkey.stats import CONFIDENCE, mean_ci
 from masterkey.train.experiment import Experiment
 
@@ -202,16 +203,14 @@ def write_summary(run_dir: Path, experiment: Experiment, rows: list[dict[str, An
         result["train_sizes"] = experiment.train_sizes
     result["arms"] = summarize_sweep(frame, reference) if sweep else summarize_runs(frame, reference)
     result["runs"] = rows
-    with atomic_write(run_dir / "summary.csv", "w") as f:
-        frame.to_csv(f, index=False)
+    write_table(run_dir, "experiment", "summary.csv", frame)
     write_json(run_dir / "summary.json", result)
     write_text(run_dir / "summary.md", render_markdown(result, experiment))
     with atomic_write(run_dir / "curves.png") as f:
         f.write(figure_png(experiment_curves(curves)))
     if sweep:
         table = efficiency_table(result["arms"])
-        with atomic_write(run_dir / "efficiency.csv", "w") as f:
-            table.to_csv(f, index=False)
+        write_table(run_dir, "experiment", "efficiency.csv", table)
         write_text(run_dir / "efficiency.md", render_efficiency(table))
         with atomic_write(run_dir / "efficiency.png") as f:
             f.write(figure_png(efficiency_curves(table, reference)))
