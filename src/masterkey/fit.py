@@ -3,7 +3,8 @@
 For a centred unit-norm key x̂ the least-squares fit of a filter y by ``a * x̂ + b`` is closed form:
 ``a = <y - ȳ, x̂>``, ``b = ȳ``, and residual² = ||y - ȳ||² - a². One matrix product scores every filter against
 every key; each filter takes the key of largest |a| (the smallest residual). The sign of ``a`` is free.
-Filters are processed in chunks, so memory stays bounded however large the bank.
+Filters are processed in chunks, so memory stays bounded however large the bank. :func:`write_fit_run` writes the
+fit run directory (its files are declared in :mod:`masterkey.runformats`).
 """
 
 from __future__ import annotations

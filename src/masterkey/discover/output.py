@@ -133,7 +133,8 @@ def write_discovery(out: Path, disc: Discovery) -> None:
 
     title = f"{len(disc.keys)} discovered {k}x{k} keys (label: latent z; caption: share of filters; ordered by share)"
     _write_png(out / "keys.png", figure_png(keyset_figure(disc.keys, title)))
-    ylabel = "held-out top-1" if disc.objective == "accuracy" else "mean cos² (source-weighted)"
+    weighted = "source-weighted" if disc.config.weighting == "source" else "filter-weighted"
+    ylabel = "held-out top-1" if disc.objective == "accuracy" else f"mean cos² ({weighted})"
     title = f"{k}x{k}: greedy backward elimination"
     accuracy = disc.objective == "accuracy"
     fig = path_figure(path, disc.baselines, disc.elbows, title, ylabel, chosen=len(disc.keys), percent=accuracy)
