@@ -8,7 +8,9 @@ Measures, in one run on one machine:
     subsample and linearly extrapolated to N (printed as such), and the ratio.
 With ``--device cuda`` the filters stay in host memory (as a bank's do) and stream through the GPU chunk by chunk;
 the GPU's results are compared with the CPU's on a subsample, and the device's peak memory is reported.
-Usage: python bench/bench_fit.py [--n 1000000] [--keys 50] [--repeats 5] [--naive 300] [--device cuda]
+Usage: python bench/bench_fit.py [--n 1000000] [--keys 50] [--repeats 5] [--naive 300] [--device cuda] [--out PAGE]
+``--out bench/results/fit.md`` also writes the printed lines there and every timing beside them (``fit.raw.json``,
+:mod:`raw`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import time
 import numpy as np
 import torch
 
-from machine import describe_machine
+from masterkey.files import write_text
 from masterkey.fit import fit_affine
 from masterkey.keys import load_keys
+from raw import RawRecord, raw_note, raw_path
 
 
 def rss_kib(field: str) -> int:
@@ -68,11 +71,12 @@ def main() -> None:
     p.add_argument("--naive", type=int, default=300, help="filters in the naive-loop subsample")
     p.add_argument("--chunk-size", type=int, default=8192)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", help="also write the printed lines to this Markdown page, and every timing beside it")
     args = p.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     torch.set_num_threads(os.cpu_count() or 1)
-    machine = describe_machine(device)
+    record = RawRecord(device)
     gen = torch.Generator().manual_seed(0)
     filters = torch.randn(args.n, args.kernel, args.kernel, generator=gen)
     keys = load_keys(f"random:{args.keys}:0", kernel_size=args.kernel)
@@ -121,29 +125,50 @@ def main() -> None:
 
     best, med = min(times), statistics.median(times)
     naive_total = naive_per_filter * args.n
-    print(f"machine: {machine}; fit on {device}")
-    print(f"fit_affine: {args.n:,} {args.kernel}x{args.kernel} filters x {args.keys} keys, chunk {args.chunk_size}")
-    print(f"  best {best:.3f} s, median {med:.3f} s over {args.repeats} runs ({args.n / best / 1e6:.1f} M filters/s)")
-    print(f"  extra peak memory: {extra_mib:.0f} MiB (input itself: {filters.numel() * 4 / 2**20:.0f} MiB)")
+    explained_cos2 = float(explained.cos2.mean())
+    lines = [
+        f"machine: {record.machine}; fit on {device}",
+        f"fit_affine: {args.n:,} {args.kernel}x{args.kernel} filters x {args.keys} keys, chunk {args.chunk_size}",
+        f"  best {best:.3f} s, median {med:.3f} s over {args.repeats} runs ({args.n / best / 1e6:.1f} M filters/s)",
+        f"  extra peak memory: {extra_mib:.0f} MiB (input itself: {filters.numel() * 4 / 2**20:.0f} MiB)",
+    ]
     if cuda:
-        print(f"  device: {torch.cuda.get_device_name(device)}, peak device memory {device_mib:.0f} MiB")
-        print(
+        lines += [
+            f"  device: {torch.cuda.get_device_name(device)}, peak device memory {device_mib:.0f} MiB",
             f"  vs CPU on {min(args.n, 200_000):,} filters: same best key {same_key:.4%}, "
-            f"max |cos² diff| {cos2_err:.2e}"
-        )
-    print(
-        f"  well-explained filters (mean cos² {float(explained.cos2.mean()):.2f}): best {min(explained_times):.3f} s, "
-        f"median {statistics.median(explained_times):.3f} s"
-    )
-    print(
-        f"plain unchunked matrix product: best {min(plain_times):.3f} s, median {statistics.median(plain_times):.3f} s"
-    )
-    print(
+            f"max |cos² diff| {cos2_err:.2e}",
+        ]
+    lines += [
+        f"  well-explained filters (mean cos² {explained_cos2:.2f}): best {min(explained_times):.3f} s, "
+        f"median {statistics.median(explained_times):.3f} s",
+        f"plain unchunked matrix product: best {min(plain_times):.3f} s, median {statistics.median(plain_times):.3f} s",
         f"naive per-filter lstsq loop: {naive_per_filter * 1e3:.2f} ms/filter on {args.naive} filters "
         f"-> {naive_total:,.0f} s for {args.n:,} by linear extrapolation from the subsample "
         f"(x{naive_total / best:,.0f} slower, extrapolated); "
-        f"same best key for {agree:.1%} of the subsample"
-    )
+        f"same best key for {agree:.1%} of the subsample",
+    ]
+    print("\n".join(lines))
+    if args.out:
+        measurements = {
+            "device": str(device), "n_filters": args.n, "n_keys": args.keys, "kernel_size": args.kernel,
+            "chunk_size": args.chunk_size, "torch_threads": torch.get_num_threads(),
+            "fit_affine_seconds": times, "extra_peak_rss_mib": extra_mib, "peak_device_mib": device_mib,
+            "well_explained_mean_cos2": explained_cos2, "well_explained_seconds": explained_times,
+            "plain_matmul_seconds": plain_times, "naive_subsample": args.naive,
+            "naive_seconds_per_filter": naive_per_filter, "naive_extrapolated_seconds": naive_total,
+            "naive_same_best_key": agree,
+        }  # fmt: skip
+        if cuda:
+            measurements |= {"cuda_vs_cpu_same_best_key": same_key, "cuda_vs_cpu_max_cos2_diff": cos2_err}
+        raw = record.write(raw_path(args.out), measurements, args.out)
+        page = [
+            "# Exact affine fit: `fit_affine` against a plain matrix product and a naive loop", "",
+            f"Command: `{record.command}`", "", "```", *lines, "```", "",
+            "The naive loop is timed on the subsample only; its time for all filters is a linear extrapolation.", "",
+            raw_note(args.out),
+        ]  # fmt: skip
+        write_text(args.out, "\n".join(page) + "\n")
+        print(f"wrote {args.out} and {raw}")
 
 
 if __name__ == "__main__":
