@@ -120,7 +120,7 @@ def main() -> None:
         raw = record.write(
             raw_path(args.out), {"repeats": args.repeats, "trees": trees_used, "runs": samples}, args.out
         )
-        write_text(args.out, f"{text}\n{raw_note(args.out)}\n")
+        write_text(args.out, f"# Start-up time of the quick commands\n\n{text}\n{raw_note(args.out)}\n")
         print(f"wrote {args.out} and {raw}", file=sys.stderr)
 
 
