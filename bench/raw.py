@@ -59,14 +59,14 @@ def _utc_now() -> str:
 
 
 def git_state(repo: Path = REPO) -> tuple[str | None, bool | None]:
-    """(commit, whether tracked files differ from it) of the tree the benchmark runs from; (None, None) outside
-    a git checkout or without git."""
+    """(commit, whether tracked files other than the results pages differ from it) of the tree the benchmark runs
+    from; (None, None) outside a git checkout or without git."""
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         changes = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
             capture_output=True,
             text=True,
             check=True,
