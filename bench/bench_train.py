@@ -5,7 +5,7 @@ The masterkey variants run the real training loop (``train()`` on a CIFAR-10 sub
 uint8 images on the device, on-device crop / flip, label smoothing, the warm-up + cosine schedule, metric
 accumulation); their step times come from the loop's ``on_step`` callback. The plain loop feeds one pre-normalised
 float batch to ``model -> cross_entropy -> backward -> AdamW.step`` with the *same* optimiser as masterkey (AdamW
-with timm's weight-decay parameter groups, fused on CUDA: :func:`masterkey.train.loop.make_optimizer`), the same
+with timm's weight-decay parameter groups, fused on CUDA: :func:`masterkey.train.state.make_optimizer`), the same
 precision and the same memory layout, so the ratio compares the loops, not two optimisers.
 Variants are interleaved over several rounds so that load from other processes hits all of them alike; the
 first ``--warmup`` steps of every measurement are dropped. Each measurement times a window of ``--steps`` steps with
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from masterkey.train import TrainConfig, train
 from masterkey.train.distributed import resolve_device
-from masterkey.train.loop import make_optimizer
+from masterkey.train.state import make_optimizer
 from raw import RawRecord
 
 
