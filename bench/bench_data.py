@@ -15,8 +15,11 @@
 4. ``percore``: images/s of one loader worker with the ``imagenet`` recipe's transform at 224 px on the ImageNet
    samples (JPEGs of at most 256 px; real ImageNet JPEGs are larger): the data side of the time-per-epoch estimate.
 
-    python bench/bench_data.py                       # all three, 2 workers (this machine: 2 cores)
+    python bench/bench_data.py -o bench/results/data.raw.json   # all four parts, 2 workers (this machine: 2 cores)
     python bench/bench_data.py --only loader --workers 8 --batch-size 256 --rounds 5
+
+``-o`` writes every round's numbers (not only the medians) with the machine, command, commit and load average
+(:mod:`raw`); the results page they feed is ``bench/results/data.md``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from raw import RawRecord
 
 SHARED = Path(os.environ.get("MASTERKEY_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 TINY = {"dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "patch_size": 2}
@@ -234,17 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds (ABAB...)")
     p.add_argument("--cifar-images", type=int, default=5000, help="CIFAR-10 training images for the cifar part")
     p.add_argument("--cache", default="/tmp/masterkey-bench-cache", help="decoded-image cache for the rss part")
-    p.add_argument("--machine", default="2-core CPU sandbox, shared, no GPU", help="how to name the machine")
-    p.add_argument("-o", "--out", help="write the results as JSON here")
+    p.add_argument("-o", "--out", help="write every measurement as JSON here (e.g. bench/results/data.raw.json)")
     args = p.parse_args(argv)
     parts = args.only or list(PARTS)
-    result: dict[str, Any] = {
-        "machine": args.machine,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-    }
+    record = RawRecord("cpu", None if argv is None else [sys.argv[0], *argv])
+    print(f"machine: {record.machine}", file=sys.stderr)
+    result: dict[str, Any] = {"parts": parts}
     for part in parts:
         fn = {"loader": loader_bench, "cifar": cifar_bench, "rss": rss_bench, "percore": percore_bench}[part]
         if part in parts:
@@ -252,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             result[part] = fn(args)
     print(json.dumps(result, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {record.write(args.out, result, 'data.md')}", file=sys.stderr)
     return 0
 
 

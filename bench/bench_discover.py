@@ -16,7 +16,9 @@ For each bank size (default 25,000, 100,000 and 1,000,000 random 7x7 filters fro
    peak RSS are read from ``wait4``.
 
 With ``--main-job`` the main job (``masterkey`` on the embedded default bank) is timed the same way. The machine,
-the load average around every measurement, and the table go to stdout and to ``--out`` (Markdown).
+the load average around every measurement, and the table go to stdout and to ``--out`` (Markdown); every number
+measured (each stage's seconds and peak RSS, discover's own timings, the end-to-end runs) goes beside the page as
+``NAME.raw.json`` (:mod:`raw`).
 
     nice -n 10 python bench/bench_discover.py                             # 25k, 100k, 1M on the CPU, + main job
     python bench/bench_discover.py --device cuda --sizes 25000,1000000,10000000
@@ -27,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -50,8 +50,13 @@ def reset_peak() -> None:
         f.write("5")  # the peak RSS (VmHWM) restarts from the current RSS
 
 
-def load_average() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+def load_average() -> list[float]:
+    """The 1, 5 and 15-minute load averages."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def loads_text(before: list[float], after: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in before) + " -> " + " ".join(f"{v:.2f}" for v in after)
 
 
 def make_bank(n: int, path: Path, kernel_size: int) -> None:
@@ -167,17 +172,6 @@ def run_cli(args: list[str]) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss": usage.ru_maxrss * 1024}
 
 
-def machine(device: str) -> str:
-    import torch
-
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    text = f"{platform.machine()} Linux, {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}"
-    text += f", torch {torch.__version__}"
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return text + f", GPU: {gpu}"
-
-
 def mib(value: float) -> str:
     return f"{value / 2**20:,.0f}"
 
@@ -238,8 +232,11 @@ def main() -> None:
     sizes = [int(s) for s in (args.sizes or default).split(",")]
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    command = "python bench/bench_discover.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    print(f"machine: {machine(args.device)}\ncommand: {command}", flush=True)
+    from masterkey.files import write_text
+    from raw import RawRecord, raw_note, raw_path
+
+    record = RawRecord(args.device)
+    print(f"machine: {record.machine}\ncommand: {record.command}", flush=True)
     rows, loads = [], []
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     for n in sizes:
@@ -254,23 +251,23 @@ def main() -> None:
         out_dir = str(workdir / f"run{n}")
         cli_args = ["discover", str(bank), "--device", args.device, "--no-progress", "--overwrite", "-o", out_dir]
         cli = run_cli([*cli_args, *extra])
-        loads.append(f"{n:,}: {before} -> {load_average()}")
-        rows.append({"n": n, "stages": stages, "cli": cli, "filter_bytes": n * args.kernel**2 * 4})
+        loads.append({"n": n, "before": before, "after": load_average()})
+        rows.append({"n": n, "stages": stages, "cli": cli, "filter_bytes": n * args.kernel**2 * 4, "load": loads[-1]})
         sec = stages["seconds"]
         print(
             f"{n:>10,} filters: discover {cli['wall_s']:.1f} s wall, peak {mib(cli['peak_rss'])} MiB; stages "
             + ", ".join(f"{k} {v:.2f} s" for k, v in sec.items())
-            + f"; load {loads[-1]}",
+            + f"; load {loads_text(before, loads[-1]['after'])}",
             flush=True,
         )
     main_job = None
     if args.main_job:
         before = load_average()
         main_job = run_cli(["discover", "--no-progress", "--overwrite", "-o", str(workdir / "main-job")])
-        main_job["load"] = f"{before} -> {load_average()}"
+        main_job["load"] = {"before": before, "after": load_average()}
         print(
             f"main job: {main_job['wall_s']:.1f} s wall, {main_job['cpu_s']:.1f} s CPU, "
-            f"peak {mib(main_job['peak_rss'])} MiB; load {main_job['load']}",
+            f"peak {mib(main_job['peak_rss'])} MiB; load {loads_text(**main_job['load'])}",
             flush=True,
         )
     text = table(rows, args.universality)
@@ -279,11 +276,11 @@ def main() -> None:
         body = [
             "# `masterkey discover` at scale: measured results (issue 17)",
             "",
-            f"Machine: {machine(args.device)}.",
-            f"Command: `{command}` (bank sizes: random 7x7 filters from four sources of 40/30/20/10 %).",
+            f"Machine: {record.machine}.",
+            f"Command: `{record.command}` (bank sizes: random 7x7 filters from four sources of 40/30/20/10 %).",
             "",
             "Load average (1, 5, 15 min) before -> after each size (other jobs share the machine): "
-            + "; ".join(loads)
+            + "; ".join(f"{x['n']:,}: {loads_text(x['before'], x['after'])}" for x in loads)
             + ".",
             "",
             "Seconds per stage (one process, stages in order; `load` = open + read + normalise the bank, "
@@ -299,10 +296,15 @@ def main() -> None:
                 "",
                 f"Main job (`masterkey discover` on the embedded default bank, 25,664 filters, output written): "
                 f"{main_job['wall_s']:.1f} s wall, {main_job['cpu_s']:.1f} s CPU, peak RSS "
-                f"{mib(main_job['peak_rss'])} MiB (load {main_job['load']}).",
+                f"{mib(main_job['peak_rss'])} MiB (load {loads_text(**main_job['load'])}).",
             ]
-        Path(args.out).write_text("\n".join(body) + "\n")
-        print(f"wrote {args.out}")
+        raw = record.write(
+            raw_path(args.out),
+            {"device": args.device, "kernel_size": args.kernel, "sizes": rows, "main_job": main_job},
+            args.out,
+        )
+        write_text(args.out, "\n".join([*body, "", raw_note(args.out)]) + "\n")
+        print(f"wrote {args.out} and {raw}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ another source tree (e.g. the main branch before lazy imports) to the same round
 the floor that every torch-importing command pays.
 
     python bench/bench_startup.py --repeats 7 --before /work/main/src --out bench/results/startup.md
+
+With ``--out PAGE.md`` every run's times (and the machine, command, commit, load) go to ``PAGE.raw.json`` beside
+the page (:mod:`raw`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from machine import describe_machine
+from masterkey.files import write_text
+from raw import RawRecord, git_state, raw_note, raw_path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 #: (label, interpreter arguments); the masterkey ones depend on the source tree on PYTHONPATH.
@@ -90,24 +94,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7, help="measured runs of each command (default 7)")
     parser.add_argument("--before", type=Path, metavar="SRC", help="another source tree to time alongside")
-    parser.add_argument("--out", type=Path, help="also write the table (with command and machine) to this file")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="also write the table (with command and machine) to this Markdown file, and every run's "
+        "times beside it (NAME.raw.json)",
+    )
     args = parser.parse_args()
     if not 1 <= args.repeats <= 100:
         parser.error("--repeats: expected 1 to 100")
     trees = {"after": SRC} if args.before else {"this tree": SRC}
     if args.before:
         trees = {"before": args.before.resolve(), **trees}
-    machine = describe_machine("cpu")
+    record = RawRecord("cpu")
     times = measure(trees, args.repeats)
-    command = "python bench/bench_startup.py " + shlex.join(sys.argv[1:])
     text = (
         f"{table(times)}\n\n{args.repeats} runs each, interleaved; a fresh interpreter per run (wall time; CPU time is "
         "user + system of the run, which other jobs on the cores do not inflate).\n"
-        f"Machine: {machine}\nCommand: `{command}`\n"
+        f"Machine: {record.machine}\nCommand: `{record.command}`\n"
     )
     print(text)
     if args.out:
-        args.out.write_text(text)
+        samples = {label: [{"wall_s": wall, "cpu_s": cpu} for wall, cpu in runs] for label, runs in times.items()}
+        trees_used = {name: {"src": str(src), "git_commit": git_state(src)[0]} for name, src in trees.items()}
+        raw = record.write(
+            raw_path(args.out), {"repeats": args.repeats, "trees": trees_used, "runs": samples}, args.out
+        )
+        write_text(args.out, f"# Start-up time of the quick commands\n\n{text}\n{raw_note(args.out)}\n")
+        print(f"wrote {args.out} and {raw}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ The masterkey variants run the real training loop (``train()`` on a CIFAR-10 sub
 uint8 images on the device, on-device crop / flip, label smoothing, the warm-up + cosine schedule, metric
 accumulation); their step times come from the loop's ``on_step`` callback. The plain loop feeds one pre-normalised
 float batch to ``model -> cross_entropy -> backward -> AdamW.step`` with the *same* optimiser as masterkey (AdamW
-with timm's weight-decay parameter groups, fused on CUDA: :func:`masterkey.train.loop.make_optimizer`), the same
+with timm's weight-decay parameter groups, fused on CUDA: :func:`masterkey.train.state.make_optimizer`), the same
 precision and the same memory layout, so the ratio compares the loops, not two optimisers.
 Variants are interleaved over several rounds so that load from other processes hits all of them alike; the
 first ``--warmup`` steps of every measurement are dropped. Each measurement times a window of ``--steps`` steps with
@@ -17,13 +17,15 @@ by one (median of the paired ratios).
 
     python bench/bench_train.py                                # CPU: convnext_atto, patch 2, batch 64, 1 thread
     python bench/bench_train.py --device cuda --patch-size 1 --batch-size 512 --steps 40
+
+``-o FILE.json`` writes every round's seconds per step and every paired step (not only the medians) with the
+machine, command, commit and load average (:mod:`raw`); for the CPU section of ``bench/results/train.md`` that
+file is ``bench/results/train.raw.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -33,10 +35,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from machine import describe_machine
 from masterkey.train import TrainConfig, train
 from masterkey.train.distributed import resolve_device
-from masterkey.train.loop import make_optimizer
+from masterkey.train.state import make_optimizer
+from raw import RawRecord
 
 
 def sync(device: torch.device) -> None:
@@ -74,9 +76,10 @@ def plain_eager(
 
 def paired_model_steps(
     config: TrainConfig, pairs: int, device: torch.device, amp: bool, channels_last: bool
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """The frozen-key module's own cost: single training steps of the same timm model with trainable and with
-    frozen depthwise filters, alternated step by step (so load changes hit both alike); median paired ratio."""
+    frozen depthwise filters, alternated step by step (so load changes hit both alike); (the median paired ratio
+    and the median speeds, the seconds of every step)."""
     import timm
 
     from masterkey.networks.keyconv import convert_to_keys
@@ -114,11 +117,12 @@ def paired_model_steps(
         times["trainable"].append(a)
         times["frozen"].append(b)
         ratios.append(a / b)
-    return {
+    summary = {
         "trainable images/s": config.batch_size / statistics.median(times["trainable"]),
         "frozen images/s": config.batch_size / statistics.median(times["frozen"]),
         "median paired speed ratio frozen / trainable": statistics.median(ratios),
     }
+    return summary, times
 
 
 def masterkey_loop(config: TrainConfig, warmup: int, steps: int, device: torch.device) -> float:
@@ -152,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    record = RawRecord(device, None if argv is None else [sys.argv[0], *argv])
     cuda = device.type == "cuda"
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1 (the clock starts after a warm-up step)")
@@ -185,18 +190,17 @@ def main(argv: list[str] | None = None) -> int:
             per_round[name].append(seconds)
             print(f"round {r + 1} {name}: {args.batch_size / per_round[name][-1]:.1f} images/s", file=sys.stderr)
     speed = {name: args.batch_size / statistics.median(v) for name, v in per_round.items()}
-    paired = paired_model_steps(base, args.pairs, device, amp=cuda, channels_last=cuda)
+    paired, paired_seconds = paired_model_steps(base, args.pairs, device, amp=cuda, channels_last=cuda)
     eager, trainable = speed["plain eager PyTorch loop"], speed["masterkey train, trainable"]
     frozen = speed["masterkey train, frozen paper8"]
     result: dict[str, Any] = {
-        "machine": describe_machine(device),
-        "platform": platform.platform(),
         "torch": torch.__version__,
         "device": str(device),
         "threads": args.threads if not cuda else None,
         "model": f"{args.model} (num_classes=10, patch_size={args.patch_size})",
         "batch_size": args.batch_size,
         "steps": args.steps,
+        "warmup": args.warmup,
         "rounds": args.rounds,
         "amp": "bf16" if cuda else "none",
         "channels_last": cuda,
@@ -207,10 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             "masterkey frozen / plain eager": frozen / eager,
         },
         "paired_model_steps": paired,
-        "argv": sys.argv,
+        "seconds_per_step_by_round": per_round,
+        "paired_step_seconds": paired_seconds,
     }
     lines = [
-        f"machine: {result['machine']}; torch {torch.__version__}; device {device}"
+        f"machine: {record.machine}; torch {torch.__version__}; device {device}"
         + (f", {args.threads} thread(s)" if not cuda else ", bf16 autocast, channels_last"),
         f"model: {result['model']}; batch {args.batch_size}; median of {args.rounds} interleaved rounds, each timing "
         f"{args.steps} steps (after {args.warmup} warm-up steps) between two synchronisations",
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {record.write(args.out, result, 'train.md')}", file=sys.stderr)
     return 0
 
 

@@ -17,7 +17,9 @@ EfficientNet-Lite0; 7x7: the five CIFAR ConvNeXts) — so they include the evalu
 paper's key pool did (``masterkey discover``'s ``baseline_keys/kmeans.safetensors`` are the same keys).
 ``--discover DIR`` adds rows for a ``masterkey discover`` run's discovered keys.
 
-Results are checkpointed per key set under ``--work``; a rerun resumes. CPU time is measured per row.
+Results are checkpointed per key set under ``--work``; a rerun resumes. CPU time is measured per row. Every row
+of the checkpoint (per seed, with its CPU time and per-stage fits) goes beside the page as ``NAME.raw.json``
+(:mod:`raw`), noting which rows an earlier, resumed run measured.
 Usage: masterkey discover -o masterkey-runs/discover-default     # the discovered keys (optional)
        nice -n 10 python bench/swap_tables.py [--tables mnv2,convnext,lite0] [--discover DIR] [--quick]
 """
@@ -38,13 +40,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pandas as pd
 import torch
 
-from machine import describe_machine
 from masterkey.bank import open_bank
 from masterkey.files import write_json, write_text
 from masterkey.keys import KeySet
 from masterkey.networks.evaluate import load_eval_images, preprocessing_for
 from masterkey.networks.recalibrate import calibration_images
 from masterkey.swap import Calibration, SwapResults, SwapSession, load_model, markdown_summary
+from raw import RawRecord, raw_note, raw_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MASTERKEY_SHARED", REPO.parent / "shared"))
@@ -94,6 +96,7 @@ class Checkpoint:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.state: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        self.resumed = sorted(self.state)  # measured by an earlier run
 
     def get(self, key: str) -> Any:
         return self.state.get(key)
@@ -338,11 +341,11 @@ def findings(computed: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def render(args: argparse.Namespace, sections: list[str], total_cpu: float) -> str:
+def render(args: argparse.Namespace, sections: list[str], total_cpu: float, machine: str) -> str:
     head = [
         "# Swap tables: keys swapped into pretrained networks, no fine-tuning (issue 4)",
         "",
-        f"Machine: {describe_machine(args.device)}. Total CPU time of these runs: {total_cpu / 60:.1f} min "
+        f"Machine: {machine}. Total CPU time of these runs: {total_cpu / 60:.1f} min "
         "(process time, both threads counted).",
         "",
         "Reproduce: "
@@ -391,6 +394,7 @@ def main() -> None:
         args.work = args.work.with_name(args.work.name + "-quick")
         args.out = args.work / "swap.md"
     args.work.mkdir(parents=True, exist_ok=True)
+    record = RawRecord(args.device)
     ck = Checkpoint(args.work / "checkpoint.json")
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
     sections: list[str] = []
@@ -533,10 +537,15 @@ def main() -> None:
             "--sensitivity stage",
             "",
         ]
-    text = render(args, findings(computed) + sections, total_cpu)
-    write_text(args.out, text)
+    text = render(args, findings(computed) + sections, total_cpu, record.machine)
+    raw = record.write(
+        raw_path(args.out),
+        {"tables": tables, "work": str(args.work), "resumed_rows": ck.resumed, "rows": ck.state},
+        args.out,
+    )
+    write_text(args.out, f"{text}\n{raw_note(args.out)}\n")
     print(text)
-    print(f"wrote {args.out}", file=sys.stderr)
+    print(f"wrote {args.out} and {raw}", file=sys.stderr)
 
 
 if __name__ == "__main__":
