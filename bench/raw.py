@@ -3,9 +3,9 @@
 A results page ``bench/results/NAME.md`` shows medians and ratios; ``bench/results/NAME.raw.json`` holds what they
 were computed from: every repeat / sample the script measured, and the context needed to judge them (the command
 line, the machine as :func:`machine.describe_machine` reads it, the git commit of the measured tree, UTC start and
-end times, the load average at both ends). The JSON holds every number the script printed, so no separate log is
-kept. Files are written atomically (:func:`masterkey.files.write_json`), so an interrupted run leaves the previous
-raw file, never half of one.
+end times, the load average at both ends, the package versions as run directories record them). The JSON holds every
+number the script printed, so no separate log is kept. Files are written atomically
+(:func:`masterkey.files.write_json`), so an interrupted run leaves the previous raw file, never half of one.
 
     record = RawRecord("cpu")            # at the start: time, load average, machine
     ...                                  # measure
@@ -27,12 +27,13 @@ import torch
 
 from machine import describe_machine
 from masterkey.files import write_json
+from masterkey.runs import environment
 
 REPO = Path(__file__).resolve().parents[1]
 #: Keys of the record itself; a script's measurements may not use them.
 RECORD_KEYS = (
-    "command", "argv", "machine", "git_commit", "git_dirty", "utc_start", "utc_end", "load_average_start",
-    "load_average_end", "page",
+    "command", "argv", "machine", "environment", "git_commit", "git_dirty", "utc_start", "utc_end",
+    "load_average_start", "load_average_end", "page",
 )  # fmt: skip
 
 
@@ -84,6 +85,7 @@ class RawRecord:
         self.utc_start = _utc_now()
         self.load_average_start = _load_average()
         self.machine = describe_machine(device)
+        self.environment = environment()
         self.git_commit, self.git_dirty = git_state()
 
     @property
@@ -104,6 +106,7 @@ class RawRecord:
             "command": self.command,
             "argv": self.argv,
             "machine": self.machine,
+            "environment": self.environment,
             "git_commit": self.git_commit,
             "git_dirty": self.git_dirty,
             "utc_start": self.utc_start,
