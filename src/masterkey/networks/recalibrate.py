@@ -71,8 +71,8 @@ def calibration_images(
         )
     if exclude is not None and Path(root).resolve() == Path(exclude).resolve():
         raise MasterkeyError(
-            f"{root}: the calibration images are the evaluation images; calibrate on training data "
-            f"({option('root', flag='--calib-data')})"
+            f"{root}: the calibration images are the evaluation images; calibrate on training data (give "
+            f"{option('root', 'DIR', flag='--calib-data')})"
         )
     per_class = math.ceil(n_images / len(list_samples(root).classes))
     images = load_eval_images(
