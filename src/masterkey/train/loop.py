@@ -55,6 +55,7 @@ from masterkey.train.epoch import BatchCallback, StepCallback, evaluate, running
 from masterkey.train.loader import TrainInputs, open_train_inputs
 from masterkey.train.model import build_model
 from masterkey.train.optim import schedule_steps
+from masterkey.train.recipes import describe, recipe_for
 from masterkey.train.rundir import (
     EPOCH_COLUMNS,
     EXTEND,
@@ -63,6 +64,8 @@ from masterkey.train.rundir import (
     already_complete,
     check_out,
     checkpoint_path,
+    config_inputs,
+    failed_run_cleanup,
     partial_dir,
     publish,
     start_out,
@@ -133,7 +136,9 @@ def train(
     info, device = init_distributed(config.device)
     try:
         out_path = Path(out) if out is not None else None
-        return _train(config, out_path, info, device, resume, overwrite, on_step, on_batch)
+        cleanup = failed_run_cleanup(out_path) if out_path is not None and info.is_main else contextlib.nullcontext()
+        with cleanup:
+            return _train(config, out_path, info, device, resume, overwrite, on_step, on_batch)
     finally:
         shutdown(info)
         torch.set_num_threads(threads)
@@ -153,7 +158,12 @@ def _train(
     with contextlib.ExitStack() as stack:
         if out is not None and info.is_main:
             stack.enter_context(write_lock(out))
-        plan = run_on_main(info, lambda: check_out(out, resume, overwrite, config.epochs) if out is not None else FRESH)
+        reads = config_inputs(config)
+        plan = run_on_main(
+            info, lambda: check_out(out, resume, overwrite, config.epochs, reads) if out is not None else FRESH
+        )
+        if config.recipe and info.is_main:
+            log.info(describe(config.recipe, config.to_dict()))
 
         inputs = open_train_inputs(config, info, device)
         config = _resolve(config, inputs)
@@ -175,7 +185,8 @@ def _train(
         if out is not None:
             run_on_main(info, lambda: start_out(out, plan))  # only now: bad input leaves nothing behind
         if run_dir is not None and info.is_main:
-            write_run_info(run_dir, "train", resolved, warnings=notes)
+            recipe = recipe_for(config.recipe, config.model).provenance() if config.recipe else None
+            write_run_info(run_dir, "train", resolved, recipe=recipe, warnings=notes)
         writer = _tensorboard(config, run_dir, info)
         mean, std = torch.tensor(inputs.mean, device=device), torch.tensor(inputs.std, device=device)
 
@@ -226,7 +237,8 @@ def schedule_warnings(config: TrainConfig, steps_per_epoch: int) -> list[str]:
     warmup, total = schedule_steps(config, steps_per_epoch)
     if warmup >= total and config.warmup_epochs > 0:
         return [
-            f"all {total} steps are warm-up ({config.epochs} epochs, warmup_epochs {config.warmup_epochs:g}): the "
+            f"all {total} steps are warm-up ({config.epochs} epoch{'s' * (config.epochs != 1)}, warmup_epochs "
+            f"{config.warmup_epochs:g}): the "
             "learning rate only rises and never decays, so this run's accuracy is not that of the recipe (train "
             f"longer, or give fewer warm-up epochs with {option('warmup_epochs', 'N')})"
         ]
