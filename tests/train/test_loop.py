@@ -179,7 +179,7 @@ def test_an_in_memory_run_killed_mid_epoch_resumes_bitwise_ema_included(tiny: Tr
     assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (1, 1, 4) and ckpt["ema"] is not None
     resumed = train(config, out, resume=True)
     reference = train(config, tmp_path / "uninterrupted")
-    assert resumed.summary["data_mode"] == "memory" and resumed.summary["steps"] == 6
+    assert resumed.summary["data_mode"] == "memory" and resumed.summary["steps"] == reference.summary["steps"] == 6
     for name in ("model.safetensors", "model_ema.safetensors"):
         a, b = load_file(out / name), load_file(tmp_path / "uninterrupted" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), f"resumed {name} differs from the uninterrupted run's"
