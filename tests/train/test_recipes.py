@@ -181,3 +181,5 @@ def test_the_cli_prints_the_recipe_and_saves_it_resolved(
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["recipe"] == "imagenet" and summary["warnings"] == info["warnings"]
     assert {"ema_test_top1", "best_ema_test_top1"} <= set(summary)
+    assert main(["report", str(tmp_path / "run"), "-o", str(tmp_path / "report")]) == 0
+    assert "warning: all 3 steps are warm-up" in (tmp_path / "report" / "report.md").read_text()
