@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
 
     given = options(args)
     if args.collect:
-        if args.experiment or args.seeds or args.train_sizes or given.get("seed") is not None or args.resume:
+        if args.experiment or args.seeds or args.train_sizes or "seed" in given or args.resume or args.jobs != 1:
             raise MasterkeyError("--collect trains nothing: it takes only run directories, -o OUT and --overwrite")
         return _report_experiment(collect_experiments(args.collect, args.out, overwrite=args.overwrite), args)
     planned = plan(
