@@ -148,7 +148,7 @@ RUN_FORMATS: dict[str, RunFormat] = {
                 columns=("epoch", "step", "lr", "train_loss", "test_loss", "test_top1", "test_top5"),
             ),
             RunFile("metrics.jsonl", "per-step and per-epoch rows as they were logged"),
-            RunFile("summary.json", "the final numbers, parameter counts, depthwise statistics"),
+            RunFile("summary.json", "the final numbers, parameter counts, depthwise statistics, warnings"),
             RunFile("model.safetensors", "the trained weights", required=False),
             RunFile("checkpoint.pt", "the state to resume from (removed when --no-checkpoint)", required=False),
         ),
@@ -163,7 +163,9 @@ RUN_FORMATS: dict[str, RunFormat] = {
                 "one row per run: arm (mode column), seed, final numbers in percent",
                 columns=("run", "mode", "seed", "test_top1", "test_top5", "test_loss", "train_loss"),
             ),
-            RunFile("summary.json", "metric, confidence, seeds, arms (mean ± ci95, paired differences), runs"),
+            RunFile(
+                "summary.json", "metric, confidence, seeds, arms (mean ± ci95, paired differences), runs, warnings"
+            ),
             RunFile("summary.md", "the tables, as Markdown"),
             RunFile("curves.png", "test top-1 and training loss of every arm", required=False),
             RunFile(

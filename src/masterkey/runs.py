@@ -60,9 +60,10 @@ def command_argv() -> list[str]:
     return argv
 
 
-def write_run_info(out: str | Path, kind: str, config: dict[str, Any]) -> None:
-    """Write ``run.json`` (kind, resolved config, environment, command line) into ``out``."""
-    info = {"kind": kind, "config": config, "environment": environment(), "argv": command_argv()}
+def write_run_info(out: str | Path, kind: str, config: dict[str, Any], **extra: Any) -> None:
+    """Write ``run.json`` (kind, resolved config, environment, command line, and any ``extra`` entries such as
+    ``warnings``) into ``out``."""
+    info = {"kind": kind, "config": config, **extra, "environment": environment(), "argv": command_argv()}
     write_json(Path(out) / RUN_INFO, info)
 
 

@@ -168,6 +168,26 @@ def test_a_run_killed_mid_epoch_resumes_to_identical_weights(tiny: TrainConfig, 
         train(config, out, resume=True)
 
 
+def test_an_in_memory_run_killed_mid_epoch_resumes_bitwise_ema_included(tiny: TrainConfig, tmp_path: Path) -> None:
+    """In memory (batches drawn on the device), with EMA, mixup and drop-path, checkpointing every 2 steps: killed
+    by SIGKILL at step 5, after the checkpoint of step 4 (epoch 2, step 1 of 3), it resumes from that step to the
+    weights *and the EMA weights* of an uninterrupted run (a resume that restarted the epoch, or rebuilt the EMA
+    from the model, would not)."""
+    config = tiny.replace(epochs=2, data_mode="memory", checkpoint_every=2, ema_decay=0.5, mixup=0.5, drop_path=0.1)
+    out = _killed_run(config, tmp_path)
+    ckpt = torch.load(partial_dir(out) / CHECKPOINT, weights_only=True)
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (1, 1, 4) and ckpt["ema"] is not None
+    resumed = train(config, out, resume=True)
+    reference = train(config, tmp_path / "uninterrupted")
+    assert resumed.summary["data_mode"] == "memory" and resumed.summary["steps"] == reference.summary["steps"] == 6
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        a, b = load_file(out / name), load_file(tmp_path / "uninterrupted" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"resumed {name} differs from the uninterrupted run's"
+    ma, mb = (pd.read_csv(d / "metrics.csv") for d in (out, tmp_path / "uninterrupted"))
+    same = ["epoch", "step", "lr", "train_loss", "test_loss", "test_top1", "ema_test_loss", "ema_test_top1"]
+    pd.testing.assert_frame_equal(ma[same], mb[same], check_exact=True)
+
+
 def test_bad_inputs_give_clear_errors(tiny: TrainConfig, tmp_path: Path) -> None:
     with pytest.raises(MasterkeyError, match="'convnext_nope': not a timm or torchvision model name"):
         train(tiny.replace(model="convnext_nope"))

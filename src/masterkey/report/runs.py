@@ -287,7 +287,10 @@ def load_train(run: Run) -> TrainRun:
         if metrics is None and "epoch" in table and epoch_rows.any():
             metrics = table[epoch_rows].reset_index(drop=True)
             run.notes.append("per-epoch metrics read from metrics.jsonl")
-    return TrainRun(run, metrics, steps, run.read_json("summary.json"))
+    summary = run.read_json("summary.json")
+    if isinstance(summary, dict) and isinstance(summary.get("warnings"), list):
+        run.notes.extend(f"warning: {line}" for line in summary["warnings"])  # e.g. a run that is all warm-up
+    return TrainRun(run, metrics, steps, summary)
 
 
 def load_experiment(run: Run) -> ExperimentRun:

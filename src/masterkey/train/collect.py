@@ -29,6 +29,7 @@ ARM_FIELDS = (
     "resize_keys",
     "weights",
     "new_head",
+    "init_from",
     "sigma_scope",
     "filters_from",
 )

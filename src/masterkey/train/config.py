@@ -15,6 +15,11 @@ from typing import Any
 from masterkey.errors import MasterkeyError, option
 from masterkey.networks.keyconv import MODES, SIGMA_SCOPES, TRANSFER_MODES
 
+#: The peak learning rate when neither ``lr`` nor ``base_lr`` is given (the CIFAR-10 ConvNeXts of shared/models).
+DEFAULT_LR = 3e-3
+#: Layer-wise lr decay strategies of ConvNeXt-V2 (``optim_factory.py``); see :mod:`masterkey.train.optim`.
+LAYER_DECAY_TYPES = ("single", "group")
+
 
 def _runtime(default: Any) -> Any:
     return field(default=default, metadata={"runtime": True})
@@ -34,6 +39,8 @@ class TrainConfig:
     drop_path: float | None = None  # stochastic depth rate (model keyword drop_path_rate); None: the model's default
     weights: str | None = None  # start from these weights (a local file) instead of random init
     new_head: bool = False  # with weights: a fresh classifier for the data's classes instead of the weights' one
+    init_from: str | None = None  # pretrained encoder (FCMAE): a weights file, or timm:TAG (e.g. timm:fcmae, online)
+    head_init_scale: float | None = None  # a fresh classifier: trunc-normal(0.02) x this scale, bias 0
     # depthwise filters
     mode: str = "trainable"  # trainable | frozen | key-init | span | scalespace | transfer-frozen | transfer-init
     keys: str = "paper8"  # built-in key set name or key file (ignored for modes trainable and transfer-*)
@@ -62,14 +69,18 @@ class TrainConfig:
     # optimisation
     epochs: int = 20
     batch_size: int = 512  # global batch (split over DDP ranks)
-    lr: float = 3e-3
+    lr: float | None = None  # peak lr; None: base_lr * batch_size / 256 when base_lr is set, else 3e-3
     base_lr: float | None = None  # when set, lr = base_lr * batch_size / 256 (the linear scaling rule)
+    update_freq: int = 1  # each rank's share of a step in this many micro-batches (gradient accumulation)
     weight_decay: float = 0.05
+    layer_decay: float | None = None  # layer-wise lr decay (ConvNeXt-V2 optim_factory.py); None: off
+    layer_decay_type: str = "single"  # single: one lr per block | group: 12 groups of blocks (ConvNeXt-V2)
     warmup_epochs: float = 1.0
     min_lr: float = 0.0
     label_smoothing: float = 0.1
     grad_clip: float | None = None
     ema_decay: float | None = None  # e.g. 0.999; None disables EMA
+    ema_eval: bool = True  # with EMA: evaluate the EMA weights after every epoch too (ema_test_* metrics)
     seed: int = 0
     eval_batch_size: int = 1024
     # runtime: how, not what
@@ -121,6 +132,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with ``changes``; a new ``batch_size`` or ``base_lr`` rescales an ``lr`` that came from
+        ``base_lr`` (unless ``lr`` is among the changes)."""
+        if self.base_lr is not None and "lr" not in changes and {"batch_size", "base_lr"} & changes.keys():
+            changes["lr"] = None
         return dataclasses.replace(self, **changes).validated()
 
     # ------------------------------------------------------------------ checks
@@ -131,7 +146,7 @@ class TrainConfig:
             return MasterkeyError(f"{source}: {name}={getattr(self, name)!r}: expected {expected}")
 
         self._check_model(bad, source)
-        self._check_optimisation(bad)
+        self._check_optimisation(bad, source)
         self._check_data(bad, source)
         return self
 
@@ -150,6 +165,15 @@ class TrainConfig:
             raise bad("filters_from", f"none unless mode is {' or '.join(TRANSFER_MODES)}")
         if self.new_head and not self.weights:
             raise bad("new_head", "false unless weights are given (it replaces their classifier)")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise bad("init_from", "a weights file or timm:TAG, or none")
+        if self.init_from and self.weights:
+            raise bad("init_from", "none when weights are given (one starting point)")
+        if self.head_init_scale is not None:
+            if not isinstance(self.head_init_scale, (int, float)) or not 0 < self.head_init_scale <= 1e3:
+                raise bad("head_init_scale", "a positive scale or none")
+            if self.weights and not self.new_head:
+                raise bad("head_init_scale", "none when the classifier comes from weights (add new_head)")
         if not isinstance(self.model, str) or not self.model:
             raise bad("model", "a timm or torchvision model name")
         if not isinstance(self.model_kwargs, dict):
@@ -183,18 +207,29 @@ class TrainConfig:
         if self.drop_path is not None and "drop_path_rate" in self.model_kwargs:
             raise bad("drop_path", "unset when model_kwargs gives drop_path_rate (one or the other)")
 
-    def _check_optimisation(self, bad: Callable[[str, str], MasterkeyError]) -> None:
-        """Seed, learning rates, regularisation. Resolves ``lr`` from ``base_lr``."""
+    def _check_optimisation(self, bad: Callable[[str, str], MasterkeyError], source: str) -> None:
+        """Seed, learning rates, regularisation. Resolves ``lr``: from ``base_lr`` when set (an ``lr`` that differs
+        from it is refused as a conflict, never silently replaced), else :data:`DEFAULT_LR` when not given."""
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise bad("seed", "an integer from 0 to 4,294,967,295")
-        for name in ("lr", "weight_decay", "warmup_epochs", "min_lr", "label_smoothing", "mixup", "cutmix"):
+        for name in ("weight_decay", "warmup_epochs", "min_lr", "label_smoothing", "mixup", "cutmix"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise bad(name, "a finite number >= 0")
+        if self.lr is not None and (not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr < 0):
+            raise bad("lr", "a finite number >= 0")
         if self.base_lr is not None:
             if not isinstance(self.base_lr, (int, float)) or not math.isfinite(self.base_lr) or self.base_lr <= 0:
                 raise bad("base_lr", "a positive learning rate per 256 images, or none")
-            self.lr = self.base_lr * self.batch_size / 256
+            scaled = self.base_lr * self.batch_size / 256
+            if self.lr is not None and self.lr != scaled:
+                raise MasterkeyError(
+                    f"{source}: {option('lr', self.lr)} and {option('base_lr', self.base_lr)} conflict (base_lr "
+                    f"gives lr = {self.base_lr:g} x {self.batch_size} / 256 = {scaled:g}): give one of them"
+                )
+            self.lr = scaled
+        elif self.lr is None:
+            self.lr = DEFAULT_LR
         if self.lr <= 0:
             raise bad("lr", "a positive learning rate")
         if self.min_lr > self.lr:
@@ -205,6 +240,14 @@ class TrainConfig:
             raise bad("grad_clip", "a positive number or none")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise bad("ema_decay", "a number in (0, 1) or none")
+        if self.layer_decay is not None and not (
+            isinstance(self.layer_decay, (int, float)) and 0 < self.layer_decay <= 1
+        ):
+            raise bad("layer_decay", "a factor in (0, 1] or none")
+        if self.layer_decay_type not in LAYER_DECAY_TYPES:
+            raise bad("layer_decay_type", " | ".join(LAYER_DECAY_TYPES))
+        if not isinstance(self.update_freq, int) or isinstance(self.update_freq, bool) or self.update_freq < 1:
+            raise bad("update_freq", "a positive number of micro-batches per step")
 
     def _check_data(self, bad: Callable[[str, str], MasterkeyError], source: str) -> None:
         """Data, augmentation and data-path fields."""

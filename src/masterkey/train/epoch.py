@@ -8,6 +8,7 @@ draws come from ``(seed, epoch, step)`` (crops, flips, mixing) or from the globa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +23,8 @@ from masterkey.stream import Images, image_batches
 from masterkey.train import data as D
 from masterkey.train.config import TrainConfig
 from masterkey.train.distributed import Distributed, all_reduce_sum, gather_objects, shard_eval
-from masterkey.train.state import TrainState, loss_fn, set_rng_state
+from masterkey.train.optim import loss_fn, peak_lr
+from masterkey.train.state import TrainState, set_rng_state
 
 log = logging.getLogger("masterkey")
 StepCallback = Callable[[int, int], None]
@@ -70,8 +72,7 @@ def train_epoch(
     """Train the steps ``state.epoch_step ...`` of ``epoch``; returns the epoch's train metrics (all ranks summed).
     ``checkpoint(running)`` is called every ``config.checkpoint_every`` steps inside the epoch."""
     run = _epoch_start(state, config, info, epoch, device)
-    mixing = config.mixup > 0 or config.cutmix > 0
-    lr = state.optimizer.param_groups[0]["lr"]
+    lr = peak_lr(state.optimizer)
     start = time.perf_counter() - run["seconds"]
     for batch in batches.epoch(epoch, state.epoch_step):
         step = state.epoch_step
@@ -82,27 +83,20 @@ def train_epoch(
         y = batch.y
         if on_batch is not None:
             on_batch(epoch, step, batch.index, x)
-        targets: Tensor = y
-        if mixing:
-            targets = D.soft_targets(y, n_classes, config.label_smoothing)
-            x, targets = D.mix_batch(x, targets, config.mixup, config.cutmix, config.seed, epoch, step, info.rank)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=state.amp_dtype is not None):
-            logits = state.net(x)
-        loss = loss_fn(logits, targets, config.label_smoothing)
         state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, correct = _accumulate(state, x, y, config, info, device, epoch, step, n_classes)
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
-        lr = state.optimizer.param_groups[0]["lr"]
+        lr = peak_lr(state.optimizer)
         state.optimizer.step()
         state.scheduler.step()
         if state.ema is not None:
             state.ema.update(state.model, step=state.global_step)
         state.global_step += 1
         state.epoch_step += 1
-        detached = loss.detach().double()
+        detached = loss.double()
         run["sums"][0] += detached * len(y)
-        run["sums"][1] += (logits.detach().argmax(dim=1) == y).sum()
+        run["sums"][1] += correct
         run["sums"][2] += len(y)
         run["window"][0] += detached
         run["window"][1] += 1
@@ -121,6 +115,51 @@ def train_epoch(
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     return _epoch_row(state, run, info, epoch, lr, seconds, batches.steps * config.batch_size)
+
+
+def _accumulate(
+    state: TrainState,
+    x: Tensor,
+    y: Tensor,
+    config: TrainConfig,
+    info: Distributed,
+    device: torch.device,
+    epoch: int,
+    step: int,
+    n_classes: int,
+) -> tuple[Tensor, Tensor]:
+    """Forward and backward this rank's share of one step in ``config.update_freq`` micro-batches (gradients add
+    up to those of the whole share: each micro-batch's loss is weighted by its share of the images). Mixup /
+    cutmix draw per micro-batch, from ``(seed, epoch, step * update_freq + micro-batch, rank)`` — one draw per step
+    when ``update_freq`` is 1. Returns the share's mean loss (float64) and its count of correct top-1 predictions."""
+    pieces = [
+        (xs, ys)
+        for xs, ys in zip(x.tensor_split(config.update_freq), y.tensor_split(config.update_freq), strict=True)
+        if len(ys)
+    ]
+    loss_sum: Tensor | None = None
+    correct: Tensor | None = None
+    for i, (xs, ys) in enumerate(pieces):
+        targets: Tensor = ys
+        if config.mixup > 0 or config.cutmix > 0:
+            targets = D.soft_targets(ys, n_classes, config.label_smoothing)
+            index = step * config.update_freq + i
+            xs, targets = D.mix_batch(xs, targets, config.mixup, config.cutmix, config.seed, epoch, index, info.rank)
+        # Under DDP the gradients are all-reduced once per step, with the last micro-batch.
+        last = i == len(pieces) - 1
+        with contextlib.nullcontext() if last or not hasattr(state.net, "no_sync") else state.net.no_sync():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=state.amp_dtype is not None):
+                logits = state.net(xs)
+            loss = loss_fn(logits, targets, config.label_smoothing)
+            (loss if len(pieces) == 1 else loss * (len(ys) / len(y))).backward()
+        hits = (logits.detach().argmax(dim=1) == ys).sum()
+        if len(pieces) == 1:
+            return loss.detach().double(), hits
+        part = loss.detach().double() * len(ys)
+        loss_sum = part if loss_sum is None else loss_sum + part
+        correct = hits if correct is None else correct + hits
+    assert loss_sum is not None and correct is not None
+    return loss_sum / len(y), correct
 
 
 def _log_step(state: TrainState, run: dict, info: Distributed, epoch: int, lr: float, bar: Any, writer: Any) -> None:

@@ -50,6 +50,8 @@ from masterkey.train.config import TrainConfig
 
 #: Largest number of training-set sizes in one sweep (each multiplies the runs).
 MAX_TRAIN_SIZES = 16
+#: Largest number of seeds of an experiment.
+MAX_SEEDS = 1_000
 
 
 @dataclass
@@ -119,6 +121,77 @@ class Experiment:
         if self.train_sizes:
             out["train_sizes"] = self.train_sizes
         return out
+
+
+def parse_seeds(text: str, source: str | None = None) -> list[int]:
+    """Comma-separated seeds (``"0,1,2"``): each once, each in ``0 ... 2**32 - 1``, at most :data:`MAX_SEEDS`."""
+    source = source or option("seeds")
+    parts = [s.strip() for s in text.split(",") if s.strip()]
+    if not parts or not all(p.isdigit() and int(p) < 2**32 for p in parts):
+        raise MasterkeyError(
+            f"{source} {text!r}: expected integers from 0 to 4,294,967,295 separated by commas, e.g. 0,1,2"
+        )
+    seeds = [int(p) for p in parts]
+    if len(set(seeds)) != len(seeds):
+        raise MasterkeyError(f"{source} {text!r}: each seed once, e.g. 0,1,2")
+    if len(seeds) > MAX_SEEDS:
+        raise MasterkeyError(f"{source}: {len(seeds):,} seeds, at most {MAX_SEEDS:,}")
+    return seeds
+
+
+def plan(
+    options: dict[str, Any],
+    *,
+    experiment: str | Path | None = None,
+    seeds: Sequence[int] | None = None,
+    arms: Sequence[str] | None = None,
+    train_sizes: Sequence[int] | None = None,
+) -> TrainConfig | Experiment:
+    """What a set of training options asks for: one run (a :class:`TrainConfig`) or an :class:`Experiment`.
+
+    ``options`` are :class:`TrainConfig` fields (over the recipe they name). With an ``experiment`` file they
+    override the file's base and every arm (``model_kwargs`` are merged into the file's; an arm without its own
+    inherits the merged base ones); ``arms`` selects arms of the file, or with a single new name and a ``mode``
+    among the options, defines one more. Without a file, ``seeds`` or ``train_sizes`` make a one-arm experiment.
+    Every config is validated before anything trains."""
+    if options.get("seed") is not None and (seeds is not None or experiment):
+        raise MasterkeyError(f"{option('seed')} is for one run; with seeds or an experiment file give the seeds there")
+    sizes = check_sizes(list(train_sizes), option("train_sizes")) if train_sizes else None
+    if experiment:
+        planned = load_experiment(experiment)
+        planned.base = _merged(planned.base, options, inherit=False)
+        planned.arms = [Arm(a.name, _merged(a.overrides, options, inherit=True)) for a in planned.arms]
+        planned.seeds = list(seeds) if seeds is not None else planned.seeds
+        planned.train_sizes = sizes or planned.train_sizes
+        if arms:
+            known = {a.name for a in planned.arms}
+            new = [n for n in arms if n not in known]
+            if new and len(arms) == 1 and options.get("mode") is not None:
+                planned.arms.append(Arm(new[0], dict(options)))
+            elif new:
+                raise MasterkeyError(
+                    f"{option('arms')}: no arm named {', '.join(new)} in {experiment} "
+                    f"(arms: {', '.join(sorted(known))}); to define a new one give a single name with "
+                    f"{option('mode')} (and {option('keys')})"
+                )
+            planned = planned.select(arms)
+        for arm in planned.arms:
+            planned.config(arm, planned.seeds[0])
+        return planned
+    if arms:
+        raise MasterkeyError(f"{option('arms')} selects arms of an experiment file")
+    config = TrainConfig.from_dict(dict(options), source="options")
+    if seeds is None and not sizes:
+        return config
+    return Experiment(dict(options), [Arm(arm_name(config), {})], list(seeds or [config.seed]), None, sizes)
+
+
+def _merged(values: dict[str, Any], options: dict[str, Any], inherit: bool) -> dict[str, Any]:
+    """``values`` (an experiment file's base or arm) under ``options``; model kwargs merged key by key."""
+    out = {**values, **{k: v for k, v in options.items() if k != "model_kwargs"}}
+    if "model_kwargs" in options and ("model_kwargs" in values or not inherit):
+        out["model_kwargs"] = {**values.get("model_kwargs", {}), **options["model_kwargs"]}
+    return out
 
 
 def standard_arms(discovered_keys: str | None = None) -> list[Arm]:

@@ -34,13 +34,10 @@ from masterkey.files import atomic_write, write_lock
 from masterkey.keys import load_keys
 from masterkey.networks.keyconv import (
     TRANSFER_MODES,
-    ConvertedLayer,
-    convert_to_keys,
     depthwise_epoch_stats,
     depthwise_summary,
     key_counts,
     parameter_counts,
-    transfer_filters,
 )
 from masterkey.progress import progress_bar
 from masterkey.runs import write_run_info
@@ -56,6 +53,9 @@ from masterkey.train.distributed import (
 )
 from masterkey.train.epoch import BatchCallback, StepCallback, evaluate, running_share, train_epoch
 from masterkey.train.loader import TrainInputs, open_train_inputs
+from masterkey.train.model import build_model
+from masterkey.train.optim import schedule_steps
+from masterkey.train.recipes import describe, recipe_for
 from masterkey.train.rundir import (
     EPOCH_COLUMNS,
     EXTEND,
@@ -64,6 +64,8 @@ from masterkey.train.rundir import (
     already_complete,
     check_out,
     checkpoint_path,
+    config_inputs,
+    failed_run_cleanup,
     partial_dir,
     publish,
     start_out,
@@ -108,41 +110,6 @@ class TrainResult:
     out: Path | None
 
 
-def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
-    """The network of ``config`` (timm / torchvision by name with ``model_kwargs`` and ``drop_path``), optionally
-    loaded from ``config.weights``, then given keys (or the filters of ``config.filters_from``) as ``config.mode``
-    says. Seed the global RNG first for a fixed init."""
-    from masterkey.networks.models import build_architecture, load_weights, read_state_dict
-
-    kwargs = dict(config.model_kwargs)
-    if config.drop_path is not None:
-        kwargs["drop_path_rate"] = config.drop_path
-    model = build_architecture(config.model, **kwargs)
-    if config.weights:
-        state, _ = read_state_dict(config.weights)
-        try:
-            load_weights(model, state, source=config.weights, new_head=config.new_head)
-        except MasterkeyError as exc:
-            if "class-count mismatch" not in str(exc):
-                raise
-            raise MasterkeyError(f"{exc}; to fine-tune on the data's classes pass {option('new_head', True)}") from None
-    if config.mode in TRANSFER_MODES:
-        assert config.filters_from is not None
-        return model, transfer_filters(model, config.filters_from, freeze=config.mode == "transfer-frozen")
-    converted = convert_to_keys(
-        model,
-        config.keys,
-        config.mode,
-        config.assignment,
-        seed=config.seed,
-        learn_scale=config.learn_scale,
-        key_gain=config.key_gain,
-        resize=config.resize_keys,
-        sigma_scope=config.sigma_scope,
-    )
-    return model, converted
-
-
 def train(
     config: TrainConfig,
     out: str | Path | None = None,
@@ -169,7 +136,9 @@ def train(
     info, device = init_distributed(config.device)
     try:
         out_path = Path(out) if out is not None else None
-        return _train(config, out_path, info, device, resume, overwrite, on_step, on_batch)
+        cleanup = failed_run_cleanup(out_path) if out_path is not None and info.is_main else contextlib.nullcontext()
+        with cleanup:
+            return _train(config, out_path, info, device, resume, overwrite, on_step, on_batch)
     finally:
         shutdown(info)
         torch.set_num_threads(threads)
@@ -189,11 +158,25 @@ def _train(
     with contextlib.ExitStack() as stack:
         if out is not None and info.is_main:
             stack.enter_context(write_lock(out))
-        plan = run_on_main(info, lambda: check_out(out, resume, overwrite, config.epochs) if out is not None else FRESH)
+        reads = config_inputs(config)
+        plan = run_on_main(
+            info, lambda: check_out(out, resume, overwrite, config.epochs, reads) if out is not None else FRESH
+        )
+        if config.recipe and info.is_main:
+            log.info(describe(config.recipe, config.to_dict()))
 
         inputs = open_train_inputs(config, info, device)
         config = _resolve(config, inputs)
         steps = inputs.batches.steps
+        if config.update_freq > config.batch_size // info.world_size:
+            raise MasterkeyError(
+                f"{option('update_freq', config.update_freq)}: more micro-batches than the "
+                f"{config.batch_size // info.world_size} images each process takes per step"
+            )
+        notes = schedule_warnings(config, steps)
+        if info.is_main:
+            for line in notes:
+                log.warning(f"warning: {line}")
         ckpt = _read_checkpoint(out, plan, config, info, steps) if plan in (RESUME, EXTEND) else None
         state = build_state(config, steps, info, device, ckpt, build_model)
 
@@ -202,7 +185,8 @@ def _train(
         if out is not None:
             run_on_main(info, lambda: start_out(out, plan))  # only now: bad input leaves nothing behind
         if run_dir is not None and info.is_main:
-            write_run_info(run_dir, "train", resolved)
+            recipe = recipe_for(config.recipe, config.model).provenance() if config.recipe else None
+            write_run_info(run_dir, "train", resolved, recipe=recipe, warnings=notes)
         writer = _tensorboard(config, run_dir, info)
         mean, std = torch.tensor(inputs.mean, device=device), torch.tensor(inputs.std, device=device)
 
@@ -236,6 +220,7 @@ def _train(
         if writer is not None:
             writer.close()
         summary = _summary(config, state, inputs, keyset, info, device)
+        summary["warnings"] = notes
         if run_dir is not None and info.is_main:
             assert out is not None
             write_final(run_dir, state.model, state.ema, config, summary)
@@ -245,6 +230,21 @@ def _train(
 
 
 # ---------------------------------------------------------------------- pieces of _train, in the order used
+def schedule_warnings(config: TrainConfig, steps_per_epoch: int) -> list[str]:
+    """What about the run's schedule could mislead a reader of its numbers (one line each; also in ``run.json``,
+    ``summary.json`` and the report): a run whose steps are all warm-up never reaches the cosine decay, so its
+    accuracy says little about the recipe (a 1-epoch run with the default 1 warm-up epoch is one)."""
+    warmup, total = schedule_steps(config, steps_per_epoch)
+    if warmup >= total and config.warmup_epochs > 0:
+        return [
+            f"all {total} steps are warm-up ({config.epochs} epoch{'s' * (config.epochs != 1)}, warmup_epochs "
+            f"{config.warmup_epochs:g}): the "
+            "learning rate only rises and never decays, so this run's accuracy is not that of the recipe (train "
+            f"longer, or give fewer warm-up epochs with {option('warmup_epochs', 'N')})"
+        ]
+    return []
+
+
 def _resolve(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
     """The config with what the data decide: ``num_classes`` and the normalisation actually used."""
     n_classes = len(inputs.classes)
@@ -309,7 +309,9 @@ def _evaluate_models(
     state: TrainState, inputs: TrainInputs, mean: torch.Tensor, std: torch.Tensor, config: TrainConfig, info: Any
 ) -> dict[str, float]:
     """``test_*`` metrics of the model and ``ema_test_*`` of its EMA, on the test images (in memory or streamed)."""
-    models = [("test", state.model)] + ([("ema_test", state.ema.module)] if state.ema is not None else [])
+    models = [("test", state.model)]
+    if state.ema is not None and config.ema_eval:
+        models.append(("ema_test", state.ema.module))
     out = {}
     for prefix, model in models:
         metrics = evaluate(
@@ -417,8 +419,9 @@ def _summary(
         "converted_layers": [layer.__dict__ for layer in state.converted],
     }
     summary.update(_depthwise_entries(config, state.model))
-    if state.ema is not None:
+    if state.ema is not None and config.ema_eval:
         summary.update({k: last[k] for k in ("ema_test_loss", "ema_test_top1", "ema_test_top5")})
+        summary["best_ema_test_top1"] = max(r["ema_test_top1"] for r in rows)
     return summary
 
 

@@ -7,10 +7,12 @@ trained on, and put back in place only when done).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,11 @@ from torch import nn
 
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import (
+    OutputBusyError,
     atomic_write,
     check_output,
+    missing_parents,
+    remove_empty_folders,
     remove_stale_temporaries,
     replace_directory,
     safetensors_bytes,
@@ -44,13 +49,25 @@ def partial_dir(out: str | Path) -> Path:
     return out.with_name(f"{out.name}.partial")
 
 
-def check_out(out: Path, resume: bool, overwrite: bool, epochs: int | None = None) -> str:
-    """Check the output location (changing nothing); returns :data:`FRESH`, :data:`RESUME` (``OUT.partial`` holds a
-    checkpoint), :data:`RESTART` (it holds none) or :data:`EXTEND` (``OUT`` is complete and ``epochs`` is more than
-    it trained: train it longer)."""
+def config_inputs(config: TrainConfig) -> list[str | None]:
+    """The files and folders a run reads (its output must be none of them, nor lie inside one)."""
+    from masterkey.networks.modes import KEY_MODES
+
+    keys = config.keys if config.mode in KEY_MODES else None
+    init = None if (config.init_from or "").startswith("timm:") else config.init_from
+    return [config.data, config.weights, keys, config.filters_from, init]
+
+
+def check_out(
+    out: Path, resume: bool, overwrite: bool, epochs: int | None = None, inputs: Iterable[str | None] = ()
+) -> str:
+    """Check the output location (changing nothing; ``inputs``: what the run reads, see :func:`config_inputs`);
+    returns :data:`FRESH`, :data:`RESUME` (``OUT.partial`` holds a checkpoint), :data:`RESTART` (it holds none) or
+    :data:`EXTEND` (``OUT`` is complete and ``epochs`` is more than it trained: train it longer)."""
     partial = partial_dir(out)
+    inputs = list(inputs)
     for path in (out, partial):  # replaced or resumed only when they are masterkey train runs
-        check_output(path, "train", overwrite=True)
+        check_output(path, "train", overwrite=True, inputs=inputs)
     if partial.exists():
         if resume:
             return RESUME if (partial / CHECKPOINT).is_file() else RESTART
@@ -104,6 +121,29 @@ def start_out(out: Path, plan: str) -> None:
         shutil.copytree(out, partial, ignore=shutil.ignore_patterns(".*"))
     partial.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(partial)  # files a run killed while saving left half-written
+
+
+@contextlib.contextmanager
+def failed_run_cleanup(out: str | Path) -> Iterator[None]:
+    """Around a run (or an experiment) writing ``out``: when it fails, an ``OUT.partial`` it started is removed
+    (with the folders created for it) unless it holds work to resume (a checkpoint or a finished run), and then a
+    :class:`MasterkeyError` says so and how to continue."""
+    partial = partial_dir(out)
+    existed, created = partial.exists(), missing_parents(out)
+    try:
+        yield
+    except OutputBusyError:
+        raise
+    except Exception as exc:
+        kept = partial.is_dir() and any(p.name in (CHECKPOINT, "summary.json") for p in partial.rglob("*"))
+        if partial.is_dir() and not existed and not kept:
+            shutil.rmtree(partial, ignore_errors=True)
+            remove_empty_folders(created)
+        if kept and isinstance(exc, MasterkeyError) and "the work so far is kept" not in str(exc):
+            raise MasterkeyError(
+                f"{exc}; the work so far is kept in {partial}: continue it with {option('resume', True)}"
+            ) from exc
+        raise
 
 
 def publish(partial: Path, out: Path) -> None:

@@ -19,6 +19,7 @@ from masterkey.train.data import find_splits
 from masterkey.train.distributed import barrier, init_distributed, run_on_main, shutdown
 from masterkey.train.experiment import Experiment, check_train_sizes
 from masterkey.train.loop import StepCallback, build_model, partial_dir, publish, train
+from masterkey.train.rundir import config_inputs, failed_run_cleanup
 from masterkey.train.summary import Curves, run_row, write_summary
 
 
@@ -123,8 +124,10 @@ def _prepare(experiment: Experiment, out: Path, run_dir: Path, resume: bool, ove
             if not resume
             else f"{out} is already complete; nothing to resume"
         )
+    configs = [experiment.config(arm, experiment.seeds[0]) for arm in experiment.arms]
+    reads = [experiment.source, *(x for c in configs for x in config_inputs(c))]
     for path in (out, run_dir):  # replaced or resumed only when they are masterkey experiments
-        check_output(path, "experiment", overwrite=True)
+        check_output(path, "experiment", overwrite=True, inputs=reads)
     if run_dir.exists():
         if not resume and overwrite:
             shutil.rmtree(run_dir)
@@ -135,8 +138,7 @@ def _prepare(experiment: Experiment, out: Path, run_dir: Path, resume: bool, ove
             )
     elif resume:
         raise MasterkeyError(f"nothing to resume: neither {out} nor {run_dir} exists")
-    for arm in experiment.arms:  # fail before anything trains
-        config = experiment.config(arm, experiment.seeds[0])
+    for config in configs:  # fail before anything trains
         if not config.dataset:
             find_splits(config.data)
         if config.mode not in ("trainable", *TRANSFER_MODES):
@@ -181,6 +183,7 @@ def run_experiment(
     try:
         with contextlib.ExitStack() as stack:
             if info.is_main:
+                stack.enter_context(failed_run_cleanup(out))
                 stack.enter_context(write_lock(out))
             run_dir = partial_dir(out)
             run_on_main(info, lambda: _prepare(experiment, out, run_dir, resume, overwrite))

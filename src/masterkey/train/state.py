@@ -9,7 +9,6 @@ continues bit for bit (on CPU) with the same number of processes.
 from __future__ import annotations
 
 import logging
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,51 +16,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from masterkey.errors import MasterkeyError
 from masterkey.networks.keyconv import ConvertedLayer
 from masterkey.train.config import TrainConfig
 from masterkey.train.distributed import Distributed
+from masterkey.train.optim import lr_factor, make_optimizer, make_scheduler
+
+__all__ = ["CHECKPOINT", "TrainState", "build_state", "load_checkpoint", "lr_factor", "rng_state", "set_rng_state"]
 
 log = logging.getLogger("masterkey")
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "masterkey-train-checkpoint/2"
 READABLE_FORMATS = ("masterkey-train-checkpoint/1", CHECKPOINT_FORMAT)  # /1: epoch boundaries only
-
-
-# ---------------------------------------------------------------------- optimisation
-def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; 1-D parameters (norms, biases, key offsets and scales) get no weight decay (timm's grouping)."""
-    from timm.optim import param_groups_weight_decay
-
-    groups = param_groups_weight_decay(model, config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Multiplier of the base lr at ``step``: linear warm-up to 1 over ``warmup_steps``, then cosine to
-    ``min_ratio`` at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Any:
-    """Per-step warm-up + cosine schedule over ``config.epochs`` (a ``LambdaLR``; its state is the step count)."""
-    total = config.epochs * steps_per_epoch
-    warmup = min(total, round(config.warmup_epochs * steps_per_epoch))
-    ratio = config.min_lr / config.lr
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, ratio))
-
-
-def loss_fn(logits: Tensor, targets: Tensor, label_smoothing: float) -> Tensor:
-    """Cross-entropy on hard labels (with smoothing) or on soft targets (already smoothed and mixed)."""
-    if targets.ndim == 2:
-        return F.cross_entropy(logits.float(), targets)
-    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
 # ---------------------------------------------------------------------- RNG
@@ -77,9 +45,21 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`. CUDA states are restored only onto as many devices as were saved; otherwise the
+    CUDA generators keep their current state and a warning says so (CUDA-side random draws then differ from an
+    uninterrupted run's)."""
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda") or []
+    if saved:
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if len(saved) == available:
+            torch.cuda.set_rng_state_all(saved)
+        else:
+            log.warning(
+                f"warning: the checkpoint holds the CUDA random state of {len(saved)} device(s), this process sees "
+                f"{available}: the CUDA RNG is not restored, so CUDA-side random draws (drop-path on the GPU) "
+                "differ from those of an uninterrupted run"
+            )
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]

@@ -189,6 +189,18 @@ def run_row(
     return row, epochs, steps
 
 
+def run_warnings(run_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """The warnings of the experiment's runs (``summary.json`` of each), one line per run and warning."""
+    out = []
+    for row in rows:
+        try:
+            saved = json.loads((run_dir / row["run"] / "summary.json").read_text())
+        except (OSError, ValueError, KeyError):
+            continue
+        out += [f"{Path(row['run']).name}: {line}" for line in saved.get("warnings", [])]
+    return out
+
+
 def write_summary(run_dir: Path, experiment: Experiment, rows: list[dict[str, Any]], curves: Curves) -> dict[str, Any]:
     """``summary.csv`` / ``.json`` / ``.md`` and ``curves.png`` of an experiment directory (and the
     ``efficiency.*`` files of a sweep); returns the summary."""
@@ -203,6 +215,7 @@ def write_summary(run_dir: Path, experiment: Experiment, rows: list[dict[str, An
         result["train_sizes"] = experiment.train_sizes
     result["arms"] = summarize_sweep(frame, reference) if sweep else summarize_runs(frame, reference)
     result["runs"] = rows
+    result["warnings"] = run_warnings(run_dir, rows)
     write_table(run_dir, "experiment", "summary.csv", frame)
     write_json(run_dir / "summary.json", result)
     write_text(run_dir / "summary.md", render_markdown(result, experiment))
