@@ -23,9 +23,14 @@ from masterkey.files import (
 )
 
 
+def _run_info(path, kind):
+    """A ``run.json`` of the shape every writer gives it (masterkey.runs.write_run_info)."""
+    write_json(path / "run.json", {"kind": kind, "config": {}, "environment": {}, "argv": ["masterkey", kind]})
+
+
 def _run_dir(path, kind):
     path.mkdir(parents=True)
-    write_json(path / "run.json", {"kind": kind, "config": {}})
+    _run_info(path, kind)
     return path
 
 
@@ -50,13 +55,13 @@ def test_atomic_directory_builds_a_recognisable_output(tmp_path):
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder, no lock file
     with atomic_directory(tmp_path / "run", "fit") as tmp:
-        write_json(tmp / "run.json", {"kind": "fit"})
+        _run_info(tmp, "fit")
     with pytest.raises(MasterkeyError, match="already exists"), atomic_directory(tmp_path / "run", "fit"):
         pass
     with atomic_directory(tmp_path / "run", "fit", overwrite=True) as tmp:
-        write_json(tmp / "run.json", {"kind": "fit"})
-        (tmp / "y").write_text("v2")
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.json", "y"]
+        _run_info(tmp, "fit")
+        (tmp / "summary.md").write_text("v2")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.json", "summary.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     with pytest.raises(RuntimeError, match="without its swap marker"), atomic_directory(tmp_path / "s", "swap") as tmp:
         (tmp / "results.csv").write_text("a,b\n")
@@ -65,8 +70,9 @@ def test_atomic_directory_builds_a_recognisable_output(tmp_path):
 
 def test_output_kinds_are_recognised(tmp_path):
     assert output_kind(_run_dir(tmp_path / "fit", "fit")) == "fit"
-    (tmp_path / "bank").mkdir()
-    write_json(tmp_path / "bank" / "manifest.json", {"format": "masterkey-bank"})
+    from masterkey.bank import open_bank
+
+    open_bank(None).query("source == 'convnext_atto_s0_e20' and layer_index == 0").save(tmp_path / "bank")
     assert output_kind(tmp_path / "bank") == "bank"
     (tmp_path / "old_report").mkdir()
     for name in ("report.html", "report.md", "fig.png"):

@@ -91,6 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     _log_to_stderr()
+    if sys.stdout is None:  # started with stdout closed (``>&-``): say so before any work
+        _error("standard output is closed; redirect it to a file or to /dev/null instead of closing it")
+        return EXIT_ERROR
+    from masterkey.commands._common import NamedStdout
+
+    stdout, sys.stdout = sys.stdout, NamedStdout(sys.stdout)
     try:
         with command_line_options():
             return _dispatch(argv)
@@ -116,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"out of memory ({_first_line(exc)}): ask for less (smaller batches, chunks, images or key sets)")
     except Exception:
         return _bug()
+    finally:
+        sys.stdout = stdout
     return EXIT_ERROR
 
 

@@ -86,7 +86,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bank-excluded-wrong", ["bank", "verify", f"{D}/excluded_wrong"], "excluded filters"),
     ("bank-extra-field", ["bank", "verify", f"{D}/extra_field"], "unknown field(s) 'trusted'"),
     ("bank-manifest-list", ["bank", "verify", f"{D}/as_list"], "not a masterkey bank manifest"),
-    ("bank-manifest-not-json", ["bank", "verify", f"{D}/not_json"], "corrupt manifest"),
+    ("bank-manifest-not-json", ["bank", "verify", f"{D}/not_json"], "manifest.json: not valid JSON"),
     ("bank-format-other", ["bank", "info", f"{D}/format_other"], "not a masterkey bank manifest"),
     ("bank-truncated", ["bank", "info", f"{D}/truncated"], "filters_k7.safetensors: 1000 bytes"),
     ("bank-flipped", ["bank", "verify", f"{D}/flipped"], "metadata.parquet: checksum mismatch"),

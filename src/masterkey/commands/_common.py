@@ -4,7 +4,6 @@ gives (checked while the command line is parsed, before any work)."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -112,6 +111,19 @@ def output_arg(text: str) -> str:
     return text
 
 
+def query_arg(text: str) -> str:
+    """An argparse ``type`` for a metadata query (``--query``, ``bank query EXPR``): parsed while the command line
+    is read (:mod:`masterkey.query`), so a query outside the grammar is one line before any work. Its columns are
+    checked against the bank when it is evaluated."""
+    from masterkey.query import parse
+
+    try:
+        parse(text)
+    except MasterkeyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def resolved_device(spec: str) -> str:
     """``auto`` → ``cuda`` when CUDA is available, else ``cpu``; other specs unchanged."""
     if spec != "auto":
@@ -121,11 +133,42 @@ def resolved_device(spec: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def print_json(obj: Any) -> None:
-    from masterkey.files import _json_default
+class NamedStdout:
+    """``sys.stdout`` while a command runs: an error writing to it (a full disk, ``/dev/full``, an I/O error) is one
+    line naming standard output, not a nameless OS error. A closed pipe still ends the command as SIGPIPE would."""
 
-    json.dump(obj, sys.stdout, indent=2, default=_json_default)
-    sys.stdout.write("\n")
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self._stream, name)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            from masterkey.atomic import describe_os_error
+
+            raise MasterkeyError(describe_os_error(exc, "standard output")) from None
+
+    def write(self, text: str) -> int:
+        return self._call("write", text)
+
+    def writelines(self, lines: Any) -> None:
+        self._call("writelines", lines)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def print_json(obj: Any) -> None:
+    """``obj`` as strict, indented JSON on stdout (the one JSON writer, :func:`masterkey.jsonio.dumps`: a NaN is
+    written as ``null`` and recorded in ``nonfinite_values``, never as a bare ``NaN`` that strict parsers refuse)."""
+    from masterkey.jsonio import dumps
+
+    sys.stdout.write(dumps(obj) + "\n")
 
 
 def parse_kwargs(text: str | None, what: str = "--model-kwargs") -> dict[str, Any]:
