@@ -210,6 +210,14 @@ def _named_paths(spec: str | Path) -> list[Path]:
     return [Path(c) for c in dict.fromkeys(candidates) if c and os.path.lexists(c)]
 
 
+def _resolve(path: Path) -> Path:
+    """``path.resolve()``; a loop of symbolic links is one clear error (Python raises RuntimeError for it)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        raise MasterkeyError(f"{path}: a loop of symbolic links") from None
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -226,7 +234,7 @@ def check_output(
     ``DIR:METHOD``; values that name no existing path are ignored). Returns ``path`` as a :class:`Path`.
     """
     path = Path(path)
-    target = path.resolve()
+    target = _resolve(path)
     here = Path.cwd().resolve()
     if target == here or target in here.parents:
         raise MasterkeyError(f"{path or '.'} is the current folder or holds it; write the output elsewhere")
@@ -239,7 +247,7 @@ def check_output(
         if spec is None:
             continue
         for source in _named_paths(spec):
-            resolved = source.resolve()
+            resolved = _resolve(source)
             if resolved == target or _same_file(source, path):
                 raise MasterkeyError(f"{path} is an input of this command ({spec}); write the output elsewhere")
             if resolved in target.parents:
@@ -360,7 +368,7 @@ def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None =
     header = loads(data[8 : 8 + size], "safetensors header")
     if "__metadata__" in header:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = dumps(header, indent=None, ensure_ascii=False).encode()
+    text = dumps(header, indent=None, ensure_ascii=False, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the format aligns the data that follows to 8 bytes
     return struct.pack("<Q", len(text)) + text + data[8 + size :]
 

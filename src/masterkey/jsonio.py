@@ -96,9 +96,15 @@ def _prepare(obj: Any) -> Any:
     return value
 
 
-def dumps(obj: Any, *, indent: int | None = 2, sort_keys: bool = False, ensure_ascii: bool = True) -> str:
-    """Strict JSON text of ``obj`` (see the module's rules), indented by ``indent`` (``None``: one compact line)."""
-    separators = (",", ":") if indent is None else None
+def dumps(
+    obj: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = False,
+    ensure_ascii: bool = True,
+    separators: tuple[str, str] | None = None,
+) -> str:
+    """Strict JSON text of ``obj`` (see the module's rules), indented by ``indent`` (``None``: one line)."""
     return json.dumps(
         _prepare(obj), indent=indent, sort_keys=sort_keys, allow_nan=False, separators=separators,
         ensure_ascii=ensure_ascii,

@@ -13,13 +13,24 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
 
 from masterkey.errors import MasterkeyError
 
-__all__ = ["MAX_JSON_BYTES", "MAX_TEXT_BYTES", "kind_of", "read_bytes", "read_json", "read_text", "regular_file"]
+__all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_TEXT_BYTES",
+    "describe_torch_error",
+    "kind_of",
+    "read_bytes",
+    "read_json",
+    "read_text",
+    "regular_file",
+    "torch_load",
+]
 
 #: Size limits of files read whole: a JSON document (manifest, run.json, summary) and a text file.
 MAX_JSON_BYTES = 64 << 20
@@ -115,3 +126,62 @@ def read_json(path: str | Path, what: str = "JSON file", limit: int = MAX_JSON_B
     from masterkey.jsonio import loads
 
     return loads(read_bytes(path, limit, what), path)
+
+
+def torch_load(path: str | Path, what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` of a regular file, on the CPU; a file it cannot read is one
+    :class:`MasterkeyError` whose cause comes from :func:`describe_torch_error` (never torch's advice to load
+    with ``weights_only=False``, which would let the file run code)."""
+    import torch
+
+    regular_file(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MasterkeyError(f"{path}: not a readable {what} ({describe_torch_error(path, exc)})") from None
+
+
+_MAGIC = {
+    b"\x93NUMPY": "a NumPy .npy array, not a PyTorch file",
+    b"\x1f\x8b": "a gzip archive, not a PyTorch file",
+    b"\x89HDF": "an HDF5 file (Keras?), not a PyTorch file",
+    b"\x08": "perhaps an ONNX or protobuf file, not a PyTorch file",
+}
+
+
+def describe_torch_error(path: str | Path, exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed on ``path``, in a few words: what the file is when it is not a
+    PyTorch file at all, the Python object it would need when it is a pickle of more than tensors. torch's own
+    advice (``weights_only=False``) is never repeated: masterkey does not run code from checkpoints."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        head = b""
+    text = str(exc)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            return (
+                f"it holds Python objects besides tensors ({found.group(1)}), which masterkey never unpickles because "
+                "they could run code; save the state_dict of tensors only, or a .safetensors file"
+            )
+        if "inline_container" in text:
+            return "a zip archive that is not a PyTorch checkpoint"
+        first = text.strip().splitlines()[0][:150] if text.strip() else type(exc).__name__
+        if "weights_only" not in text and len(first) >= 8:
+            return first
+        return "a damaged checkpoint, or a pickle of objects other than tensors"
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            return what
+    stripped = head.lstrip()
+    if stripped[:1] in (b"{", b"["):
+        return "a JSON text, not a PyTorch file"
+    try:
+        head.decode("utf-8")
+        return "a text file, not a PyTorch file"
+    except UnicodeDecodeError:
+        return "an unknown binary format, not a PyTorch file"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import atomic_write, check_output, missing_parents, remove_empty_folders, safetensors_bytes
+from masterkey.reading import regular_file
 from masterkey.sources.base import HarvestedLayer, HarvestedSource, accept_layer
 from masterkey.sources.network import harvest_model, harvest_module
 from masterkey.sources.onnx_graph import harvest_onnx
@@ -62,6 +64,8 @@ def harvest(
             f"{path}: a folder; a SOURCE is a weights file (.pth, .pt, .bin, .safetensors), an .onnx file or a "
             "model name"
         )
+    if os.path.lexists(path) and not path.is_dir():
+        regular_file(path, "weights file")  # a FIFO, a device, a dangling link or a link loop: one line saying so
     if path.is_file():
         if weights is not None:
             raise MasterkeyError(f"{path}: {option('weights')} goes with a model name, not with a weights file")
