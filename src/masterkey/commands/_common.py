@@ -23,6 +23,7 @@ MAX_KEYS = 10_000  # keys in a key set (also masterkey.keys.MAX_KEYS)
 MAX_KERNEL_SIZE = 63  # kernel sizes (also masterkey.keys.MAX_KERNEL_SIZE)
 MAX_CHUNK = 1 << 24  # filters per matrix product
 MAX_STEPS = 100_000_000  # optimisation steps
+MAX_WORKERS = 256  # DataLoader processes (each holds a copy of the loader's state)
 
 
 def int_arg(low: int, high: int) -> Callable[[str], int]:
@@ -242,4 +243,9 @@ def add_data_mode_arguments(p: Any, workers: bool = True) -> None:
         help="budget of --data-mode auto, e.g. 16G (default: MASTERKEY_MEMORY_BUDGET, else half the free RAM)",
     )
     if workers:
-        p.add_argument("--workers", type=int, metavar="N", help="DataLoader processes when streaming (default: CPUs)")
+        p.add_argument(
+            "--workers",
+            type=int_arg(0, MAX_WORKERS),
+            metavar="N",
+            help=f"DataLoader processes when streaming, 0 to {MAX_WORKERS} (default: CPUs)",
+        )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -27,8 +26,9 @@ from masterkey.commands._common import (
     parse_kwargs,
     print_json,
 )
-from masterkey.errors import MasterkeyError
+from masterkey.errors import MasterkeyError, option
 from masterkey.files import OutputBusyError, check_output, missing_parents, remove_empty_folders
+from masterkey.jsonio import loads
 from masterkey.tables import format_table
 
 NAME = "train"
@@ -323,13 +323,18 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {field: getattr(args, opt) for opt, field in _FIELDS.items() if getattr(args, opt) is not None}
+    if "lr" in values and "base_lr" in values:  # base_lr would silently replace lr
+        raise MasterkeyError(
+            f"{option('lr')} and {option('base_lr')} both set the learning rate (lr = base_lr x batch size / 256); "
+            "give one of them"
+        )
     if args.model_kwargs is not None:
         text = args.model_kwargs.strip()
         if text.startswith("{"):
             try:
-                kwargs = json.loads(text)
-            except ValueError as exc:
-                raise MasterkeyError(f"--model-kwargs: not a JSON object ({exc})") from None
+                kwargs = loads(text, "--model-kwargs", restore=False)
+            except MasterkeyError as exc:
+                raise MasterkeyError(f"--model-kwargs: not a JSON object ({str(exc).partition(': ')[2]})") from None
             if not isinstance(kwargs, dict):
                 raise MasterkeyError("--model-kwargs: expected a JSON object")
         else:

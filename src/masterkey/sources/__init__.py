@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import atomic_write, check_output, missing_parents, remove_empty_folders, safetensors_bytes
+from masterkey.jsonio import dumps, loads
 from masterkey.reading import regular_file
 from masterkey.sources.base import HarvestedLayer, HarvestedSource, accept_layer
 from masterkey.sources.network import harvest_model, harvest_module
@@ -106,7 +107,7 @@ def _save_partial(source: HarvestedSource, path: Path) -> None:
     }
     blob = safetensors_bytes(
         {f"layer{i}": x.weight.contiguous() for i, x in enumerate(source.layers)},
-        metadata={"masterkey": json.dumps(meta)},
+        metadata={"masterkey": dumps(meta, indent=None)},
     )
     with atomic_write(path) as f:
         f.write(blob)
@@ -117,7 +118,7 @@ def _load_partial(path: Path) -> HarvestedSource | None:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["masterkey"])
+            meta = loads(f.metadata()["masterkey"], path)
             layers = [HarvestedLayer(weight=f.get_tensor(f"layer{i}"), **info) for i, info in enumerate(meta["layers"])]
     except Exception:
         return None  # a damaged cache entry is harvested again
