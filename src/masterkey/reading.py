@@ -37,6 +37,10 @@ MAX_JSON_BYTES = 64 << 20
 MAX_TEXT_BYTES = 64 << 20
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def kind_of(mode: int) -> str:
     """What a file of ``st_mode`` is, in words: 'a folder', 'a named pipe (FIFO)', 'a device' ..."""
     if stat.S_ISDIR(mode):
@@ -67,14 +71,14 @@ def regular_file(path: str | Path, what: str = "file") -> os.stat_result:
         raise MasterkeyError(_describe_missing(path, what)) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise MasterkeyError(f"{path}: a loop of symbolic links, not a {what}") from None
+            raise MasterkeyError(f"{path}: a loop of symbolic links, not {_a(what)}") from None
         if exc.errno == errno.ENOTDIR:
             raise MasterkeyError(f"{path}: no such {what} (a part of the path is a file, not a folder)") from None
         from masterkey.atomic import describe_os_error
 
         raise MasterkeyError(describe_os_error(exc, path, "read")) from None
     if not stat.S_ISREG(st.st_mode):
-        raise MasterkeyError(f"{path}: {kind_of(st.st_mode)}, not a {what}")
+        raise MasterkeyError(f"{path}: {kind_of(st.st_mode)}, not {_a(what)}")
     return st
 
 
@@ -92,9 +96,9 @@ def read_bytes(path: str | Path, limit: int, what: str = "file") -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):  # swapped for something else since regular_file looked
-            raise MasterkeyError(f"{path}: {kind_of(st.st_mode)}, not a {what}")
+            raise MasterkeyError(f"{path}: {kind_of(st.st_mode)}, not {_a(what)}")
         if st.st_size > limit:
-            raise MasterkeyError(f"{path}: {st.st_size:,} bytes, more than a {what} may hold ({limit:,}; corrupt?)")
+            raise MasterkeyError(f"{path}: {st.st_size:,} bytes is too large for {_a(what)} (at most {limit:,})")
         chunks, total = [], 0
         while True:
             chunk = os.read(fd, min(1 << 20, limit + 1 - total))
@@ -103,7 +107,7 @@ def read_bytes(path: str | Path, limit: int, what: str = "file") -> bytes:
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                raise MasterkeyError(f"{path}: more than {limit:,} bytes, more than a {what} may hold (corrupt?)")
+                raise MasterkeyError(f"{path}: more than {limit:,} bytes is too large for {_a(what)}")
         return b"".join(chunks)
     except OSError as exc:
         raise MasterkeyError(describe_os_error(exc, path, "read")) from None
@@ -117,7 +121,7 @@ def read_text(path: str | Path, limit: int = MAX_TEXT_BYTES, what: str = "file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise MasterkeyError(f"{path}: not UTF-8 text (byte {exc.start:,}); not a {what}") from None
+        raise MasterkeyError(f"{path}: not UTF-8 text (byte {exc.start:,}); not {_a(what)}") from None
 
 
 def read_json(path: str | Path, what: str = "JSON file", limit: int = MAX_JSON_BYTES) -> Any:
