@@ -91,7 +91,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bank-truncated", ["bank", "info", f"{D}/truncated"], "filters_k7.safetensors: 1000 bytes"),
     ("bank-flipped", ["bank", "verify", f"{D}/flipped"], "metadata.parquet: checksum mismatch"),
     ("bank-query-syntax", ["bank", "query", "{ws}/bank", "kernel_size =="], "invalid query"),
-    ("bank-query-code", ["bank", "query", "{ws}/bank", "__import__('os').getcwd()"], "no calls or indexing"),
+    ("bank-query-code", ["bank", "query", "{ws}/bank", "__import__('os').getcwd()"], "no attribute access"),
     ("bank-query-empty-out", ["bank", "query", "{ws}/bank", "kernel_size == 3", "-o", "{out}"], "is empty"),
     ("bank-query-out-input", ["bank", "query", "{ws}/bank", "stage == 0", "-o", "{ws}/bank", "--overwrite"], "input"),
     ("bank-query-out-inside", ["bank", "query", "{ws}/bank", "stage == 0", "-o", "{ws}/bank/sub"], "lies inside"),
