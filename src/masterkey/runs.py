@@ -17,7 +17,7 @@ from typing import Any
 
 from masterkey.errors import MasterkeyError
 from masterkey.files import RUN_INFO, write_json
-from masterkey.reading import read_json
+from masterkey.reading import kind_of, read_json
 
 __all__ = ["RUN_INFO", "command_argv", "environment", "read_run_info", "write_run_info"]
 
@@ -77,7 +77,10 @@ def read_run_info(run_dir: str | Path, kinds: tuple[str, ...] | None = None) -> 
     path = run_dir / RUN_INFO
     if not run_dir.is_dir():
         if os.path.lexists(run_dir):
-            what = "a file" if run_dir.is_file() else "not a folder"
+            try:
+                what = "a file" if run_dir.is_file() else kind_of(os.stat(run_dir).st_mode)
+            except OSError:
+                what = "a dangling link or a loop of links"
             raise MasterkeyError(f"{run_dir}: {what}, not a run directory")
         raise MasterkeyError(f"{run_dir}: no such run directory")
     if not os.path.lexists(path):

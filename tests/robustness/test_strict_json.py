@@ -26,7 +26,7 @@ COMMANDS = {
     "fit": ["fit", "{ws}/bank", "--keys", "paper8"],
     "fit-query": ["fit", "{ws}/bank", "--query", "layer_index == 0", "--keys", "random:4:1"],
     "discover": [
-        *("discover", "{ws}/bank", "-k", "2", "--candidates", "8", "--rounds", "1", "--ae-steps", "60"),
+        *("discover", "{ws}/bank", "-k", "2", "--candidates", "16", "--rounds", "1", "--ae-steps", "300"),
         *("--baselines", "kmeans,random", "--compare-k", "2", "--random-seeds", "2", "-o", "{tmp}/disc"),
     ],
     "swap": ["swap", "--weights", M, "--keys", "paper8", "--keys", "random:8", "--data", "{ws}/data/test"],
