@@ -134,36 +134,6 @@ def resolved_device(spec: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class NamedStdout:
-    """``sys.stdout`` while a command runs: an error writing to it (a full disk, ``/dev/full``, an I/O error) is one
-    line naming standard output, not a nameless OS error. A closed pipe still ends the command as SIGPIPE would."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def _call(self, name: str, *args: Any) -> Any:
-        try:
-            return getattr(self._stream, name)(*args)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            from masterkey.atomic import describe_os_error
-
-            raise MasterkeyError(describe_os_error(exc, "standard output")) from None
-
-    def write(self, text: str) -> int:
-        return self._call("write", text)
-
-    def writelines(self, lines: Any) -> None:
-        self._call("writelines", lines)
-
-    def flush(self) -> None:
-        self._call("flush")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
 def print_json(obj: Any) -> None:
     """``obj`` as strict, indented JSON on stdout (the one JSON writer, :func:`masterkey.jsonio.dumps`: a NaN is
     written as ``null`` and recorded in ``nonfinite_values``, never as a bare ``NaN`` that strict parsers refuse)."""
