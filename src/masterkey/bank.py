@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -159,7 +158,14 @@ class FilterBank:
             if verify and sha256_file(fpath) != info["sha256"]:
                 raise MasterkeyError(f"{fpath}: checksum mismatch with the manifest (corrupt or modified)")
         try:
-            table = pq.ParquetFile(path / METADATA).read()
+            parquet = pq.ParquetFile(path / METADATA)
+            rows = parquet.metadata.num_rows
+            # Bounded before decoding: a few bytes of run-length-encoded Parquet could decode to billions of rows.
+            if rows != manifest["n_filters"]:
+                raise MasterkeyError(f"{path / METADATA}: {rows:,} rows, the manifest says {manifest['n_filters']:,}")
+            table = parquet.read()
+        except MasterkeyError:
+            raise
         except Exception as exc:
             raise MasterkeyError(f"{path / METADATA}: unreadable metadata ({str(exc).splitlines()[0]})") from None
         missing = [c for c in METADATA_SCHEMA.names if c not in table.column_names]
@@ -590,11 +596,3 @@ def _write(
         }
         (tmp / MANIFEST).write_text(dumps(manifest) + "\n")
     return FilterBank.open(path, verify=False)
-
-
-def parse_kernel_list(text: str) -> list[int]:
-    """Parse ``"3,5"`` / ``"7"`` into kernel sizes."""
-    try:
-        return [int(x) for x in re.split(r"[,\s]+", text.strip()) if x]
-    except ValueError:
-        raise MasterkeyError(f"bad kernel size list {text!r}: expected integers such as 3,5,7") from None
