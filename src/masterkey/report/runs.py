@@ -102,8 +102,12 @@ class Run:
         try:
             return read_json(path, "run file")
         except MasterkeyError as exc:
-            self.notes.append(str(exc).replace(str(path), name))
+            self._note_unreadable(path, name, exc)
             return None
+
+    def _note_unreadable(self, path: Path, name: str, exc: MasterkeyError) -> None:
+        why = str(exc).removeprefix(f"{path}: ")
+        self.notes.append(f"{name} is {why}" if why.startswith("not ") else f"{name}: {why}")
 
     def read_jsonl(self, name: str, optional: bool = True) -> list[dict[str, Any]] | None:
         path = self.file(name, optional)
@@ -144,7 +148,7 @@ class Run:
         try:
             return read_text(path, what="run file")
         except MasterkeyError as exc:
-            self.notes.append(str(exc).replace(str(path), name))
+            self._note_unreadable(path, name, exc)
             return None
 
     def pngs(self) -> list[Path]:
