@@ -64,7 +64,7 @@ def test_query_save_and_merge(tmp_path):
     assert len(sub) == 4 and [s["name"] for s in sub.manifest["sources"]] == ["a", "b"]
     with pytest.raises(MasterkeyError, match="same file.*twice"):
         FilterBank.merge([a, a], tmp_path / "aa")
-    with pytest.raises(MasterkeyError, match="invalid bank query"):
+    with pytest.raises(MasterkeyError, match="invalid query"):
         merged.query("no_such_column > 1")
     with pytest.raises(MasterkeyError, match="already exists"):
         FilterBank.merge([a, b], tmp_path / "ab")
@@ -98,7 +98,7 @@ def test_corruption_is_detected(tmp_path):
     tensor.write_bytes(data)
     FilterBank.open(tmp_path / "b")
     (tmp_path / "b" / "manifest.json").write_text("{not json")
-    with pytest.raises(MasterkeyError, match="corrupt manifest"):
+    with pytest.raises(MasterkeyError, match="manifest.json: not valid JSON"):
         FilterBank.open(tmp_path / "b")
     with pytest.raises(MasterkeyError, match="not a filter bank"):
         FilterBank.open(tmp_path)
@@ -249,3 +249,33 @@ def test_the_same_weights_twice_are_refused_and_equal_names_renamed(tmp_path):
         write_bank([a, a], tmp_path / "twice")
     bank = write_bank([a, _source("x", [(2, 3)], seed=1)], tmp_path / "renamed")
     assert bank.sources == ["x", "x#2"]
+
+
+def test_metadata_rows_are_bounded_before_they_are_decoded(tmp_path):
+    """A metadata table with more rows than the manifest lists (its checksum updated to match) is refused from the
+    Parquet footer, before a row is decoded: a few bytes of run-length-encoded Parquet can decode to billions."""
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_bank([_source("a", [(8, 3)])], tmp_path / "b")
+    meta = tmp_path / "b" / "metadata.parquet"
+    table = pq.read_table(meta)
+    pq.write_table(pa.concat_tables([table] * 1000), meta)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["files"]["metadata.parquet"] = {
+        "bytes": meta.stat().st_size,
+        "sha256": hashlib.sha256(meta.read_bytes()).hexdigest(),
+    }
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    decoded = []
+    real_read = pq.ParquetFile.read
+    pq.ParquetFile.read = lambda self, *a, **k: decoded.append(1) or real_read(self, *a, **k)
+    try:
+        with pytest.raises(MasterkeyError, match=r"metadata.parquet: 8,000 rows, the manifest says 8"):
+            FilterBank.open(tmp_path / "b")
+    finally:
+        pq.ParquetFile.read = real_read
+    assert decoded == []

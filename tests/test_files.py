@@ -23,9 +23,14 @@ from masterkey.files import (
 )
 
 
+def _run_info(path, kind):
+    """A ``run.json`` of the shape every writer gives it (masterkey.runs.write_run_info)."""
+    write_json(path / "run.json", {"kind": kind, "config": {}, "environment": {}, "argv": ["masterkey", kind]})
+
+
 def _run_dir(path, kind):
     path.mkdir(parents=True)
-    write_json(path / "run.json", {"kind": kind, "config": {}})
+    _run_info(path, kind)
     return path
 
 
@@ -50,13 +55,13 @@ def test_atomic_directory_builds_a_recognisable_output(tmp_path):
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder, no lock file
     with atomic_directory(tmp_path / "run", "fit") as tmp:
-        write_json(tmp / "run.json", {"kind": "fit"})
+        _run_info(tmp, "fit")
     with pytest.raises(MasterkeyError, match="already exists"), atomic_directory(tmp_path / "run", "fit"):
         pass
     with atomic_directory(tmp_path / "run", "fit", overwrite=True) as tmp:
-        write_json(tmp / "run.json", {"kind": "fit"})
-        (tmp / "y").write_text("v2")
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.json", "y"]
+        _run_info(tmp, "fit")
+        (tmp / "summary.md").write_text("v2")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.json", "summary.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     with pytest.raises(RuntimeError, match="without its swap marker"), atomic_directory(tmp_path / "s", "swap") as tmp:
         (tmp / "results.csv").write_text("a,b\n")
@@ -65,8 +70,9 @@ def test_atomic_directory_builds_a_recognisable_output(tmp_path):
 
 def test_output_kinds_are_recognised(tmp_path):
     assert output_kind(_run_dir(tmp_path / "fit", "fit")) == "fit"
-    (tmp_path / "bank").mkdir()
-    write_json(tmp_path / "bank" / "manifest.json", {"format": "masterkey-bank"})
+    from masterkey.bank import open_bank
+
+    open_bank(None).query("source == 'convnext_atto_s0_e20' and layer_index == 0").save(tmp_path / "bank")
     assert output_kind(tmp_path / "bank") == "bank"
     (tmp_path / "old_report").mkdir()
     for name in ("report.html", "report.md", "fig.png"):
@@ -281,3 +287,76 @@ def test_describe_written_names_files_sizes_and_hides_dot_entries(tmp_path):
     assert line == f"{run}/ (15 files, 2.6 MB): f00.csv, f01.csv, f02.csv, ... (12 more)"
     assert files.describe_written(run, limit=20).endswith("f13.csv, sub/")  # directories after files
     assert files.describe_written(run / "f00.csv") == f"{run / 'f00.csv'} (100 B)"
+
+
+def _small_bank(path):
+    from masterkey.bank import open_bank
+
+    return open_bank(None).query("source == 'convnext_atto_s0_e20' and layer_index == 0").save(path)
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        {"kind": "fit"},  # one field naming a kind
+        {"kind": "fit", "config": {}, "environment": {}},  # argv missing
+        {"kind": "fit", "config": [], "environment": {}, "argv": []},  # config not an object
+        {"kind": "mystery", "config": {}, "environment": {}, "argv": []},  # not a declared kind
+        {"kind": "fit", "config": {}, "environment": {}, "argv": [1]},  # argv not text
+        {"kind": "fit", "config": {}, "environment": {}, "argv": [], "trusted": True},  # a field of no writer
+    ],
+)
+def test_a_run_json_that_merely_names_a_kind_is_not_a_run(tmp_path, marker):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps(marker))
+    (tmp_path / "run" / "summary.md").write_text("mine")
+    assert output_kind(tmp_path / "run") is None
+    with pytest.raises(MasterkeyError, match="is not a masterkey output"):
+        check_output(tmp_path / "run", "fit", overwrite=True)
+
+
+def test_a_manifest_that_merely_names_the_bank_format_is_not_a_bank(tmp_path):
+    _small_bank(tmp_path / "bank")
+    manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "manifest.json").write_text(json.dumps({"format": "masterkey-bank"}))
+    partial = {k: v for k, v in manifest.items() if k != "files"}
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "manifest.json").write_text(json.dumps(partial))
+    assert output_kind(tmp_path / "bank") == "bank"
+    assert output_kind(tmp_path / "fake") is None and output_kind(tmp_path / "partial") is None
+
+
+def test_overwrite_refuses_an_output_holding_files_masterkey_did_not_write(tmp_path):
+    _run_dir(tmp_path / "fit", "fit")
+    (tmp_path / "fit" / "summary.md").write_text("masterkey's")
+    (tmp_path / "fit" / ".summary.md.x1y2.tmp").write_text("a killed writer's temporary: masterkey's too")
+    assert files.foreign_files(tmp_path / "fit") == []
+    check_output(tmp_path / "fit", "fit", overwrite=True)
+    for name in ("notes.txt", ".hidden", "sub/data.csv"):
+        (tmp_path / "fit" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "fit" / name).write_text("the user's")
+    assert files.foreign_files(tmp_path / "fit") == [".hidden", "notes.txt", "sub/data.csv"]
+    with pytest.raises(MasterkeyError, match=r"fit holds files masterkey did not write \(\.hidden, notes\.txt, sub/"):
+        check_output(tmp_path / "fit", "fit", overwrite=True)
+    bank = _small_bank(tmp_path / "bank").path
+    check_output(bank, "bank", overwrite=True)
+    (bank / "README").write_text("the user's")
+    with pytest.raises(MasterkeyError, match=r"bank holds files masterkey did not write \(README\)"):
+        check_output(bank, "bank", overwrite=True)
+    with (
+        pytest.raises(MasterkeyError, match="holds files masterkey did not write"),
+        atomic_directory(bank, "bank", overwrite=True),
+    ):
+        pass
+    assert (bank / "README").read_text() == "the user's"
+
+
+def test_runs_nested_in_an_experiment_are_checked_as_train_runs(tmp_path):
+    exp = _run_dir(tmp_path / "exp", "experiment")
+    _run_dir(exp / "runs" / "frozen-s0", "train")
+    (exp / "runs" / "frozen-s0" / "metrics.csv").write_text("epoch\n")
+    assert files.foreign_files(exp) == []
+    (exp / "runs" / "frozen-s0" / "notes.txt").write_text("the user's")
+    (exp / "runs" / "loose.txt").write_text("the user's")
+    assert files.foreign_files(exp) == ["runs/frozen-s0/notes.txt", "runs/loose.txt"]

@@ -15,8 +15,7 @@ kernel size, metadata rows are in increasing ``index`` order; queries keep that 
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
+import os
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -28,15 +27,26 @@ import pyarrow.parquet as pq
 
 from masterkey.errors import MasterkeyError
 from masterkey.files import (
-    BANK_FORMAT,
-    BANK_MANIFEST,
     atomic_directory,
     check_output,
     describe_os_error,
     safetensors_bytes,
     sha256_file,
 )
+from masterkey.jsonio import dumps
+from masterkey.manifest import (
+    FORMAT,
+    MANIFEST,
+    METADATA,
+    SCHEMA_VERSION,
+    read_manifest,
+    tensor_file,
+    validate_manifest,
+)
 from masterkey.normalize import EXCLUDED, FilterFlag, center_norm, excluded_counts, filter_flags
+from masterkey.query import Query
+from masterkey.query import evaluate as evaluate_query
+from masterkey.reading import regular_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,11 +54,6 @@ if TYPE_CHECKING:
 
     from masterkey.sources.base import HarvestedSource
 
-FORMAT = BANK_FORMAT
-SCHEMA_VERSION = 1
-MANIFEST = BANK_MANIFEST
-MAX_MANIFEST_BYTES = 64 << 20
-METADATA = "metadata.parquet"
 TENSOR_NAME = "filters"
 
 METADATA_SCHEMA = pa.schema(
@@ -72,140 +77,6 @@ METADATA_SCHEMA = pa.schema(
         ("flags", pa.int32()),  # FilterFlag bits
     ]
 )
-
-
-def tensor_file(kernel_size: int) -> str:
-    return f"filters_k{kernel_size}.safetensors"
-
-
-# ---------------------------------------------------------------------- the manifest schema
-#: Fields of the manifest and of each of its sources, with the JSON types they may hold (None: null).
-MANIFEST_FIELDS: dict[str, tuple[Any, ...]] = {
-    "format": (str,),
-    "schema_version": (int,),
-    "package_version": (str,),
-    "n_filters": (int,),
-    "counts_by_kernel": (dict,),
-    "excluded": (dict,),
-    "sources": (list,),
-    "files": (dict,),
-}
-SOURCE_FIELDS: dict[str, tuple[Any, ...]] = {
-    "name": (str,),
-    "kind": (str,),
-    "model": (str, None),
-    "path": (str, None),
-    "sha256": (str, None),
-    "n_layers": (int,),
-    "n_filters": (int,),
-    "skipped": (list,),
-}
-EXCLUDED_NAMES = tuple(excluded_counts(np.zeros(0, dtype=np.int64)))
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_KERNEL = re.compile(r"[1-9][0-9]*")
-
-
-def _has_type(value: Any, types: tuple[Any, ...]) -> bool:
-    for t in types:
-        if t is None and value is None:
-            return True
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if t not in (None, int) and isinstance(value, t):
-            return True
-    return False
-
-
-def _check_fields(obj: Any, fields: dict[str, tuple[Any, ...]], where: str) -> None:
-    if not isinstance(obj, dict):
-        raise MasterkeyError(f"{where}: expected a JSON object")
-    missing = [name for name in fields if name not in obj]
-    if missing:
-        raise MasterkeyError(f"{where}: missing field(s) {', '.join(map(repr, missing))} (corrupt or altered)")
-    unknown = [name for name in obj if name not in fields]
-    if unknown:
-        raise MasterkeyError(f"{where}: unknown field(s) {', '.join(map(repr, unknown[:5]))}")
-    for name, types in fields.items():
-        if not _has_type(obj[name], types):
-            expected = " or ".join(
-                "null" if t is None else {int: "integer", str: "string"}.get(t, t.__name__) for t in types
-            )
-            raise MasterkeyError(f"{where}: '{name}' is {json.dumps(obj[name])[:40]}, expected {expected}")
-
-
-def _read_manifest(mpath: Path, bank: Path) -> Any:
-    try:
-        size = mpath.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise MasterkeyError(f"{mpath}: {size:,} bytes is too large for a bank manifest (corrupt?)")
-        return json.loads(mpath.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MasterkeyError(f"{mpath}: missing; {bank} is not a filter bank") from None
-    except OSError as exc:
-        raise MasterkeyError(describe_os_error(exc, mpath, "read")) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MasterkeyError(f"{mpath}: corrupt manifest ({str(exc).splitlines()[0][:100]})") from None
-
-
-def validate_manifest(manifest: Any, where: str | Path = MANIFEST) -> dict[str, Any]:
-    """Check a bank manifest against the schema as a whole; raise :class:`MasterkeyError` naming ``where`` and the
-    first problem. Every field is required and typed (:data:`MANIFEST_FIELDS`, :data:`SOURCE_FIELDS`); counts must
-    be non-negative and add up; ``files`` must list exactly the metadata table and one tensor file per kernel size,
-    each with its size and sha256, by plain names that stay inside the bank directory. Returns the manifest."""
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise MasterkeyError(f"{where}: not a masterkey bank manifest (format {FORMAT!r})")
-    version = manifest.get("schema_version")
-    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
-        raise MasterkeyError(
-            f"{where}: schema version {version} is newer than this masterkey supports ({SCHEMA_VERSION})"
-        )
-    _check_fields(manifest, MANIFEST_FIELDS, str(where))
-    if version != SCHEMA_VERSION:
-        raise MasterkeyError(f"{where}: schema version {version}, expected {SCHEMA_VERSION}")
-    n = manifest["n_filters"]
-    if n < 1:
-        raise MasterkeyError(f"{where}: n_filters is {n}; a bank holds at least one filter")
-    counts = manifest["counts_by_kernel"]
-    for k, c in counts.items():
-        if not _KERNEL.fullmatch(k) or not 2 <= int(k) <= 1024 or not _has_type(c, (int,)) or c < 1:
-            raise MasterkeyError(
-                f"{where}: counts_by_kernel has {k!r}: {json.dumps(c)[:20]}; expected kernel sizes >= 2, counts >= 1"
-            )
-    if sum(counts.values()) != n:
-        raise MasterkeyError(f"{where}: counts_by_kernel add up to {sum(counts.values())}, not n_filters {n}")
-    excluded = manifest["excluded"]
-    if set(excluded) != set(EXCLUDED_NAMES) or not all(_has_type(v, (int,)) and 0 <= v <= n for v in excluded.values()):
-        raise MasterkeyError(f"{where}: excluded must count {', '.join(EXCLUDED_NAMES)} with integers in 0..{n}")
-    if not manifest["sources"]:
-        raise MasterkeyError(f"{where}: lists no sources")
-    names: set[str] = set()
-    for i, src in enumerate(manifest["sources"]):
-        _check_fields(src, SOURCE_FIELDS, f"{where}: sources[{i}]")
-        if not src["name"] or src["name"] in names:
-            raise MasterkeyError(f"{where}: sources[{i}] has an empty or repeated name {src['name']!r}")
-        names.add(src["name"])
-        if src["n_filters"] < 0 or src["n_layers"] < 0:
-            raise MasterkeyError(f"{where}: sources[{i}] has a negative count")
-        if not all(isinstance(x, dict) and all(isinstance(v, str) for v in x.values()) for x in src["skipped"]):
-            raise MasterkeyError(f"{where}: sources[{i}].skipped must be a list of {{layer, reason}} objects")
-    if sum(s["n_filters"] for s in manifest["sources"]) != n:
-        raise MasterkeyError(
-            f"{where}: the sources' n_filters add up to {sum(s['n_filters'] for s in manifest['sources'])}, not {n}"
-        )
-    expected = {METADATA, *(tensor_file(int(k)) for k in counts)}
-    files = manifest["files"]
-    if set(files) != expected:
-        extra, absent = sorted(set(files) - expected), sorted(expected - set(files))
-        raise MasterkeyError(
-            f"{where}: 'files' must list exactly {', '.join(sorted(expected))}"
-            + (f"; it lacks {', '.join(absent)}" if absent else "")
-            + (f"; it also names {', '.join(map(repr, extra[:3]))}" if extra else "")
-        )
-    for fname, info in files.items():
-        _check_fields(info, {"bytes": (int,), "sha256": (str,)}, f"{where}: files[{fname!r}]")
-        if info["bytes"] < 0 or not _SHA256.fullmatch(info["sha256"]):
-            raise MasterkeyError(f"{where}: files[{fname!r}] needs a size >= 0 and a 64-digit hex sha256")
-    return manifest
 
 
 def default_bank_path() -> Path:
@@ -264,7 +135,7 @@ class FilterBank:
         if not path.is_dir():
             raise MasterkeyError(f"{path}: a file, not a bank directory")
         mpath = path / MANIFEST
-        manifest = validate_manifest(_read_manifest(mpath, path), mpath)
+        manifest = validate_manifest(read_manifest(path), mpath)
         try:
             return cls._open_checked(path, manifest, verify)
         except OSError as exc:
@@ -275,11 +146,11 @@ class FilterBank:
         root = path.resolve()
         for fname, info in manifest["files"].items():
             fpath = path / fname
-            if not fpath.is_file():
+            if not os.path.lexists(fpath):
                 raise MasterkeyError(f"{fpath}: missing from the bank (listed in the manifest)")
+            size = regular_file(fpath, "bank file").st_size  # never a FIFO or a device, which would block or not end
             if root not in fpath.resolve().parents:
                 raise MasterkeyError(f"{fpath}: a link that leads outside the bank directory")
-            size = fpath.stat().st_size
             if size != info["bytes"]:
                 raise MasterkeyError(
                     f"{fpath}: {size} bytes, the manifest says {info['bytes']} (truncated or modified)"
@@ -287,7 +158,14 @@ class FilterBank:
             if verify and sha256_file(fpath) != info["sha256"]:
                 raise MasterkeyError(f"{fpath}: checksum mismatch with the manifest (corrupt or modified)")
         try:
-            table = pq.ParquetFile(path / METADATA).read()
+            parquet = pq.ParquetFile(path / METADATA)
+            rows = parquet.metadata.num_rows
+            # Bounded before decoding: a few bytes of run-length-encoded Parquet could decode to billions of rows.
+            if rows != manifest["n_filters"]:
+                raise MasterkeyError(f"{path / METADATA}: {rows:,} rows, the manifest says {manifest['n_filters']:,}")
+            table = parquet.read()
+        except MasterkeyError:
+            raise
         except Exception as exc:
             raise MasterkeyError(f"{path / METADATA}: unreadable metadata ({str(exc).splitlines()[0]})") from None
         missing = [c for c in METADATA_SCHEMA.names if c not in table.column_names]
@@ -375,16 +253,13 @@ class FilterBank:
         """A view of the rows where ``mask`` is true."""
         return FilterBank(self.path, self.manifest, self.metadata[np.asarray(mask, dtype=bool)])
 
-    def query(self, expr: str) -> FilterBank:
-        """A view of the rows matching a pandas query over the metadata columns.
+    def query(self, expr: str | Query) -> FilterBank:
+        """A view of the rows matching a metadata query (the language of :mod:`masterkey.query`: columns,
+        literals, comparisons, ``in`` lists, ``and`` / ``or`` / ``not``; it cannot run code).
 
-        Example: ``bank.query("kernel_size == 7 and stage >= 2 and source.str.startswith('convnext')")``.
+        Example: ``bank.query("kernel_size == 7 and stage >= 2 and source in ['convnext_atto_s0_e20']")``.
         """
-        try:
-            rows = self.metadata.query(expr, engine="python")
-        except Exception as exc:
-            raise MasterkeyError(f"invalid bank query {expr!r}: {exc}") from None
-        return FilterBank(self.path, self.manifest, rows)
+        return self.select(evaluate_query(expr, self.metadata))
 
     def usable(self) -> FilterBank:
         """A view without non-finite, all-zero and constant filters."""
@@ -719,13 +594,5 @@ def _write(
             "sources": sources,
             "files": files,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST).write_text(dumps(manifest) + "\n")
     return FilterBank.open(path, verify=False)
-
-
-def parse_kernel_list(text: str) -> list[int]:
-    """Parse ``"3,5"`` / ``"7"`` into kernel sizes."""
-    try:
-        return [int(x) for x in re.split(r"[,\s]+", text.strip()) if x]
-    except ValueError:
-        raise MasterkeyError(f"bad kernel size list {text!r}: expected integers such as 3,5,7") from None

@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from masterkey.errors import MasterkeyError, command_line_options
 
@@ -91,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     _log_to_stderr()
+    if sys.stdout is None:  # started with stdout closed (``>&-``): say so before any work
+        _error("standard output is closed; redirect it to a file or to /dev/null instead of closing it")
+        return EXIT_ERROR
+    stdout, sys.stdout = sys.stdout, NamedStdout(sys.stdout)
     try:
         with command_line_options():
             return _dispatch(argv)
@@ -116,7 +120,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"out of memory ({_first_line(exc)}): ask for less (smaller batches, chunks, images or key sets)")
     except Exception:
         return _bug()
+    finally:
+        sys.stdout = stdout
     return EXIT_ERROR
+
+
+class NamedStdout:
+    """``sys.stdout`` while a command runs: an error writing to it (a full disk, ``/dev/full``, an I/O error) is one
+    line naming standard output, not a nameless OS error. A closed pipe still ends the command as SIGPIPE would."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self._stream, name)(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            from masterkey.atomic import describe_os_error
+
+            raise MasterkeyError(describe_os_error(exc, "standard output")) from None
+
+    def write(self, text: str) -> int:
+        return self._call("write", text)
+
+    def writelines(self, lines: Any) -> None:
+        self._call("writelines", lines)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -16,13 +16,10 @@ the same output is refused (:func:`write_lock`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import glob
 import hashlib
-import json
 import os
-import re
 import shutil
 import struct
 import tempfile
@@ -30,7 +27,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from masterkey.atomic import atomic_write, describe_os_error, make_parents, remove_empty, umask
 from masterkey.errors import MasterkeyError, option
+from masterkey.jsonio import NONFINITE_FIELD, dumps, loads
+from masterkey.reading import read_json
 
 
 class OutputBusyError(MasterkeyError):
@@ -62,40 +62,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def describe_os_error(exc: OSError, path: str | Path | None = None, verb: str = "write") -> str:
-    """One line for an OS error: the file it concerns (``path`` when given, else ``exc.filename``) and the cause."""
-    where = path if path is not None else (exc.filename or None)
-    prefix = f"cannot {verb} {where}" if where is not None else f"cannot {verb}"
-    code = exc.errno
-    if code is None:  # pyarrow and others put the errno only in the message: "... Detail: [errno 28] ..."
-        found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
-        code = int(found.group(1)) if found else None
-    if code == errno.ENOSPC:
-        return f"{prefix}: no space left on device"
-    if code == errno.EDQUOT:
-        return f"{prefix}: disk quota exceeded"
-    if code in (errno.EACCES, errno.EPERM):
-        return f"{prefix}: permission denied"
-    if code == errno.EROFS:
-        return f"{prefix}: read-only file system"
-    # The system's wording for the code: libraries (pyarrow ...) put long messages in ``strerror``.
-    reason = os.strerror(code) if code is not None else (str(exc) or type(exc).__name__).splitlines()[0]
-    return f"{prefix}: {reason[:1].lower()}{reason[1:]}"
-
-
 # ---------------------------------------------------------------------- the output rule
 def _read_small_json(path: Path) -> Any:
     try:
-        if path.stat().st_size > _MAX_INFO_BYTES:
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(path, limit=_MAX_INFO_BYTES)
+    except MasterkeyError:
         return None
 
 
@@ -110,12 +81,12 @@ def _keyset_file_kind(path: Path) -> str | None:
                 (size,) = struct.unpack("<Q", head)
                 if size > _MAX_INFO_BYTES:
                     return None
-                header = json.loads(f.read(size))
-                meta = json.loads(header.get("__metadata__", {}).get("masterkey", "{}"))
+                header = loads(f.read(size), path)
+                meta = loads(header.get("__metadata__", {}).get("masterkey", "{}"), path)
                 return "keys" if isinstance(meta, dict) and meta.get("format") == KEYSET_FORMAT else None
             first = (head + f.read(len(KEYSET_TEXT_HEADER))).decode("utf-8", errors="replace")
             return "keys" if first.startswith(KEYSET_TEXT_HEADER) else None
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, MasterkeyError):
         return None
 
 
@@ -146,14 +117,52 @@ def _png_file_kind(path: Path) -> str | None:
     return None
 
 
+#: The entries every ``run.json`` has (see :func:`masterkey.runs.write_run_info`).
+RUN_INFO_REQUIRED = frozenset({"kind", "config", "environment", "argv"})
+#: The entries a ``run.json`` may have besides, with their types: a training run's resolved recipe and warnings.
+RUN_INFO_OPTIONAL: dict[str, type | tuple[type, ...]] = {"recipe": (dict, type(None)), "warnings": list}
+
+
+def _run_kind(path: Path) -> str | None:
+    """The kind of the run folder ``path`` when its ``run.json`` has the whole declared shape (see
+    :func:`masterkey.runs.write_run_info`): an object of ``kind`` (a declared run kind), ``config`` and
+    ``environment`` (objects) and ``argv`` (a list of text), and otherwise only the optional entries of
+    :data:`RUN_INFO_OPTIONAL`."""
+    from masterkey.runformats import RUN_FORMATS
+
+    info = _read_small_json(path / RUN_INFO)
+    if not isinstance(info, dict) or not set(info) >= RUN_INFO_REQUIRED:
+        return None
+    optional = set(info) - RUN_INFO_REQUIRED - {NONFINITE_FIELD}
+    if not optional <= set(RUN_INFO_OPTIONAL) or not all(isinstance(info[k], RUN_INFO_OPTIONAL[k]) for k in optional):
+        return None
+    kind, argv = info["kind"], info["argv"]
+    if kind not in RUN_FORMATS or not isinstance(info["config"], dict) or not isinstance(info["environment"], dict):
+        return None
+    return kind if isinstance(argv, list) and all(isinstance(a, str) for a in argv) else None
+
+
+def _bank_files(path: Path) -> list[str] | None:
+    """The files of the bank folder ``path`` (its manifest and those the manifest lists) when its manifest passes
+    the whole schema (:func:`masterkey.manifest.validate_manifest`), else None."""
+    from masterkey.manifest import data_files, validate_manifest
+
+    try:
+        return data_files(validate_manifest(_read_small_json(path / BANK_MANIFEST)))
+    except MasterkeyError:
+        return None
+
+
 def output_kind(path: str | Path) -> str | None:
     """What masterkey output ``path`` is, or None when it is not one.
 
-    A directory with a ``run.json`` is a run of the kind it names (``fit``, ``discover``, ``report`` ...); one
-    with a bank ``manifest.json`` is a ``"bank"``; a folder holding only ``report.html``, ``report.md`` and PNGs
-    is a ``"report"`` written before reports had a ``run.json``; an empty folder is ``"empty"``. A file is
-    ``"keys"`` when it is a key set masterkey wrote, ``"figure"`` when it is a PNG masterkey wrote. Links are never
-    masterkey outputs.
+    A kind is recognised by its whole declared format, never by one field: a directory is a run of the kind its
+    ``run.json`` names only when that ``run.json`` has the declared shape (``kind``, ``config``, ``environment``,
+    ``argv``); it is a ``"bank"`` only when its ``manifest.json`` passes the bank schema as a whole. A folder
+    holding only ``report.html``, ``report.md`` and PNGs is a ``"report"`` written before reports had a
+    ``run.json``; an empty folder is ``"empty"``. A file is ``"keys"`` when it is a key set masterkey wrote,
+    ``"figure"`` when it is a PNG masterkey wrote. Links, FIFOs and devices are never masterkey outputs. Files
+    masterkey did not write inside an output are found by :func:`foreign_files`.
     """
     path = Path(path)
     if path.is_symlink():
@@ -166,12 +175,9 @@ def output_kind(path: str | Path) -> str | None:
         if not names:
             return "empty"
         if RUN_INFO in names:
-            info = _read_small_json(path / RUN_INFO)
-            kind = info.get("kind") if isinstance(info, dict) else None
-            return kind if isinstance(kind, str) and kind else None
+            return _run_kind(path)
         if BANK_MANIFEST in names:
-            manifest = _read_small_json(path / BANK_MANIFEST)
-            return "bank" if isinstance(manifest, dict) and manifest.get("format") == BANK_FORMAT else None
+            return "bank" if _bank_files(path) is not None else None
         if {"report.html", "report.md"} <= names and all(
             n in ("report.html", "report.md") or n.endswith(".png") for n in names
         ):
@@ -182,12 +188,44 @@ def output_kind(path: str | Path) -> str | None:
     return None
 
 
+def foreign_files(path: str | Path, kind: str | None = None) -> list[str]:
+    """The files inside the output folder ``path`` (of ``kind``, by default :func:`output_kind`) that masterkey
+    did not write, relative to ``path``: for a bank, all but its manifest and the files the manifest lists; for a
+    run, all that its declared format (:mod:`masterkey.runformats`) does not declare, hidden files included.
+    ``--overwrite`` refuses to replace a folder that holds any."""
+    from masterkey.runformats import RUN_FORMATS, run_files
+
+    path = Path(path)
+    kind = kind or output_kind(path)
+    if not path.is_dir() or path.is_symlink() or kind in (None, "empty", "keys", "figure"):
+        return []
+    if kind == "bank":
+        own = set(_bank_files(path) or ())
+        return [
+            str(Path(root, name).relative_to(path))
+            for root, dirs, files in os.walk(path)
+            for name in sorted(files + [d for d in dirs if Path(root, d).is_symlink()])
+            if str(Path(root, name).relative_to(path)) not in own
+        ]
+    if kind in RUN_FORMATS and (path / RUN_INFO).exists():
+        return run_files(path, kind)[1]
+    return []
+
+
 def _named_paths(spec: str | Path) -> list[Path]:
     """The existing files a command-line value names: itself, ``FILE`` of ``NAME@FILE``, ``DIR`` of
     ``DIR:METHOD``."""
     text = str(spec)
     candidates = [text, text.partition("@")[2], text.rpartition(":")[0]]
     return [Path(c) for c in dict.fromkeys(candidates) if c and os.path.lexists(c)]
+
+
+def _resolve(path: Path) -> Path:
+    """``path.resolve()``; a loop of symbolic links is one clear error (Python raises RuntimeError for it)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        raise MasterkeyError(f"{path}: a loop of symbolic links") from None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -206,7 +244,7 @@ def check_output(
     ``DIR:METHOD``; values that name no existing path are ignored). Returns ``path`` as a :class:`Path`.
     """
     path = Path(path)
-    target = path.resolve()
+    target = _resolve(path)
     here = Path.cwd().resolve()
     if target == here or target in here.parents:
         raise MasterkeyError(f"{path or '.'} is the current folder or holds it; write the output elsewhere")
@@ -219,7 +257,7 @@ def check_output(
         if spec is None:
             continue
         for source in _named_paths(spec):
-            resolved = source.resolve()
+            resolved = _resolve(source)
             if resolved == target or _same_file(source, path):
                 raise MasterkeyError(f"{path} is an input of this command ({spec}); write the output elsewhere")
             if resolved in target.parents:
@@ -239,6 +277,13 @@ def check_output(
                 "masterkey, so it "
                 "is left alone: choose another output"
             )
+        foreign = foreign_files(path, found)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5:,} more" if len(foreign) > 5 else "")
+            raise MasterkeyError(
+                f"{path} holds files masterkey did not write ({shown}); {option('overwrite', True)} replaces only "
+                "masterkey's own files, so it is left alone: move them out or choose another output"
+            )
     return path
 
 
@@ -247,28 +292,6 @@ def _a(word: str) -> str:
 
 
 # ---------------------------------------------------------------------- writing
-def _make_parents(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; return the ones created, deepest first."""
-    missing = []
-    while not folder.exists() and folder.parent != folder:
-        missing.append(folder)
-        folder = folder.parent
-    created = []
-    for folder in reversed(missing):
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        created.append(folder)
-    return created[::-1]
-
-
-def _remove_empty(folders: Iterable[Path]) -> None:
-    for folder in folders:
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-
-
 def missing_parents(path: str | Path) -> list[Path]:
     """The folders above ``path`` that do not exist yet, deepest first (to remove again after a failure)."""
     return [p for p in Path(path).absolute().parents if not p.exists()]
@@ -276,37 +299,7 @@ def missing_parents(path: str | Path) -> list[Path]:
 
 def remove_empty_folders(folders: Iterable[Path]) -> None:
     """Remove each folder that is empty (deepest first, as :func:`missing_parents` lists them); others stay."""
-    _remove_empty(folders)
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary sibling of ``path`` for writing and rename it over ``path`` on success.
-
-    On any error the temporary file (and any parent folder this call created) is removed and ``path`` is left as
-    it was. This is the low-level writer: outputs a user names go through :func:`output_file` or
-    :func:`atomic_directory`, which apply the output rule first.
-    """
-    path = Path(path)
-    try:
-        created = _make_parents(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are ordinary files
-    except OSError as exc:
-        raise MasterkeyError(describe_os_error(exc, path)) from exc
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        _remove_empty(created)
-        if isinstance(exc, OSError):
-            raise MasterkeyError(describe_os_error(exc, path)) from exc
-        raise
+    remove_empty(folders)
 
 
 @contextlib.contextmanager
@@ -362,8 +355,9 @@ def _human_size(n: int) -> str:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    """Write ``obj`` as indented, strict JSON (:func:`masterkey.jsonio.dumps`: non-finite numbers become ``null``
+    and are recorded), atomically."""
+    text = dumps(obj) + "\n"
     with atomic_write(path, "w") as f:
         f.write(text)
 
@@ -374,16 +368,6 @@ def write_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
     """``safetensors.torch.save`` with its header in a fixed order, so identical tensors and metadata give
     identical bytes (safetensors writes the metadata entries in hash order, which changes from run to run)."""
@@ -391,10 +375,10 @@ def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None =
 
     data = save(tensors, metadata=metadata)
     (size,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + size])
+    header = loads(data[8 : 8 + size], "safetensors header")
     if "__metadata__" in header:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text = dumps(header, indent=None, ensure_ascii=False, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the format aligns the data that follows to 8 bytes
     return struct.pack("<Q", len(text)) + text + data[8 + size :]
 
@@ -425,7 +409,7 @@ def atomic_directory(
         check_output(path, kind, overwrite=overwrite, inputs=inputs)  # it may have changed while we waited
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-            os.chmod(tmp, 0o777 & ~_umask())
+            os.chmod(tmp, 0o777 & ~umask())
         except OSError as exc:
             raise MasterkeyError(describe_os_error(exc, path)) from exc
         try:
@@ -482,7 +466,7 @@ def remove_stale_temporaries(folder: Path) -> None:
 
 
 def _fsync_tree(path: Path) -> None:
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~umask()
     for root, _dirs, files in os.walk(path):
         for name in files:
             child = Path(root) / name
@@ -506,7 +490,7 @@ def write_lock(path: str | Path) -> Iterator[None]:
     path = Path(path)
     lock_path = path.with_name(f".{path.name}.lock")
     try:
-        created = _make_parents(path.parent)
+        created = make_parents(path.parent)
     except OSError as exc:
         raise MasterkeyError(describe_os_error(exc, path)) from exc
     succeeded = False
@@ -522,7 +506,7 @@ def write_lock(path: str | Path) -> Iterator[None]:
             os.close(fd)
     finally:
         if not succeeded:
-            _remove_empty(created)
+            remove_empty(created)
 
 
 def _acquire(lock_path: Path, path: Path) -> int:

@@ -29,6 +29,10 @@ from masterkey.runs import write_run_info
 from masterkey.tables import format_table
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Filters with a weight larger than this in magnitude are excluded from fits as out of range: their squares,
+#: summed over up to 63 x 63 weights, would overflow float32 (3.4e38) and give NaN fits; no trained network has
+#: weights within many orders of magnitude of it.
+MAX_ABS_WEIGHT = 1e15
 #: Filters per kernel call: large enough for efficient matrix products, small enough to stay in CPU cache.
 FIT_CHUNK = 8192
 #: Filters per kernel call on a GPU, where launches cost more than cache misses: 1M 7x7 filters x 50 keys took
@@ -170,6 +174,13 @@ def fit_affine(
     return FitResult.cat(fit_chunks(chunks, keys, device=device, dtype=dtype))
 
 
+def fittable(filters: Tensor) -> Tensor:
+    """A boolean mask of the filters ([n, k, k] or [n, d]) that can be fitted: every weight finite and at most
+    :data:`MAX_ABS_WEIGHT` in magnitude. One pass over the data (a NaN makes the row's maximum NaN)."""
+    peak = filters.reshape(filters.shape[0], -1).abs().amax(dim=1) if filters.shape[0] else filters.new_zeros(0)
+    return peak <= MAX_ABS_WEIGHT
+
+
 @dataclass
 class BankFit:
     """Fits of a bank's usable filters: ``table`` holds the metadata columns plus ``key``, ``key_label``, ``a``,
@@ -197,12 +208,14 @@ def fit_bank(
 
     Kernel sizes the keys do not have are fitted with resized keys when ``resize`` is true (centre crop / zero
     pad, see :meth:`KeySet.resized`) and skipped otherwise; if no kernel size can be fitted the error says so.
-    Non-finite, all-zero and constant filters are excluded and counted in ``BankFit.excluded``.
-    ``progress``: a bar counting the filters fitted, chunk by chunk.
+    Non-finite, all-zero and constant filters are excluded and counted in ``BankFit.excluded``; so are filters
+    whose data is non-finite although the bank's flags say otherwise (an altered bank), and filters with weights
+    beyond :data:`MAX_ABS_WEIGHT` (``"out_of_range"``), found as they are read. If no filter is left to fit, the
+    error says why. ``progress``: a bar counting the filters fitted, chunk by chunk.
     """
     if len(bank) == 0:
         raise MasterkeyError(f"{bank.path}: the bank (or query) holds no filters")
-    excluded = bank.excluded_counts()
+    excluded = {**bank.excluded_counts(), "out_of_range": 0}
     usable = bank.usable()
     base = load_keys(keys)
     resolved = resolve_key_spec(keys) if isinstance(keys, str) else None
@@ -224,9 +237,18 @@ def fit_bank(
             continue
         parts, metas = [], []
         for meta, block in view.iter_filters(k, chunk_size=chunk_size):
-            parts.extend(fit_chunks(block.split(fit_chunk_size(device)), keyset, device=device))
-            metas.append(meta)
             bar.update(len(block))
+            keep = fittable(block)
+            if not bool(keep.all()):  # the bank's flags missed them: count them, never fit them
+                nonfinite = ~torch.isfinite(block.flatten(1)).all(dim=1)
+                excluded["nonfinite"] += int(nonfinite.sum())
+                excluded["out_of_range"] += int((~keep & ~nonfinite).sum())
+                meta, block = meta[keep.numpy()], block[keep]
+            if len(block):
+                parts.extend(fit_chunks(block.split(fit_chunk_size(device)), keyset, device=device))
+                metas.append(meta)
+        if not metas or not sum(len(m) for m in metas):
+            continue
         result = FitResult.cat(parts)
         frame = pd.concat(metas).reset_index(drop=True)
         fits = result.to_frame()
@@ -240,8 +262,13 @@ def fit_bank(
             f"{base.kernel_size}x{base.kernel_size}; pass {option('resize', True, flag='--resize-keys')} to "
             "centre-crop / zero-pad the keys"
         )
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return BankFit(table, keysets, excluded, skipped)
+    if not frames:
+        counted = ", ".join(f"{n:,} {what.replace('_', ' ')}" for what, n in excluded.items() if n)
+        fitted = ", ".join(f"{k}x{k}" for k in keysets)
+        raise MasterkeyError(
+            f"{bank.path}: no {fitted} filter can be fitted: every one is excluded ({counted or 'none usable'})"
+        )
+    return BankFit(pd.concat(frames, ignore_index=True), keysets, excluded, skipped)
 
 
 def summarize(table: pd.DataFrame, n_keys: int, by: list[str] | None = None) -> pd.DataFrame:
@@ -339,7 +366,7 @@ def render_text(report: dict[str, Any]) -> str:
     from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
 
     keys = "; ".join(f"{k}x{k}: {v['name']}" for k, v in report["keys"].items())
-    excluded = ", ".join(f"{n} {what}" for what, n in report["excluded"].items())
+    excluded = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in report["excluded"].items())
     lines = [
         f"fit of {keys}",
         f"bank {report['bank']}: {report['n_fitted']:,} filters fitted (excluded: {excluded})",

@@ -168,7 +168,8 @@ def load_image_folder(
     if len(shapes) > 1:
         raise MasterkeyError(
             f"{root}: images have different sizes ({len(shapes)} shapes, e.g. {sorted(shapes)[:2]}); "
-            "give resize and crop to make them equal"
+            "this preprocessing keeps image sizes (no resize / crop), so they cannot be batched: resize them to one "
+            "size first, or choose a preprocessing that resizes and centre-crops (e.g. imagenet)"
         )
     images = torch.stack(decoded).contiguous()
     result = ImageSet(images, torch.tensor(labels, dtype=torch.long), classes, str(root))

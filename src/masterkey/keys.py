@@ -8,7 +8,6 @@ safetensors or the text format of ``paper8_7x7.txt`` (``Filter N:`` then k rows 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -21,7 +20,9 @@ import numpy as np
 
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import KEYSET_FORMAT, KEYSET_TEXT_HEADER, atomic_write, safetensors_bytes
+from masterkey.jsonio import dumps, loads
 from masterkey.normalize import EXCLUDED, excluded_counts, filter_flags_array
+from masterkey.reading import read_text, regular_file
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -103,11 +104,11 @@ class KeySet(_KeyShape):
             "provenance": self.provenance,
             "labels": self.labels,
         }
-        return safetensors_bytes({"keys": self.keys}, metadata={"masterkey": json.dumps(meta, sort_keys=True)})
+        return safetensors_bytes({"keys": self.keys}, metadata={"masterkey": dumps(meta, indent=None, sort_keys=True)})
 
     def to_text(self) -> str:
         """The key set in the ``Filter N:`` text format (values rounded to 6 decimals)."""
-        lines = [f"{KEYSET_TEXT_HEADER}{self.name}: {json.dumps(self.provenance, sort_keys=True)}"]
+        lines = [f"{KEYSET_TEXT_HEADER}{self.name}: {dumps(self.provenance, indent=None, sort_keys=True)}"]
         for i, key in enumerate(self.keys):
             lines.append(f"Filter {i + 1}:")
             lines.extend(" ".join(f"{v:.6f}" for v in row.tolist()) for row in key)
@@ -205,8 +206,7 @@ class KeyValues(_KeyShape):
         if path.is_dir():
             hint = f"; did you mean {path / 'keys.safetensors'}?" if (path / "keys.safetensors").is_file() else ""
             raise MasterkeyError(f"{path}: a folder, not a key file{hint}")
-        if not path.is_file():
-            raise MasterkeyError(f"{path}: no such key file")
+        regular_file(path, "key file")  # never "no such file" for a FIFO, a device or a link loop
         if path.suffix == ".safetensors":
             return _load_safetensors(path)
         return _load_text(path)
@@ -224,8 +224,8 @@ def _keyset_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
     if "masterkey" not in raw:
         return {}
     try:
-        meta = json.loads(raw["masterkey"])
-    except ValueError:
+        meta = loads(raw["masterkey"], path)
+    except MasterkeyError:
         meta = None
     if not isinstance(meta, dict):
         raise MasterkeyError(f"{path}: corrupt key-set metadata (not a JSON object)")
@@ -301,15 +301,7 @@ _EXPECTED_TEXT = "expected 'Filter N:' blocks of k rows of k numbers"
 
 
 def _load_text(path: Path) -> KeyValues:
-    size = path.stat().st_size
-    if size > MAX_TEXT_BYTES:
-        raise MasterkeyError(
-            f"{path}: {size:,} bytes is too large for a text key file (at most {MAX_TEXT_BYTES:,}); use .safetensors"
-        )
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise MasterkeyError(f"{path}: not a text key file ({_EXPECTED_TEXT})") from None
+    text = read_text(path, MAX_TEXT_BYTES, "text key file")  # bounded: use .safetensors for larger key sets
     blocks: list[list[list[float]]] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -489,7 +481,7 @@ def load_key_values(spec: str | Path, kernel_size: int | None = None, resize: bo
             takes = f"is written {usage}" if ":" in usage else "takes no arguments"
             raise MasterkeyError(f"keys {text!r}: {name} {takes}")
         values = factory(kernel_size if name in _GENERATED else None, args)
-    elif Path(text).exists():
+    elif os.path.lexists(text):  # a FIFO, a dangling link or a link loop too: KeyValues.load says which
         values = KeyValues.load(text)
     else:
         known = ", ".join(_BUILTINS)

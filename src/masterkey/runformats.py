@@ -13,6 +13,8 @@ column says which. See ``docs/design.md`` for the pipeline these runs come from.
 from __future__ import annotations
 
 import fnmatch
+import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["RUN_FORMATS", "RunFile", "RunFormat", "check_columns", "check_run", "run_format", "write_table"]
+__all__ = [
+    "RUN_FORMATS",
+    "RunFile",
+    "RunFormat",
+    "check_columns",
+    "check_run",
+    "run_files",
+    "run_format",
+    "write_table",
+]
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,8 @@ class RunFile:
     what: str
     required: bool = True
     columns: tuple[str, ...] = ()
+    #: For a family of sub-directories (``runs/*``): the kind of run each one is.
+    nested: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ RUN_FORMATS: dict[str, RunFormat] = {
             _RUN_JSON,
             RunFile("keys.safetensors", "the discovered keys (their share of filters in the metadata)"),
             RunFile("candidates.safetensors", "the distinct candidates the autoencoders gave"),
+            RunFile("candidates_round*.safetensors", "the candidates of later rounds (--rounds)", required=False),
             RunFile("path.csv", "the greedy path: objective after each removal", columns=("n_keys", "objective")),
             RunFile(
                 "baselines.csv",
@@ -103,6 +117,7 @@ RUN_FORMATS: dict[str, RunFormat] = {
         per_kernel=(
             "keys.safetensors",
             "candidates.safetensors",
+            "candidates_round*.safetensors",
             "path.csv",
             "baselines.csv",
             "universality.csv",
@@ -150,6 +165,8 @@ RUN_FORMATS: dict[str, RunFormat] = {
             RunFile("metrics.jsonl", "per-step and per-epoch rows as they were logged"),
             RunFile("summary.json", "the final numbers, parameter counts, depthwise statistics, warnings"),
             RunFile("model.safetensors", "the trained weights", required=False),
+            RunFile("model_ema.safetensors", "the weights' exponential moving average (--ema)", required=False),
+            RunFile("tensorboard/*", "TensorBoard logs (--tensorboard)", required=False),
             RunFile("checkpoint.pt", "the state to resume from (removed when --no-checkpoint)", required=False),
         ),
     ),
@@ -176,7 +193,7 @@ RUN_FORMATS: dict[str, RunFormat] = {
             ),
             RunFile("efficiency.md", "the same, as Markdown", required=False),
             RunFile("efficiency.png", "test top-1 against training-set size", required=False),
-            RunFile("runs/*", "one train run directory per arm, size and seed"),
+            RunFile("runs/*", "one train run directory per arm, size and seed", nested="train"),
         ),
     ),
     "explain": RunFormat(
@@ -242,7 +259,7 @@ def check_columns(kind: str, name: str, columns: Iterable[str]) -> None:
 def write_table(folder: str | Path, kind: str, name: str, table: pd.DataFrame) -> Path:
     """Write ``table`` as the run file ``folder/name`` of a ``kind`` run (CSV, or Parquet for ``*.parquet``),
     atomically, after :func:`check_columns`. Returns the path."""
-    from masterkey.files import atomic_write
+    from masterkey.atomic import atomic_write
 
     check_columns(kind, name, table.columns)
     path = Path(folder) / name
@@ -254,40 +271,86 @@ def write_table(folder: str | Path, kind: str, name: str, table: pd.DataFrame) -
     return path
 
 
+#: Temporary files masterkey's atomic writers leave only when killed (``.NAME.XXXX.tmp``): its own, not foreign.
+_TEMPORARY = ".*.tmp"
+_KERNEL_DIR = re.compile(r"k[0-9]+")
+
+
+def _entries(root: Path) -> list[str]:
+    """Every file under ``root`` (hidden ones too), and every link to a folder, as paths relative to ``root``;
+    links are not followed."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder).relative_to(root)
+        found += [str(here / name) for name in files]
+        found += [str(here / name) for name in dirs if (Path(folder) / name).is_symlink()]
+    return sorted(name.removeprefix("./") for name in found)
+
+
+def run_files(path: str | Path, kind: str) -> tuple[list[str], list[str]]:
+    """``(missing, undeclared)`` of run directory ``path`` against the format of ``kind``, without reading any
+    file: the required files it lacks, and the files it holds that the format does not declare (hidden files
+    included, except the temporaries of masterkey's killed writers; runs nested in ``runs/*`` are checked against
+    their own kind). Paths are relative to ``path``."""
+    fmt = run_format(kind)
+    root = Path(path)
+    subdirs = [p.name for p in sorted(root.glob("k[0-9]*")) if p.is_dir() and not p.is_symlink()]
+    subdirs = [d for d in subdirs if _KERNEL_DIR.fullmatch(d)] if fmt.per_kernel else []
+    if subdirs:  # one sub-directory per kernel size, each with its own summary
+        own = set(fmt.per_kernel) | {"summary.json", "summary.md"}
+        places = [("", [f for f in fmt.files if f.name not in fmt.per_kernel])]
+        places += [(d, [f for f in fmt.files if f.name in own]) for d in subdirs]
+    else:
+        places = [("", list(fmt.files))]
+    entries = _entries(root)
+    missing: list[str] = []
+    undeclared: list[str] = []
+    nested_done: set[str] = set()
+    for where, files in places:
+        prefix = f"{where}/" if where else ""
+        present = [
+            e[len(prefix) :] for e in entries if e.startswith(prefix) and not (not where and e.split("/")[0] in subdirs)
+        ]
+        for f in files:
+            if f.required and not any(n == f.name or fnmatch.fnmatchcase(n, f.name) for n in present):
+                missing.append(prefix + f.name)
+        for name in present:
+            nested = next((f for f in files if f.nested and fnmatch.fnmatchcase(name, f.name)), None)
+            if nested is not None and name.count("/") >= 2:
+                sub = "/".join(name.split("/")[:2])
+                if sub not in nested_done:
+                    nested_done.add(sub)
+                    _, inner = run_files(root / prefix / sub, nested.nested)
+                    undeclared += [f"{prefix}{sub}/{n}" for n in inner]
+                continue
+            if nested is None and any(n == name or fnmatch.fnmatchcase(name, n.name) for n in files):
+                continue
+            if fnmatch.fnmatchcase(name.rsplit("/", 1)[-1], _TEMPORARY):
+                continue
+            undeclared.append(prefix + name)
+    return missing, undeclared
+
+
 def check_run(path: str | Path, kind: str) -> list[str]:
-    """What in run directory ``path`` departs from the format of ``kind``: required files that are missing, files
-    that are not declared, tables without a declared column. An empty list means the run conforms."""
+    """What in run directory ``path`` departs from the format of ``kind``: required files that are missing, tables
+    without a declared column, files that are not declared (see :func:`run_files`). An empty list means the run
+    conforms."""
     import pandas as pd
 
     fmt = run_format(kind)
     root = Path(path)
-    subdirs = sorted(p for p in root.glob("k[0-9]*") if p.is_dir()) if fmt.per_kernel else []
-    if subdirs:  # one sub-directory per kernel size, each with its own summary
-        own = set(fmt.per_kernel) | {"summary.json", "summary.md"}
-        places = [(root, [f for f in fmt.files if f.name not in fmt.per_kernel])]
-        places += [(d, [f for f in fmt.files if f.name in own]) for d in subdirs]
-    else:
-        places = [(root, list(fmt.files))]
+    missing, undeclared = run_files(root, kind)
     problems: list[str] = []
-    for where, files in places:
-        present = sorted(
-            str(p.relative_to(where))
-            for p in where.rglob("*")
-            if p.is_file()
-            and not p.name.startswith(".")
-            and not any(p.is_relative_to(d) for d in subdirs if d != where)
-        )
-        for f in files:
-            matches = [n for n in present if n == f.name or fnmatch.fnmatchcase(n, f.name)]
-            if f.required and not matches:
-                problems.append(f"{where / f.name}: missing")
-            for name in matches if f.columns else []:
-                table = pd.read_parquet(where / name) if name.endswith(".parquet") else pd.read_csv(where / name)
-                missing = [c for c in f.columns if c not in table.columns]
-                if missing:
-                    problems.append(f"{where / name}: no column {', '.join(missing)}")
-        declared = [f.name for f in files]
-        for name in present:
-            if not any(name == d or fnmatch.fnmatchcase(name, d) for d in declared):
-                problems.append(f"{where / name}: not declared for {kind} runs")
-    return problems
+    tables = [e for e in _entries(root) if e not in undeclared]
+    for f in fmt.files:
+        for name in [m for m in missing if m.rpartition("/")[2] == f.name]:
+            problems.append(f"{root / name}: missing")
+        for name in tables if f.columns else []:
+            where, _, base = name.rpartition("/")
+            if (where and not _KERNEL_DIR.fullmatch(where)) or not fnmatch.fnmatchcase(base, f.name):
+                continue
+            table = pd.read_parquet(root / name) if name.endswith(".parquet") else pd.read_csv(root / name)
+            absent = [c for c in f.columns if c not in table.columns]
+            if absent:
+                problems.append(f"{root / name}: no column {', '.join(absent)}")
+    return problems + [f"{root / name}: not declared for {kind} runs" for name in undeclared]

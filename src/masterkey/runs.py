@@ -9,7 +9,6 @@ so that ``masterkey report`` can tell what a directory holds and anyone can see 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -17,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from masterkey.errors import MasterkeyError
-from masterkey.files import RUN_INFO, write_json
+from masterkey.files import RUN_INFO, RUN_INFO_OPTIONAL, write_json
+from masterkey.reading import kind_of, read_json
 
 __all__ = ["RUN_INFO", "command_argv", "environment", "read_run_info", "write_run_info"]
+
+#: A ``run.json`` larger than this is not one masterkey wrote (they are a few kB).
+MAX_RUN_INFO_BYTES = 16 << 20
 
 
 def environment() -> dict[str, Any]:
@@ -62,7 +65,10 @@ def command_argv() -> list[str]:
 
 def write_run_info(out: str | Path, kind: str, config: dict[str, Any], **extra: Any) -> None:
     """Write ``run.json`` (kind, resolved config, environment, command line, and any ``extra`` entries such as
-    ``warnings``) into ``out``."""
+    ``warnings``: :data:`masterkey.files.RUN_INFO_OPTIONAL` names those a run folder may have) into ``out``."""
+    unknown = set(extra) - set(RUN_INFO_OPTIONAL)
+    if unknown:
+        raise ValueError(f"run.json entries {sorted(unknown)} are not declared in files.RUN_INFO_OPTIONAL")
     info = {"kind": kind, "config": config, **extra, "environment": environment(), "argv": command_argv()}
     write_json(Path(out) / RUN_INFO, info)
 
@@ -74,15 +80,18 @@ def read_run_info(run_dir: str | Path, kinds: tuple[str, ...] | None = None) -> 
     run_dir = Path(run_dir)
     path = run_dir / RUN_INFO
     if not run_dir.is_dir():
+        if os.path.lexists(run_dir):
+            try:
+                what = "a file" if run_dir.is_file() else kind_of(os.stat(run_dir).st_mode)
+            except OSError:
+                what = "a dangling link or a loop of links"
+            raise MasterkeyError(f"{run_dir}: {what}, not a run directory")
         raise MasterkeyError(f"{run_dir}: no such run directory")
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise MasterkeyError(
             f"{run_dir}: not a run directory (no {RUN_INFO}; runs are written by masterkey commands with -o)"
         )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MasterkeyError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:100]})") from None
+    info = read_json(path, "run description", MAX_RUN_INFO_BYTES)  # regular, bounded, depth-limited
     if not isinstance(info, dict) or not isinstance(info.get("kind"), str):
         raise MasterkeyError(f"{path}: expected an object with a string 'kind'")
     if kinds is not None and info["kind"] not in kinds:

@@ -384,8 +384,9 @@ def image_batches(
             raise MasterkeyError(
                 f"{errors[0]}; the evaluation stops (it counts every image: remove or repair the file)"
                 if "cannot decode" in errors[0]
-                else f"{images.root}: {errors[0]}; give a resize and crop ({option('image_size', 'N')}) to make them "
-                "equal"
+                else f"{images.root}: {errors[0]}; this preprocessing keeps image sizes (no resize / crop), so they "
+                "cannot be batched: resize them to one size first, or choose a preprocessing that resizes and "
+                "centre-crops (e.g. imagenet)"
             )
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     if n_workers == 0:

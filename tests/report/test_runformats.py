@@ -3,6 +3,7 @@ tests because it checks the same real runs (tests/report/conftest.py) that the r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -59,3 +60,64 @@ def test_a_writer_cannot_drop_a_declared_column(tmp_path: Path) -> None:
 def test_parquet_tables_round_trip(tmp_path: Path) -> None:
     fits = pd.DataFrame({c: [0.5] for c in run_format("fit").columns("fits.parquet")})
     assert pd.read_parquet(write_table(tmp_path, "fit", "fits.parquet", fits)).equals(fits)
+
+
+REAL_RUNS = ["fit", "discover", "discover_per_kernel", "swap", "train", "experiment", "explain"]
+
+
+def _strict(text: str, where: object) -> object:
+    """Parse as JSON.parse and jq do: a bare NaN / Infinity is an error."""
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"{where}: {token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def json_texts(root: Path) -> list[tuple[str, str]]:
+    """Every JSON text of a run folder: *.json files, each line of *.jsonl files, and the masterkey metadata inside
+    every .safetensors file (key sets, exported weights)."""
+    from safetensors import safe_open
+
+    texts = []
+    for path in sorted(root.rglob("*")):
+        where = str(path.relative_to(root))
+        if path.suffix == ".json":
+            texts.append((where, path.read_text()))
+        elif path.suffix == ".jsonl":
+            texts += [(f"{where}:{i + 1}", line) for i, line in enumerate(path.read_text().splitlines()) if line]
+        elif path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                texts += [(f"{where}[{k}]", v) for k, v in (f.metadata() or {}).items() if v[:1] in "[{"]
+    return texts
+
+
+@pytest.mark.parametrize("name", REAL_RUNS)
+def test_every_json_of_every_real_run_is_strict(run_dirs: dict[str, Path], name: str) -> None:
+    texts = json_texts(run_dirs[name])
+    names = {where for where, _ in texts}
+    assert "run.json" in names and names & {"summary.json", "results.json"}, names
+    for where, text in texts:
+        _strict(text, f"{name}/{where}")
+
+
+def test_a_report_run_is_strict_json_too(run_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from masterkey.cli import main
+
+    runs = [str(run_dirs["fit"]), str(run_dirs["swap"])]
+    assert main(["report", *runs, "--samples", "2", "-o", str(tmp_path / "r")]) == 0
+    assert check_run(tmp_path / "r", "report") == []
+    for where, text in json_texts(tmp_path / "r"):
+        _strict(text, where)
+
+
+@pytest.mark.parametrize("name", REAL_RUNS)
+def test_every_real_run_is_recognised_whole_and_may_be_replaced(run_dirs: dict[str, Path], name: str) -> None:
+    """Every file a real writer writes is declared, so ``--overwrite`` recognises the run by its whole format and
+    finds no file of the user's in it."""
+    from masterkey.files import check_output, foreign_files, output_kind
+
+    kind = name.removesuffix("_per_kernel")
+    assert output_kind(run_dirs[name]) == kind
+    assert foreign_files(run_dirs[name]) == []
+    assert check_output(run_dirs[name], kind, overwrite=True) == run_dirs[name]

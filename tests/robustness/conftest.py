@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ def _sha256(path: Path) -> str:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every path under ``root`` (hidden ones too) with the sha256 of its bytes ('dir' / 'link' otherwise)."""
+    """Every path under ``root`` (hidden ones too) with the sha256 of its bytes ('dir' / 'link' otherwise; a FIFO or
+    device is recorded by its kind, never opened: reading a FIFO would block)."""
     state = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
@@ -43,6 +45,8 @@ def snapshot(root: Path) -> dict[str, str]:
             state[rel] = "link:" + os.readlink(path)
         elif path.is_dir():
             state[rel] = "dir"
+        elif not stat.S_ISREG(path.stat().st_mode):
+            state[rel] = f"special:{stat.S_IFMT(path.stat().st_mode)}"
         else:
             state[rel] = _sha256(path)
     return state

@@ -4,7 +4,6 @@ gives (checked while the command line is parsed, before any work)."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -24,6 +23,7 @@ MAX_KEYS = 10_000  # keys in a key set (also masterkey.keys.MAX_KEYS)
 MAX_KERNEL_SIZE = 63  # kernel sizes (also masterkey.keys.MAX_KERNEL_SIZE)
 MAX_CHUNK = 1 << 24  # filters per matrix product
 MAX_STEPS = 100_000_000  # optimisation steps
+MAX_WORKERS = 256  # DataLoader processes (each holds a copy of the loader's state)
 
 
 def int_arg(low: int, high: int) -> Callable[[str], int]:
@@ -112,6 +112,19 @@ def output_arg(text: str) -> str:
     return text
 
 
+def query_arg(text: str) -> str:
+    """An argparse ``type`` for a metadata query (``--query``, ``bank query EXPR``): parsed while the command line
+    is read (:mod:`masterkey.query`), so a query outside the grammar is one line before any work. Its columns are
+    checked against the bank when it is evaluated."""
+    from masterkey.query import parse
+
+    try:
+        parse(text)
+    except MasterkeyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def resolved_device(spec: str) -> str:
     """``auto`` → ``cuda`` when CUDA is available, else ``cpu``; other specs unchanged."""
     if spec != "auto":
@@ -122,10 +135,11 @@ def resolved_device(spec: str) -> str:
 
 
 def print_json(obj: Any) -> None:
-    from masterkey.files import _json_default
+    """``obj`` as strict, indented JSON on stdout (the one JSON writer, :func:`masterkey.jsonio.dumps`: a NaN is
+    written as ``null`` and recorded in ``nonfinite_values``, never as a bare ``NaN`` that strict parsers refuse)."""
+    from masterkey.jsonio import dumps
 
-    json.dump(obj, sys.stdout, indent=2, default=_json_default)
-    sys.stdout.write("\n")
+    sys.stdout.write(dumps(obj) + "\n")
 
 
 def parse_kwargs(text: str | None, what: str = "--model-kwargs") -> dict[str, Any]:
@@ -199,4 +213,9 @@ def add_data_mode_arguments(p: Any, workers: bool = True) -> None:
         help="budget of --data-mode auto, e.g. 16G (default: MASTERKEY_MEMORY_BUDGET, else half the free RAM)",
     )
     if workers:
-        p.add_argument("--workers", type=int, metavar="N", help="DataLoader processes when streaming (default: CPUs)")
+        p.add_argument(
+            "--workers",
+            type=int_arg(0, MAX_WORKERS),
+            metavar="N",
+            help=f"DataLoader processes when streaming, 0 to {MAX_WORKERS} (default: CPUs)",
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from masterkey.commands._common import note_written, output_arg, print_json
+from masterkey.commands._common import note_written, output_arg, print_json, query_arg
 from masterkey.tables import format_table
 
 if TYPE_CHECKING:
@@ -28,9 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     info = sub.add_parser("info", help="counts, sources, excluded filters")
     info.add_argument("bank", metavar="BANK")
     info.add_argument("--json", action="store_true", help="machine-readable output")
-    query = sub.add_parser("query", help="select filters by a pandas query over the metadata")
+    query = sub.add_parser("query", help="select filters by a query over the metadata")
     query.add_argument("bank", metavar="BANK")
-    query.add_argument("expr", metavar="EXPR", help="e.g. \"source == 'x' and kernel_size == 7\"")
+    query.add_argument(
+        "expr",
+        type=query_arg,
+        metavar="EXPR",
+        help="e.g. \"source == 'x' and kernel_size in [3, 5]\": columns, comparisons, in [...], and / or / not "
+        "(see docs/reliability.md)",
+    )
     query.add_argument("-o", "--out", type=output_arg, metavar="BANK", help="write the selection as a new bank")
     query.add_argument("--overwrite", action="store_true")
     query.add_argument("--json", action="store_true")

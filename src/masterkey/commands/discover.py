@@ -26,6 +26,7 @@ from masterkey.commands._common import (
     note,
     output_arg,
     print_json,
+    query_arg,
 )
 from masterkey.errors import MasterkeyError
 
@@ -123,7 +124,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K1,K2",
         help="kernel sizes to discover (default: all)",
     )
-    p.add_argument("--query", metavar="EXPR", help="use only the bank rows matching this metadata query")
+    p.add_argument(
+        "--query", type=query_arg, metavar="EXPR", help="use only the bank rows matching this metadata query"
+    )
     p.add_argument("--objective", choices=("variance", "accuracy"), default="variance", help="greedy objective")
     g = p.add_argument_group("accuracy objective")
     g.add_argument("--model", metavar="NAME", help="timm / torchvision name (optional when --weights names its arch)")

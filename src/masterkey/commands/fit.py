@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from masterkey.commands._common import (
     MAX_CHUNK,
@@ -14,6 +15,7 @@ from masterkey.commands._common import (
     output_arg,
     print_json,
     progress_enabled,
+    query_arg,
     resolved_device,
 )
 from masterkey.files import check_output
@@ -41,7 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="key set: built-in, key file, discover run, DIR:METHOD (default paper8)",
     )
     p.add_argument("--resize-keys", action="store_true", help="centre-crop / zero-pad keys to other kernel sizes")
-    p.add_argument("--query", metavar="EXPR", help="fit only the bank rows matching this metadata query")
+    p.add_argument(
+        "--query",
+        type=query_arg,
+        metavar="EXPR",
+        help='fit only the bank rows matching this metadata query, e.g. "stage >= 2 and kernel_size == 7" '
+        "(columns, comparisons, in [...], and / or / not; see docs/reliability.md)",
+    )
     p.add_argument(
         "--reference", default="random", choices=("random", "none"), help="'random' (random:K:SEED keys) or 'none'"
     )
@@ -77,17 +85,18 @@ def run(args: argparse.Namespace) -> int:
     reference = None
     if args.reference != "none":
         spec = f"random:{fit.n_keys}:{args.reference_seed}"
-        fitted = bank.query(f"kernel_size in {sorted(fit.keysets)}")
+        fitted = bank.select(bank.metadata["kernel_size"].isin(list(fit.keysets)).to_numpy())
         reference = fit_bank(fitted, spec, resize=True, device=device, progress=progress)
     report = fit_report(fit, reference)
     report["bank"] = str(bank.path)
     if args.query:
         report["query"] = args.query
-    if args.out:
-        write_fit_run(args.out, fit, report, vars(args), overwrite=args.overwrite, inputs=[bank.path, args.keys])
     if args.json:
         print_json(report)
     else:
         print(render_text(report))
+    sys.stdout.flush()  # a full or failing stdout stops the command here, before the run is written
+    if args.out:
+        write_fit_run(args.out, fit, report, vars(args), overwrite=args.overwrite, inputs=[bank.path, args.keys])
     note_written(args.out)
     return 0

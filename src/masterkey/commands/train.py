@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
@@ -24,6 +23,7 @@ from masterkey.commands._common import (
     print_json,
 )
 from masterkey.errors import MasterkeyError
+from masterkey.jsonio import loads
 from masterkey.tables import format_table
 
 NAME = "train"
@@ -165,9 +165,9 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
             values["model_kwargs"] = parse_kwargs(text)
             return values
         try:
-            kwargs = json.loads(text)
-        except ValueError as exc:
-            raise MasterkeyError(f"--model-kwargs: not a JSON object ({exc})") from None
+            kwargs = loads(text, "--model-kwargs", restore=False)
+        except MasterkeyError as exc:
+            raise MasterkeyError(f"--model-kwargs: not a JSON object ({str(exc).partition(': ')[2]})") from None
         if not isinstance(kwargs, dict):
             raise MasterkeyError("--model-kwargs: expected a JSON object")
         values["model_kwargs"] = kwargs

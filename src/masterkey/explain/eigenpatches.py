@@ -292,18 +292,37 @@ def reconstruct(image: np.ndarray, basis: np.ndarray | torch.Tensor | KeySet, dc
     return approx.reshape(rows, cols, size, size).transpose(0, 2, 1, 3).reshape(rows * size, cols * size)
 
 
+#: An image whose within-patch deviation (RMS over its tiles, grey levels in [0, 1]) is below this is flat: a
+#: quarter of one 8-bit grey level. Its within-patch variance is rounding noise, so the fraction of it that a
+#: reconstruction keeps means nothing (it came out as -12.97 for a flat photograph).
+FLAT_RMS = 1e-3
+
+
+def within_patch_rms(image: np.ndarray, patch_size: int) -> float:
+    """The RMS deviation of ``image``'s pixels from the mean of their ``patch_size`` tile."""
+    tiles, _ = _tiles(image, patch_size)
+    return math.sqrt(float(np.mean((tiles - tiles.mean(axis=1, keepdims=True)) ** 2)))
+
+
+def flat_images(images: dict[str, np.ndarray], patch_size: int) -> list[str]:
+    """The names of the images with no variation within ``patch_size`` tiles (see :data:`FLAT_RMS`)."""
+    return [name for name, image in images.items() if within_patch_rms(image, patch_size) < FLAT_RMS]
+
+
 def reconstruction_scores(image: np.ndarray, approx: np.ndarray, patch_size: int) -> dict[str, float]:
     """``rmse`` and ``psnr`` (dB, peak 1) of ``approx`` against ``image`` (cropped alike), and ``explained``: the
-    fraction of the within-patch variance (energy of each tile minus its mean) the reconstruction keeps."""
+    fraction of the within-patch variance (energy of each tile minus its mean) the reconstruction keeps; NaN for a
+    flat image (:data:`FLAT_RMS`), where it is undefined."""
     crop = image[: approx.shape[0], : approx.shape[1]]
     err = crop - approx
     mse = float(np.mean(err**2))
     tiles, _ = _tiles(crop, patch_size)
     within = float(np.sum((tiles - tiles.mean(axis=1, keepdims=True)) ** 2))
+    flat = within < FLAT_RMS**2 * tiles.size
     return {
         "rmse": math.sqrt(mse),
         "psnr": 10 * math.log10(1.0 / mse) if mse > 0 else math.inf,
-        "explained": 1.0 - float(np.sum(err**2)) / within if within > 0 else 1.0,
+        "explained": math.nan if flat else 1.0 - float(np.sum(err**2)) / within,
     }
 
 

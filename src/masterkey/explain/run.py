@@ -8,21 +8,23 @@ reconstruction — tables, figures and an "explain" run directory that ``masterk
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from masterkey.errors import MasterkeyError
 from masterkey.explain.eigenpatches import (
     EigenPatches,
     abs_cos_matrix,
     compare_with_keys,
     eigen_patches,
+    flat_images,
     load_gray_images,
     pca_basis,
     random_reference,
@@ -33,6 +35,7 @@ from masterkey.explain.eigenpatches import (
 )
 from masterkey.explain.scalespace import BOUND_NOTE, fit_keyset, scalespace_keyset
 from masterkey.files import atomic_directory, write_json, write_text
+from masterkey.jsonio import dumps
 from masterkey.keys import KeySet, load_keys
 from masterkey.progress import progress_bar
 from masterkey.report import figures as F
@@ -54,6 +57,7 @@ class Explanation:
     random_eigen: pd.DataFrame  # random_reference
     reconstruction: pd.DataFrame  # reconstruction_table (keys, random, pca, scale-space models)
     images: dict[str, np.ndarray]
+    flat_images: list[str] = field(default_factory=list)  # left out: no variation within a patch
 
     def summary(self) -> dict[str, Any]:
         """Headline numbers (JSON-serialisable)."""
@@ -71,6 +75,7 @@ class Explanation:
             "n_patches": self.eigen.n_patches,
             "window_sigma": self.eigen.window_sigma,
             "images": list(self.images),
+            "flat_images_left_out": self.flat_images,
             "reconstruction": recon.to_dict(orient="records"),
             "reconstruction_degenerate": degenerate_reconstruction(self.keys) is not None,
             "scalespace_at_bound": int((self.scalespace["at_bound"] != "").sum()),
@@ -112,6 +117,21 @@ def explain_keys(
     scalespace = fit_keyset(keyset, families, progress=progress)
     models = scalespace_keyset(scalespace, keyset.kernel_size, name=f"scalespace({keyset.name})")
     gray = load_gray_images(images, max_images=max_images)
+    flat = flat_images(gray, keyset.kernel_size)
+    if len(flat) == len(gray):
+        raise MasterkeyError(
+            f"images: {_image_list(flat)} {'is' if len(flat) == 1 else 'are'} flat (no variation within "
+            f"{keyset.kernel_size}x{keyset.kernel_size} patches): eigen-patches and reconstructions would be "
+            "rounding noise; give images with texture"
+        )
+    if flat:
+        logging.getLogger("masterkey").warning(
+            "explain: left out %s: flat (no variation within %dx%d patches), nothing to explain",
+            _image_list(flat),
+            keyset.kernel_size,
+            keyset.kernel_size,
+        )
+        gray = {name: image for name, image in gray.items() if name not in flat}
     with progress_bar(total=1, desc=f"eigen-patches of {len(gray)} images", unit="PCA", enabled=progress) as bar:
         eigen = eigen_patches(gray, keyset.kernel_size, n_components, window_sigma, stride, max_patches, seed)
         bar.update()
@@ -134,6 +154,7 @@ def explain_keys(
         random_reference(eigen, len(keyset), seeds),
         recon,
         gray,
+        flat,
     )
 
 
@@ -302,7 +323,7 @@ def write_explain_run(
         eigen = expl.eigen
         write_text(
             tmp / "eigenpatches.json",
-            json.dumps(
+            dumps(
                 {
                     "patch_size": eigen.patch_size,
                     "window_sigma": eigen.window_sigma,
@@ -310,7 +331,8 @@ def write_explain_run(
                     "images": eigen.images,
                     "explained_variance_ratio": eigen.explained_variance_ratio.tolist(),
                     "components": eigen.components.tolist(),
-                }
+                },
+                indent=None,
             ),
         )
         for name, png in figs.items():

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from masterkey.errors import MasterkeyError
+from masterkey.reading import describe_torch_error, regular_file
 
 StateDict = dict[str, Tensor]
 CheckpointFilter = Callable[[StateDict, nn.Module], "StateDict | None"]
@@ -46,8 +47,7 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
     state dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MasterkeyError(f"{path}: no such file")
+    regular_file(path, "weights file")  # a FIFO would block, a device never end; a folder is not "no such file"
     metadata: dict[str, str] = {}
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -63,7 +63,7 @@ def read_state_dict(path: str | Path) -> tuple[StateDict, dict[str, str]]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise MasterkeyError(
-                f"{path}: not a readable PyTorch state_dict ({_short(exc)}); "
+                f"{path}: not a readable PyTorch state_dict ({describe_torch_error(path, exc)}); "
                 "expected a .pth/.pt/.bin state_dict or a .safetensors file"
             ) from None
     state = _unwrap(obj)

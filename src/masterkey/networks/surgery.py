@@ -24,7 +24,7 @@ from torch import nn
 
 from masterkey.depthwise import DepthwiseConv, find_depthwise, stage_block
 from masterkey.errors import MasterkeyError, option
-from masterkey.fit import fit_affine
+from masterkey.fit import fit_affine, fittable
 from masterkey.keys import KeySet, load_keys, nearest_kernel_size
 from masterkey.normalize import filter_flags, usable_mask
 
@@ -238,7 +238,7 @@ def swap_depthwise(
         keyset = by_size[kh]
         weight = pos.conv.weight
         flat = weight.detach().reshape(weight.shape[0], kh, kw).float().cpu()
-        finite = torch.isfinite(flat).flatten(1).all(dim=1)
+        finite = fittable(flat)  # non-finite or out-of-range filters (fit.MAX_ABS_WEIGHT) are left as they are
         fit = fit_affine(flat[finite], keyset)
         new = flat.clone()
         new[finite] = fit.a[:, None, None] * keyset.keys[fit.key] + fit.b[:, None, None]

@@ -8,7 +8,7 @@ what exists and says what does not.
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +18,9 @@ from typing import Any
 import pandas as pd
 
 from masterkey.errors import MasterkeyError
+from masterkey.jsonio import loads
 from masterkey.keys import KeySet
+from masterkey.reading import read_json, read_text, regular_file
 from masterkey.runformats import run_format
 from masterkey.runs import RUN_INFO, read_run_info
 
@@ -41,14 +43,29 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
+    def inside(self, path: Path) -> bool:
+        """Whether ``path`` (links followed) lies inside this run folder: the report reads nothing outside the run
+        folders it was given, so a link leading out of one is never followed."""
+        root = os.path.realpath(self.path)
+        return os.path.realpath(path).startswith(root + os.sep)
+
     def file(self, name: str, optional: bool = True) -> Path | None:
-        """The path of ``name`` in the run, or None (noted unless ``optional``) when it is absent."""
+        """The path of ``name`` in the run, or None (noted unless ``optional``) when it is absent. A link leading
+        outside the run folder, a FIFO, a device or a folder is never read (and noted)."""
         path = self.path / name
-        if path.is_file():
-            return path
-        if not optional:
-            self.notes.append(f"{name} is missing")
-        return None
+        if not os.path.lexists(path):
+            if not optional:
+                self.notes.append(f"{name} is missing")
+            return None
+        if not self.inside(path):
+            self.notes.append(f"{name} is a link leading outside the run folder; not read")
+            return None
+        try:
+            regular_file(path, "run file")
+        except MasterkeyError as exc:
+            self.notes.append(f"{str(exc).removeprefix(str(path) + ': ')}: {name} not read")
+            return None
+        return path
 
     def read_csv(self, name: str, required: Sequence[str] = (), optional: bool = False) -> pd.DataFrame | None:
         """A CSV file of the run; None (with a note) when absent, unreadable or without the ``required`` columns."""
@@ -83,10 +100,14 @@ class Run:
         if path is None:
             return None
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            self.notes.append(f"{name} is not valid JSON ({str(exc).splitlines()[0][:100]})")
+            return read_json(path, "run file")
+        except MasterkeyError as exc:
+            self._note_unreadable(path, name, exc)
             return None
+
+    def _note_unreadable(self, path: Path, name: str, exc: MasterkeyError) -> None:
+        why = str(exc).removeprefix(f"{path}: ")
+        self.notes.append(f"{name} is {why}" if why.startswith("not ") else f"{name}: {why}")
 
     def read_jsonl(self, name: str, optional: bool = True) -> list[dict[str, Any]] | None:
         path = self.file(name, optional)
@@ -94,12 +115,13 @@ class Run:
             return None
         rows: list[dict[str, Any]] = []
         bad = 0
-        for line in path.read_text().splitlines():
+        text = self._text(path, name)
+        for line in (text or "").splitlines():
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except ValueError:
+                row = loads(line, name)
+            except MasterkeyError:
                 bad += 1
                 continue
             if isinstance(row, dict):
@@ -120,10 +142,18 @@ class Run:
 
     def read_text(self, name: str, optional: bool = True) -> str | None:
         path = self.file(name, optional)
-        return path.read_text() if path is not None else None
+        return self._text(path, name) if path is not None else None
+
+    def _text(self, path: Path, name: str) -> str | None:
+        try:
+            return read_text(path, what="run file")
+        except MasterkeyError as exc:
+            self._note_unreadable(path, name, exc)
+            return None
 
     def pngs(self) -> list[Path]:
-        return sorted(self.path.glob("*.png"))
+        """The PNG figures of the run folder (regular files inside it)."""
+        return [p for p in sorted(self.path.glob("*.png")) if self.file(p.name) is not None]
 
 
 def read_run(path: str | Path) -> Run:
@@ -298,6 +328,9 @@ def load_experiment(run: Run) -> ExperimentRun:
     runs_dir = run.path / "runs"
     if runs_dir.is_dir():
         for sub in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+            if not run.inside(sub):
+                run.notes.append(f"runs/{sub.name} is a link leading outside the run folder; not read")
+                continue
             try:
                 child = read_run(sub)
             except MasterkeyError as exc:

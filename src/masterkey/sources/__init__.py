@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import atomic_write, check_output, missing_parents, remove_empty_folders, safetensors_bytes
+from masterkey.jsonio import dumps, loads
+from masterkey.reading import regular_file
 from masterkey.sources.base import HarvestedLayer, HarvestedSource, accept_layer
 from masterkey.sources.network import harvest_model, harvest_module
 from masterkey.sources.onnx_graph import harvest_onnx
@@ -62,6 +65,8 @@ def harvest(
             f"{path}: a folder; a SOURCE is a weights file (.pth, .pt, .bin, .safetensors), an .onnx file or a "
             "model name"
         )
+    if os.path.lexists(path) and not path.is_dir():
+        regular_file(path, "weights file")  # a FIFO, a device, a dangling link or a link loop: one line saying so
     if path.is_file():
         if weights is not None:
             raise MasterkeyError(f"{path}: {option('weights')} goes with a model name, not with a weights file")
@@ -102,7 +107,7 @@ def _save_partial(source: HarvestedSource, path: Path) -> None:
     }
     blob = safetensors_bytes(
         {f"layer{i}": x.weight.contiguous() for i, x in enumerate(source.layers)},
-        metadata={"masterkey": json.dumps(meta)},
+        metadata={"masterkey": dumps(meta, indent=None)},
     )
     with atomic_write(path) as f:
         f.write(blob)
@@ -113,7 +118,7 @@ def _load_partial(path: Path) -> HarvestedSource | None:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["masterkey"])
+            meta = loads(f.metadata()["masterkey"], path)
             layers = [HarvestedLayer(weight=f.get_tensor(f"layer{i}"), **info) for i, info in enumerate(meta["layers"])]
     except Exception:
         return None  # a damaged cache entry is harvested again

@@ -37,7 +37,6 @@ arm and seed; the test set does not change with the size.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from masterkey.errors import MasterkeyError, option
+from masterkey.jsonio import loads
 from masterkey.keys import builtin_keysets, key_spec_label
+from masterkey.reading import MAX_JSON_BYTES, read_text
 from masterkey.train.config import TrainConfig
 
 #: Largest number of training-set sizes in one sweep (each multiplies the runs).
@@ -299,9 +300,10 @@ def _resolve_paths(values: dict[str, Any], base_dir: Path) -> dict[str, Any]:
 
 
 def _read_file(path: Path) -> Any:
+    text = read_text(path, MAX_JSON_BYTES, "experiment file")  # a regular file, bounded: never a FIFO or device
     try:
         if path.suffix == ".json":
-            return json.loads(path.read_text())
+            return loads(text, path)
         try:
             import tomllib
         except ImportError:  # Python 3.10
@@ -311,7 +313,7 @@ def _read_file(path: Path) -> Any:
                 raise MasterkeyError(
                     f"{path}: TOML needs Python 3.11+ (or pip install tomli); or write the experiment as .json"
                 ) from None
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MasterkeyError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} ({exc})") from None
 
@@ -319,7 +321,7 @@ def _read_file(path: Path) -> Any:
 def load_experiment(path: str | Path) -> Experiment:
     """Read an experiment file (``.toml`` or ``.json``); see the module docstring for the format."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise MasterkeyError(f"{option('path', path, flag='--experiment')}: no such file")
     raw = _read_file(path)
     if not isinstance(raw, dict):

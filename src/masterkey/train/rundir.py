@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,7 +30,9 @@ from masterkey.files import (
     write_json,
     write_text,
 )
+from masterkey.jsonio import dumps, dumps_line
 from masterkey.networks.keyconv import export_state_dict
+from masterkey.reading import read_json
 from masterkey.runformats import check_columns
 from masterkey.train.config import TrainConfig
 from masterkey.train.state import CHECKPOINT
@@ -91,7 +92,7 @@ def check_out(
 
 def _check_longer(out: Path, epochs: int | None) -> None:
     try:
-        done = int(json.loads((out / "summary.json").read_text())["epochs"])
+        done = int(read_json(out / "summary.json", "training summary")["epochs"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # the checkpoint decides (see masterkey.train.loop)
     if epochs is not None and epochs <= done:
@@ -170,7 +171,7 @@ def write_metrics(run_dir: Path, epoch_rows: list[dict[str, Any]], step_rows: li
     check_columns("train", "metrics.csv", text.partition("\n")[0].split(","))
     write_text(run_dir / "metrics.csv", text)
     merged = sorted([*step_rows, *epoch_rows], key=lambda r: (r["step"], "test_top1" in r))
-    write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in merged))
+    write_text(run_dir / "metrics.jsonl", "".join(dumps_line(r) + "\n" for r in merged))
 
 
 def write_final(run_dir: Path, model: nn.Module, ema: Any, config: TrainConfig, summary: dict[str, Any]) -> None:
@@ -178,7 +179,7 @@ def write_final(run_dir: Path, model: nn.Module, ema: Any, config: TrainConfig, 
     metadata naming the architecture; ``summary.json``."""
     meta = {
         "arch": config.model.partition(":")[2] or config.model,
-        "model_kwargs": json.dumps(config.model_kwargs, sort_keys=True),
+        "model_kwargs": dumps(config.model_kwargs, indent=None, sort_keys=True),
         "mode": config.mode,
         "keys": str(summary["keys"]),
         "seed": str(config.seed),

@@ -20,6 +20,7 @@ from torch import nn
 
 from masterkey.errors import MasterkeyError
 from masterkey.networks.keyconv import ConvertedLayer
+from masterkey.reading import torch_load
 from masterkey.train.config import TrainConfig
 from masterkey.train.distributed import Distributed
 from masterkey.train.optim import lr_factor, make_optimizer, make_scheduler
@@ -69,13 +70,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------- checkpoints
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint written by :func:`~masterkey.train.loop.train` (read with ``weights_only=True``)."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        first = (lines[0] if lines else type(exc).__name__)[:200]
-        raise MasterkeyError(f"{path}: not a readable training checkpoint ({first})") from None
+    ckpt = torch_load(path, "training checkpoint")  # a regular file; torch's weights_only advice never shown
     if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS:
         raise MasterkeyError(f"{path}: not a masterkey training checkpoint (format {CHECKPOINT_FORMAT})")
     ckpt.setdefault("epoch_step", 0)

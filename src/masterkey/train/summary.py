@@ -5,14 +5,16 @@ reference arm, the data-efficiency table of a sweep over training-set sizes, and
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from masterkey.errors import MasterkeyError
 from masterkey.files import atomic_write, write_json, write_text
+from masterkey.jsonio import loads
+from masterkey.reading import read_json, read_text
 from masterkey.runformats import write_table
 from masterkey.stats import CONFIDENCE, mean_ci
 from masterkey.train.experiment import Experiment
@@ -162,10 +164,10 @@ def render_efficiency(table: pd.DataFrame) -> str:
 # ---------------------------------------------------------------------- run directories
 def read_run(run: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """``summary.json``, the epoch rows (``metrics.csv``) and the step rows (``metrics.jsonl``) of a train run."""
-    summary = json.loads((run / "summary.json").read_text())
+    summary = read_json(run / "summary.json", "training summary")
     epochs = pd.read_csv(run / "metrics.csv")
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    steps = pd.DataFrame([r for r in map(json.loads, lines) if "test_top1" not in r])
+    lines = read_text(run / "metrics.jsonl", what="metrics file").splitlines()
+    steps = pd.DataFrame([r for r in (loads(line, run / "metrics.jsonl") for line in lines) if "test_top1" not in r])
     return summary, epochs, steps
 
 
@@ -194,8 +196,8 @@ def run_warnings(run_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     out = []
     for row in rows:
         try:
-            saved = json.loads((run_dir / row["run"] / "summary.json").read_text())
-        except (OSError, ValueError, KeyError):
+            saved = read_json(run_dir / row["run"] / "summary.json", "training summary")
+        except (OSError, MasterkeyError, KeyError):
             continue
         out += [f"{Path(row['run']).name}: {line}" for line in saved.get("warnings", [])]
     return out
