@@ -40,6 +40,8 @@ def test_help_bank_info_and_keys_show_leave_heavy_libraries_unloaded(tmp_path):
     commands += [["keys", "show", "paper8"], ["keys", "show", "paper8", "--json"], ["keys", "show", "impulse"]]
     commands += [["keys", "show", "scalespace8", "--kernel-size", "5"], ["keys", "show", str(key_file), "--json"]]
     commands += [["keys", "show", "paper8", "--kernel-size", "3", "--resize-keys"]]
+    # --device is parsed (checked) before --help answers: cpu and auto need no torch to check
+    commands += [["fit", "--device", "cpu", "--help"], ["swap", "--device", "auto", "--help"]]
     report = _in_fresh_interpreter(
         f"""
         import contextlib, io, json, sys
