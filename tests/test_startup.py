@@ -74,6 +74,23 @@ def test_help_bank_info_and_keys_show_leave_heavy_libraries_unloaded(tmp_path):
     assert by_argv["run dir"] == "KeySet('paper8', 8 keys, 7x7)"
 
 
+def test_keys_show_png_draws_without_torch_or_pandas(tmp_path):
+    """The figure needs matplotlib and numpy only: the key values are read without torch and the report's readers
+    (pandas) stay unloaded."""
+    png = tmp_path / "paper8.png"
+    report = _in_fresh_interpreter(
+        f"""
+        import contextlib, io, json, sys
+        from masterkey.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["keys", "show", "paper8", "--png", {str(png)!r}])
+        print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+        """
+    )
+    assert report == {"code": 0, "heavy": ["matplotlib"]}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_import_masterkey_is_light_and_every_public_name_resolves():
     report = _in_fresh_interpreter(
         f"""
