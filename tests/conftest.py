@@ -54,6 +54,21 @@ def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path
     return path
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+#: Markers of the longest tests: their files start first, so that parallel workers finish together (the longest
+#: jobs first). Whole files move, in their order, so that module-scoped fixtures are still made once.
+LONG = ("slow", "kill", "torchrun")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    long_files = {item.path for item in items if any(item.get_closest_marker(name) for name in LONG)}
+    items.sort(key=lambda item: item.path not in long_files)  # a stable sort: the order within is kept
+
+
 @pytest.fixture(scope="session")
 def build_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[[Path], object]], Path]:
     """``build_once(name, build)``: :func:`built_once` for this session, for the fixtures of every sub-folder."""
