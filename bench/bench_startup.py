@@ -7,7 +7,7 @@ again) so that load from other processes hits all of them alike. ``--before SRC`
 another source tree (e.g. the main branch before lazy imports) to the same rounds. ``python -c "import torch"`` is
 the floor that every torch-importing command pays.
 
-    python bench/bench_startup.py --repeats 7 --before /work/main/src --out bench/results/startup.md
+    python bench/bench_startup.py --repeats 7 --before /tmp/mk-before/src --out bench/results/startup.md
 
 With ``--out PAGE.md`` every run's times (and the machine, command, commit, load) go to ``PAGE.raw.json`` beside
 the page (:mod:`raw`).
@@ -22,6 +22,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +37,8 @@ COMMANDS = [
     ("masterkey discover --help", ["discover", "--help"]),
     ("masterkey bank info default", ["bank", "info", "default"]),
     ("masterkey keys show paper8", ["keys", "show", "paper8"]),
+    # {tmp}: a temporary folder of each source tree's own, so that --overwrite replaces only its own figure
+    ("masterkey keys show paper8 --png", ["keys", "show", "paper8", "--png", "{tmp}/paper8.png", "--overwrite"]),
 ]
 
 
@@ -61,7 +64,11 @@ def measure(trees: dict[str, Path], repeats: int) -> dict[str, list[tuple[float,
     round."""
     variants = [(label, argv, SRC) for label, argv in BASELINES]
     for tree, src in trees.items():
-        variants += [(f"{label} ({tree})", ["-m", "masterkey", *argv], src) for label, argv in COMMANDS]
+        tmp = tempfile.mkdtemp(prefix="bench-startup-")
+        variants += [
+            (f"{label} ({tree})", ["-m", "masterkey", *(a.replace("{tmp}", tmp) for a in argv)], src)
+            for label, argv in COMMANDS
+        ]
     times: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in variants}
     for round_index in range(repeats + 1):
         for label, argv, src in variants:

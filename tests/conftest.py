@@ -1,9 +1,18 @@
 """Shared fixtures. Tests use the real weights and images in ../shared (CI has a copy beside the checkout) and
-never touch the network."""
+never touch the network.
+
+The suite runs in parallel (``python -m pytest -n auto``, pytest-xdist): every worker is one process on one core,
+so each uses one torch thread; what several tests only read is built once per session for all workers
+(:func:`built_once`); the temporary files of a passing session are removed (``tmp_path_retention_policy``).
+"""
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,13 +20,59 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MASTERKEY_SHARED", REPO.parent / "shared"))
+#: The pytest-xdist worker this process is ("gw0", "gw1", ...), or None in a serial run.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Parallel workers share the cores: a second torch thread per worker would only fight the other workers for them.
+torch.set_num_threads(1 if WORKER else min(2, os.cpu_count() or 1))
+
+
+def session_root(factory: pytest.TempPathFactory) -> Path:
+    """The temporary directory every worker of this session shares (a serial run's own base directory). It lies
+    under pytest's base directory, so a passing session removes it with everything else."""
+    base = factory.getbasetemp()
+    return base.parent if WORKER else base  # a worker's base is <session base>/popen-gwN
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The directory ``name`` (``a/b``: ``b`` inside ``a``) that ``build(path)`` writes, built once per test session
+    however many workers ask for it: the first builds it under a file lock, the others wait for it and reuse it. Its
+    users only read it (a test that changes it copies it first). A build that failed is tried again by the next
+    user."""
+    root = session_root(factory)
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem = name.replace("/", "--")
+    # Not .NAME.lock: that is the name of masterkey's own lock of an output NAME.
+    with open(root / f".{stem}.build-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / f".{stem}.done").exists():
+            if path.exists():
+                shutil.rmtree(path)  # what a failed build left
+            build(path)
+            (root / f".{stem}.done").touch()
+    return path
 
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+#: Markers of the longest tests: their files start first, so that parallel workers finish together (the longest
+#: jobs first). Whole files move, in their order, so that module-scoped fixtures are still made once.
+LONG = ("slow", "kill", "torchrun")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    long_files = {item.path for item in items if any(item.get_closest_marker(name) for name in LONG)}
+    items.sort(key=lambda item: item.path not in long_files)  # a stable sort: the order within is kept
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[[Path], object]], Path]:
+    """``build_once(name, build)``: :func:`built_once` for this session, for the fixtures of every sub-folder."""
+    return functools.partial(built_once, tmp_path_factory)
 
 
 @pytest.fixture
@@ -49,8 +104,10 @@ def cifar_convnexts(models_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="session", autouse=True)
 def image_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One decoded-image cache for the whole session, outside the repository."""
-    path = Path(os.environ.get("MASTERKEY_TEST_CACHE", tmp_path_factory.mktemp("cache")))
+    """One decoded-image cache for the whole session and all its workers (cache files are written atomically, so
+    workers may fill it side by side), outside the repository; ``MASTERKEY_TEST_CACHE`` keeps one across sessions."""
+    given = os.environ.get("MASTERKEY_TEST_CACHE")
+    path = Path(given) if given else built_once(tmp_path_factory, "image-cache", lambda p: p.mkdir())
     os.environ["MASTERKEY_CACHE"] = str(path)
     return path
 

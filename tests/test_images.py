@@ -1,10 +1,13 @@
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from masterkey import images
 from masterkey.errors import MasterkeyError
-from masterkey.images import load_image_folder, stratified_split
+from masterkey.images import list_image_folder, load_image_folder, stratified_split
 
 
 def test_cifar_subset_decodes_and_caches(shared, tmp_path):
@@ -60,3 +63,34 @@ def test_stratified_split_is_exact_disjoint_balanced_and_seeded(labels, fraction
         assert abs(got - total * n_out / len(labels)) < 1.0
     again = stratified_split(labels, fraction, seed)
     assert torch.equal(again[1], out)
+
+
+def test_a_folder_listing_is_reused_only_while_no_folder_changed(tmp_path, monkeypatch):
+    """Listings are cached by every folder's ctime: a file added, removed or renamed in any class folder is seen,
+    even when the folder's mtime is set back; a folder changed within the last seconds is listed afresh."""
+    root = tmp_path / "tree"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in (2, 0, 10, 1):
+            (root / cls / f"{i}.png").write_bytes(b"")
+    (root / "dog" / "notes.txt").write_bytes(b"")
+    monkeypatch.setattr(images, "_LISTINGS", {})  # this process's own listings are none of this test's business
+    cached = 0
+    files, labels, classes = list_image_folder(root)
+    assert [f.relative_to(root).as_posix() for f in files[:4]] == ["cat/0.png", "cat/1.png", "cat/10.png", "cat/2.png"]
+    assert labels == [0] * 4 + [1] * 4 and classes == ["cat", "dog"]
+    assert len(images._LISTINGS) == cached  # just written: not reused
+
+    monkeypatch.setattr(images, "RACY_NS", 0)
+    list_image_folder(root)
+    assert len(images._LISTINGS) == cached + 1
+    files = list_image_folder(root)[0]  # the cached listing
+    files.append(root / "mutated")  # the caller's list is its own
+    assert list_image_folder(root)[0] == files[:-1]
+    stamp = (root / "dog").stat()
+    (root / "dog" / "3.png").write_bytes(b"")
+    os.utime(root / "dog", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # the mtime as it was
+    assert len(list_image_folder(root)[0]) == 9
+    (root / "cat" / "0.png").rename(root / "cat" / "0.txt")
+    files, labels, _ = list_image_folder(root)
+    assert len(files) == 8 and labels.count(0) == 3

@@ -40,6 +40,8 @@ def test_help_bank_info_and_keys_show_leave_heavy_libraries_unloaded(tmp_path):
     commands += [["keys", "show", "paper8"], ["keys", "show", "paper8", "--json"], ["keys", "show", "impulse"]]
     commands += [["keys", "show", "scalespace8", "--kernel-size", "5"], ["keys", "show", str(key_file), "--json"]]
     commands += [["keys", "show", "paper8", "--kernel-size", "3", "--resize-keys"]]
+    # --device is parsed (checked) before --help answers: cpu and auto need no torch to check
+    commands += [["fit", "--device", "cpu", "--help"], ["swap", "--device", "auto", "--help"]]
     report = _in_fresh_interpreter(
         f"""
         import contextlib, io, json, sys
@@ -70,6 +72,23 @@ def test_help_bank_info_and_keys_show_leave_heavy_libraries_unloaded(tmp_path):
     assert json.loads(by_argv[f"keys show {key_file} --json"])["kernel_size"] == 5
     assert "paper8@3x3" in by_argv["keys show paper8 --kernel-size 3 --resize-keys"]
     assert by_argv["run dir"] == "KeySet('paper8', 8 keys, 7x7)"
+
+
+def test_keys_show_png_draws_without_torch_or_pandas(tmp_path):
+    """The figure needs matplotlib and numpy only: the key values are read without torch and the report's readers
+    (pandas) stay unloaded."""
+    png = tmp_path / "paper8.png"
+    report = _in_fresh_interpreter(
+        f"""
+        import contextlib, io, json, sys
+        from masterkey.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["keys", "show", "paper8", "--png", {str(png)!r}])
+        print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+        """
+    )
+    assert report == {"code": 0, "heavy": ["matplotlib"]}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_import_masterkey_is_light_and_every_public_name_resolves():

@@ -299,15 +299,16 @@ class FilterBank:
                 tensor = f.get_slice(TENSOR_NAME)
                 start = 0
                 while start < len(index):
-                    stop = start + 1
-                    # Grow the chunk while the span it reads stays within 4x its size (sparse views read less).
-                    while (
-                        stop < len(index) and stop - start < chunk_size and index[stop] - index[start] < 4 * chunk_size
-                    ):
-                        stop += 1
+                    # Grow the chunk while the span it reads stays within 4x its size (sparse views read less):
+                    # it ends before the first row (within chunk_size) that lies 4 * chunk_size or more ahead.
+                    ahead = index[start + 1 : start + chunk_size] - index[start] >= 4 * chunk_size
+                    stop = start + 1 + (int(ahead.argmax()) if ahead.any() else len(ahead))
                     lo, hi = int(index[start]), int(index[stop - 1]) + 1
                     block = tensor[lo:hi]
-                    yield rows.iloc[start:stop], block[torch.from_numpy(index[start:stop] - lo)]
+                    rel = index[start:stop] - lo
+                    if hi - lo != stop - start or not (rel == np.arange(stop - start)).all():
+                        block = block[torch.from_numpy(rel)]  # a sparse or reordered view: its rows of the span
+                    yield rows.iloc[start:stop], block
                     start = stop
         except MasterkeyError:
             raise

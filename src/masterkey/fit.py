@@ -104,6 +104,12 @@ class _Fitter:
         self.n_keys = n_keys
         self.device, self.dtype = device, dtype
 
+    def _direct_residual2(self, centred: Tensor, best: Tensor, a: Tensor) -> Tensor:
+        """||centred - a * key_best||² per column, computed directly: each filter's own key gathered (one [d, n]
+        table look-up), not a product with every key."""
+        fitted = self.keys_t.index_select(1, best)  # [d, n]: the chosen key of every filter
+        return torch.linalg.vector_norm(torch.addcmul(centred, fitted, a, value=-1), dim=0).square_()
+
     def __call__(self, chunk: Tensor) -> FitResult:
         y = chunk.reshape(chunk.shape[0], -1)
         if y.shape[1] != self.d:
@@ -129,13 +135,16 @@ class _Fitter:
         # residual² = energy - a² is exact in theory but cancels in floating point when the fit is good; where
         # more than EXACT_RESIDUAL_COS2 of the energy is explained, the residual is computed directly instead.
         residual = (energy - a.square()).clamp_min_(0)
-        exact = torch.nonzero(~(residual > (1 - EXACT_RESIDUAL_COS2) * energy))[:, 0]
-        if len(exact):
-            # keys @ weights gives a * key_best per filter: weights holds a at the chosen key and 0 elsewhere.
-            weights = torch.zeros(self.n_keys, len(exact), dtype=self.dtype, device=self.device)
-            weights.scatter_(0, best[exact][None], a[exact][None])
-            direct = torch.addmm(centred[:, exact], self.keys_t, weights, alpha=-1)
-            residual[exact] = direct.square_().sum(dim=0)
+        exact = ~(residual > (1 - EXACT_RESIDUAL_COS2) * energy)
+        n_exact = int(exact.sum())
+        if n_exact == len(exact):  # every filter well explained (the banks people fit): no indexing at all
+            residual = self._direct_residual2(centred, best, a)
+        elif n_exact:
+            # Column indexing of [d, n] costs more than the arithmetic: index_select, never boolean masks.
+            where = torch.nonzero(exact)[:, 0]
+            residual.index_copy_(
+                0, where, self._direct_residual2(centred.index_select(1, where), best[where], a[where])
+            )
         residual.sqrt_()
         cos2 = torch.where(energy > 0, a.square() / energy.clamp_min(torch.finfo(self.dtype).tiny), 1.0)
         return FitResult(best.cpu(), a.cpu(), mean.cpu(), cos2.clamp_(0, 1).cpu(), residual.cpu())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,25 +54,46 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MASTERKEY_CACHE", Path.home() / ".cache" / "masterkey"))
 
 
+#: Listings of image folders by (root, every folder's ctime): a process that trains several runs on one data set
+#: (an experiment, a test session) lists its 60,000 files once.
+_LISTINGS: dict[tuple[str, tuple[tuple[str, int], ...]], tuple[list[Path], list[int], list[str]]] = {}
+#: A listing is reused only when no folder of it changed within this many nanoseconds: a change within the clock's
+#: granularity of the last one would leave the stamp as it was.
+RACY_NS = 2_000_000_000
+
+
 def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     """Files, labels and class names of an ImageFolder tree; clear errors for a wrong layout."""
     root = Path(root)
     if not root.is_dir():
         raise MasterkeyError(f"{root}: {'a file, not a' if root.exists() else 'no such'} data folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # A folder's ctime moves to the present whenever a file is added, removed or renamed in it (and no program can
+    # set it back, unlike the mtime), so the same stamps mean the same names.
+    stamps = tuple((name, (root / name).stat().st_ctime_ns) for name in ["", *classes])
+    key = (str(root.resolve()), stamps)
+    if key in _LISTINGS:
+        files, labels, classes = _LISTINGS[key]
+        return list(files), list(labels), list(classes)
     files: list[Path] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
-        imgs = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        files.extend(imgs)
-        labels.extend([label] * len(imgs))
+        # Names sorted as strings (the order of sorted paths within one folder), far faster than sorting paths.
+        folder = root / cls
+        names = sorted(e.name for e in os.scandir(folder) if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        files.extend(folder / name for name in names)
+        labels.extend([label] * len(names))
     if not files:
         loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES][:1]
         hint = " (images lie directly in it: put them in one sub-folder per class)" if loose else ""
         raise MasterkeyError(
             f"{root}: expected ImageFolder layout ROOT/CLASS/IMAGE, found no class folders with images{hint}"
         )
-    return files, labels, classes
+    if time.time_ns() - max(stamp for _, stamp in stamps) > RACY_NS:
+        if len(_LISTINGS) >= 8:  # a handful of data sets per process; never an unbounded cache
+            _LISTINGS.clear()
+        _LISTINGS[key] = (files, labels, classes)
+    return list(files), list(labels), list(classes)
 
 
 def open_rgb(source: str | Path | BinaryIO | Any, name: str | None = None) -> Any:

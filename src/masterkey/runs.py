@@ -9,6 +9,7 @@ so that ``masterkey report`` can tell what a directory holds and anyone can see 
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
@@ -25,11 +26,31 @@ __all__ = ["RUN_INFO", "command_argv", "environment", "read_run_info", "write_ru
 MAX_RUN_INFO_BYTES = 16 << 20
 
 
-def environment() -> dict[str, Any]:
-    """Versions and hardware that shape results."""
-    import numpy
-    import torch
+#: Distributions whose versions shape results, recorded from their installed metadata (never by importing them:
+#: importing timm imports torchvision and torch._dynamo, seconds of start-up, and a torchvision built for another
+#: torch fails on import).
+VERSIONED = ("torch", "torchvision", "timm", "numpy", "safetensors", "pandas", "pyarrow")
 
+
+def _installed_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware that shape results.
+
+    Package versions come from the installed metadata, so recording them imports nothing. The torch facts that need
+    torch itself (its build string, threads, CUDA devices) are recorded when the run has imported torch, which is
+    when they shaped the results; a run that never made a tensor does not pay for importing it.
+    """
     from masterkey import __version__
 
     env: dict[str, Any] = {
@@ -38,21 +59,29 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "cuda": torch.cuda.is_available(),
+        **_installed_versions(),
     }
-    try:
-        import timm
-
-        env["timm"] = timm.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        env["cuda_version"] = torch.version.cuda
-        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch"] = torch.__version__  # the build too, e.g. 2.4.1+cu121, which the metadata may not say
+        env["torch_threads"] = torch.get_num_threads()
+        env["cuda"] = torch.cuda.is_available()
+        if env["cuda"]:
+            env["cuda_version"] = torch.version.cuda
+            env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return env
+
+
+def _environment_or_note() -> dict[str, Any]:
+    """:func:`environment`, or, when recording it fails, ``{"error": ...}`` and one warning line: the environment
+    is a record beside the results, never a reason to lose them."""
+    try:
+        return environment()
+    except Exception as exc:  # anything at all: the results are already computed
+        text = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+        logging.getLogger("masterkey").warning("warning: could not record the environment in run.json (%s)", reason)
+        return {"error": reason}
 
 
 def command_argv() -> list[str]:
@@ -65,11 +94,13 @@ def command_argv() -> list[str]:
 
 def write_run_info(out: str | Path, kind: str, config: dict[str, Any], **extra: Any) -> None:
     """Write ``run.json`` (kind, resolved config, environment, command line, and any ``extra`` entries such as
-    ``warnings``: :data:`masterkey.files.RUN_INFO_OPTIONAL` names those a run folder may have) into ``out``."""
+    ``warnings``: :data:`masterkey.files.RUN_INFO_OPTIONAL` names those a run folder may have) into ``out``. A
+    failure to record the environment is one warning line and an ``{"error": ...}`` environment, never a failed
+    run."""
     unknown = set(extra) - set(RUN_INFO_OPTIONAL)
     if unknown:
         raise ValueError(f"run.json entries {sorted(unknown)} are not declared in files.RUN_INFO_OPTIONAL")
-    info = {"kind": kind, "config": config, **extra, "environment": environment(), "argv": command_argv()}
+    info = {"kind": kind, "config": config, **extra, "environment": _environment_or_note(), "argv": command_argv()}
     write_json(Path(out) / RUN_INFO, info)
 
 

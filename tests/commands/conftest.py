@@ -15,8 +15,11 @@ DISCOVER_FAST = [
 
 
 @pytest.fixture(scope="session")
-def discover_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real discover run (3x3 and 7x7 keys of the embedded bank) written by ``masterkey discover``."""
-    out = tmp_path_factory.mktemp("discover") / "run"
-    assert main(["discover", *DISCOVER_FAST, "-o", str(out)]) == 0
-    return out
+def discover_run(build_once) -> Path:
+    """A real discover run (3x3 and 7x7 keys of the embedded bank) written by ``masterkey discover``, once per
+    session for every worker."""
+
+    def make(out: Path) -> None:
+        assert main(["discover", *DISCOVER_FAST, "-o", str(out)]) == 0
+
+    return build_once("commands-discover/run", make)

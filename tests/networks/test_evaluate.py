@@ -65,6 +65,7 @@ def test_accuracy_matches_a_direct_count(n: int, classes: int, seed: int) -> Non
     assert out["top1"] <= out["top5"]
 
 
+@pytest.mark.accuracy
 def test_cifar_convnext_accuracy_on_real_images(convnext, shared: Path) -> None:
     images = load_eval_images(shared / "data" / "cifar10" / "test", CIFAR10, max_per_class=10)
     assert len(images) == 100 and images.images.shape[1:] == (3, 32, 32)
@@ -136,6 +137,7 @@ def test_the_data_mode_is_chosen_and_memory_that_does_not_fit_is_refused(
     assert not isinstance(load_eval_images(root, TORCHVISION_IMAGENET, max_images=12, data_mode="auto"), StreamedImages)
 
 
+@pytest.mark.accuracy
 @pytest.mark.slow
 def test_mobilenet_v2_scores_82_3_percent_on_the_imagenet_samples_both_ways(mobilenet_v2, shared: Path) -> None:
     """The acceptance check of streaming: all 1,000 samples, in memory and streamed, 82.3% top-1 / 95.5% top-5

@@ -70,6 +70,7 @@ def test_first_layer_statistics_are_the_batch_statistics() -> None:
     torch.testing.assert_close(model.bn1.running_var, stem.var(dim=(0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.accuracy
 def test_recalibration_recovers_accuracy_after_a_swap(models_dir: Path, shared: Path) -> None:
     """MobileNetV2 with paper8 (3x3 crop): recalibrating on other ImageNet images recovers accuracy measurably.
 

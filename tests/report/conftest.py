@@ -118,18 +118,22 @@ def make_explain_run(path: Path) -> Path:
     return path
 
 
+#: Each run kind the report tests read and the writer that makes it.
+RUN_MAKERS = {
+    "fit": make_fit_run,
+    "discover": make_discover_run,
+    "swap": make_swap_run,
+    "train": make_train_run,
+    "experiment": make_experiment_run,
+    "explain": make_explain_run,
+    "discover-per-kernel": make_discover_run_per_kernel,
+}
+
+
 @pytest.fixture(scope="session")
-def run_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
-    return {
-        "fit": make_fit_run(root / "fit"),
-        "discover": make_discover_run(root / "discover"),
-        "swap": make_swap_run(root / "swap"),
-        "train": make_train_run(root / "train"),
-        "experiment": make_experiment_run(root / "experiment"),
-        "explain": make_explain_run(root / "explain"),
-        "discover_per_kernel": make_discover_run_per_kernel(root / "discover-per-kernel"),
-    }
+def run_dirs(build_once) -> dict[str, Path]:
+    """One run of each kind, written once per session for every worker (tests only read them: ``run_copy``)."""
+    return {kind.replace("-", "_"): build_once(f"runs/{kind}", make) for kind, make in RUN_MAKERS.items()}
 
 
 @pytest.fixture

@@ -29,10 +29,11 @@ ORDER = ("fit", "discover", "swap", "train", "experiment", "explain")
 
 
 @pytest.fixture(scope="session")
-def report_dir(run_dirs, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("report") / "out"
-    build_report([run_dirs[k] for k in ORDER], out, title="test report", options=ReportOptions(samples=4))
-    return out
+def report_dir(run_dirs, build_once) -> Path:
+    def make(out: Path) -> None:
+        build_report([run_dirs[k] for k in ORDER], out, title="test report", options=ReportOptions(samples=4))
+
+    return build_once("report/out", make)
 
 
 # ---------------------------------------------------------------------- readers
@@ -317,6 +318,7 @@ def chromium_image_check(html: str, tmp_path: Path) -> tuple[int, int]:
     not CHROMIUM.exists() and not os.environ.get("CI"),
     reason="/usr/bin/chromium is absent (Debian package 'chromium'; CI installs it, and there the test must run)",
 )
+@pytest.mark.browser
 def test_every_figure_loads_in_headless_chromium(report_dir, tmp_path) -> None:
     html = (report_dir / "report.html").read_text()
     n_images, broken = chromium_image_check(html, tmp_path / "good")
@@ -497,6 +499,7 @@ def _needs_browser() -> None:
         pytest.skip("/usr/bin/chromium is absent (Debian package 'chromium'; CI installs it, and there it must run)")
 
 
+@pytest.mark.browser
 @pytest.mark.slow
 def test_every_table_row_is_on_screen_at_1400_px_and_on_paper(real_report, tmp_path) -> None:
     _needs_browser()

@@ -35,3 +35,20 @@ def test_discovered_keys_are_labelled_by_their_share_of_filters() -> None:
     shares = [0.4, 0.35, 0.25]
     found = KeySet("found", paper8.keys[:3], provenance={"shares": shares})
     assert discovered_key_labels(found) == ["1: 40.0% of filters", "2: 35.0% of filters", "3: 25.0% of filters"]
+
+
+def test_sections_drawn_side_by_side_are_those_drawn_one_after_another(run_dirs) -> None:
+    """``jobs`` forked processes draw the same sections, figures byte for byte, returned in the runs' order (the
+    fit run, drawn first, is given second)."""
+    from masterkey.report import load_run
+    from masterkey.report.html import render_markdown
+    from masterkey.report.sections import ReportOptions, build_sections
+
+    runs = [load_run(run_dirs[kind]) for kind in ("swap", "fit", "train")]
+    one = build_sections(runs, ReportOptions(samples=2))
+    two = build_sections(runs, ReportOptions(samples=2, jobs=2))
+    assert [s.kind for s in two] == ["swap", "fit", "train"] and [s.anchor for s in two] == [s.anchor for s in one]
+    assert [s.notes for s in two] == [s.notes for s in one]
+    assert render_markdown(two, "t", "now") == render_markdown(one, "t", "now")
+    figures = [[b.png for b in s.blocks if hasattr(b, "png")] for s in (*one, *two)]
+    assert figures[:3] == figures[3:] and all(figures)

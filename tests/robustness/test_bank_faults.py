@@ -35,6 +35,7 @@ def _sources(models_dir: Path) -> list[str]:
     ]
 
 
+@pytest.mark.kill
 def test_kill_9_during_harvest_leaves_no_bank_and_the_rerun_resumes(tmp_path, models_dir):
     out = tmp_path / "bank"
     partial = tmp_path / ".bank.partial"

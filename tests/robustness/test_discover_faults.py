@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ARGS = ["discover", "--kernel-size", "5", "--rounds", "1", "--baselines", "kmeans", "--compare-k", "8", "--no-progress"]
 
 
@@ -21,6 +23,7 @@ def _run(*extra: str, **kwargs) -> subprocess.Popen:
     )
 
 
+@pytest.mark.kill
 def test_kill_9_during_discover_then_resume_gives_the_same_keys(tmp_path):
     out = tmp_path / "disc"
     checkpoints = tmp_path / ".disc.checkpoint"

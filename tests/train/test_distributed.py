@@ -73,6 +73,7 @@ def _worker(rank: int, world: int, port: int, config_json: str, out: str, dump: 
     torch.save({k: v.detach().clone() for k, v in result.model.state_dict().items()}, f"{dump}/rank{rank}.pt")
 
 
+@pytest.mark.torchrun
 def test_two_gloo_processes_train_identical_weights(tiny: TrainConfig, tmp_path: Path) -> None:
     config = tiny.replace(mode="frozen", epochs=1, learn_scale=True)
     out = tmp_path / "ddp"
@@ -172,6 +173,7 @@ def _merged(ranks: list[list[dict]]) -> list[dict]:
     ]
 
 
+@pytest.mark.torchrun
 def test_two_streaming_processes_see_the_global_batches_of_one(streamed: TrainConfig, tmp_path: Path) -> None:
     one: list[dict] = []
     single = train(streamed, on_batch=_recorder(one))
@@ -191,6 +193,8 @@ def _torchrun(args: list[str], script: Path, run_args: list[str]) -> subprocess.
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.kill
+@pytest.mark.torchrun
 @pytest.mark.slow
 def test_torchrun_streaming_resumes_after_kill_9_on_two_nodes(streamed: TrainConfig, tmp_path: Path) -> None:
     """Killed mid-epoch under ``torchrun --nproc_per_node 2``, resumed as two nodes of one process each (c10d

@@ -142,6 +142,7 @@ def _killed_run(config: TrainConfig, tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.kill
 def test_a_run_killed_mid_epoch_resumes_to_identical_weights(tiny: TrainConfig, tmp_path: Path) -> None:
     config = tiny.replace(mode="frozen", epochs=2, mixup=0.5, model_kwargs={**tiny.model_kwargs, "drop_path_rate": 0.1})
     out = _killed_run(config, tmp_path)
@@ -218,6 +219,7 @@ def test_bad_inputs_give_clear_errors(tiny: TrainConfig, tmp_path: Path) -> None
     assert os.listdir(tmp_path / "taken") == []
 
 
+@pytest.mark.kill
 def test_a_streamed_run_killed_after_a_mid_epoch_checkpoint_resumes_bitwise(tiny: TrainConfig, tmp_path: Path) -> None:
     """Streamed, with per-image timm augmentation in a loader worker, drop-path and mixup: killed at step 5 after the
     checkpoint of step 4 (epoch 2, step 1 of 3), it resumes from there to the weights of an uninterrupted run."""

@@ -85,9 +85,8 @@ KERNEL_SIZE = int_arg(2, MAX_KERNEL_SIZE)
 
 def device_arg(text: str) -> str:
     """An argparse ``type`` for ``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available),
-    checked against this machine, so a missing GPU is one clear line before any work."""
-    import torch
-
+    checked against this machine, so a missing GPU is one clear line before any work. Only a CUDA device imports
+    torch to check: ``cpu`` and ``auto`` cost nothing at parse time."""
     spec = text.strip().lower()
     if spec == "auto":
         return spec
@@ -95,6 +94,8 @@ def device_arg(text: str) -> str:
     if not match or (match.group(1) == "cpu" and match.group(2) is not None):
         raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or auto, got {text!r}")
     if match.group(1) == "cuda":
+        import torch
+
         if not torch.cuda.is_available():
             raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine (use --device cpu)")
         count = torch.cuda.device_count()

@@ -10,7 +10,7 @@ from masterkey.files import check_output, output_file
 from masterkey.tables import format_table
 
 if TYPE_CHECKING:
-    from masterkey.keys import KeySet
+    from masterkey.keys import KeySet, KeyValues
 
 NAME = "keys"
 ORDER = 3
@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         if not png.lower().endswith(".png"):
             raise MasterkeyError(f"--png {png}: expected a file name ending in .png")
         check_output(png, "figure", overwrite=args.overwrite, inputs=[args.keys])
-    # show prints numbers read without torch (numpy KeyValues); drawing and convert go through the KeySet.
-    load = load_key_values if args.keys_command == "show" and png is None else load_keys
+    # show prints and draws numbers read without torch (numpy KeyValues); convert goes through the KeySet.
+    load = load_key_values if args.keys_command == "show" else load_keys
     keyset = load(args.keys, kernel_size=args.kernel_size, resize=args.resize_keys)
     if png is not None:
         write_keys_png(keyset, png, overwrite=args.overwrite, inputs=[args.keys])
@@ -98,9 +98,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_keys_png(keyset: KeySet, path: str, *, overwrite: bool = False, inputs: list[str] | None = None) -> None:
+def write_keys_png(
+    keyset: KeySet | KeyValues, path: str, *, overwrite: bool = False, inputs: list[str] | None = None
+) -> None:
     """Draw ``keyset`` (:func:`~masterkey.report.figures.keyset_figure`) into the PNG ``path``, atomically and
-    under the output rule; the PNG says masterkey wrote it, so ``--overwrite`` may replace it later."""
+    under the output rule; the PNG says masterkey wrote it, so ``--overwrite`` may replace it later. Draws from
+    numpy values: a :class:`~masterkey.keys.KeyValues` needs no torch."""
     from masterkey.files import FIGURE_SOFTWARE
     from masterkey.report.figures import figure_png, keyset_figure
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from masterkey.commands._common import int_arg, note_written, output_arg
 
@@ -36,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--samples", type=int_arg(0, 64), default=8, help="real filters shown per key in fit reports (0: none)"
     )
     p.add_argument("--bank", help="bank to read real filters from (default: the bank named in the fit run)")
+    p.add_argument(
+        "--jobs",
+        type=int_arg(1, 64),
+        metavar="N",
+        help="processes drawing the runs side by side (default: one per CPU core, at most one per run)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
@@ -43,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from masterkey.report import build_report
     from masterkey.report.sections import ReportOptions
 
-    out = build_report(
-        args.runs, args.out, title=args.title, options=ReportOptions(args.samples, args.bank), overwrite=args.overwrite
-    )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    options = ReportOptions(args.samples, args.bank, jobs=args.jobs or cores)
+    out = build_report(args.runs, args.out, title=args.title, options=options, overwrite=args.overwrite)
     note_written(out)
     return 0

@@ -12,12 +12,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from masterkey.errors import MasterkeyError
 from masterkey.files import check_output
-from masterkey.report.html import Section, render_html, render_markdown, write_report
-from masterkey.report.runs import KINDS, Run, load_run, read_run
-from masterkey.report.sections import ReportOptions, build_section, build_sections
+from masterkey.lazy import lazy_attributes
+
+#: Each public name and the module that defines it, imported on first use (PEP 562): ``keys show --png`` draws
+#: with :mod:`masterkey.report.figures` without loading the readers and sections (pandas) it does not need.
+_PUBLIC = {
+    "Section": "masterkey.report.html",
+    "render_html": "masterkey.report.html",
+    "render_markdown": "masterkey.report.html",
+    "write_report": "masterkey.report.html",
+    "KINDS": "masterkey.report.runs",
+    "Run": "masterkey.report.runs",
+    "load_run": "masterkey.report.runs",
+    "read_run": "masterkey.report.runs",
+    "ReportOptions": "masterkey.report.sections",
+    "build_section": "masterkey.report.sections",
+    "build_sections": "masterkey.report.sections",
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)
+
+if TYPE_CHECKING:
+    from masterkey.report.html import Section, render_html, render_markdown, write_report
+    from masterkey.report.runs import KINDS, Run, load_run, read_run
+    from masterkey.report.sections import ReportOptions, build_section, build_sections
 
 
 def build_report(
@@ -30,6 +51,10 @@ def build_report(
     """Read every run of ``run_dirs`` and write ``out/report.html``, ``out/report.md`` and the figure PNGs."""
     if not run_dirs:
         raise MasterkeyError("report: give at least one run directory")
+    from masterkey.report.html import write_report
+    from masterkey.report.runs import load_run
+    from masterkey.report.sections import build_sections
+
     inputs = [*run_dirs, *([options.bank] if options is not None and options.bank else [])]
     check_output(out, "report", overwrite=overwrite, inputs=inputs)  # before the figures are drawn
     loaded = [load_run(path) for path in run_dirs]

@@ -15,15 +15,17 @@ import math
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import matplotlib
 import numpy as np
-import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+if TYPE_CHECKING:  # pandas loads only for the figures that take tables: keys show --png needs none
+    import pandas as pd
 
 FILTER_CMAP = "RdBu_r"
 HEAT_CMAP = "viridis"
@@ -225,9 +227,9 @@ def key_grid(
 
 
 def keyset_figure(keyset: Any, title: str | None = None, columns: int = 8) -> Figure:
-    """A :class:`~masterkey.keys.KeySet` drawn as a :func:`key_grid` on one shared symmetric colour scale: each key
-    titled with its label and, when the key set carries it (discovered keys: provenance ``shares``), captioned with
-    the share of the bank's filters it explains."""
+    """A :class:`~masterkey.keys.KeySet` (or its numpy :class:`~masterkey.keys.KeyValues`) drawn as a
+    :func:`key_grid` on one shared symmetric colour scale: each key titled with its label and, when the key set
+    carries it (discovered keys: provenance ``shares``), captioned with the share of the bank's filters it explains."""
     shares = keyset.provenance.get("shares")
     captions = None
     if isinstance(shares, list) and len(shares) == len(keyset):
@@ -531,6 +533,8 @@ def readable_axes(ax: Axes, min_span: float | None = None, bounds: tuple[float, 
 
 
 def _band(ax: Axes, tables: Sequence[pd.DataFrame], column: str, color: object, label: str) -> None:
+    import pandas as pd
+
     usable = [t for t in tables if column in t and "epoch" in t and t[column].notna().any()]
     if not usable:
         return
@@ -552,6 +556,8 @@ def _band(ax: Axes, tables: Sequence[pd.DataFrame], column: str, color: object, 
 
 def _ci_band(frames: Sequence[pd.DataFrame], x: str, y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over runs of ``y`` at each ``x`` and the half-width of its 95% CI (0 where it is undefined)."""
+    import pandas as pd
+
     from masterkey.stats import mean_ci
 
     merged = pd.concat([f[[x, y]].assign(run=i) for i, f in enumerate(frames)])
@@ -710,6 +716,8 @@ def mean_bars(table: pd.DataFrame, value: str, error: str | None, label: str, ti
 def swap_bars(results: pd.DataFrame, title: str | None = None) -> Figure:
     """Top-1 accuracy per key set after swapping, with / without re-estimated normalisation statistics (error bars:
     ``top1_ci95`` where given); the unswapped model (keys == "none") is the dashed line."""
+    import pandas as pd
+
     frame = results.copy()
     scale = 100.0 if np.nanmax(frame["top1"].to_numpy(dtype=float)) <= 1.0 else 1.0
     baseline = frame[frame["keys"].astype(str) == "none"]

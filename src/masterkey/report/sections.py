@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import re
 import shlex
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,14 @@ from masterkey.report.runs import (
 @dataclass
 class ReportOptions:
     """``samples``: real filters shown per key; ``bank``: a bank to read filters from instead of the one a fit
-    run names (None: the run's own); ``max_reference``: filters per kernel size fitted to the random reference."""
+    run names (None: the run's own); ``max_reference``: filters per kernel size fitted to the random reference;
+    ``jobs``: processes drawing the runs' sections side by side (figures are most of a report's time)."""
 
     samples: int = 8
     bank: str | None = None
     max_reference: int = 50_000
     seed: int = 0
+    jobs: int = 1
 
 
 # ---------------------------------------------------------------------- common header
@@ -732,5 +736,24 @@ def build_section(loaded: LoadedRun, index: int, options: ReportOptions | None =
     return section
 
 
+#: Rough cost of a section by kind: the heaviest are started first when sections are drawn side by side.
+_COST = {FitRun: 8, DiscoverRun: 3, ExperimentRun: 2}
+
+
 def build_sections(runs: Sequence[LoadedRun], options: ReportOptions | None = None) -> list[Section]:
-    return [build_section(run, i + 1, options) for i, run in enumerate(runs)]
+    """The sections of ``runs``, in their order. With ``options.jobs`` > 1 they are drawn in that many forked
+    processes (where the platform forks), the costliest kinds first; the sections are the same either way."""
+    options = options or ReportOptions()
+    jobs = min(options.jobs, len(runs))
+    if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [build_section(run, i + 1, options) for i, run in enumerate(runs)]
+    order = sorted(range(len(runs)), key=lambda i: _COST.get(type(runs[i]), 1), reverse=True)
+    context = multiprocessing.get_context("fork")  # the children inherit the imports (seconds of start-up each)
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
+        futures = {i: pool.submit(build_section, runs[i], i + 1, options) for i in order}
+        return [futures[i].result() for i in range(len(runs))]
+
+
+def _one_thread() -> None:
+    """Each drawing process computes on one thread: the processes already share the cores."""
+    torch.set_num_threads(1)

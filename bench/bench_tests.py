@@ -1,0 +1,121 @@
+"""The README's test command, timed: wall time, CPU time, peak memory, per-file times and what it leaves in /tmp
+(issue 28: at most 5 minutes on the 2-core CI machine).
+
+Runs ``python -m pytest -n auto -q -p no:cacheprovider`` (the README's command) from the repository root, with a
+JUnit XML report in a temporary folder, and measures from the outside: wall time, CPU time of the whole process
+tree (user + system of the children), the peak RSS of the largest process (``ru_maxrss``), and the bytes the session
+left under pytest's temporary root (``/tmp/pytest-of-USER``). Per-file times are the sums of the test times the
+JUnit report gives (with parallel workers they add up to more than the wall time). ``--serial`` times the same
+suite without workers afterwards, for comparison; ``-- ARGS`` passes more arguments to pytest (e.g. ``-m "not
+slow"``).
+
+    python bench/bench_tests.py --out bench/results/tests.md            # about 5 minutes on 2 quiet cores
+
+With ``--out PAGE.md`` every number (and machine, command, commit, load) goes to ``PAGE.raw.json`` (:mod:`raw`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+from masterkey.files import write_text
+from raw import REPO, RawRecord, raw_note, raw_path
+
+README_COMMAND = ["-m", "pytest", "-n", "auto", "-q", "-p", "no:cacheprovider"]
+
+
+def tmp_bytes() -> int:
+    """Bytes under pytest's temporary root of this user."""
+    root = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def run_suite(extra: list[str], serial: bool) -> dict:
+    """One run of the suite; its times, outcome, per-file seconds and what it left in /tmp."""
+    command = [a for a in README_COMMAND if not (serial and a in ("-n", "auto"))]
+    with tempfile.TemporaryDirectory(prefix="bench-tests-") as work:
+        xml = Path(work) / "junit.xml"
+        argv = [sys.executable, *command, f"--junitxml={xml}", *extra]
+        before_tmp = tmp_bytes()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        per_file: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        if xml.is_file():
+            for case in ET.parse(xml).getroot().iter("testcase"):
+                parts = case.get("classname", "").split(".")
+                while parts and parts[-1][:1].isupper():  # a test class: its module is the file
+                    parts.pop()
+                name = "/".join(parts) + ".py"
+                per_file[name] += float(case.get("time", 0))
+                counts[name] += 1
+    summary = next((line for line in reversed(done.stdout.splitlines()) if " in " in line), "")
+    return {
+        "command": shlex.join(["python", *command, *extra]),
+        "exit_status": done.returncode,
+        "summary_line": summary,
+        "wall_s": wall,
+        "cpu_s": (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime),
+        "peak_rss_mib": after.ru_maxrss / 1024,  # the largest single process, not the sum
+        "tmp_left_mib": max(0, tmp_bytes() - before_tmp) / 2**20,
+        "per_file_s": dict(sorted(per_file.items(), key=lambda kv: -kv[1])),
+        "tests_per_file": dict(counts),
+    }
+
+
+def describe(run: dict, top: int = 15) -> list[str]:
+    lines = [
+        f"`{run['command']}`: {run['summary_line'].strip('= ')} (exit status {run['exit_status']})",
+        f"  wall {run['wall_s']:.0f} s, CPU {run['cpu_s']:.0f} s (user + system, all processes), largest process "
+        f"{run['peak_rss_mib']:.0f} MiB, left under /tmp {run['tmp_left_mib']:.1f} MiB",
+        f"  slowest files (sum of their test times, s; the first {top} of {len(run['per_file_s'])}):",
+    ]
+    for name, seconds in list(run["per_file_s"].items())[:top]:
+        lines.append(f"    {seconds:7.1f}  {name} ({run['tests_per_file'][name]} tests)")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serial", action="store_true", help="also time the suite without workers")
+    parser.add_argument("--out", type=Path, help="also write the page here, and every number beside it")
+    parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
+    args = parser.parse_args()
+    record = RawRecord("cpu")
+    runs = {"parallel": run_suite(args.pytest_args, serial=False)}
+    if args.serial:
+        runs["serial"] = run_suite(args.pytest_args, serial=True)
+    lines = [line for run in runs.values() for line in [*describe(run), ""]]
+    text = "\n".join(lines) + f"\nMachine: {record.machine}\nCommand: `{record.command}`\n"
+    print(text)
+    if args.out:
+        raw = record.write(raw_path(args.out), {"runs": runs}, args.out)
+        page = f"# The test suite: the README's test command\n\n```\n{text}```\n\n{raw_note(args.out)}\n"
+        write_text(args.out, page)
+        print(f"wrote {args.out} and {raw}", file=sys.stderr)
+    sys.exit(max(run["exit_status"] for run in runs.values()))
+
+
+if __name__ == "__main__":
+    main()
