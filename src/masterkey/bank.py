@@ -721,11 +721,3 @@ def _write(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return FilterBank.open(path, verify=False)
-
-
-def parse_kernel_list(text: str) -> list[int]:
-    """Parse ``"3,5"`` / ``"7"`` into kernel sizes."""
-    try:
-        return [int(x) for x in re.split(r"[,\s]+", text.strip()) if x]
-    except ValueError:
-        raise MasterkeyError(f"bad kernel size list {text!r}: expected integers such as 3,5,7") from None
