@@ -9,7 +9,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from masterkey.threads import torch_threads
 from masterkey.discover.objectives import (
     AccuracyObjective,
     VarianceObjective,
@@ -20,6 +19,7 @@ from masterkey.errors import MasterkeyError
 from masterkey.fit import fit_affine
 from masterkey.keys import KeySet
 from masterkey.normalize import center_norm
+from masterkey.threads import torch_threads
 
 
 @settings(max_examples=50, deadline=None)

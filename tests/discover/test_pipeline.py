@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from masterkey.discover import AccuracySetup, AutoencoderConfig, DiscoverConfig, discover_bank, discover_keys
-from masterkey.threads import torch_threads
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet
+from masterkey.threads import torch_threads
 
 
 def test_recovers_every_key_of_a_synthetic_bank(make_filters, make_keys) -> None:

@@ -72,7 +72,6 @@ def discovery_markdown(disc: Discovery, level: int = 1) -> str:
     """``summary.md`` of one kernel size."""
     h = "#" * level
     k = disc.kernel_size
-    s = disc.summary()
     dedupe = "after removing near-duplicates" if disc.config.dedupe is not None else "no de-duplication"
     lines = [
         f"{h} Discovered keys, {k}x{k}",
@@ -81,11 +80,11 @@ def discovery_markdown(disc: Discovery, level: int = 1) -> str:
         f"- filters: {disc.n_filters:,} usable from {len(disc.sources)} source(s): {', '.join(disc.sources)}",
         f"- excluded {k}x{k} filters: {excluded_text(disc)}",
         f"- objective: {_objective_label(disc)}",
-        f"- K = {len(disc.keys)}: objective {s['objective_at_k']:.4f} (round {disc.final_round}"
+        f"- K = {len(disc.keys)}: objective {disc.objective_at_k:.4f} (round {disc.final_round}"
         + (", the elbow" if disc.config.stop == "elbow" else "")
         + "); "
         + "; ".join(f"elbow of round {r} at {e} keys" for r, e in disc.elbows.items()),
-        f"- candidates per round: {', '.join(str(n) for n in s['n_candidates'])} ({dedupe})",
+        f"- candidates per round: {', '.join(str(len(c)) for c in disc.candidates)} ({dedupe})",
         f"- autoencoder: {autoencoder_text(disc)}",
     ]
     if disc.accuracy is not None:
