@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 #: (name, what the paper does instead, overrides of masterkey's defaults). The first is masterkey's own defaults.
+#: Variants that change only what happens after the autoencoder reuse the default's autoencoders (same seed, same
+#: configuration: the same weights).
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("masterkey", "masterkey's defaults", {}),
     ("paper", "the paper's protocol (--protocol paper): every difference below at once", {"protocol": "paper"}),
@@ -53,10 +55,14 @@ def _config(overrides: dict[str, Any], seed: int) -> Any:
     return protocol_config(protocol, seed=seed, baselines=(), **changes)
 
 
+#: Variants whose autoencoders differ from the default's.
+TRAINS_ITS_OWN = {"masterkey", "paper", "encoder", "activation", "loss", "spread", "weighting"}
+
+
 def measure(seeds: list[int], variants: list[str]) -> list[dict[str, Any]]:
     """One row per variant, seed and kernel size."""
     from masterkey.bank import open_bank
-    from masterkey.discover import discover_bank, explained_variance, prepare_filters, source_weights
+    from masterkey.discover import discover_bank, discover_keys, explained_variance, prepare_filters, source_weights
     from masterkey.discover.comparison import matched_cos
 
     bank = open_bank(None)
@@ -66,13 +72,21 @@ def measure(seeds: list[int], variants: list[str]) -> list[dict[str, Any]]:
         yardstick[k] = (filters, source_weights(sources, len(sources)))
     rows: list[dict[str, Any]] = []
     default_keys: dict[tuple[int, int], Any] = {}
+    default_ae: dict[tuple[int, int], Any] = {}
     for seed in seeds:
         for name, _, overrides in VARIANTS:
             if name not in variants:
                 continue
             config = _config(overrides, seed)
             t0 = time.process_time()
-            found = discover_bank(bank, config=config, with_baselines=False)
+            if name in TRAINS_ITS_OWN:
+                found = discover_bank(bank, config=config, with_baselines=False)
+            else:
+                found = {}
+                for k in bank.kernel_sizes:
+                    filters, sources, _ = prepare_filters(bank, k)
+                    found[k] = discover_keys(filters, sources, config, with_baselines=False, copy=False,
+                                             autoencoder=default_ae[(seed, k)])  # fmt: skip
             cpu = time.process_time() - t0
             for k, disc in found.items():
                 x, w = yardstick[k]
@@ -80,6 +94,7 @@ def measure(seeds: list[int], variants: list[str]) -> list[dict[str, Any]]:
                 at8 = disc.candidates[disc.final_round - 1].keys[list(path.subset_at(8))]
                 if name == "masterkey":
                     default_keys[(seed, k)] = disc.keys.keys
+                    default_ae[(seed, k)] = disc.autoencoder
                 reference = default_keys.get((seed, k))
                 cos = matched_cos(at8, reference) if reference is not None else None
                 rows.append(
@@ -100,6 +115,7 @@ def measure(seeds: list[int], variants: list[str]) -> list[dict[str, Any]]:
                         else bool(sorted(map(tuple, disc.keys.keys.reshape(len(disc.keys), -1).tolist()))
                                   == sorted(map(tuple, reference.reshape(len(reference), -1).tolist()))),
                         "cpu_s_all_sizes": cpu,
+                        "own_autoencoders": name in TRAINS_ITS_OWN,
                     }
                 )  # fmt: skip
             print(f"seed {seed} {name:10}: " + ", ".join(

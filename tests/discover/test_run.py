@@ -45,7 +45,12 @@ def test_the_paper_protocol_changes_what_the_paper_does_differently() -> None:
 
 def test_a_job_from_command_line_options() -> None:
     job = DiscoverJob.from_options({"protocol": "paper", "spacing": "range", "dedupe": 0, "ae_steps": 99, "seed": 3})
-    assert (job.config.protocol, job.config.spacing, job.config.dedupe, job.config.stop) == ("paper", "range", None, "elbow")
+    assert (job.config.protocol, job.config.spacing, job.config.dedupe, job.config.stop) == (
+        "paper",
+        "range",
+        None,
+        "elbow",
+    )
     assert (job.config.autoencoder.steps, job.config.seed, job.accuracy) == (99, 3, None)
     assert job.options["protocol"] == "paper"
     plain = DiscoverJob.from_options({"encoder": "plain", "keep_round": "last", "path_to": 2})

@@ -54,8 +54,8 @@ class AutoencoderConfig:
     Stopping early (``patience``, off by default): every ``check_every`` steps the member's candidates are scored
     (the mean best cos² of a sample of its filters with 50 candidates decoded over the latents' range, the start of
     the greedy path); training stops once the best of the last ``patience`` scores is not ``stop_tol`` above the
-    best before them. Measured on the default bank it stopped too early while the learning rate was still high
-    (7x7, seed 0: after 350 of 1,200 steps, objective at K = 8 0.230 instead of 0.271), so it is off."""
+    best before them. On the default bank it stopped while the learning rate was still high and lost keys
+    (docs/discover.md), so it is off."""
 
     hidden: int = 64  #: width of the hidden layers
     steps: int = 800  #: optimisation steps (at most, with ``patience``)

@@ -127,8 +127,8 @@ class AutoencoderStack:
 class _Adam:
     """Adam (Kingma & Ba; the update of ``torch.optim.Adam`` without amsgrad) over a few tensors, with foreach ops.
 
-    Written out because ``torch.optim.Adam``'s constructor imports ``torch._dynamo``: 2.5 s of CPU on the 2-core
-    sandbox, more than the main job's whole training."""
+    Written out because ``torch.optim.Adam``'s constructor imports ``torch._dynamo``, which costs seconds of CPU,
+    a sizeable part of the main job (docs/discover.md, "Autoencoder")."""
 
     def __init__(self, params: list[Tensor], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.params = params
