@@ -118,7 +118,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=BATCH, default=256, help="evaluation batch size")
     add_data_mode_arguments(g, workers=False)
     d = p.add_argument_group("discovery (paper: the value --protocol paper uses)")
-    d.add_argument("--candidates", type=int_arg(2, MAX_CANDIDATES), default=50, help="latents decoded per round")
+    d.add_argument(
+        "--candidates", type=int_arg(2, MAX_CANDIDATES), default=50, help="latents decoded per round (default 50)"
+    )
     d.add_argument("--rounds", type=int, choices=(1, 2), default=2, help="2 adds the paper's second round")
     d.add_argument(
         "--spacing", choices=("range", "unit", "quantile"), help="latent spacing (default range; paper unit)"
@@ -129,7 +131,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="COS",
         help="|cos| of duplicate candidates (default 0.995; paper 0: off)",
     )
-    d.add_argument("--path-to", type=int_arg(1, MAX_CANDIDATES), default=1, metavar="N", help="greedy path down to N")
+    d.add_argument(
+        "--path-to",
+        type=int_arg(1, MAX_CANDIDATES),
+        default=1,
+        metavar="N",
+        help="greedy path down to N keys (default 1)",
+    )
     d.add_argument(
         "--weighting", choices=("source", "filter"), help="what counts equally (default source; paper filter)"
     )
@@ -141,14 +149,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--order", choices=("share", "path"), help="order of the keys (default share; paper path)")
     d.add_argument("--seed", type=SEED, default=0, help="seed of the autoencoder and k-means")
-    d.add_argument("--ae-steps", type=int_arg(1, MAX_STEPS), default=ae.steps, help=f"at most (default {ae.steps})")
-    d.add_argument("--ae-hidden", type=int_arg(1, 4096), default=ae.hidden, help=f"width (default {ae.hidden})")
-    d.add_argument("--ae-batch", type=BATCH, default=ae.batch_size, help=f"batch (default {ae.batch_size})")
-    d.add_argument("--ae-lr", type=float_arg(0, 10, open_low=True), default=ae.lr, help=f"peak lr (default {ae.lr})")
-    d.add_argument("--loss", choices=("cosine", "mse", "signed-cosine"), help=f"default cosine; paper {paper['loss']}")
+    d.add_argument(
+        "--ae-steps", type=int_arg(1, MAX_STEPS), default=ae.steps, help=f"autoencoder steps (default {ae.steps})"
+    )
+    d.add_argument(
+        "--ae-hidden", type=int_arg(1, 4096), default=ae.hidden, help=f"autoencoder width (default {ae.hidden})"
+    )
+    d.add_argument("--ae-batch", type=BATCH, default=ae.batch_size, help=f"autoencoder batch (default {ae.batch_size})")
+    d.add_argument(
+        "--ae-lr", type=float_arg(0, 10, open_low=True), default=ae.lr, help=f"autoencoder peak lr (default {ae.lr})"
+    )
+    d.add_argument(
+        "--loss",
+        choices=("cosine", "mse", "signed-cosine"),
+        help=f"reconstruction loss (default cosine; paper {paper['loss']})",
+    )
     d.add_argument("--spread", type=float_arg(0, 1000), help="uniform-latent term (default 1; paper 0: off)")
     d.add_argument("--encoder", choices=("symmetric", "plain"), help="first layer (default symmetric; paper plain)")
-    d.add_argument("--activation", choices=("silu", "relu"), help=f"default silu; paper {paper['activation']}")
+    d.add_argument(
+        "--activation", choices=("silu", "relu"), help=f"hidden activation (default silu; paper {paper['activation']})"
+    )
     b = p.add_argument_group("comparison")
     b.add_argument(
         "--baselines", type=_str_list, default=BASELINES, metavar="LIST", help=f"default {','.join(BASELINES)}"
