@@ -41,7 +41,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("weighting", "filters sampled (and weighted) uniformly, not per source", {"weighting": "filter"}),
     ("spacing", "latents evenly spaced over [0, 1], not the observed min..max", {"spacing": "unit"}),
     ("dedupe", "no de-duplication of candidates (|cos| >= 0.995 dropped)", {"dedupe": None}),
-    ("round", "the last round's keys, not the better of the two", {"pick_round": "last"}),
+    ("round", "the last round's keys, not the better of the two", {"keep_round": "last"}),
     ("stop", "stop at the elbow of the path, not at exactly K", {"stop": "elbow"}),
     ("order", "keys in path (latent) order, not by share", {"order": "path"}),
 ]

@@ -54,7 +54,7 @@ def test_a_job_from_command_line_options() -> None:
     assert (job.config.autoencoder.steps, job.config.seed, job.accuracy) == (99, 3, None)
     assert job.options["protocol"] == "paper"
     plain = DiscoverJob.from_options({"encoder": "plain", "keep_round": "last", "path_to": 2})
-    assert (plain.config.autoencoder.symmetric, plain.config.pick_round, plain.config.floor) == (False, "last", 2)
+    assert (plain.config.autoencoder.symmetric, plain.config.keep_round, plain.config.floor) == (False, "last", 2)
     with pytest.raises(MasterkeyError, match="unknown option 'colour'"):
         DiscoverJob.from_options({"colour": "red"})
     with pytest.raises(MasterkeyError, match="needs weights"):

@@ -121,7 +121,7 @@ def score_baselines(
     (an objective without ``score_many`` scores them one by one)."""
     n = int(filters.shape[0])
     sizes = sorted({s for s in (*config.compare_k, config.n_keys) if 1 <= s <= n})
-    discovered = _discovered_sets(sizes, paths, cands, config.pick_round)
+    discovered = _discovered_sets(sizes, paths, cands, config.keep_round)
     built, notes, timings = _build_baselines(filters, weights, config, sizes, provenance or {}, progress, device)
     t0 = time.perf_counter()
     every = [keys for *_, keys in discovered] + [s for *_, sets in built for s in sets]

@@ -56,10 +56,10 @@ class Rounds:
         return {i + 1: p.elbow() for i, p in enumerate(self.paths)}
 
     def chosen(self, config: DiscoverConfig) -> tuple[int, tuple[int, ...]]:
-        """``(round index, candidate indices)`` of the keys: the round per ``config.pick_round`` (judged at K), then
+        """``(round index, candidate indices)`` of the keys: the round per ``config.keep_round`` (judged at K), then
         its set of K keys (``config.stop="k"``) or of its elbow's size (``"elbow"``)."""
         sizes = [len(c) for c in self.candidates]
-        r = choose_round(self.paths, sizes, config.n_keys, config.pick_round)
+        r = choose_round(self.paths, sizes, config.n_keys, config.keep_round)
         if r is None:  # K is not on any path (a path that stops above K cannot happen: floor <= K)
             raise MasterkeyError(f"no round has a set of {config.n_keys} keys")
         size = self.paths[r].elbow() if config.stop == "elbow" else config.n_keys

@@ -25,7 +25,6 @@ _CONFIG_OPTIONS = {
     "candidates": "n_candidates",
     "path_to": "floor",
     "threads": "cpu_threads",
-    "keep_round": "pick_round",
 }
 #: ... and :class:`AutoencoderConfig` fields.
 _AE_OPTIONS = {

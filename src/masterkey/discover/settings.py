@@ -103,7 +103,7 @@ class DiscoverConfig:
     floor: int = 1  #: the greedy path goes down to this many keys (the elbow needs the path below K)
     weighting: str = "source"  #: "source" (every source counts equally) or "filter" (every filter does)
     stop: str = "k"  #: "k": the path's set of K keys; "elbow": the set at the elbow of the final round's path
-    pick_round: str = "best"  #: "best": the round with the better objective at K; "last": the last round
+    keep_round: str = "best"  #: "best": the round with the better objective at K; "last": the last round
     order: str = "share"  #: "share": keys ordered by their share of the filters; "path": by candidate index
     protocol: str = "masterkey"  #: the protocol the configuration started from (see :func:`protocol_config`)
     compare_k: tuple[int, ...] = (1, 2, 4, 8, 16)  #: set sizes of the comparison table (K is always added)
@@ -139,7 +139,7 @@ class DiscoverConfig:
             ("spacing", SPACINGS),
             ("weighting", WEIGHTINGS),
             ("stop", STOPS),
-            ("pick_round", ROUND_CHOICES),
+            ("keep_round", ROUND_CHOICES),
             ("order", ORDERS),
             ("protocol", PROTOCOLS),
         ):
@@ -174,7 +174,7 @@ PAPER_DISCOVERY = {
     "weighting": "filter",
     "spacing": "unit",
     "dedupe": None,
-    "pick_round": "last",
+    "keep_round": "last",
     "stop": "elbow",
     "order": "path",
     "round2_best": 10,
