@@ -83,7 +83,7 @@ def discovery_markdown(disc: Discovery, level: int = 1) -> str:
         f"- K = {len(disc.keys)}: objective {disc.objective_at_k:.4f} (round {disc.final_round}"
         + (", the elbow" if disc.config.stop == "elbow" else "")
         + "); "
-        + "; ".join(f"elbow of round {r} at {e} keys" for r, e in disc.elbows.items()),
+        + "; ".join(f"elbow of round {r} at {e} key{'s' if e != 1 else ''}" for r, e in disc.elbows.items()),
         f"- candidates per round: {', '.join(str(len(c)) for c in disc.candidates)} ({dedupe})",
         f"- autoencoder: {autoencoder_text(disc)}",
     ]
@@ -93,7 +93,8 @@ def discovery_markdown(disc: Discovery, level: int = 1) -> str:
     lines += [f"- time: {timing}", ""]
     lines += [f"{h}# Objective vs number of keys", "", "```", comparison_text(disc), "```", ""]
     lines.append(
-        "discovered: the greedy path's set of that size (best round); kmeans: spherical sign-invariant k-means; "
+        f"discovered: the greedy path's set of that size ({disc.config.keep_round} round); kmeans: spherical "
+        "sign-invariant k-means; "
         "pca: top principal directions; random: mean ± 95% CI over seeds; paper8: the published keys"
         + (" centre-cropped" if k < 7 else " zero-padded" if k > 7 else "")
         + "; impulse: one centred impulse."
