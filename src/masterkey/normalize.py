@@ -86,18 +86,19 @@ def usable_mask(flags: Tensor) -> Tensor:
     return (torch.as_tensor(flags) & int(EXCLUDED)) == 0
 
 
-def center_norm(filters: Tensor) -> Tensor:
+def center_norm(filters: Tensor, check: bool = True) -> Tensor:
     """Subtract each filter's mean and divide by the L2 norm of what is left.
 
     ``filters`` is [N, k, k] (or [N, d]); the result has the same shape and dtype. Raises ``ValueError`` if any
     filter is non-finite, all-zero or constant: flag those with :func:`filter_flags` and exclude them first, so
-    nothing is ever divided by zero.
+    nothing is ever divided by zero. ``check=False`` skips that check (it costs 7x the arithmetic) for filters
+    already known to be usable, such as a bank's unflagged filters.
     """
     import torch
 
     flat = _flat(filters)
-    bad = ~usable_mask(filter_flags(flat))
-    if bool(bad.any()):
+    bad = ~usable_mask(filter_flags(flat)) if check else None
+    if bad is not None and bool(bad.any()):
         counts = excluded_counts(filter_flags(flat[bad]))
         detail = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
         raise ValueError(f"center_norm: {int(bad.sum())} filters cannot be normalised ({detail}); exclude them first")

@@ -11,9 +11,9 @@ from masterkey.discover.autoencoder import (
     AutoencoderConfig,
     KeyAutoencoder,
     sign_invariant_loss,
-    train_autoencoder,
     uniform_latent_penalty,
 )
+from masterkey.discover.training import train_autoencoder
 from masterkey.errors import MasterkeyError
 from masterkey.normalize import center_norm
 

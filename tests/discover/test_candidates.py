@@ -5,8 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from masterkey.discover.autoencoder import AutoencoderConfig, train_autoencoder
 from masterkey.discover.candidates import dedupe, latent_grid, make_candidates, normalise_candidates, resample_around
+from masterkey.discover.settings import AutoencoderConfig
+from masterkey.discover.training import train_autoencoder
 from masterkey.errors import MasterkeyError
 from masterkey.normalize import center_norm
 

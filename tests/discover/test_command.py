@@ -82,14 +82,18 @@ def test_default_bank_single_kernel_is_flat(tmp_path: Path, capsys) -> None:
 
 
 def test_main_job_is_discover_with_the_documented_defaults() -> None:
+    from masterkey.discover import DiscoverConfig
+    from masterkey.discover.run import DiscoverJob
+
     assert MAIN_JOB == "discover"
     args = build_parser().parse_args(["discover"])
-    assert (args.bank, args.n_keys, args.objective, args.candidates, args.rounds) == ("default", 8, "variance", 50, 2)
-    assert args.out is None
+    job = DiscoverJob.from_options(vars(args))
+    assert (job.bank, job.accuracy, job.out, job.kernel_sizes) == ("default", None, None, None)
+    assert job.config == DiscoverConfig()  # the library's defaults, nothing else
 
 
 def test_default_output_gets_a_numeric_suffix(tmp_path: Path, monkeypatch) -> None:
-    from masterkey.commands.discover import default_out
+    from masterkey.discover.run import default_out
 
     monkeypatch.chdir(tmp_path)
     assert default_out() == Path("masterkey-runs/discover")

@@ -129,3 +129,72 @@ def test_greedy_rejects_bad_requests() -> None:
     path = greedy_backward(obj, floor=4, progress=False)
     with pytest.raises(MasterkeyError, match="no set of 2 keys"):
         path.subset_at(2)
+
+
+class _Scripted:
+    """An objective whose removal scores are given: ``scores[frozenset(subset)]`` (default 0)."""
+
+    name = "scripted"
+    candidates = None
+
+    def __init__(self, n: int, scores: dict[frozenset[int], Score]) -> None:
+        self.n_candidates = n
+        self.scores = scores
+
+    def value(self, subset) -> Score:
+        return self.scores.get(frozenset(subset), Score(0.0))
+
+    def removal_values(self, subset) -> dict[int, Score]:
+        return {c: self.value([m for m in subset if m != c]) for c in subset}
+
+    def score_keys(self, keys) -> Score:
+        raise AssertionError
+
+
+def test_greedy_ties_go_to_the_lower_candidate_index() -> None:
+    """Removing 1 or 3 scores the same (and better than removing 0 or 2): candidate 1 goes, whatever order the
+    objective lists them in."""
+    tie = Score(0.5, 0.25)
+    scores = {frozenset({0, 2, 3}): tie, frozenset({0, 1, 2}): tie, frozenset({1, 2, 3}): Score(0.4)}
+    path = greedy_backward(_Scripted(4, scores), floor=3, progress=False)
+    assert path.steps[1].removed == 1
+
+
+def test_greedy_breaks_ties_of_the_value_by_the_secondary_score() -> None:
+    """Equal top-1 (value), different log-likelihood (secondary): the removal that keeps the higher secondary wins,
+    even when it is the higher candidate index."""
+    scores = {frozenset({1, 2}): Score(0.5, -2.0), frozenset({0, 1}): Score(0.5, -1.0)}
+    path = greedy_backward(_Scripted(3, scores), floor=2, progress=False)
+    assert path.steps[1].removed == 2
+    assert (path.steps[1].objective, path.steps[1].secondary) == (0.5, -1.0)
+
+
+def test_a_damaged_greedy_checkpoint_is_named_and_rebuilt(tmp_path: Path, caplog) -> None:
+    import logging
+
+    obj = _objective(4)
+    ckpt = tmp_path / "greedy.json"
+    full = greedy_backward(obj, checkpoint=ckpt, progress=False)
+    ckpt.write_text('{"fingerprint": ')  # cut off
+    with caplog.at_level(logging.WARNING, logger="masterkey"):
+        again = greedy_backward(obj, checkpoint=ckpt, progress=False)
+    assert f"{ckpt}: damaged greedy checkpoint" in caplog.text
+    assert [s.subset for s in again.steps] == [s.subset for s in full.steps]
+    assert json.loads(ckpt.read_text())["steps"][-1]["n_keys"] == 1  # rewritten, complete
+
+
+def test_the_kept_round_is_the_best_at_k_or_the_last() -> None:
+    from masterkey.discover.greedy import GreedyPath, GreedyStep
+    from masterkey.discover.rounds import choose_round
+
+    def path(values: dict[int, float]) -> GreedyPath:
+        return GreedyPath(
+            [GreedyStep(n, v, 0.0, None, tuple(range(n))) for n, v in sorted(values.items(), reverse=True)]
+        )
+
+    first, second = path({4: 0.9, 3: 0.8, 2: 0.5}), path({4: 0.95, 3: 0.7, 2: 0.6})
+    paths, sizes = [first, second], [4, 4]
+    assert choose_round(paths, sizes, 3, "best") == 0 and choose_round(paths, sizes, 2, "best") == 1
+    assert choose_round(paths, sizes, 3, "last") == 1
+    assert choose_round([first, path({4: 0.9, 3: 0.8})], sizes, 3, "best") == 0  # ties: the first round
+    assert choose_round(paths, sizes, 1, "best") is None  # no path reaches 1

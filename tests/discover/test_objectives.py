@@ -9,7 +9,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from masterkey.discover.autoencoder import cpu_threads
 from masterkey.discover.objectives import (
     AccuracyObjective,
     VarianceObjective,
@@ -20,6 +19,7 @@ from masterkey.errors import MasterkeyError
 from masterkey.fit import fit_affine
 from masterkey.keys import KeySet
 from masterkey.normalize import center_norm
+from masterkey.threads import torch_threads
 
 
 @settings(max_examples=50, deadline=None)
@@ -84,7 +84,7 @@ def cifar_setup(cifar_convnexts: list[Path], shared: Path):
 
 def test_accuracy_objective_scores_swapped_models_and_restores_weights(cifar_setup) -> None:
     model, images, prep = cifar_setup
-    with cpu_threads(1):  # as the discovery pipeline runs it (see DiscoverConfig.cpu_threads)
+    with torch_threads(1):  # as the discovery pipeline runs it (see DiscoverConfig.cpu_threads)
         _check_accuracy_objective(model, images, prep)
 
 
@@ -172,3 +172,51 @@ def test_scores_of_many_key_sets_in_one_pass(small_chunks) -> None:
         assert (best.value, span.value) == pytest.approx((best1.value, span1.value), abs=1e-12)
         assert span.value >= best.value - 1e-12
     assert objective.score_many(sets[:1], span=False)[0][1] is None
+
+
+def _tiny_setup(seed: int):
+    """A tiny real network with a 3x3 depthwise layer, 6 random images of 3 classes, 5 candidate keys."""
+    from masterkey.images import ImageSet
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 4, 3, padding=1, groups=4), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3),
+    )  # fmt: skip
+    images = ImageSet(
+        torch.randint(0, 256, (6, 3, 8, 8), generator=g, dtype=torch.uint8),
+        torch.randint(0, 3, (6,), generator=g),
+        ["a", "b", "c"],
+        "synthetic",
+    )
+    return model, images, center_norm(torch.randn(5, 3, 3, generator=g))
+
+
+def test_accuracy_ties_are_broken_by_the_log_likelihood() -> None:
+    """Every one-candidate removal leaves the same top-1 on this split; the greedy step then removes the candidate
+    whose removal keeps the highest mean log-likelihood (computed here independently: swap, predict, cross-entropy),
+    not the lowest index."""
+    import copy
+
+    from masterkey.discover.greedy import greedy_backward
+    from masterkey.networks.evaluate import Preprocessing, predict_logits
+    from masterkey.networks.surgery import swap_depthwise
+
+    model, images, candidates = _tiny_setup(7)
+    prep = Preprocessing(None, None, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    expected = {}
+    for c in range(5):
+        swapped = copy.deepcopy(model)
+        swap_depthwise(swapped, KeySet("rest", candidates[[m for m in range(5) if m != c]]), resize=False)
+        logits = predict_logits(swapped, images, prep)
+        top1 = float((logits.argmax(dim=1) == images.labels).double().mean())
+        expected[c] = (top1, float(-torch.nn.functional.cross_entropy(logits, images.labels)))
+    assert len({top1 for top1, _ in expected.values()}) == 1  # a tie in top-1 ...
+    winner = max(range(5), key=lambda c: expected[c][1])
+    assert winner != 0  # ... that the log-likelihood, not the index, decides
+    objective = AccuracyObjective(copy.deepcopy(model), images, prep, candidates)
+    path = greedy_backward(objective, floor=4, progress=False)
+    assert path.steps[1].removed == winner
+    assert path.steps[1].objective == pytest.approx(expected[winner][0])
+    assert path.steps[1].secondary == pytest.approx(expected[winner][1], abs=1e-6)

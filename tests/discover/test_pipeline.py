@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from masterkey.discover import AccuracySetup, AutoencoderConfig, DiscoverConfig, discover_bank, discover_keys
-from masterkey.discover.autoencoder import cpu_threads
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet
+from masterkey.threads import torch_threads
 
 
 def test_recovers_every_key_of_a_synthetic_bank(make_filters, make_keys) -> None:
@@ -101,13 +101,14 @@ def test_accuracy_objective_end_to_end_on_cifar(cifar_convnexts: list[Path], sha
     path = found.path_frame()
     assert path["n_keys"].tolist() == list(range(len(found.candidates[0]), 7, -1))
     assert found.paths[0].evaluations <= sum(path["n_keys"]) + 1
-    assert 0.0 <= found.extra["unswapped_objective"] <= 1.0
+    assert 0.0 <= found.accuracy.unswapped_objective <= 1.0
+    assert found.accuracy.swapped_layers == 12 and found.summary()["accuracy"]["held_out_images"] == 30
     assert set(found.baselines["method"]) == {"discovered", "paper8"}
     # The path's score of the final keys is the accuracy of the model with those keys swapped in.
     swapped = create_model(weights=cifar_convnexts[0])
     final = found.candidates[0].keys[list(found.paths[0].subset_at(8))]
     swap_depthwise(swapped, KeySet("final", final))
-    with cpu_threads(config.cpu_threads):  # the same threads as the pipeline, so the same float rounding
+    with torch_threads(config.cpu_threads):  # the same threads as the pipeline, so the same float rounding
         top1 = evaluate(swapped, setup.images, CIFAR10, progress=False)["top1"]
     assert found.paths[0].objective_at(8) == pytest.approx(top1, abs=1e-6)  # evaluate() averages in float32
 
@@ -133,7 +134,7 @@ def test_a_large_bank_says_what_was_subsampled(small_chunks, make_filters, make_
     assert found.baseline_keys["kmeans"].provenance["sample"] == 300
     kmeans = found.baseline_keys["kmeans"].keys.reshape(4, -1).double()
     assert bool(((kmeans @ truth.reshape(4, -1).double().T).abs().amax(dim=0) >= 0.99).all())
-    assert set(found.extra["baseline_timings_s"]) >= {"kmeans", "pca", "random", "scoring"}
+    assert set(found.baseline_timings) >= {"kmeans", "pca", "random", "scoring"}
     owned = filters.clone()
     again = discover_keys(owned, sources, config, progress=False, copy=False)
     assert torch.equal(again.keys.keys, found.keys.keys) and again.baselines.equals(found.baselines)

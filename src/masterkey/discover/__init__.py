@@ -17,15 +17,15 @@ from masterkey.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from masterkey.discover.autoencoder import (
-        AutoencoderConfig,
         KeyAutoencoder,
         TrainedAutoencoder,
+        reconstruction_loss,
         sign_invariant_loss,
-        train_autoencoder,
         uniform_latent_penalty,
     )
     from masterkey.discover.baselines import BASELINES, baseline_keysets, pca_keys, spherical_kmeans
     from masterkey.discover.candidates import Candidates, dedupe, latent_grid, make_candidates, resample_around
+    from masterkey.discover.comparison import BaselineScores, score_baselines
     from masterkey.discover.greedy import GreedyPath, GreedyStep, find_elbow, greedy_backward
     from masterkey.discover.objectives import (
         AccuracyObjective,
@@ -38,24 +38,30 @@ if TYPE_CHECKING:
     )
     from masterkey.discover.output import write_discover_run, write_discovery
     from masterkey.discover.pipeline import (
+        AccuracyRecord,
         AccuracySetup,
         Discovery,
         discover_bank,
         discover_keys,
         prepare_filters,
     )
-    from masterkey.discover.rounds import DiscoverConfig
+    from masterkey.discover.rounds import Rounds, choose_round, run_rounds
+    from masterkey.discover.settings import AutoencoderConfig, DiscoverConfig, protocol_config
+    from masterkey.discover.training import AutoencoderStack, train_autoencoder, train_autoencoders
     from masterkey.discover.universality import leave_one_source_out
     from masterkey.stats import mean_ci95
 
 __getattr__, __dir__ = lazy_attributes(
     __name__,
     {
-        "AutoencoderConfig": "masterkey.discover.autoencoder",
+        "AutoencoderConfig": "masterkey.discover.settings",
+        "AutoencoderStack": "masterkey.discover.training",
         "KeyAutoencoder": "masterkey.discover.autoencoder",
         "TrainedAutoencoder": "masterkey.discover.autoencoder",
+        "reconstruction_loss": "masterkey.discover.autoencoder",
         "sign_invariant_loss": "masterkey.discover.autoencoder",
-        "train_autoencoder": "masterkey.discover.autoencoder",
+        "train_autoencoder": "masterkey.discover.training",
+        "train_autoencoders": "masterkey.discover.training",
         "uniform_latent_penalty": "masterkey.discover.autoencoder",
         "BASELINES": "masterkey.discover.baselines",
         "baseline_keysets": "masterkey.discover.baselines",
@@ -77,14 +83,21 @@ __getattr__, __dir__ = lazy_attributes(
         "explained_variance": "masterkey.discover.objectives",
         "source_weights": "masterkey.discover.objectives",
         "span_explained_variance": "masterkey.discover.objectives",
+        "BaselineScores": "masterkey.discover.comparison",
+        "score_baselines": "masterkey.discover.comparison",
         "write_discover_run": "masterkey.discover.output",
         "write_discovery": "masterkey.discover.output",
+        "AccuracyRecord": "masterkey.discover.pipeline",
         "AccuracySetup": "masterkey.discover.pipeline",
         "Discovery": "masterkey.discover.pipeline",
         "discover_bank": "masterkey.discover.pipeline",
         "discover_keys": "masterkey.discover.pipeline",
         "prepare_filters": "masterkey.discover.pipeline",
-        "DiscoverConfig": "masterkey.discover.rounds",
+        "DiscoverConfig": "masterkey.discover.settings",
+        "protocol_config": "masterkey.discover.settings",
+        "Rounds": "masterkey.discover.rounds",
+        "choose_round": "masterkey.discover.rounds",
+        "run_rounds": "masterkey.discover.rounds",
         "leave_one_source_out": "masterkey.discover.universality",
         "mean_ci95": "masterkey.stats",
     },
@@ -93,8 +106,11 @@ __getattr__, __dir__ = lazy_attributes(
 __all__ = [
     "BASELINES",
     "AccuracyObjective",
+    "AccuracyRecord",
     "AccuracySetup",
     "AutoencoderConfig",
+    "AutoencoderStack",
+    "BaselineScores",
     "Candidates",
     "DiscoverConfig",
     "Discovery",
@@ -102,10 +118,12 @@ __all__ = [
     "GreedyStep",
     "KeyAutoencoder",
     "Objective",
+    "Rounds",
     "Score",
     "TrainedAutoencoder",
     "VarianceObjective",
     "baseline_keysets",
+    "choose_round",
     "dedupe",
     "discover_bank",
     "discover_keys",
@@ -118,12 +136,17 @@ __all__ = [
     "mean_ci95",
     "pca_keys",
     "prepare_filters",
+    "protocol_config",
+    "reconstruction_loss",
     "resample_around",
+    "run_rounds",
+    "score_baselines",
     "sign_invariant_loss",
     "source_weights",
     "span_explained_variance",
     "spherical_kmeans",
     "train_autoencoder",
+    "train_autoencoders",
     "uniform_latent_penalty",
     "write_discover_run",
     "write_discovery",

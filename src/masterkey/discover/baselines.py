@@ -29,6 +29,7 @@ from masterkey.discover.objectives import explained_variance
 from masterkey.discover.settings import BASELINES, KMEANS_SAMPLE
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet, load_keys
+from masterkey.threads import torch_threads
 
 #: On a sample, Lloyd iterations also stop once the objective gains less than this fraction of its standard error
 #: on the sample: smaller gains fit the sample rather than the bank (on 16,384 random 7x7 filters the objective of
@@ -82,7 +83,7 @@ def spherical_kmeans(
     filter to its key of largest |cos| and moves each key one power-iteration step towards the top eigenvector of
     its members' weighted scatter, ``c ← normalise(Σ w (x·c) x)``; neither step lowers the objective. Iterations
     stop when it gains less than ``tol``; then each key is polished to that eigenvector exactly. Deterministic for
-    a seed. ``threads``: torch CPU threads meanwhile (see :func:`masterkey.discover.autoencoder.cpu_threads`).
+    a seed. ``threads``: torch CPU threads meanwhile (see :func:`masterkey.threads.torch_threads`).
 
     Banks of more than ``sample_size`` filters are clustered on a seeded weighted sample of that many
     (:func:`kmeans_sample`), where iterations also stop once the gain is below :data:`SAMPLE_NOISE_FRACTION` of the
@@ -90,45 +91,28 @@ def spherical_kmeans(
     accumulating each key's members' scatter), and the objective returned is that of every filter (one more pass;
     ``score=False`` skips it and returns NaN). ``device`` runs the work there (default: the filters' device).
     """
-    from masterkey.discover.autoencoder import cpu_threads
-
-    with cpu_threads(threads):
-        return _kmeans(filters, n_keys, weights, seed, n_init, max_iter, tol, sample_size, device, score)
-
-
-def _kmeans(
-    filters: Tensor,
-    n_keys: int,
-    weights: Tensor | None,
-    seed: int,
-    n_init: int,
-    max_iter: int,
-    tol: float,
-    sample_size: int,
-    device: str | torch.device | None,
-    score: bool,
-) -> tuple[Tensor, float]:
-    n = int(filters.shape[0])
-    if not 1 <= n_keys <= n:
-        raise MasterkeyError(f"k-means: cannot make {n_keys} keys from {n} filters")
-    if sample_size < n_keys:
-        raise MasterkeyError(f"k-means: a sample of {sample_size} filters cannot make {n_keys} keys")
-    device = torch.device(device) if device is not None else filters.device
-    rows = kmeans_sample(n, weights, sample_size, seed)
-    if rows is None:
-        x64 = unit_rows_blocked(filters, device, "baselines: filters")
-        w64 = _weights(weights, n).to(device)
-    else:
-        x64 = unit_rows_blocked(filters[rows.to(filters.device)], device, "baselines: filters")
-        w64 = torch.full((len(rows),), 1.0 / len(rows), dtype=torch.float64, device=device)
-    noise = SAMPLE_NOISE_FRACTION if rows is not None else 0.0
-    keys, objective = _lloyd(x64, w64, n_keys, seed, n_init, max_iter, tol, noise)
-    if rows is not None:
-        del x64, w64
-        keys = _polish_on_all(filters, _weights(weights, n), keys, device)
-        objective = explained_variance(filters, keys, _weights(weights, n), device) if score else math.nan
-    k = round(math.sqrt(keys.shape[1]))
-    return keys.reshape(n_keys, k, k).to(device="cpu", dtype=torch.float32), objective
+    with torch_threads(threads):
+        n = int(filters.shape[0])
+        if not 1 <= n_keys <= n:
+            raise MasterkeyError(f"k-means: cannot make {n_keys} keys from {n} filters")
+        if sample_size < n_keys:
+            raise MasterkeyError(f"k-means: a sample of {sample_size} filters cannot make {n_keys} keys")
+        device = torch.device(device) if device is not None else filters.device
+        rows = kmeans_sample(n, weights, sample_size, seed)
+        if rows is None:
+            x64 = unit_rows_blocked(filters, device, "baselines: filters")
+            w64 = _weights(weights, n).to(device)
+        else:
+            x64 = unit_rows_blocked(filters[rows.to(filters.device)], device, "baselines: filters")
+            w64 = torch.full((len(rows),), 1.0 / len(rows), dtype=torch.float64, device=device)
+        noise = SAMPLE_NOISE_FRACTION if rows is not None else 0.0
+        keys, objective = _lloyd(x64, w64, n_keys, seed, n_init, max_iter, tol, noise)
+        if rows is not None:
+            del x64, w64
+            keys = _polish_on_all(filters, _weights(weights, n), keys, device)
+            objective = explained_variance(filters, keys, _weights(weights, n), device) if score else math.nan
+        k = round(math.sqrt(keys.shape[1]))
+        return keys.reshape(n_keys, k, k).to(device="cpu", dtype=torch.float32), objective
 
 
 def _lloyd(

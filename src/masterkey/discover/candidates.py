@@ -1,4 +1,5 @@
-"""Candidate keys: decoded latents of a trained autoencoder, centred, unit-normed and without near-duplicates."""
+"""Candidate keys: decoded latents of a trained autoencoder, centred, unit-normed and (unless turned off) without
+near-duplicates."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import torch
 from torch import Tensor
 
 from masterkey.discover.autoencoder import TrainedAutoencoder
+from masterkey.discover.settings import SPACINGS
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet
-
-SPACINGS = ("range", "unit", "quantile")
+from masterkey.normalize import center_norm, filter_flags, usable_mask
 
 
 @dataclass
@@ -61,14 +62,12 @@ def latent_grid(latents: Tensor, n: int, spacing: str = "range") -> Tensor:
 
 
 def normalise_candidates(filters: Tensor) -> tuple[Tensor, Tensor]:
-    """Centre and unit-norm ``filters`` [M, k, k]; returns ``(normalised, usable mask)`` (a constant decoded
-    filter has no shape and is not usable)."""
-    flat = filters.reshape(filters.shape[0], -1).to(torch.float64)
-    centred = flat - flat.mean(dim=1, keepdim=True)
-    norms = centred.norm(dim=1)
-    usable = torch.isfinite(norms) & (norms > 1e-6 * flat.norm(dim=1).clamp_min(1e-12))
-    out = centred / norms.clamp_min(1e-12)[:, None]
-    return out.reshape(filters.shape).to(torch.float32), usable
+    """Centre and unit-norm ``filters`` [M, k, k] (in float64); returns ``(normalised, usable mask)``: a decoded
+    filter that is constant, all-zero or non-finite has no shape, is not usable and is zero in ``normalised``."""
+    usable = usable_mask(filter_flags(filters))
+    out = torch.zeros(filters.shape, dtype=torch.float32)
+    out[usable] = center_norm(filters[usable].to(torch.float64)).to(torch.float32)
+    return out, usable
 
 
 def dedupe(keys: Tensor, threshold: float = 0.995) -> Tensor:
@@ -82,14 +81,16 @@ def dedupe(keys: Tensor, threshold: float = 0.995) -> Tensor:
     return torch.tensor(kept, dtype=torch.long)
 
 
-def make_candidates(ae: TrainedAutoencoder, latents: Tensor, dedupe_threshold: float = 0.995) -> Candidates:
-    """Decode ``latents``, centre and unit-norm, drop constant outputs and near-duplicates (|cos| ≥ threshold)."""
+def make_candidates(ae: TrainedAutoencoder, latents: Tensor, dedupe_threshold: float | None = 0.995) -> Candidates:
+    """Decode ``latents``, centre and unit-norm, drop constant outputs and near-duplicates (|cos| ≥ threshold;
+    ``None`` keeps them, as the paper did)."""
     latents = torch.as_tensor(latents, dtype=torch.float64).flatten()
-    decoded = ae.decode(latents)
-    keys, usable = normalise_candidates(decoded)
+    keys, usable = normalise_candidates(ae.decode(latents))
     keys, latents = keys[usable], latents[usable]
     if len(keys) == 0:
         raise MasterkeyError("the autoencoder decoded only constant filters; train longer or check the bank")
+    if dedupe_threshold is None:
+        return Candidates(keys.contiguous(), latents)
     keep = dedupe(keys, dedupe_threshold)
     return Candidates(keys[keep].contiguous(), latents[keep])
 

@@ -4,8 +4,8 @@ Every stage that touches all filters (the greedy objective, PCA's scatter, the k
 scores, the keys' shares) walks them in blocks of :data:`BLOCK` rows, converting one block at a time to float64 on
 the compute device, and adds up per-block sums. No float64 copy of the bank and no [N, K, d] tensor is ever made;
 what grows with the bank is the float32 filters themselves and a few numbers per filter. Small blocks also keep
-every temporary small: on the 2-core sandbox a product of 65,536 filters with 16 keys took 40 ms, the same product
-in blocks of 4,096 rows 7 ms (large fresh allocations fault in page by page).
+every temporary small, which is markedly faster than one large product (large fresh allocations fault in page by
+page; measured in bench/results/discover-scaling.md).
 
 A bank of at most :data:`ONE_PASS` filters (the default bank's largest kernel size has 9,742) is one block, so its
 arithmetic is exactly that of a single pass over all filters, as before discovery learned to scale (matrix

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,11 @@ from masterkey.discover.objectives import Objective, Score
 from masterkey.errors import MasterkeyError
 from masterkey.files import write_json
 from masterkey.progress import progress_bar
+
+log = logging.getLogger("masterkey")
+
+#: The greedy checkpoint is written after a removal once this many seconds have passed since the last write.
+SAVE_EVERY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -155,9 +162,11 @@ def greedy_backward(
 ) -> GreedyPath:
     """Remove candidates one at a time, each time the one whose removal leaves the best score, down to ``floor``.
 
-    ``start`` are the candidate indices to start from (all by default). Ties go to the lower candidate index. With
-    ``checkpoint`` (a JSON file) the path is saved atomically after every removal and a run with the same objective,
-    candidates and start resumes from it (``checkpoint_tag`` adds anything else that must match).
+    ``start`` are the candidate indices to start from (all by default). Ties of the score (value, then secondary)
+    go to the lower candidate index. With ``checkpoint`` (a JSON file) the path is saved atomically after a removal
+    once :data:`SAVE_EVERY_S` have passed since the last save, and at the end, and a run with the same objective,
+    candidates and start resumes from it (``checkpoint_tag`` adds anything else that must match); a damaged
+    checkpoint is named in a warning and rebuilt.
     """
     members = sorted(range(objective.n_candidates) if start is None else {int(c) for c in start})
     if not members:
@@ -174,12 +183,20 @@ def greedy_backward(
             saved = json.loads(path_file.read_text())
             if saved.get("fingerprint") == fingerprint:
                 path = GreedyPath.from_json(saved["steps"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            path = GreedyPath()  # unreadable checkpoint: start over (it is rewritten below)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning(
+                f"{path_file}: damaged greedy checkpoint ({type(exc).__name__}: {exc}); starting the path afresh"
+            )
+            path = GreedyPath()
+    last_save = time.monotonic()
 
-    def save() -> None:
-        if path_file is not None:
+    def save(final: bool = False) -> None:
+        # Every removal of an accuracy objective takes seconds and is worth keeping; the data-free one walks its
+        # whole path in well under a second, where a file write per removal would cost more than the removals.
+        nonlocal last_save
+        if path_file is not None and (final or time.monotonic() - last_save >= SAVE_EVERY_S):
             write_json(path_file, {"fingerprint": fingerprint, "steps": path.to_json()})
+            last_save = time.monotonic()
 
     evaluations_before = getattr(objective, "evaluations", 0)
     if not path.steps:
@@ -203,6 +220,7 @@ def greedy_backward(
             on_step(path.steps[-1])
         bar.update(1)
         bar.set_postfix(objective=f"{best.value:.4f}")
+    save(final=True)
     bar.close()
     path.evaluations = getattr(objective, "evaluations", 0) - evaluations_before
     return path

@@ -65,10 +65,6 @@ class Objective(Protocol):
         ...
 
 
-def _flat_unit(filters: Tensor) -> Tensor:
-    return unit_rows(filters)
-
-
 def source_weights(groups: Sequence[Any] | np.ndarray | None, n: int) -> Tensor:
     """Per-filter weights that sum to 1 with every group (source) contributing equally: ``1 / (G * n_g)``.
 
@@ -88,7 +84,7 @@ def source_weights(groups: Sequence[Any] | np.ndarray | None, n: int) -> Tensor:
 
 
 def _key_matrix(keys: Tensor | KeySet) -> Tensor:
-    return _flat_unit(keys.keys if isinstance(keys, KeySet) else keys)
+    return unit_rows(keys.keys if isinstance(keys, KeySet) else keys)
 
 
 def _best_cos2(x: Tensor, kmat: Tensor) -> Tensor:
@@ -192,7 +188,7 @@ class VarianceObjective:
             raise MasterkeyError("variance objective: no filters")
         self.filters = filters
         self.device = torch.device(device)
-        self.candidates = _flat_unit(candidates)
+        self.candidates = unit_rows(candidates)
         d = int(np.prod(filters.shape[1:]))
         if d != self.candidates.shape[1]:
             raise MasterkeyError(f"variance objective: filters have {d} weights, candidates {self.candidates.shape[1]}")
@@ -306,10 +302,6 @@ class VarianceObjective:
 
     def score_keys(self, keys: KeySet) -> Score:
         return self.score_many([keys], span=False)[0][0]
-
-    def span_keys(self, keys: KeySet) -> Score:
-        """Score when every filter is a least-squares combination of all ``keys`` (the upper bound of a mix)."""
-        return self.score_many([keys], best=False)[0][1]
 
     def score_many(
         self, keysets: Sequence[KeySet], best: bool = True, span: bool = True

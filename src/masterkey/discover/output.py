@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from masterkey.discover.pipeline import Discovery
+from masterkey.discover.pipeline import Discovery, strict_json
 from masterkey.discover.plots import figure_bytes, path_figure
 from masterkey.files import atomic_directory, atomic_write, write_json, write_text
 from masterkey.progress import progress_bar
@@ -52,29 +52,49 @@ def _objective_label(disc: Discovery) -> str:
     return f"mean explained variance (cos²) of the bank's filters under their best single-key fits ({weighting})"
 
 
+def excluded_text(disc: Discovery) -> str:
+    """``"none"`` or e.g. ``"65 zero, 2 constant"``: the filters of this size the bank holds but discovery left out."""
+    parts = [f"{n:,} {why}" for why, n in disc.excluded.items() if n]
+    return ", ".join(parts) if parts else "none"
+
+
+def autoencoder_text(disc: Discovery) -> str:
+    """How the autoencoder trained: steps, why it stopped, final loss, seed."""
+    ae = disc.autoencoder
+    why = "its candidates stopped improving" if ae.stopped_early else "the step limit"
+    loss = _fmt(ae.losses[-1][1]) if ae.losses else "-"
+    together = [k for k in disc.trained_with if k != disc.kernel_size]
+    shared = f"; trained in one batch with {', '.join(f'{k}x{k}' for k in together)}" if together else ""
+    return f"{ae.steps} steps (stopped at {why}), final loss {loss}, seed {disc.config.seed}{shared}"
+
+
 def discovery_markdown(disc: Discovery, level: int = 1) -> str:
     """``summary.md`` of one kernel size."""
     h = "#" * level
     k = disc.kernel_size
-    s = disc.summary()
+    dedupe = "after removing near-duplicates" if disc.config.dedupe is not None else "no de-duplication"
     lines = [
         f"{h} Discovered keys, {k}x{k}",
         "",
+        f"- protocol: {disc.config.protocol}",
         f"- filters: {disc.n_filters:,} usable from {len(disc.sources)} source(s): {', '.join(disc.sources)}",
+        f"- excluded {k}x{k} filters: {excluded_text(disc)}",
         f"- objective: {_objective_label(disc)}",
-        f"- K = {len(disc.keys)}: objective {s['objective_at_k']:.4f} (round {disc.final_round}); "
-        + "; ".join(f"elbow of round {r} at {e} keys" for r, e in disc.elbows.items()),
-        f"- candidates per round: {', '.join(str(n) for n in s['n_candidates'])} (after removing near-duplicates)",
-        f"- autoencoder: {disc.autoencoder.config.steps} steps, final loss "
-        f"{_fmt(s['autoencoder']['final_loss'])}, seed {disc.config.seed}",
+        f"- K = {len(disc.keys)}: objective {disc.objective_at_k:.4f} (round {disc.final_round}"
+        + (", the elbow" if disc.config.stop == "elbow" else "")
+        + "); "
+        + "; ".join(f"elbow of round {r} at {e} key{'s' if e != 1 else ''}" for r, e in disc.elbows.items()),
+        f"- candidates per round: {', '.join(str(len(c)) for c in disc.candidates)} ({dedupe})",
+        f"- autoencoder: {autoencoder_text(disc)}",
     ]
-    if "unswapped_objective" in disc.extra:
-        lines.append(f"- the model without any swap: {disc.extra['unswapped_objective']:.4f}")
+    if disc.accuracy is not None:
+        lines.append(f"- the model without any swap: {disc.accuracy.unswapped_objective:.4f}")
     timing = ", ".join(f"{name[:-2]} {sec:.1f} s" for name, sec in disc.timings.items())
     lines += [f"- time: {timing}", ""]
     lines += [f"{h}# Objective vs number of keys", "", "```", comparison_text(disc), "```", ""]
     lines.append(
-        "discovered: the greedy path's set of that size (best round); kmeans: spherical sign-invariant k-means; "
+        f"discovered: the greedy path's set of that size ({disc.config.keep_round} round); kmeans: spherical "
+        "sign-invariant k-means; "
         "pca: top principal directions; random: mean ± 95% CI over seeds; paper8: the published keys"
         + (" centre-cropped" if k < 7 else " zero-padded" if k > 7 else "")
         + "; impulse: one centred impulse."
@@ -85,6 +105,15 @@ def discovery_markdown(disc: Discovery, level: int = 1) -> str:
             "",
             f"{h}# One key per channel vs a least-squares mix of all {len(disc.keys)} keys",
             "",
+        ]
+        if disc.span_is_degenerate():
+            lines += [
+                f"**Degenerate:** {len(disc.keys)} keys plus a constant span every {k}x{k} filter ({k * k} "
+                f"weights), so a mix of any {len(disc.keys)} independent keys scores 1.0, random ones included. "
+                "This table says nothing at this kernel size.",
+                "",
+            ]
+        lines += [
             "```",
             span.to_string(index=False, float_format=lambda v: f"{v:.4f}"),
             "```",
@@ -144,6 +173,40 @@ def write_discovery(out: Path, disc: Discovery) -> None:
 def _write_png(path: Path, data: bytes) -> None:
     with atomic_write(path) as f:
         f.write(data)
+
+
+def run_text(discoveries: Mapping[int, Discovery]) -> str:
+    """What ``masterkey discover`` prints: per kernel size, the filters used and excluded, the keys' objective and
+    elbows, and the comparison table."""
+    lines = []
+    for k, disc in discoveries.items():
+        what = "held-out top-1" if disc.objective == "accuracy" else "mean cos², sources weighted equally"
+        if disc.objective != "accuracy" and disc.config.weighting == "filter":
+            what = "mean cos², filters weighted equally"
+        elbows = ", ".join(f"round {r}: {e}" for r, e in disc.elbows.items())
+        at = " (the elbow)" if disc.config.stop == "elbow" else ""
+        lines += [
+            "",
+            f"{k}x{k}: {disc.n_filters:,} filters from {len(disc.sources)} source(s), excluded: {excluded_text(disc)}; "
+            f"objective = {what}"
+            + ("" if disc.config.protocol == "masterkey" else f"; protocol {disc.config.protocol}"),
+            f"K={len(disc.keys)}{at}: {disc.objective_at_k:.4f} (round {disc.final_round}); elbow at {elbows}",
+        ]
+        if disc.accuracy is not None:
+            lines.append(f"unswapped model: {disc.accuracy.unswapped_objective:.4f}")
+        lines.append(comparison_text(disc))
+    return "\n".join(lines)
+
+
+def strict_summary(result: Any) -> dict[str, Any]:
+    """``discover --json``: the output folder, the seconds, and each kernel size's summary (strict JSON)."""
+    return strict_json(
+        {
+            "out": str(result.out),
+            "seconds": result.seconds,
+            **{str(k): d.summary() for k, d in result.discoveries.items()},
+        }
+    )
 
 
 def run_markdown(discoveries: Mapping[int, Discovery], bank: str) -> str:

@@ -1,129 +1,120 @@
-"""What every discovery shares: its configuration (:class:`DiscoverConfig`) and its core, :func:`run_rounds`
-(autoencoder, then one or two rounds of candidates + greedy path). Both the main pipeline
+"""What every discovery shares: training the autoencoders (:func:`train_stack`), one or two rounds of candidates +
+greedy path (:func:`run_rounds`, returning :class:`Rounds`), and the one rule that picks the round and the set that
+become the keys (:func:`choose_round`, :meth:`Rounds.chosen`). Both the main pipeline
 (:mod:`masterkey.discover.pipeline`) and the universality check (:mod:`masterkey.discover.universality`) build on
 this module."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from masterkey.discover.autoencoder import AutoencoderConfig, TrainedAutoencoder, train_autoencoder
-from masterkey.discover.baselines import BASELINES, KMEANS_SAMPLE
-from masterkey.discover.candidates import SPACINGS, Candidates, latent_grid, make_candidates, resample_around
+from masterkey.discover.autoencoder import TrainedAutoencoder
+from masterkey.discover.candidates import Candidates, latent_grid, make_candidates, resample_around
 from masterkey.discover.greedy import GreedyPath, greedy_backward
 from masterkey.discover.objectives import Objective
+from masterkey.discover.settings import DiscoverConfig
+from masterkey.discover.training import train_autoencoders
 from masterkey.errors import MasterkeyError, option
 
+__all__ = ["ObjectiveFactory", "Rounds", "choose_round", "run_rounds", "train_stack"]
+
 ObjectiveFactory = Callable[[Tensor], Objective]
-WEIGHTINGS = ("source", "filter")
 
 
-@dataclass(frozen=True)
-class DiscoverConfig:
-    """Everything that shapes a discovery (saved in ``run.json`` and the keys' provenance)."""
+def choose_round(paths: Sequence[GreedyPath], sizes: Sequence[int], n_keys: int, rule: str = "best") -> int | None:
+    """Index (0-based) of the round whose greedy set of ``n_keys`` keys is kept, or None when no round's path has
+    a set of that size. ``rule="best"``: the round with the larger objective there (the first wins ties);
+    ``"last"``: the last round that has such a set. ``sizes`` are the rounds' candidate counts."""
+    reach = [r for r, (p, size) in enumerate(zip(paths, sizes, strict=True)) if min(p.n_keys) <= n_keys <= size]
+    if not reach:
+        return None
+    if rule == "last":
+        return reach[-1]
+    values = [paths[r].objective_at(n_keys) for r in reach]
+    return reach[values.index(max(values))]
 
-    n_keys: int = 8  #: K, the size of the final key set
-    n_candidates: int = 50  #: latents decoded per round
-    spacing: str = "range"  #: how latents are spread (see :func:`masterkey.discover.candidates.latent_grid`)
-    dedupe: float = 0.995  #: candidates with |cos| at least this with an earlier one are dropped
-    rounds: int = 2  #: 1, or 2 for the paper's second round around the best ``round2_best``
-    round2_best: int = 10
-    floor: int = 1  #: the greedy path goes down to this many keys (the elbow needs the path below K)
-    weighting: str = "source"  #: "source" (every source counts equally) or "filter" (every filter does)
-    compare_k: tuple[int, ...] = (1, 2, 4, 8, 16)  #: set sizes of the comparison table (K is always added)
-    baselines: tuple[str, ...] = BASELINES
-    random_seeds: int = 10  #: seeds of the random baseline (mean and 95% CI)
-    kmeans_init: int = 3  #: k-means restarts
-    kmeans_sample: int = KMEANS_SAMPLE  #: k-means learns on a seeded sample of at most this many filters
-    seed: int = 0  #: seeds the autoencoder (and k-means)
-    cpu_threads: int | None = 1  #: torch CPU threads during discovery (None: leave torch's setting); see below
-    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
-    def __post_init__(self) -> None:
-        if self.n_keys < 1:
-            raise MasterkeyError(
-                f"{option('n_keys', flag='-k')}: the number of keys must be at least 1, got {self.n_keys}"
-            )
-        if self.n_candidates < 2:
-            raise MasterkeyError(
-                f"{option('n_candidates', flag='--candidates')} must be at least 2, got {self.n_candidates}"
-            )
-        if self.n_keys > self.n_candidates:
-            raise MasterkeyError(
-                f"{option('n_keys', self.n_keys, flag='-k')} is larger than the candidate count {self.n_candidates}; "
-                f"lower {option('n_keys', flag='-k')} or raise {option('n_candidates', flag='--candidates')}"
-            )
-        if self.rounds not in (1, 2):
-            raise MasterkeyError(f"{option('rounds')} must be 1 or 2, got {self.rounds}")
-        if not 1 <= self.floor <= self.n_keys:
-            raise MasterkeyError(
-                f"{option('floor', flag='--path-to')} must lie in 1..K ({self.n_keys}), got {self.floor}"
-            )
-        if self.spacing not in SPACINGS:
-            raise MasterkeyError(f"{option('spacing', repr(self.spacing))}: expected one of {', '.join(SPACINGS)}")
-        if self.weighting not in WEIGHTINGS:
-            raise MasterkeyError(
-                f"{option('weighting', repr(self.weighting))}: expected one of {', '.join(WEIGHTINGS)}"
-            )
-        if not 0 < self.dedupe <= 1:
-            raise MasterkeyError(f"{option('dedupe')} must lie in (0, 1], got {self.dedupe}")
-        unknown = [b for b in self.baselines if b not in BASELINES]
-        if unknown:
-            raise MasterkeyError(f"unknown baseline(s) {unknown}: expected some of {', '.join(BASELINES)}")
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise MasterkeyError(
-                f"{option('cpu_threads', flag='--threads')} must be at least 1, got {self.cpu_threads}"
-            )
-        largest = max((*self.compare_k, self.n_keys))
-        if self.kmeans_sample < largest:
-            raise MasterkeyError(
-                f"{option('kmeans_sample', self.kmeans_sample)}: k-means needs at least as many filters as keys "
-                f"({largest})"
-            )
-        if self.random_seeds < 1:
-            raise MasterkeyError(f"{option('random_seeds')} must be at least 1, got {self.random_seeds}")
+@dataclass
+class Rounds:
+    """What :func:`run_rounds` found: per round its candidates, objective and greedy path."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    autoencoder: TrainedAutoencoder
+    candidates: list[Candidates]
+    objectives: list[Objective]
+    paths: list[GreedyPath]
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def elbows(self) -> dict[int, int]:
+        """The elbow of each round's path (round numbers from 1)."""
+        return {i + 1: p.elbow() for i, p in enumerate(self.paths)}
+
+    def chosen(self, config: DiscoverConfig) -> tuple[int, tuple[int, ...]]:
+        """``(round index, candidate indices)`` of the keys: the round per ``config.keep_round`` (judged at K), then
+        its set of K keys (``config.stop="k"``) or of its elbow's size (``"elbow"``)."""
+        sizes = [len(c) for c in self.candidates]
+        r = choose_round(self.paths, sizes, config.n_keys, config.keep_round)
+        if r is None:  # K is not on any path (a path that stops above K cannot happen: floor <= K)
+            raise MasterkeyError(f"no round has a set of {config.n_keys} keys")
+        size = self.paths[r].elbow() if config.stop == "elbow" else config.n_keys
+        return r, self.paths[r].subset_at(size)
+
+
+def autoencoder_config(config: DiscoverConfig):
+    """The autoencoder's configuration within ``config`` (seeded by the discovery's seed)."""
+    return replace(config.autoencoder, seed=config.seed)
+
+
+def train_stack(
+    data: Sequence[tuple[Tensor, Tensor]],
+    config: DiscoverConfig,
+    device: str | torch.device = "cpu",
+    checkpoint: Path | None = None,
+    progress: bool = False,
+    desc: str = "autoencoders",
+) -> tuple[list[TrainedAutoencoder], float]:
+    """The autoencoders of several filter sets (``(filters, weights)`` each), trained as one batched model, and
+    the seconds that took."""
+    t0 = time.perf_counter()
+    found = train_autoencoders(data, autoencoder_config(config), device, checkpoint, progress, desc)
+    return found, time.perf_counter() - t0
+
+
+def _autoencoder_notes(ae: TrainedAutoencoder) -> list[str]:
+    notes = []
+    if ae.resumed_from:
+        notes.append(f"autoencoder resumed from a checkpoint at step {ae.resumed_from}")
+    return notes
 
 
 def run_rounds(
     filters: Tensor,
-    weights: Tensor,
     config: DiscoverConfig,
     objective_factory: ObjectiveFactory,
+    autoencoder: TrainedAutoencoder,
     device: str | torch.device = "cpu",
     checkpoint_dir: Path | None = None,
     tag: str = "main",
     progress: bool = False,
-) -> tuple[TrainedAutoencoder, list[Candidates], list[GreedyPath], list[Objective], list[str], dict[str, float]]:
-    """Autoencoder, then one or two rounds of candidates + greedy path (the core of :func:`discover_keys`)."""
+) -> Rounds:
+    """One or two rounds of candidates + greedy path from a trained ``autoencoder`` of ``filters`` (the core of
+    :func:`masterkey.discover.discover_keys`)."""
     k = int(filters.shape[-1])
-    notes: list[str] = []
-    timings: dict[str, float] = {}
-    ae_config = replace(config.autoencoder, seed=config.seed, cpu_threads=config.cpu_threads)
-    ckpt = (lambda name: checkpoint_dir / f"k{k}-{tag}-{name}") if checkpoint_dir is not None else (lambda name: None)
+    notes = _autoencoder_notes(autoencoder)
+    latents = autoencoder.encode(filters)
     t0 = time.perf_counter()
-    ae = train_autoencoder(
-        filters, weights, ae_config, device=device, checkpoint=ckpt("ae.pt"), progress=progress, desc=f"{k}x{k} ae"
-    )
-    timings["autoencoder_s"] = time.perf_counter() - t0
-    if ae.resumed_from:
-        notes.append(f"autoencoder resumed from a checkpoint at step {ae.resumed_from}")
-    latents = ae.encode(filters)
-    t0 = time.perf_counter()
-    cands = [make_candidates(ae, latent_grid(latents, config.n_candidates, config.spacing), config.dedupe)]
-    if len(cands[0]) < config.n_keys:
+    first = make_candidates(autoencoder, latent_grid(latents, config.n_candidates, config.spacing), config.dedupe)
+    if len(first) < config.n_keys:
+        removed = "near-duplicates and constants removed" if config.dedupe is not None else "constants removed"
         raise MasterkeyError(
-            f"{k}x{k}: {option('n_keys', config.n_keys, flag='-k')} is larger than the {len(cands[0])} distinct "
-            f"candidates the autoencoder gave (of {config.n_candidates}, near-duplicates removed); lower "
+            f"{k}x{k}: {option('n_keys', config.n_keys, flag='-k')} is larger than the {len(first)} distinct "
+            f"candidates the autoencoder gave (of {config.n_candidates}, {removed}); lower "
             f"{option('n_keys', flag='-k')} or raise {option('n_candidates', flag='--candidates')}"
         )
 
@@ -131,27 +122,27 @@ def run_rounds(
         return greedy_backward(
             objective,
             floor=config.floor,
-            checkpoint=ckpt(f"greedy-r{round_}.json"),
+            checkpoint=checkpoint_dir / f"k{k}-{tag}-greedy-r{round_}.json" if checkpoint_dir is not None else None,
             progress=progress,
             desc=f"{k}x{k} greedy r{round_}",
         )
 
-    objectives = [objective_factory(cands[0].keys)]
-    paths = [greedy(objectives[0], 1)]
+    objective = objective_factory(first.keys)
+    found = Rounds(autoencoder, [first], [objective], [greedy(objective, 1)], notes)
     if config.rounds == 2:
         best = max(config.round2_best, config.n_keys)
-        if len(cands[0]) <= best:
-            notes.append(f"second round skipped: only {len(cands[0])} candidates, not more than the best {best}")
+        if len(first) <= best:
+            notes.append(f"second round skipped: only {len(first)} candidates, not more than the best {best}")
         else:
-            centres = cands[0].latents[list(paths[0].subset_at(best))]
-            second = make_candidates(ae, resample_around(centres, config.n_candidates), config.dedupe)
+            centres = first.latents[list(found.paths[0].subset_at(best))]
+            second = make_candidates(autoencoder, resample_around(centres, config.n_candidates), config.dedupe)
             if len(second) < config.n_keys:
                 notes.append(
                     f"second round skipped: {len(second)} distinct candidates around the best {best}, fewer than K"
                 )
             else:
-                cands.append(second)
-                objectives.append(objective_factory(second.keys))
-                paths.append(greedy(objectives[1], 2))
-    timings["greedy_s"] = time.perf_counter() - t0
-    return ae, cands, paths, objectives, notes, timings
+                found.candidates.append(second)
+                found.objectives.append(objective_factory(second.keys))
+                found.paths.append(greedy(found.objectives[1], 2))
+    found.timings["greedy_s"] = time.perf_counter() - t0
+    return found

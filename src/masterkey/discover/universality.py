@@ -15,6 +15,7 @@ The score is the mean cos² of S's filters under their best single-key fits (S's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,43 +24,67 @@ import torch
 from torch import Tensor
 
 from masterkey.discover.baselines import spherical_kmeans
+from masterkey.discover.chunks import ONE_PASS
 from masterkey.discover.objectives import VarianceObjective, explained_variance, source_weights
-from masterkey.discover.rounds import DiscoverConfig, run_rounds
+from masterkey.discover.rounds import run_rounds, train_stack
+from masterkey.discover.settings import DiscoverConfig
 from masterkey.errors import MasterkeyError
 from masterkey.progress import progress_bar
 
 COLUMNS = ["keys_from", "fitted_to", "objective", "own_objective", "kmeans_objective", "kmeans_own_objective"]
 
 
+#: The autoencoders of the universality check's source sets train in stacks of at most this many filters in all
+#: (each set is a copy of its filters while its stack trains).
+STACK_FILTERS = 4 * ONE_PASS
+
+
 def _discover_on(
-    filters: Tensor,
-    sources: np.ndarray,
+    jobs: list[tuple[Tensor, np.ndarray]],
     config: DiscoverConfig,
     device: str | torch.device,
     checkpoint_dir: Path | None,
-    tag: str,
-) -> tuple[Tensor, Tensor]:
-    """(discovered keys, k-means keys) at K for these filters (no baselines, no plots)."""
-    weights = source_weights(sources if config.weighting == "source" else None, len(filters))
-
-    def factory(candidates: Tensor) -> VarianceObjective:
-        return VarianceObjective(filters, candidates, weights, device=device)
-
-    _, cands, paths, _, _, _ = run_rounds(filters, weights, config, factory, device, checkpoint_dir, tag, False)
-    at_k = [p.objective_at(config.n_keys) for p in paths]
-    best = int(np.argmax(at_k))
-    keys = cands[best].keys[list(paths[best].subset_at(config.n_keys))]
-    kmeans, _ = spherical_kmeans(
-        filters,
-        config.n_keys,
-        weights,
-        seed=config.seed,
-        n_init=config.kmeans_init,
-        sample_size=config.kmeans_sample,
-        device=device,
-        score=False,
+    tags: list[str],
+) -> list[tuple[Tensor, Tensor]]:
+    """(discovered keys, k-means keys) at K for each ``(filters, sources)`` set (no baselines, no plots); their
+    autoencoders train together as one batched model."""
+    weights = [source_weights(src if config.weighting == "source" else None, len(x)) for x, src in jobs]
+    name = "-".join(tags)
+    aes, _ = train_stack(
+        [(x, w) for (x, _), w in zip(jobs, weights, strict=True)],
+        config,
+        device,
+        checkpoint_dir / f"k{int(jobs[0][0].shape[-1])}-{name}-ae.pt" if checkpoint_dir is not None else None,
     )
-    return keys, kmeans
+    out = []
+    for (x, _), w, ae, tag in zip(jobs, weights, aes, tags, strict=True):
+
+        def factory(candidates: Tensor, x: Tensor = x, w: Tensor = w) -> VarianceObjective:
+            return VarianceObjective(x, candidates, w, device=device)
+
+        found = run_rounds(x, config, factory, ae, device, checkpoint_dir, tag, False)
+        final, subset = found.chosen(replace(config, stop="k"))  # universality compares sets of K keys
+        keys = found.candidates[final].keys[list(subset)]
+        kmeans, _ = spherical_kmeans(
+            x, config.n_keys, w, seed=config.seed, n_init=config.kmeans_init, sample_size=config.kmeans_sample,
+            device=device, score=False,
+        )  # fmt: skip
+        out.append((keys, kmeans))
+    return out
+
+
+def _stacks(sizes: list[int]) -> list[list[int]]:
+    """Consecutive groups of job indices whose filter counts add up to at most :data:`STACK_FILTERS` (a larger
+    job alone)."""
+    groups: list[list[int]] = []
+    total = 0
+    for i, n in enumerate(sizes):
+        if not groups or total + n > STACK_FILTERS:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += n
+    return groups
 
 
 def leave_one_source_out(
@@ -87,13 +112,17 @@ def leave_one_source_out(
     loso: dict[str, tuple[Tensor, Tensor]] = {}
     # With two sources, "all but S" is the other source: its own keys serve, and only pairwise rows are written.
     jobs = [("own", s) for s in names] + ([("loso", s) for s in names] if len(names) > 2 else [])
-    bar = progress_bar(jobs, desc=f"{k}x{k} universality", unit="set", enabled=progress)
-    for kind, name in bar:
-        i = names.index(name)
-        mask = src == name if kind == "own" else src != name
-        rows = torch.from_numpy(mask).to(filters.device)
-        result = _discover_on(filters[rows], src[mask], config, device, ckpt, f"{kind}{i}")
-        (own if kind == "own" else loso)[name] = result
+    masks = [src == name if kind == "own" else src != name for kind, name in jobs]
+    bar = progress_bar(total=len(jobs), desc=f"{k}x{k} universality", unit="set", enabled=progress)
+    for group in _stacks([int(m.sum()) for m in masks]):
+        sets = [(filters[torch.from_numpy(masks[j]).to(filters.device)], src[masks[j]]) for j in group]
+        tags = [f"{jobs[j][0]}{names.index(jobs[j][1])}" for j in group]
+        for j, result in zip(group, _discover_on(sets, config, device, ckpt, tags), strict=True):
+            kind, name = jobs[j]
+            (own if kind == "own" else loso)[name] = result
+            bar.update()
+        del sets
+    bar.close()
     rows = []
     for target in names:
         x = filters[torch.from_numpy(src == target).to(filters.device)]
