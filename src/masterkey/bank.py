@@ -209,8 +209,8 @@ def validate_manifest(manifest: Any, where: str | Path = MANIFEST) -> dict[str, 
 
 
 def default_bank_path() -> Path:
-    """The small real bank shipped inside the package (see ``masterkey/data/default_bank/LICENSES.md``)."""
-    return Path(str(resources.files("masterkey") / "data" / "default_bank"))
+    """The small real bank shipped inside the package (see ``masterkey/assets/DEFAULT_BANK_LICENSES.md``)."""
+    return Path(str(resources.files("masterkey") / "assets" / "default_bank"))
 
 
 def open_bank(spec: str | Path | None) -> FilterBank:

@@ -215,9 +215,11 @@ def default_out(base: Path = DEFAULT_OUT) -> Path:
 
 
 def _accuracy_setup(args: argparse.Namespace) -> Any:
+    from masterkey.data.evaluate import check_class_count
+    from masterkey.data.memory import ImageSet
+    from masterkey.data.preprocessing import preprocessing_for
+    from masterkey.data.selection import load_eval_images, stratified_split
     from masterkey.discover import AccuracySetup
-    from masterkey.images import ImageSet, stratified_split
-    from masterkey.networks.evaluate import load_eval_images, preprocessing_for
     from masterkey.networks.models import create_model, read_state_dict
 
     if not args.weights:
@@ -232,10 +234,11 @@ def _accuracy_setup(args: argparse.Namespace) -> Any:
         )
     model = create_model(args.model, weights=args.weights)
     metadata = read_state_dict(args.weights)[1] if str(args.weights).endswith(".safetensors") else {}
-    prep = preprocessing_for(model, dataset=metadata.get("dataset"))
+    prep = preprocessing_for(model, metadata)
     images = load_eval_images(
         data, prep, max_per_class=args.max_per_class, data_mode=args.data_mode, memory_budget=args.memory_budget
     )
+    check_class_count(model, images, prep)  # the check swap makes: foreign classes are refused, not scored
     _, held = stratified_split(images.labels, args.held_out, seed=args.split_seed)
     description = {
         "model": args.model or metadata.get("arch"),

@@ -18,6 +18,7 @@ from masterkey.commands._common import (
     MAX_STEPS,
     SEED,
     THREADS,
+    WORKERS,
     device_arg,
     float_arg,
     int_arg,
@@ -304,7 +305,7 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--memory-budget", metavar="SIZE", help="budget of --data-mode auto, e.g. 16G (default: half the free RAM)"
     )
-    g.add_argument("--workers", type=int_arg(0, 256), metavar="N", help="DataLoader processes per rank when streaming")
+    g.add_argument("--workers", type=WORKERS, metavar="N", help="DataLoader processes per rank when streaming (0-64)")
     g = p.add_argument_group("augmentation")
     g.add_argument(
         "--train-crop", choices=("pad", "rrc"), help="pad: crop of the padded image (default) | rrc: RandomResizedCrop"

@@ -1,150 +1,69 @@
-"""Top-1 / top-5 accuracy of a classifier on an image folder, with the model's own preprocessing, on images held in
-memory or streamed from disk (:mod:`masterkey.stream`)."""
+"""The one evaluation of a classifier on images: logits, top-1 / top-5 in percent, loss, and the class check.
+
+Every stage evaluates through :func:`evaluate` (swap, training's test after each epoch, explain and discover through
+:func:`predict_logits`): the same normalisation (:func:`~masterkey.data.preprocessing.normalize_images`), the same
+batches over in-memory or streamed images (:func:`~masterkey.data.stream.image_batches`), one unit — percent, as
+timm reports it (:data:`masterkey.runformats.ACCURACY_UNIT`). :func:`check_class_count` is the one check that a
+model and a data set have the same classes, used by every stage before it evaluates.
+"""
 
 from __future__ import annotations
 
-import logging
-import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from masterkey.data.preprocessing import Preprocessing, normalization_tensors, normalize_images
+from masterkey.data.stream import Images, image_batches, ranges
 from masterkey.errors import MasterkeyError
-from masterkey.images import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    first_per_class,
-    load_image_folder,
-    stratified_split,
-)
 from masterkey.progress import progress_bar
-from masterkey.stream import (
-    Images,
-    Samples,
-    StreamedImages,
-    choose_data_mode,
-    decode_all,
-    image_batches,
-    list_samples,
-    ranges,
-)
 
-log = logging.getLogger("masterkey")
+
+def percent(count: float, n: float) -> float:
+    """``count`` of ``n`` in percent: ``100 * count / n`` (the one formula every accuracy goes through)."""
+    return 100 * float(count) / n
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """Deterministic evaluation preprocessing: resize the shorter side, centre-crop, normalise."""
+class Evaluation:
+    """How :func:`evaluate` runs the model: batch size, device, streaming ``workers``, ``amp_dtype`` (autocast,
+    None for float32), memory format of the inputs, and whether to move the model to ``device`` in that format
+    (evaluations of a pretrained model do; training evaluates its model where it is)."""
 
-    resize: int | None
-    crop: int | None
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-CIFAR10 = Preprocessing(None, None, "bilinear", CIFAR10_MEAN, CIFAR10_STD)
-TORCHVISION_IMAGENET = Preprocessing(256, 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    batch_size: int = 256
+    device: str | torch.device = "cpu"
+    workers: int | None = None
+    amp_dtype: torch.dtype | None = None
+    memory_format: torch.memory_format = torch.channels_last
+    place_model: bool = True
 
 
-def preprocessing_for(model: nn.Module, dataset: str | None = None) -> Preprocessing:
-    """The preprocessing a model was trained with.
-
-    ``dataset="cifar10"`` (as recorded in the CIFAR-10 ConvNeXts' metadata) gives the 32x32 CIFAR recipe; timm
-    models use their data config (input size, crop_pct, interpolation, mean / std); torchvision ImageNet models
-    resize 256, crop 224, bilinear.
-    """
-    if dataset and dataset.lower().startswith("cifar"):
-        return CIFAR10
-    if type(model).__module__.startswith("timm."):
-        from timm.data import resolve_data_config
-
-        cfg = resolve_data_config({}, model=model)
-        size = int(cfg["input_size"][-1])
-        return Preprocessing(
-            resize=math.floor(size / cfg.get("crop_pct", 1.0)),
-            crop=size,
-            interpolation=str(cfg.get("interpolation", "bilinear")),
-            mean=tuple(cfg["mean"]),
-            std=tuple(cfg["std"]),
-        )
-    return TORCHVISION_IMAGENET
-
-
-def preprocessing_named(name: str, model: nn.Module) -> Preprocessing:
-    """``"auto"`` (the model's own, see :func:`preprocessing_for`), ``"cifar10"`` or ``"imagenet"`` (torchvision's
-    resize 256 / crop 224 / ImageNet mean and std)."""
-    key = name.lower()
-    if key == "auto":
-        return preprocessing_for(model)
-    if key.startswith("cifar"):
-        return CIFAR10
-    if key == "imagenet":
-        return TORCHVISION_IMAGENET
-    raise MasterkeyError(f"preprocessing {name!r}: expected auto, cifar10 or imagenet")
-
-
-def select_eval_samples(
-    root: str | Path, max_per_class: int | None = None, max_images: int | None = None, seed: int = 0
-) -> Samples:
-    """The samples of ``root`` an evaluation reads: the first ``max_per_class`` of each class, then a
-    class-stratified random subset of ``max_images`` (seeded). Nothing is decoded."""
-    if max_images is not None and max_images < 1:
-        raise MasterkeyError(f"max_images={max_images}: must be at least 1")
-    samples = list_samples(root)
-    if max_per_class is not None:
-        samples = samples.subset(first_per_class(samples.labels.tolist(), max_per_class))
-    if max_images is not None and max_images < len(samples):
-        _, keep = stratified_split(samples.labels, held_out=max_images, seed=seed)
-        samples = samples.subset(keep)
-    return samples
-
-
-def load_eval_images(
-    root: str | Path,
+def _logit_batches(
+    model: nn.Module,
+    images: Images,
     prep: Preprocessing,
-    max_per_class: int | None = None,
-    max_images: int | None = None,
-    seed: int = 0,
-    data_mode: str = "memory",
-    memory_budget: str | int | None = None,
-    workers: int | None = None,
+    batches: list,
+    how: Evaluation,
     progress: bool = False,
-) -> Images:
-    """The images of ``root`` (an ImageFolder tree or tar shards of one) with the geometry of ``prep`` applied.
-
-    ``max_per_class`` keeps the first N files of each class; ``max_images`` then a class-stratified random subset
-    of N images (seeded), decoding only those (handy for the 1000-class imagenet-samples with one image a class).
-    ``data_mode``: ``memory`` decodes them once (an ImageFolder without ``max_images`` through the disk cache) into
-    an :class:`ImageSet`; ``stream`` returns :class:`~masterkey.stream.StreamedImages` decoded batch by batch when
-    evaluated (the same pixels); ``auto`` streams when the decoded set exceeds the memory budget (see
-    :func:`masterkey.stream.choose_data_mode`) and logs which path it took. ``progress``: a bar while decoding.
-    """
-    samples = select_eval_samples(root, max_per_class, max_images, seed)
-    streamed = StreamedImages(samples, prep.resize, prep.crop, prep.interpolation)
-    choice = choose_data_mode(data_mode, len(samples), streamed.image_shape(), what=str(root), budget=memory_budget)
-    if data_mode == "auto":
-        log.info(f"data: {choice.reason}")
-    if choice.stream:
-        return streamed
-    if max_images is None and samples.from_folder:
-        return load_image_folder(
-            root,
-            resize=prep.resize,
-            crop=prep.crop,
-            interpolation=prep.interpolation,
-            max_per_class=max_per_class,
-            progress=progress,
-        )
-    return decode_all(streamed, workers=workers, progress=progress)
+    desc: str = "evaluate",
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """float32 logits and labels on the device, one pair per index batch, the model in eval mode."""
+    device = torch.device(how.device)
+    if how.place_model:
+        # channels_last is markedly faster for depthwise convs on CPU (oneDNN) and on GPU tensor cores.
+        model.to(device, memory_format=how.memory_format)
+    mean, std = normalization_tensors(prep, device)
+    bar = progress_bar(total=len(batches), desc=desc, unit="batch", enabled=progress)
+    for x, y in image_batches(images, batches, device, workers=how.workers):
+        x = normalize_images(x, mean, std).contiguous(memory_format=how.memory_format)
+        with torch.autocast(device.type, dtype=how.amp_dtype or torch.bfloat16, enabled=how.amp_dtype is not None):
+            logits = model(x)
+        yield logits.float(), y
+        bar.update()
+    bar.close()
 
 
 @torch.no_grad()
@@ -158,34 +77,31 @@ def predict_logits(
     workers: int | None = None,
     desc: str = "evaluate",
 ) -> Tensor:
-    """Logits [N, classes] of ``model`` (in eval mode) over ``images`` (in memory, or streamed by ``workers``
-    DataLoader processes: the same batches, the same numbers). ``progress``: a bar per batch named ``desc``."""
-    device = torch.device(device)
-    # channels_last is markedly faster for depthwise convs on CPU (oneDNN) and on GPU tensor cores.
-    model.eval().to(device, memory_format=torch.channels_last)
-    mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
-    out = []
+    """Logits [N, classes] (on the CPU) of ``model`` (in eval mode, moved to ``device``) over ``images`` (in memory,
+    or streamed by ``workers`` DataLoader processes: the same batches, the same numbers). ``progress``: a bar per
+    batch named ``desc``."""
+    model.eval()
+    how = Evaluation(batch_size, device, workers)
     batches = ranges(len(images), batch_size)
-    bar = progress_bar(total=len(batches), desc=desc, unit="batch", enabled=progress)
-    for x, _ in image_batches(images, batches, device, workers=workers):
-        x = ((x.float() - mean) / std).contiguous(memory_format=torch.channels_last)
-        out.append(model(x).float().cpu())
-        bar.update()
-    bar.close()
+    out = [logits.cpu() for logits, _ in _logit_batches(model, images, prep, batches, how, progress, desc)]
     return torch.cat(out) if out else torch.empty(0)
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (fractions) and the number of images."""
+    """Top-1 and top-5 accuracy (percent) and the number of images."""
     if logits.shape[0] != labels.shape[0]:
         raise ValueError("logits and labels differ in length")
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top == labels[:, None]
-    return {"top1": float(hit[:, 0].float().mean()), "top5": float(hit.any(dim=1).float().mean()), "n": len(labels)}
+    counts = _counts(logits, labels)
+    n = len(labels)
+    return {"top1": percent(counts[0], max(1, n)), "top5": percent(counts[1], max(1, n)), "n": n}
 
 
+def _counts(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return (top[:, 0] == labels).sum(), (top == labels[:, None]).any(dim=1).sum()
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     images: Images,
@@ -195,23 +111,78 @@ def evaluate(
     progress: bool = False,
     workers: int | None = None,
     desc: str = "evaluate",
+    *,
+    how: Evaluation | None = None,
+    index: Tensor | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    check_classes: bool = True,
 ) -> dict[str, float]:
-    """Top-1 / top-5 accuracy of ``model`` on ``images``; the class count must match the data's (checked on one
-    image before the whole set is run). ``progress``: a bar per batch named ``desc``."""
-    check_class_count(model, images, prep, device=device)
-    logits = predict_logits(
-        model, images, prep, batch_size=batch_size, device=device, progress=progress, workers=workers, desc=desc
-    )
-    return accuracy(logits, images.labels)
+    """Top-1 / top-5 accuracy in percent, mean cross-entropy ``loss`` and the number ``n`` of images, of ``model``
+    on ``images`` normalised with ``prep``'s mean and std.
+
+    ``how`` overrides ``batch_size`` / ``device`` / ``workers`` (and sets autocast, memory format, placement).
+    ``index`` evaluates those positions only and ``reduce`` sums the counts across processes (DDP: each rank
+    evaluates a disjoint shard, every rank calls ``reduce``, the numbers are exact). ``check_classes``: first check,
+    on one image, that the model predicts as many classes as the data has (:func:`check_class_count`). The model
+    is left in the mode it was in.
+    """
+    how = how or Evaluation(batch_size, device, workers)
+    if check_classes:
+        check_class_count(model, images, prep, how=how)
+    was_training = model.training
+    model.eval()
+    batches = list(index.split(how.batch_size)) if index is not None else ranges(len(images), how.batch_size)
+    sums = torch.zeros(4, dtype=torch.float64, device=how.device)  # loss, top1, top5, count
+    for logits, y in _logit_batches(model, images, prep, batches, how, progress, desc):
+        top1, top5 = _counts(logits, y)
+        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        sums[1] += top1
+        sums[2] += top5
+        sums[3] += len(y)
+    if reduce is not None:
+        reduce(sums)  # a rank with no images left still joins
+    model.train(was_training)
+    n = max(1.0, float(sums[3]))
+    return {
+        "loss": float(sums[0]) / n,
+        "top1": percent(sums[1], n),
+        "top5": percent(sums[2], n),
+        "n": int(sums[3]),
+    }
 
 
 @torch.no_grad()
-def check_class_count(model: nn.Module, images: Images, prep: Preprocessing, device: str | torch.device = "cpu") -> int:
-    """The number of classes ``model`` predicts; :class:`MasterkeyError` if it differs from the data's."""
+def check_class_count(
+    model: nn.Module,
+    images: Images,
+    prep: Preprocessing,
+    device: str | torch.device = "cpu",
+    *,
+    how: Evaluation | None = None,
+) -> int:
+    """The number of classes ``model`` predicts, found on one image; :class:`MasterkeyError` when it differs from
+    the data's, or when the model cannot take the data's image size at all (e.g. 1x1 images). ``how``: where and
+    how the model runs (by default moved to ``device``); the model is left in the mode it was in."""
     if len(images) == 0:
         raise MasterkeyError(f"{images.root}: no images to evaluate")
+    how = replace(how or Evaluation(device=device), batch_size=1, workers=0)
     first = images.subset([0])
-    n_out = int(predict_logits(model, first, prep, batch_size=1, device=device, progress=False, workers=0).shape[1])
+    was_training = model.training
+    model.eval()
+    try:
+        ((logits, _),) = list(_logit_batches(model, first, prep, [range(0, 1)], how))
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            raise
+        x, _ = next(image_batches(first, [range(0, 1)], "cpu", workers=0))
+        size = "x".join(map(str, x.shape[-2:]))
+        raise MasterkeyError(
+            f"{images.root}: the model cannot take images of {size} pixels ({str(exc).splitlines()[0][:120]}); "
+            "evaluate it at the size it was trained on"
+        ) from None
+    finally:
+        model.train(was_training)
+    n_out = int(logits.shape[1])
     n_classes = len(images.classes)
     if n_out != n_classes:
         raise MasterkeyError(
