@@ -72,8 +72,9 @@ def test_explained_variance_matches_the_affine_fit() -> None:
 @pytest.fixture(scope="module")
 def cifar_setup(cifar_convnexts: list[Path], shared: Path):
     """A CIFAR-10 ConvNeXt and 40 held-out images of the CIFAR-10 *training* split."""
-    from masterkey.images import load_image_folder, stratified_split
-    from masterkey.networks.evaluate import CIFAR10
+    from masterkey.data.memory import load_image_folder
+    from masterkey.data.preprocessing import CIFAR10
+    from masterkey.data.selection import stratified_split
     from masterkey.networks.models import create_model
 
     model = create_model(weights=cifar_convnexts[0])
@@ -90,9 +91,9 @@ def test_accuracy_objective_scores_swapped_models_and_restores_weights(cifar_set
 
 def _check_accuracy_objective(model, images, prep) -> None:
     from masterkey.bank import open_bank
+    from masterkey.data.evaluate import evaluate
     from masterkey.discover.baselines import spherical_kmeans
     from masterkey.discover.pipeline import prepare_filters
-    from masterkey.networks.evaluate import evaluate
     from masterkey.networks.surgery import swap_depthwise
 
     filters, _, _ = prepare_filters(open_bank(None), 7)

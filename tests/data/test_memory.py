@@ -1,10 +1,8 @@
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+from masterkey.data.memory import load_image_folder
 from masterkey.errors import MasterkeyError
-from masterkey.images import load_image_folder, stratified_split
 
 
 def test_cifar_subset_decodes_and_caches(shared, tmp_path):
@@ -40,23 +38,3 @@ def test_layout_errors(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with pytest.raises(MasterkeyError, match="ROOT/CLASS/IMAGE"):
         load_image_folder(tmp_path / "empty")
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(0, 5), min_size=4, max_size=200), st.floats(0.05, 0.9), st.integers(0, 1000))
-def test_stratified_split_is_exact_disjoint_balanced_and_seeded(labels, fraction, seed):
-    labels = torch.tensor(labels)
-    n_out = round(fraction * len(labels))
-    if not 0 < n_out < len(labels):
-        with pytest.raises(MasterkeyError):
-            stratified_split(labels, fraction, seed)
-        return
-    keep, out = stratified_split(labels, fraction, seed)
-    assert len(out) == n_out and len(keep) + len(out) == len(labels)
-    assert set(keep.tolist()).isdisjoint(out.tolist())
-    for c in labels.unique():
-        total = int((labels == c).sum())
-        got = int((labels[out] == c).sum())
-        assert abs(got - total * n_out / len(labels)) < 1.0
-    again = stratified_split(labels, fraction, seed)
-    assert torch.equal(again[1], out)
