@@ -204,7 +204,7 @@ def render_text(results: SwapResults) -> str:
     lines += ["", f"accuracy ({spread}):", format_table(rows)]
     lines.append(DELTA_NOTE if info.get("calibration") else "Δtop1: percentage points against the unswapped model")
     if CROSSFIT_NOTE in str(info.get("calibration", "")):
-        lines.append(CROSSFIT_WARNING)
+        lines.append(crossfit_warning())
     if not results.per_stage.empty:
         from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
 
@@ -231,11 +231,15 @@ DELTA_NOTE = (
 )
 
 
-#: Said under the table whenever a row was recalibrated on folds of the evaluation set.
-CROSSFIT_WARNING = (
-    "crossfit rows use the evaluation distribution (the BatchNorm statistics come from the images being judged, "
-    "the unswapped model gains too): quote the --calib-data rows"
-)
+def crossfit_warning() -> str:
+    """Said under the table whenever a row was recalibrated on folds of the evaluation set."""
+    from masterkey.errors import option
+
+    training = option("images", "DIR", flag="--calib-data")
+    return (
+        "crossfit rows use the evaluation distribution (the BatchNorm statistics come from the images being judged, "
+        f"the unswapped model gains too): quote rows calibrated on training images ({training})"
+    )
 
 
 def _pm(mean: float, half: float) -> str:
