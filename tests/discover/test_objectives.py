@@ -109,7 +109,7 @@ def _check_accuracy_objective(model, images, prep) -> None:
     swapped = copy.deepcopy(model)
     swap_depthwise(swapped, KeySet("s", candidates[subset]))
     reference = evaluate(swapped, images, prep, progress=False)
-    assert score.value == pytest.approx(reference["top1"], abs=1e-6)  # evaluate() averages in float32
+    assert score.value == pytest.approx(reference["top1"] / 100, abs=1e-9)  # evaluate() gives percent
 
     # A candidate no filter uses (an exact copy of candidate 0; ties go to the lower index) cannot change the
     # swapped model, so removing it costs no evaluation and scores exactly what the full set scores.
@@ -118,6 +118,16 @@ def _check_accuracy_objective(model, images, prep) -> None:
     values = with_copy.removal_values([0, 1, 2, 3])
     assert with_copy.evaluations == 4  # the full set, then removals of 0, 1 and 2; not of the copy
     assert values[3] == full
+
+
+def test_accuracy_objective_refuses_foreign_classes_as_swap_does(cifar_setup) -> None:
+    """Four classes of images against a 10-class model: refused (the one class check of masterkey.data), not scored
+    against the model's first four outputs."""
+    model, images, prep = cifar_setup
+    four = images.subset(torch.nonzero(images.labels < 4)[:, 0])
+    four.classes = four.classes[:4]
+    with pytest.raises(MasterkeyError, match="class-count mismatch: the data has 4 classes, the model predicts 10"):
+        AccuracyObjective(model, four, prep, center_norm(torch.randn(4, 7, 7)))
 
 
 def test_accuracy_objective_refuses_a_kernel_size_the_model_lacks(cifar_setup) -> None:

@@ -218,7 +218,7 @@ def render_text(results: SwapResults) -> str:
         for row in sens:
             for col in ("top1", "top5", "drop", "top1_recal", "drop_recal"):
                 if col in row:
-                    row[col] = round(row[col], 2)
+                    row[col] = f"{row[col]:.2f}"
         title = "sensitivity (one unit swapped at a time; top-1 / top-5 in %, drop in percentage points):"
         lines += ["", title, format_table(sens)]
     return "\n".join(lines)
