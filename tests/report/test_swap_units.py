@@ -51,3 +51,11 @@ def test_swap_runs_are_written_in_percent_and_older_fraction_runs_still_read(run
         for col in ("top1", "top5", "delta_top1", "drop", "top1_ci95"):
             if col in a:
                 assert b[col].tolist() == pytest.approx(a[col].tolist(), nan_ok=True), (field, col)
+
+
+def test_differences_of_percentages_carry_no_float_noise() -> None:
+    """28.0 - 85.1 is -57.099999999999994 in floating point; swap files say -57.1 (and exact values stay exact)."""
+    from masterkey.swap.results import points
+
+    assert repr(points(28.0, 85.1)) == "-57.1"
+    assert points(82.3, 82.3) == 0.0 and points(100 / 3, 0) == round(100 / 3, 10)
