@@ -153,7 +153,7 @@ def page(m: dict[str, Any], command: str) -> str:
         f"MobileNetV2 (torchvision, ImageNet weights) on the {m['n_eval_images']:,} imagenet-samples (resize 256, "
         "crop 224), paper8 centre-cropped to 3x3 swapped into every depthwise layer, nothing fine-tuned. "
         f"Recalibration re-estimates every BatchNorm running mean / variance on {m['n_calib_images']} images. "
-        f"Top-1 / top-5 in percent, mean ± 95% CI (Student t) over {seeds} seeds (the draw of calibration images; "
+        f"Top-1 / top-5 in percent, mean ± 95% CI (Student t) over {seeds} seed(s) (the draw of calibration images; "
         "for cross-fitting also the fold assignment).",
         "",
         "| model | recalibration | top-1 % | top-5 % |",
@@ -169,6 +169,12 @@ def page(m: dict[str, Any], command: str) -> str:
             top1, top5 = pick(keys, how), pick(keys, how, "top5")
             if top1:
                 lines.append(f"| {name} | {labels[how]} | {_cell(top1)} | {_cell(top5)} |")
+    if seeds < m["seeds"]:
+        lines += [
+            "",
+            f"**Partial run: {seeds} of {m['seeds']} seeds measured** (no interval with one seed); "
+            "`python bench/bench_calibration.py --seeds 3 --resume` continues from the raw file.",
+        ]
     cache = m["eval_cache_entries"]
     size = f"{cache[0]['bytes'] / 1e6:.1f} MB ({cache[0]['shape']} uint8)" if cache else "not measured"
     lines += [
@@ -194,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", type=int, default=None, metavar="N", help="evaluate on N images only (a dry run)")
     p.add_argument("--out", type=Path, default=PAGE)
     p.add_argument("--resume", action="store_true", help="continue from the raw file of an interrupted run")
+    p.add_argument("--page-only", action="store_true", help="write the page from the raw file (seeds done so far)")
     args = p.parse_args(argv)
+    if args.page_only:
+        measurements = json.loads(raw_path(args.out).read_text())
+        write_text(args.out, f"{page(measurements, measurements['command'])}\n\n{raw_note(args.out)}\n")
+        return 0
     record = RawRecord("cpu")
     done: dict[str, Any] = {}
     if args.resume and raw_path(args.out).is_file():
