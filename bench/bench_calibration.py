@@ -172,7 +172,7 @@ def page(m: dict[str, Any], command: str) -> str:
     if seeds < m["seeds"]:
         lines += [
             "",
-            f"**Partial run: {seeds} of {m['seeds']} seeds measured** (no interval with one seed); "
+            f"**Partial run: {seeds} of {m['seeds']} seeds measured** (intervals over so few seeds are wide); "
             "`python bench/bench_calibration.py --seeds 3 --resume` continues from the raw file.",
         ]
     cache = m["eval_cache_entries"]
