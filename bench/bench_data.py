@@ -80,10 +80,10 @@ def timed_loader(loader: Any, batches: Any, warmup: int, count: int) -> tuple[fl
 def loader_bench(args: argparse.Namespace) -> dict[str, Any]:
     from timm.data import create_dataset, create_loader
 
-    from masterkey.stream import list_samples
+    from masterkey.data.augment import pillow_safe_posterize, worker_transform
+    from masterkey.data.batches import StreamBatches, TrainSamples
+    from masterkey.data.samples import list_samples
     from masterkey.train import TrainConfig
-    from masterkey.train.distributed import Distributed
-    from masterkey.train.loader import StreamBatches, TrainSamples, pillow_safe_posterize, worker_transform
 
     root = SHARED / "data" / "imagenette-128" / "train"
     size, mean, std = args.image_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -93,7 +93,7 @@ def loader_bench(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     samples = list_samples(root)
     dataset = TrainSamples(samples, None, size, "bicubic", worker_transform(config, size, mean, std), False, 0)
-    ours = StreamBatches(dataset, config, Distributed(), torch.device("cpu"), mean, std, args.workers)
+    ours = StreamBatches(dataset, config, 0, 1, torch.device("cpu"), mean, std, args.workers)
     timm_dataset = create_dataset("", root=str(root), split="train", is_training=True)
     theirs = create_loader(
         timm_dataset, input_size=(3, size, size), batch_size=args.batch_size, is_training=True, re_prob=0.25,
@@ -132,17 +132,17 @@ def loader_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def percore_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from masterkey.stream import list_samples
+    from masterkey.data.augment import worker_transform
+    from masterkey.data.batches import StreamBatches, TrainSamples
+    from masterkey.data.samples import list_samples
     from masterkey.train import TrainConfig
-    from masterkey.train.distributed import Distributed
-    from masterkey.train.loader import StreamBatches, TrainSamples, worker_transform
 
     root = SHARED / "data" / "imagenet-samples" / "val"
     config = TrainConfig.from_dict({"recipe": "imagenet", "data": str(root), "batch_size": 32})
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     transform = worker_transform(config, 224, mean, std)
     dataset = TrainSamples(list_samples(root), None, 224, "bicubic", transform, False, 0)
-    loader = StreamBatches(dataset, config, Distributed(), torch.device("cpu"), mean, std, 1)
+    loader = StreamBatches(dataset, config, 0, 1, torch.device("cpu"), mean, std, 1)
     measured = [timed_loader(loader.loader, (b.x for b in loader.epoch(r)), 2, 20) for r in range(args.rounds)]
     rates, cpu = [m[0] for m in measured], [m[1] for m in measured]
     print(

@@ -168,16 +168,16 @@ def measure_accuracy(seeds: list[int], held_out: int, candidates: int) -> list[d
     of the images read (as many again, disjoint from the choosing split) scores the accuracy too, since the first
     split chose the keys."""
     from masterkey.bank import open_bank
+    from masterkey.data.preprocessing import preprocessing_for
+    from masterkey.data.selection import load_eval_images, stratified_split
     from masterkey.discover import AccuracySetup, discover_bank, explained_variance, prepare_filters, source_weights
     from masterkey.discover.objectives import AccuracyObjective
-    from masterkey.images import stratified_split
-    from masterkey.networks.evaluate import load_eval_images, preprocessing_for
     from masterkey.networks.models import create_model
 
     root = Path(__file__).resolve().parents[2] / "shared"
     weights = root / "models" / "cifar10-convnext" / "convnext_atto_s0_e20.safetensors"
     model = create_model(None, weights=weights)
-    prep = preprocessing_for(model, dataset="cifar10")
+    prep = preprocessing_for(model, {"dataset": "cifar10"})
     images = load_eval_images(root / "data" / "cifar10" / "train", prep, max_per_class=2 * held_out // 10)
     rest, held = stratified_split(images.labels, held_out, seed=0)
     setup = AccuracySetup(model, images.subset(held), prep, 256, {"data": "cifar10/train", "held_out": held_out})

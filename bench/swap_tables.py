@@ -41,10 +41,10 @@ import pandas as pd
 import torch
 
 from masterkey.bank import open_bank
+from masterkey.data.preprocessing import preprocessing_for
+from masterkey.data.selection import calibration_images, load_eval_images
 from masterkey.files import write_json, write_text
 from masterkey.keys import KeySet
-from masterkey.networks.evaluate import load_eval_images, preprocessing_for
-from masterkey.networks.recalibrate import calibration_images
 from masterkey.swap import Calibration, SwapResults, SwapSession, load_model, markdown_summary
 from raw import RawRecord, raw_note, raw_path
 
@@ -96,7 +96,11 @@ class Checkpoint:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.state: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-        self.resumed = sorted(self.state)  # measured by an earlier run
+        if self.state and self.state.get("accuracy_unit") != "percent":
+            print(f"{path}: written before accuracies were percent; starting over", flush=True)
+            self.state = {}
+        self.state["accuracy_unit"] = "percent"
+        self.resumed = sorted(k for k in self.state if k != "accuracy_unit")  # measured by an earlier run
 
     def get(self, key: str) -> Any:
         return self.state.get(key)
@@ -135,7 +139,7 @@ def run_table(
                     row["group"] = label
             done = {"rows": new, "per_stage": per_stage, "cpu_s": round(time.process_time() - cpu, 1)}
             ck.put(key, done)
-            print(f"[{table}] {label}: " + ", ".join(f"{r['top1']:.4f}" for r in done["rows"]), flush=True)
+            print(f"[{table}] {label}: " + ", ".join(f"{r['top1']:.1f}%" for r in done["rows"]), flush=True)
         for row in done["rows"]:
             row["cpu_s"] = done["cpu_s"] / len(done["rows"])
         rows.extend(done["rows"])
@@ -172,7 +176,12 @@ def imagenet_table(args: argparse.Namespace, ck: Checkpoint, name: str) -> tuple
     eval_dir = DATA / "imagenet-samples" / "val"
     images = load_eval_images(eval_dir, prep, max_images=args.quick_images)
     n_calib = min(250, len(images) // 2)
-    crossfit = Calibration(crossfit=2, n_images=n_calib, seed=0, name=f"crossfit 2x{n_calib} (imagenet-samples)")
+    crossfit = Calibration(
+        crossfit=2,
+        n_images=n_calib,
+        seed=0,
+        name=f"crossfit 2x{n_calib} (imagenet-samples; uses the evaluation distribution)",
+    )
     session = SwapSession(model, images, prep, batch_size=100, device=args.device, progress=False)
     conditions: list[tuple[str, str, list[Calibration]]]
     if name == "mnv2":
@@ -293,7 +302,7 @@ def _top1(results: SwapResults, keys: str, calibration: str | None = None) -> fl
         rows = summary[(summary["keys"] == keys) & ~summary["recalibrated"]]
     else:
         rows = summary[(summary["keys"] == keys) & summary["calibration"].str.startswith(calibration)]
-    return 100 * float(rows["top1"].iloc[0]) if len(rows) else None
+    return float(rows["top1"].iloc[0]) if len(rows) else None
 
 
 def findings(computed: dict[str, Any]) -> list[str]:
@@ -315,7 +324,8 @@ def findings(computed: dict[str, Any]) -> list[str]:
                 recal.append(after)
         line = (
             f"- MobileNetV2 (imagenet-samples): unswapped {_top1(res, 'none'):.1f}% top-1. Swapped, no fine-tuning, "
-            "without → with cross-fitted BatchNorm recalibration: " + "; ".join(parts) + "."
+            "without → with cross-fitted BatchNorm recalibration (which uses the evaluation distribution; "
+            "recalibration on training images: bench/results/calibration.md): " + "; ".join(parts) + "."
         )
         if plain:
             gain = min(a - b for a, b in zip(recal, plain, strict=True))
@@ -449,8 +459,8 @@ def main() -> None:
                 "`masterkey.networks.models`. They were trained with TensorFlow SAME padding, BatchNorm eps 1e-3 and "
                 "inputs "
                 f"in [-1, 1]: timm `tf_efficientnet_lite0` gives the table above; timm `efficientnet_lite0` "
-                f"(symmetric padding, eps 1e-5, ImageNet mean / std) gives top-1 {100 * other['top1']:.1f}% / top-5 "
-                f"{100 * other['top5']:.1f}% on the same images — the remap is right, the implementation differs.",
+                f"(symmetric padding, eps 1e-5, ImageNet mean / std) gives top-1 {other['top1']:.1f}% / top-5 "
+                f"{other['top5']:.1f}% on the same images — the remap is right, the implementation differs.",
                 "",
                 "    masterkey swap --weights ../shared/models/efficientnet_lite0_imagenet.pth --keys paper8 "
                 "--resize-keys --data ../shared/data/imagenet-samples/val --recalibrate 250 --crossfit 2",
@@ -497,7 +507,7 @@ def main() -> None:
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in table.to_dict(orient="records"):
-            pm = lambda m, h: f"{100 * m:.1f}" if h != h else f"{100 * m:.1f} ± {100 * h:.1f}"  # noqa: E731
+            pm = lambda m, h: f"{m:.1f}" if h != h else f"{m:.1f} ± {h:.1f}"  # noqa: E731
             sections.append(
                 f"| {r['model']} | {r['keys']} | {r['n_keys']} | {r['n_seeds']} | {pm(r['top1'], r['top1_ci95'])} | "
                 f"{pm(r['top5'], r['top5_ci95'])} | {pm(r['delta_top1'], r['delta_top1_ci95'])} | "
@@ -526,7 +536,7 @@ def main() -> None:
         for r in frame.to_dict(orient="records"):
             sections.append(
                 f"| {r['name']} | {r['n_layers']} | {r['n_filters']:,} | {r['mean_cos2']:.3f} | "
-                f"{100 * r['top1']:.1f} | {100 * r['top5']:.1f} | {100 * r['drop']:.1f} |"
+                f"{r['top1']:.1f} | {r['top5']:.1f} | {r['drop']:.1f} |"
             )
         sections += [
             "",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the embedded default bank (src/masterkey/data/default_bank) from the real weights in ../shared/models.
+# Regenerate the embedded default bank (src/masterkey/assets/default_bank) from the real weights in ../shared/models.
 # Usage: bash scripts/make_default_bank.sh [SHARED_MODELS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +12,4 @@ masterkey harvest \
   "$models"/cifar10-convnext/convnext_atto_s2_e55.safetensors \
   "$models"/cifar10-convnext/convnext_femto_s0_e20.safetensors \
   "$models"/cifar10-convnext/convnextv2_atto_s0_e20.safetensors \
-  -o src/masterkey/data/default_bank --overwrite
+  -o src/masterkey/assets/default_bank --overwrite

@@ -68,7 +68,7 @@ export MASTERKEY_SHARED=$W/shared MASTERKEY_CACHE=$W/cache
 DATA=$W/shared/data/cifar10
 find "$DATA" -name '*.jpg' | wc -l
 # Decode once into the image cache, so that the first four training runs do not all decode the same JPEGs.
-$PY -c "from masterkey.train.data import load_train_data as load; d = load('$DATA'); print(d.train.images.shape)"
+$PY -c "from masterkey.data.training import load_train_data as load; d = load('$DATA'); print(d.train.images.shape)"
 
 if want fit; then
     phase "1. exact affine fit on $DEVICE"

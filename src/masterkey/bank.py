@@ -80,8 +80,8 @@ METADATA_SCHEMA = pa.schema(
 
 
 def default_bank_path() -> Path:
-    """The small real bank shipped inside the package (see ``masterkey/data/default_bank/LICENSES.md``)."""
-    return Path(str(resources.files("masterkey") / "data" / "default_bank"))
+    """The small real bank shipped inside the package (see ``masterkey/assets/DEFAULT_BANK_LICENSES.md``)."""
+    return Path(str(resources.files("masterkey") / "assets" / "default_bank"))
 
 
 def open_bank(spec: str | Path | None) -> FilterBank:

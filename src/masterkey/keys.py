@@ -1,7 +1,7 @@
 """KeySet: a named set of centred, unit-norm k x k key filters with provenance.
 
 Built-ins (see :func:`load_keys`): ``paper8`` (the published 7x7 keys, attribution in
-``masterkey/data/paper8_7x7.txt``), ``random:K[:SEED]``, ``impulse``, ``scalespace8``.
+``masterkey/assets/paper8_7x7.txt``), ``random:K[:SEED]``, ``impulse``, ``scalespace8``.
 Key sets are saved as safetensors (tensor ``keys`` [K, k, k] plus one JSON metadata entry) and read from
 safetensors or the text format of ``paper8_7x7.txt`` (``Filter N:`` then k rows of k numbers).
 """
@@ -371,7 +371,7 @@ def builtin_keysets() -> dict[str, str]:
 
 @register_keyset("paper8", "the 8 published 7x7 master keys (Babaiee et al. 2025; values CC-BY-4.0 Lindeberg)")
 def paper8(kernel_size: int | None = None, args: list[str] | None = None) -> KeyValues:
-    path = Path(str(resources.files("masterkey") / "data" / "paper8_7x7.txt"))
+    path = Path(str(resources.files("masterkey") / "assets" / "paper8_7x7.txt"))
     loaded = _load_text(path)
     labels = (
         "1 shift-down",

@@ -5,9 +5,11 @@ Every command that writes a run directory (``fit``, ``discover``, ``swap``, ``tr
 reads runs through these declarations (:mod:`masterkey.report.runs` asks for the ``columns`` of each table), every
 table is written through :func:`write_table` (which refuses a table that lost a declared column), and
 ``tests/report/test_runformats.py`` checks that what the real writers write matches them, file for file and column for
-column, so that a change to a writer cannot silently break a reader. Units: accuracies in run files are
-fractions in ``[0, 1]`` for ``swap`` and percentages for ``train`` / ``experiment`` (as timm reports them); each
-column says which. See ``docs/design.md`` for the pipeline these runs come from.
+column, so that a change to a writer cannot silently break a reader. Units: every accuracy in every run file, table,
+terminal line and report is in :data:`ACCURACY_UNIT` (as timm reports it); differences of accuracies (``delta_top1``,
+``drop``) are in percentage points. The ``percent`` of each table declares its accuracy columns. Swap runs written
+before this rule hold fractions (their ``results.json`` says so); the report converts them, with a note. See
+``docs/design.md`` for the pipeline these runs come from.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "ACCURACY_UNIT",
     "RUN_FORMATS",
     "RunFile",
     "RunFormat",
@@ -34,11 +37,15 @@ __all__ = [
     "write_table",
 ]
 
+#: The one unit of accuracies (top-1, top-5 and their CIs) in every run file, table, terminal line and report.
+ACCURACY_UNIT = "percent"
+
 
 @dataclass(frozen=True)
 class RunFile:
     """One file of a run directory: its name (a glob for families such as ``keys_k*.safetensors``), what it holds,
-    whether every run of the kind has it, and, for tables, the columns every writer writes (at least these)."""
+    whether every run of the kind has it, and, for tables, the columns every writer writes (at least these) and
+    which of them are accuracies in :data:`ACCURACY_UNIT` (``percent``; differences of them in percentage points)."""
 
     name: str
     what: str
@@ -46,6 +53,8 @@ class RunFile:
     columns: tuple[str, ...] = ()
     #: For a family of sub-directories (``runs/*``): the kind of run each one is.
     nested: str = ""
+    #: The accuracy columns (in :data:`ACCURACY_UNIT`).
+    percent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,21 +142,25 @@ RUN_FORMATS: dict[str, RunFormat] = {
             _RUN_JSON,
             RunFile(
                 "results.csv",
-                "one row per key set, seed and condition; top1 / top5 / delta_top1 as fractions in [0, 1]",
+                "one row per key set, seed and condition; top1 / top5 in percent, delta_top1 in percentage points; "
+                "calibration names its images (cross-fitted ones say they use the evaluation distribution)",
                 columns=("keys", "group", "seed", "n_keys", "recalibrated", "top1", "top5", "delta_top1", "mean_cos2"),
+                percent=("top1", "top5", "delta_top1"),
             ),
-            RunFile("results.json", "the same rows with the model's description"),
+            RunFile("results.json", "the same rows with the model's description, accuracy_unit and units"),
             RunFile(
                 "summary.csv",
-                "results pooled over seeds: mean and 95% CI half-width (fractions)",
+                "results pooled over seeds: mean and 95% CI half-width (percent)",
                 columns=("keys", "recalibrated", "n_keys", "n_seeds", "top1", "top1_ci95"),
+                percent=("top1", "top1_ci95", "top5", "top5_ci95", "delta_top1", "delta_top1_ci95"),
             ),
             RunFile("per_stage.csv", "mean cos2 of the fits per stage", required=False, columns=("stage",)),
             RunFile(
                 "sensitivity.csv",
-                "one stage or layer swapped at a time (--sensitivity); top1 and drop as fractions",
+                "one stage or layer swapped at a time (--sensitivity); top1 in percent, drop in percentage points",
                 required=False,
                 columns=("unit", "name", "keys", "top1", "drop"),
+                percent=("top1", "top5", "drop", "top1_recal", "drop_recal"),
             ),
             RunFile("summary.md", "the tables, as Markdown"),
         ),
@@ -161,6 +174,7 @@ RUN_FORMATS: dict[str, RunFormat] = {
                 "metrics.csv",
                 "one row per epoch: losses, train accuracy and test top-1 / top-5 in percent",
                 columns=("epoch", "step", "lr", "train_loss", "test_loss", "test_top1", "test_top5"),
+                percent=("train_acc", "test_top1", "test_top5", "ema_test_top1", "ema_test_top5"),
             ),
             RunFile("metrics.jsonl", "per-step and per-epoch rows as they were logged"),
             RunFile("summary.json", "the final numbers, parameter counts, depthwise statistics, warnings"),
@@ -179,6 +193,7 @@ RUN_FORMATS: dict[str, RunFormat] = {
                 "summary.csv",
                 "one row per run: arm (mode column), seed, final numbers in percent",
                 columns=("run", "mode", "seed", "test_top1", "test_top5", "test_loss", "train_loss"),
+                percent=("test_top1", "test_top5"),
             ),
             RunFile(
                 "summary.json", "metric, confidence, seeds, arms (mean ± ci95, paired differences), runs, warnings"

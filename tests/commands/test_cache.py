@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from masterkey.cli import main
-from masterkey.images import load_image_folder
+from masterkey.data.memory import load_image_folder
 
 
 def test_info_lists_what_the_decoder_cached_and_clear_removes_only_cache_entries(

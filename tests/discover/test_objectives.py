@@ -72,8 +72,9 @@ def test_explained_variance_matches_the_affine_fit() -> None:
 @pytest.fixture(scope="module")
 def cifar_setup(cifar_convnexts: list[Path], shared: Path):
     """A CIFAR-10 ConvNeXt and 40 held-out images of the CIFAR-10 *training* split."""
-    from masterkey.images import load_image_folder, stratified_split
-    from masterkey.networks.evaluate import CIFAR10
+    from masterkey.data.memory import load_image_folder
+    from masterkey.data.preprocessing import CIFAR10
+    from masterkey.data.selection import stratified_split
     from masterkey.networks.models import create_model
 
     model = create_model(weights=cifar_convnexts[0])
@@ -90,9 +91,9 @@ def test_accuracy_objective_scores_swapped_models_and_restores_weights(cifar_set
 
 def _check_accuracy_objective(model, images, prep) -> None:
     from masterkey.bank import open_bank
+    from masterkey.data.evaluate import evaluate
     from masterkey.discover.baselines import spherical_kmeans
     from masterkey.discover.pipeline import prepare_filters
-    from masterkey.networks.evaluate import evaluate
     from masterkey.networks.surgery import swap_depthwise
 
     filters, _, _ = prepare_filters(open_bank(None), 7)
@@ -108,7 +109,7 @@ def _check_accuracy_objective(model, images, prep) -> None:
     swapped = copy.deepcopy(model)
     swap_depthwise(swapped, KeySet("s", candidates[subset]))
     reference = evaluate(swapped, images, prep, progress=False)
-    assert score.value == pytest.approx(reference["top1"], abs=1e-6)  # evaluate() averages in float32
+    assert score.value == pytest.approx(reference["top1"] / 100, abs=1e-9)  # evaluate() gives percent
 
     # A candidate no filter uses (an exact copy of candidate 0; ties go to the lower index) cannot change the
     # swapped model, so removing it costs no evaluation and scores exactly what the full set scores.
@@ -117,6 +118,16 @@ def _check_accuracy_objective(model, images, prep) -> None:
     values = with_copy.removal_values([0, 1, 2, 3])
     assert with_copy.evaluations == 4  # the full set, then removals of 0, 1 and 2; not of the copy
     assert values[3] == full
+
+
+def test_accuracy_objective_refuses_foreign_classes_as_swap_does(cifar_setup) -> None:
+    """Four classes of images against a 10-class model: refused (the one class check of masterkey.data), not scored
+    against the model's first four outputs."""
+    model, images, prep = cifar_setup
+    four = images.subset(torch.nonzero(images.labels < 4)[:, 0])
+    four.classes = four.classes[:4]
+    with pytest.raises(MasterkeyError, match="class-count mismatch: the data has 4 classes, the model predicts 10"):
+        AccuracyObjective(model, four, prep, center_norm(torch.randn(4, 7, 7)))
 
 
 def test_accuracy_objective_refuses_a_kernel_size_the_model_lacks(cifar_setup) -> None:
@@ -176,7 +187,7 @@ def test_scores_of_many_key_sets_in_one_pass(small_chunks) -> None:
 
 def _tiny_setup(seed: int):
     """A tiny real network with a 3x3 depthwise layer, 6 random images of 3 classes, 5 candidate keys."""
-    from masterkey.images import ImageSet
+    from masterkey.data.memory import ImageSet
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -199,8 +210,9 @@ def test_accuracy_ties_are_broken_by_the_log_likelihood() -> None:
     not the lowest index."""
     import copy
 
+    from masterkey.data.evaluate import predict_logits
+    from masterkey.data.preprocessing import Preprocessing
     from masterkey.discover.greedy import greedy_backward
-    from masterkey.networks.evaluate import Preprocessing, predict_logits
     from masterkey.networks.surgery import swap_depthwise
 
     model, images, candidates = _tiny_setup(7)

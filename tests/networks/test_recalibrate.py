@@ -8,22 +8,16 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+from masterkey.data.evaluate import evaluate
+from masterkey.data.memory import ImageSet
+from masterkey.data.preprocessing import CIFAR10, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from masterkey.data.selection import calibration_images, load_eval_images
+from masterkey.data.stream import StreamedImages
 from masterkey.errors import MasterkeyError
-from masterkey.images import IMAGENET_MEAN, IMAGENET_STD, ImageSet
-from masterkey.networks.evaluate import CIFAR10, Preprocessing, evaluate, load_eval_images
 from masterkey.networks.models import create_model
-from masterkey.networks.recalibrate import (
-    batchnorm_layers,
-    calibration_images,
-    crossfit_folds,
-    has_batchnorm,
-    recalibrate_batchnorm,
-)
+from masterkey.networks.recalibrate import batchnorm_layers, has_batchnorm, recalibrate_batchnorm
 from masterkey.networks.surgery import swap_depthwise
-from masterkey.stream import StreamedImages
 
 SMALL = Preprocessing(146, 128, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
 
@@ -61,8 +55,8 @@ def test_first_layer_statistics_are_the_batch_statistics() -> None:
     model = timm.create_model("test_efficientnet", num_classes=4).eval()
     images = _images(16)
     recalibrate_batchnorm(model, images, SMALL, batch_size=16, progress=False)
-    x = (images.images.float() - torch.tensor(SMALL.mean).view(1, 3, 1, 1) * 255) / (
-        torch.tensor(SMALL.std).view(1, 3, 1, 1) * 255
+    x = (images.images.float() / 255 - torch.tensor(SMALL.mean).view(1, 3, 1, 1)) / torch.tensor(SMALL.std).view(
+        1, 3, 1, 1
     )
     with torch.no_grad():
         stem = model.conv_stem(x)
@@ -83,29 +77,9 @@ def test_recalibration_recovers_accuracy_after_a_swap(models_dir: Path, shared: 
     recalibrate_batchnorm(model, calibration, SMALL, batch_size=32, progress=False)
     recalibrated = evaluate(model, evaluation, SMALL, progress=False)
     # Measured: top-1 4.2% -> 14.6%, top-5 8.3% -> 41.7% (unswapped: 79.2% / 95.8%).
-    assert swapped["top1"] <= 0.1
-    assert recalibrated["top1"] >= swapped["top1"] + 0.06
-    assert recalibrated["top5"] >= swapped["top5"] + 0.2
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.integers(2, 60), st.integers(1, 7), st.integers(2, 5), st.integers(0, 99))
-def test_crossfit_folds_never_calibrate_on_the_evaluated_images(n: int, n_classes: int, folds: int, seed: int) -> None:
-    if folds > n:
-        with pytest.raises(MasterkeyError, match="n_folds="):
-            crossfit_folds(torch.arange(n) % n_classes, folds)
-        return
-    labels = torch.arange(n) % n_classes
-    pairs = crossfit_folds(labels, folds, seed=seed)
-    evaluated = torch.cat([ev for _, ev in pairs])
-    assert sorted(evaluated.tolist()) == list(range(n))
-    sizes = [len(ev) for _, ev in pairs]
-    assert max(sizes) - min(sizes) <= 1
-    for calib, ev in pairs:
-        assert not set(calib.tolist()) & set(ev.tolist())
-        assert len(calib) + len(ev) == n
-    capped = crossfit_folds(labels, folds, n_calib=1, seed=seed)
-    assert all(len(calib) == 1 for calib, _ in capped)
+    assert swapped["top1"] <= 10
+    assert recalibrated["top1"] >= swapped["top1"] + 6
+    assert recalibrated["top5"] >= swapped["top5"] + 20
 
 
 def test_bad_calibration_inputs(shared: Path, cifar_convnexts) -> None:

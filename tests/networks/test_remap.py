@@ -8,8 +8,10 @@ import pytest
 import timm
 import torch
 
+from masterkey.data.evaluate import evaluate
+from masterkey.data.preprocessing import preprocessing_for
+from masterkey.data.selection import load_eval_images
 from masterkey.errors import MasterkeyError
-from masterkey.networks.evaluate import evaluate, load_eval_images, preprocessing_for
 from masterkey.networks.models import (
     create_model,
     efficientnet_pytorch_to_timm,

@@ -201,13 +201,13 @@ def test_swap_bars_show_baseline_both_variants_and_seed_intervals() -> None:
         {
             "keys": ["none", "paper8", "paper8", "random:8"],
             "recalibrated": [False, False, True, True],
-            "top1": [0.82, 0.40, 0.60, 0.02],
-            "top1_ci95": [None, None, None, 0.01],
+            "top1": [82.0, 40.0, 60.0, 0.5],
+            "top1_ci95": [None, None, None, 0.25],
         }
     )
     ax = F.swap_bars(summary).axes[0]
     heights = [p.get_height() for p in ax.patches]
-    np.testing.assert_allclose(sorted(h for h in heights if np.isfinite(h)), [2.0, 40.0, 60.0])  # fractions → %
+    np.testing.assert_allclose(sorted(h for h in heights if np.isfinite(h)), [0.5, 40.0, 60.0])  # percent as given
     assert any("unswapped 82.0" in t for t in ax.get_legend_handles_labels()[1])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["paper8", "random:8"]
     assert ax.get_ylabel() == "top-1 accuracy (%)"
@@ -215,10 +215,11 @@ def test_swap_bars_show_baseline_both_variants_and_seed_intervals() -> None:
 
 def test_sensitivity_bars_in_percentage_points() -> None:
     sens = pd.DataFrame(
-        {"unit": "stage", "name": ["0", "1", "2"], "top1": [0.70, 0.75, 0.83], "drop": [0.12, 0.07, -0.01]}
+        {"unit": "stage", "name": ["0", "1", "2"], "top1": [70.0, 75.0, 82.5], "drop": [12.0, 0.5, -0.5]}
     )
     ax = F.sensitivity_bars(sens).axes[0]
-    np.testing.assert_allclose([p.get_width() for p in ax.patches], [12.0, 7.0, -1.0])
+    # Points as given, small ones too (a drop of 0.5 points is not a fraction to scale).
+    np.testing.assert_allclose([p.get_width() for p in ax.patches], [12.0, 0.5, -0.5])
     assert "one stage" in ax.get_title()
 
 

@@ -232,8 +232,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("train-lr-and-base-lr", [*TRAIN, "--lr", "0.1", "--base-lr", "0.1"], "--lr and --base-lr both set the learning"),
     ("explain-flat-image", ["explain", "--images", f"{H}/flat"], "grey.png is flat (no variation within 7x7"),
     # ------------------------------------------------------------------ counts
-    ("swap-workers-huge", ["swap", "--weights", M, *SWAP[1:], "--workers", "10000"], "from 0 to 256, got 10,000"),
-    ("train-workers-huge", [*TRAIN, "--workers", "5000"], "argument --workers: expected an integer from 0 to 256"),
+    ("swap-workers-huge", ["swap", "--weights", M, *SWAP[1:], "--workers", "10000"], "from 0 to 64, got 10,000"),
+    ("train-workers-huge", [*TRAIN, "--workers", "5000"], "argument --workers: expected an integer from 0 to 64"),
 ]
 
 

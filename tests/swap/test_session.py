@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from masterkey.cli import main
+from masterkey.data.preprocessing import CIFAR10, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from masterkey.data.selection import load_eval_images
 from masterkey.errors import MasterkeyError
-from masterkey.images import IMAGENET_MEAN, IMAGENET_STD
 from masterkey.keys import KeySet, load_keys, resolve_key_spec
-from masterkey.networks.evaluate import CIFAR10, Preprocessing, load_eval_images
 from masterkey.networks.models import create_model
 from masterkey.networks.surgery import filters_as_keys
 from masterkey.swap import (
@@ -97,7 +97,7 @@ def test_sweep_rows_identity_and_restore(convnext: nn.Module, cifar_images) -> N
     identity = frame.iloc[2]
     assert identity["top1"] == base["top1"] and identity["mean_cos2"] == pytest.approx(1.0, abs=1e-5)
     paper = frame.iloc[1]
-    assert paper["top1"] < base["top1"] - 0.15 and paper["n_filters"] == 1840 and paper["n_layers"] == 12
+    assert paper["top1"] < base["top1"] - 15 and paper["n_filters"] == 1840 and paper["n_layers"] == 12
     assert paper["delta_top1"] == pytest.approx(paper["top1"] - base["top1"])
     for key, value in model.state_dict().items():
         assert torch.equal(value, original[key]), key
@@ -117,7 +117,7 @@ def test_sensitivity_by_stage_and_layer(convnext: nn.Module, cifar_images) -> No
     by_stage = session.sensitivity("paper8", by="stage")
     assert by_stage["name"].tolist() == ["0", "1", "2", "3"]
     assert by_stage["n_layers"].tolist() == [2, 2, 6, 2]
-    assert (by_stage["drop"] == base - by_stage["top1"]).all()
+    assert by_stage["drop"].tolist() == pytest.approx((base - by_stage["top1"]).tolist(), abs=1e-9)
     few = SwapSession(copy.deepcopy(convnext), cifar_images.subset(range(0, 40, 8)), CIFAR10, progress=False)
     by_layer = few.sensitivity(load_keys("paper8"), by="layer")
     assert len(by_layer) == 12 and (by_layer["n_layers"] == 1).all()

@@ -16,10 +16,11 @@ import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from masterkey.data.augment import derive_seed
+from masterkey.data.batches import epoch_order, global_batch, shard_batch, shard_eval
 from masterkey.errors import MasterkeyError
 from masterkey.train import TrainConfig, train
-from masterkey.train.data import derive_seed, epoch_order, global_batch
-from masterkey.train.distributed import init_distributed, resolve_device, shard_batch, shard_eval
+from masterkey.train.distributed import init_distributed, resolve_device
 from masterkey.train.loop import build_model
 from masterkey.train.rundir import partial_dir
 

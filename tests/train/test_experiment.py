@@ -260,7 +260,7 @@ def test_experiments_trained_apart_are_collected_into_one(tiny: TrainConfig, tmp
 def test_a_sweep_trains_every_arm_at_every_size_on_nested_balanced_subsets(
     tiny: TrainConfig, tmp_path: Path, capsys
 ) -> None:
-    from masterkey.train.data import load_train_data
+    from masterkey.data.training import load_train_data
 
     base = {k: v for k, v in tiny.to_dict().items() if k not in ("seed", "max_train_images")}
     arms = [Arm("trainable", {"mode": "trainable"}), Arm("frozen", {"mode": "frozen", "keys": "paper8"})]

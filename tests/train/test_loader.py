@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 import torch
 
+from masterkey.data.augment import worker_transform
+from masterkey.data.batches import StepBatchSampler, TrainSamples
+from masterkey.data.samples import list_samples, write_tar_shards
 from masterkey.errors import MasterkeyError
-from masterkey.stream import list_samples, write_tar_shards
 from masterkey.train import TrainConfig, train
-from masterkey.train.loader import StepBatchSampler, TrainSamples, worker_transform
 from masterkey.train.rundir import partial_dir
 
 TINY_IN = {"dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "patch_size": 2}
@@ -124,16 +125,15 @@ def test_tar_shards_train_in_either_data_path_and_evaluate_like_the_folder(two_s
     a, b = weights(stream.model), weights(memory.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
     # The sharded test split evaluates like the folder it was written from.
+    from masterkey.data.evaluate import evaluate
     from masterkey.train.distributed import Distributed
-    from masterkey.train.epoch import evaluate
     from masterkey.train.loader import open_train_inputs
 
     cpu = torch.device("cpu")
     sharded = open_train_inputs(config.replace(data_mode="stream"), Distributed(), cpu)
     folder = open_train_inputs(config.replace(data=str(two_splits), data_mode="stream"), Distributed(), cpu)
-    mean, std = torch.tensor(sharded.mean), torch.tensor(sharded.std)
-    on_shards = evaluate(stream.model, sharded.test, mean, std, 5, workers=0)
-    on_folder = evaluate(stream.model, folder.test, mean, std, 5, workers=0)
+    on_shards = evaluate(stream.model, sharded.test, sharded.preprocessing, 5, workers=0)
+    on_folder = evaluate(stream.model, folder.test, folder.preprocessing, 5, workers=0)
     assert on_shards["top1"] == on_folder["top1"] and on_shards["loss"] == pytest.approx(on_folder["loss"], rel=1e-6)
 
 
@@ -202,7 +202,7 @@ def test_randaugment_posterize_survives_its_top_magnitude() -> None:
     from PIL import Image, ImageOps
     from timm.data import auto_augment
 
-    from masterkey.train.loader import _posterize
+    from masterkey.data.augment import _posterize
 
     config = TrainConfig.from_dict({"recipe": "imagenet", "data": "x", "image_size": 32})
     transform = worker_transform(config, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -237,8 +237,7 @@ def test_a_worker_image_is_timms_own_with_the_same_seed(imagenette: Path) -> Non
     timm's ImageDataset + create_transform gives (the recipe's RandomResizedCrop, RandAugment, random erasing)."""
     from timm.data import create_dataset, create_transform
 
-    from masterkey.train.data import derive_seed
-    from masterkey.train.loader import pillow_safe_posterize, seeded
+    from masterkey.data.augment import derive_seed, pillow_safe_posterize, seeded
 
     root = imagenette / "val"
     config = TrainConfig.from_dict({"recipe": "imagenet", "data": "x", "image_size": 64, "re_prob": 1.0})

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from masterkey.data.augment import derive_seed
 from masterkey.errors import MasterkeyError
 from masterkey.train import TrainConfig
-from masterkey.train.data import derive_seed
 from masterkey.train.model import build_model, fcmae_to_dense
 from masterkey.train.state import rng_state, set_rng_state
 

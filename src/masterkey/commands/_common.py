@@ -23,7 +23,7 @@ MAX_KEYS = 10_000  # keys in a key set (also masterkey.keys.MAX_KEYS)
 MAX_KERNEL_SIZE = 63  # kernel sizes (also masterkey.keys.MAX_KERNEL_SIZE)
 MAX_CHUNK = 1 << 24  # filters per matrix product
 MAX_STEPS = 100_000_000  # optimisation steps
-MAX_WORKERS = 256  # DataLoader processes (each holds a copy of the loader's state)
+MAX_WORKERS = 64  # DataLoader processes (also masterkey.data.decode.MAX_WORKERS)
 
 
 def int_arg(low: int, high: int) -> Callable[[str], int]:
@@ -81,6 +81,7 @@ BATCH = int_arg(1, MAX_BATCH)
 IMAGES = int_arg(1, MAX_IMAGES)
 SEEDS = int_arg(1, MAX_SEEDS)
 KERNEL_SIZE = int_arg(2, MAX_KERNEL_SIZE)
+WORKERS = int_arg(0, MAX_WORKERS)
 
 
 def device_arg(text: str) -> str:
@@ -216,7 +217,7 @@ def add_data_mode_arguments(p: Any, workers: bool = True) -> None:
     if workers:
         p.add_argument(
             "--workers",
-            type=int_arg(0, MAX_WORKERS),
+            type=WORKERS,
             metavar="N",
-            help=f"DataLoader processes when streaming, 0 to {MAX_WORKERS} (default: CPUs)",
+            help=f"DataLoader processes when streaming, 0 to {MAX_WORKERS} (default: the CPUs, at most 8)",
         )

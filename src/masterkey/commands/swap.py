@@ -21,8 +21,7 @@ from masterkey.commands._common import (
     progress_enabled,
     resolved_device,
 )
-from masterkey.errors import MasterkeyError
-from masterkey.tables import format_table
+from masterkey.errors import MasterkeyError, option
 
 NAME = "swap"
 ORDER = 6
@@ -31,12 +30,15 @@ DESCRIPTION = """Replace every depthwise filter of a pretrained network by its b
 set, with no fine-tuning, and report top-1 / top-5 before and after, the mean cos² (explained fraction of each
 centred filter) overall and per stage: the paper's Table 1, for any DS-CNN. Several --keys give a sweep;
 'random:K' with --seeds N runs N random key sets and reports mean ± 95% CI. BatchNorm networks (MobileNet,
-EfficientNet) can re-estimate their running statistics after each swap, on N training images (--recalibrate N
---calib-data DIR) or cross-fitted on the evaluation set (--recalibrate N --crossfit K: each of K folds is classified
-after recalibrating on N images of the others); every key set is then reported with and without it, and the
-unswapped model recalibrated shows what the calibration images alone do (images unlike the evaluation set, e.g.
-upscaled 128 px Imagenette for ImageNet, hurt). --sensitivity swaps one stage or layer at a time and reports each
-one's accuracy drop.
+EfficientNet) can re-estimate their running statistics after each swap on N training images (--recalibrate N
+--calib-data DIR: the default to quote, it never sees the evaluation set) or cross-fitted on the evaluation set
+(--recalibrate N --crossfit K: each of K folds is classified after recalibrating on N images of the others; no image
+calibrates the model that classifies it, but the statistics come from the evaluation distribution, and every row
+says so); every key set is then reported with and without it, and the unswapped model recalibrated shows what the
+calibration images alone do (images unlike the evaluation set, e.g. upscaled 128 px Imagenette for ImageNet, hurt).
+--sensitivity swaps one stage or layer at a time and reports each one's accuracy drop. Accuracies are in percent,
+differences in percentage points. A model trained by masterkey train is evaluated with the image size and
+normalisation its weights record.
 
 KEYS: a built-in (paper8, random:K[:SEED], impulse, scalespace8), a key file (.safetensors / text), a discover run
 directory (its keys, per kernel size) or DIR:METHOD (its baseline_keys/METHOD.safetensors, e.g. DIR:kmeans).
@@ -47,7 +49,7 @@ examples:
       --keys paper8 --keys random:8 --seeds 3 --data ../shared/data/cifar10/test
   masterkey swap --model torchvision:mobilenet_v2 --weights ../shared/models/mobilenet_v2_imagenet.pth \\
       --keys paper8 --resize-keys --data ../shared/data/imagenet-samples/val \\
-      --recalibrate 250 --crossfit 2 -o runs/swap-mnv2
+      --recalibrate 250 --calib-data ../shared/data/imagenette-128/train -o runs/swap-mnv2
   masterkey swap --weights ../shared/models/efficientnet_lite0_imagenet.pth --keys paper8 --resize-keys \\
       --data ../shared/data/imagenet-samples/val --sensitivity stage --json
   masterkey swap --weights W.safetensors --keys runs/discover --keys runs/discover:kmeans --data DIR
@@ -75,13 +77,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-images", type=IMAGES, metavar="N", help="evaluate on N images (class-stratified random subset)"
     )
     p.add_argument("--recalibrate", type=IMAGES, metavar="N", help="re-estimate BatchNorm statistics on N images")
-    p.add_argument("--calib-data", metavar="PATH", help="training ImageFolder for --recalibrate (not the eval set)")
+    p.add_argument(
+        "--calib-data",
+        metavar="PATH",
+        help="training images for --recalibrate (ImageFolder or tar shards; not the eval set)",
+    )
     p.add_argument(
         "--crossfit",
         type=int_arg(2, 100),
         metavar="K",
         help="instead of --calib-data: K folds of the eval set, each classified after recalibrating on N images of "
-        "the other folds (no image calibrates the model that classifies it)",
+        "the other folds (no image calibrates the model that classifies it, but it uses the evaluation distribution)",
     )
     p.add_argument("--calib-seed", type=SEED, default=0, help="seed choosing the calibration images")
     p.add_argument("--sensitivity", choices=["stage", "layer"], help="swap one stage / layer at a time (first KEYS)")
@@ -99,9 +105,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from masterkey.data.preprocessing import preprocessing_named
+    from masterkey.data.selection import calibration_images, load_eval_images
     from masterkey.files import check_output
-    from masterkey.networks.evaluate import load_eval_images, preprocessing_for, preprocessing_named
-    from masterkey.networks.recalibrate import calibration_images, has_batchnorm
+    from masterkey.networks.recalibrate import has_batchnorm
     from masterkey.swap import Calibration, SwapSession, check_keys, expand_seeds, load_model, write_swap_run
 
     if args.recalibrate is not None and not (args.calib_data or args.crossfit):
@@ -117,10 +124,7 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.out, "swap", overwrite=args.overwrite, inputs=inputs)
     kwargs = parse_kwargs(args.model_kwargs)
     model, name, metadata = load_model(args.model, args.weights, pretrained=args.pretrained, **kwargs)
-    if args.preprocessing == "auto":
-        prep = preprocessing_for(model, metadata.get("dataset"))
-    else:
-        prep = preprocessing_named(args.preprocessing, model)
+    prep = preprocessing_named(args.preprocessing, model, metadata)
     if args.recalibrate is not None and not has_batchnorm(model):
         raise MasterkeyError(
             f"--recalibrate: {name} has no BatchNorm layer (LayerNorm networks such as ConvNeXt keep no running "
@@ -130,10 +134,17 @@ def run(args: argparse.Namespace) -> int:
     check_keys(model, specs, args.layers, args.resize_keys)
     if args.sensitivity:
         check_keys(model, specs[:1], None, args.resize_keys)
-    data = {"data_mode": args.data_mode, "memory_budget": args.memory_budget}
+    data = {"data_mode": args.data_mode, "memory_budget": args.memory_budget, "workers": args.workers}
     progress = progress_enabled(args)
+    hint = f"give {option('preprocessing', 'imagenet')} (or another that crops) to make them one size"
     images = load_eval_images(
-        args.data, prep, max_per_class=args.max_per_class, max_images=args.max_images, progress=progress, **data
+        args.data,
+        prep,
+        max_per_class=args.max_per_class,
+        max_images=args.max_images,
+        progress=progress,
+        size_hint=hint,
+        **data,
     )
     calibration = None
     if args.recalibrate is not None and args.calib_data:
@@ -173,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(results.to_dict())
     else:
-        print(render_text(results))
+        print(results.to_text())
     note_written(args.out)
     return 0
 
@@ -183,60 +194,3 @@ def _config(args: argparse.Namespace, name: str, prep: Any) -> dict[str, Any]:
     config["model"] = name
     config["resolved_preprocessing"] = prep.to_dict()
     return config
-
-
-def render_text(results: Any) -> str:
-    """Plain-text tables: accuracy per key set (and condition), seeds pooled; per-stage cos²; sensitivity."""
-    info = results.info
-    lines = [
-        f"swap into {info['model']} ({info['n_depthwise_layers']} depthwise layers)",
-        f"data {info['data']}: {info['n_images']:,} images, {info['n_classes']} classes",
-    ]
-    if info.get("calibration"):
-        lines.append(f"recalibration: {info['calibration']}")
-    summary = results.summary()
-    rows = []
-    for r in summary.to_dict(orient="records"):
-        rows.append(
-            {
-                "keys": r["keys"],
-                "n_keys": str(r["n_keys"]),
-                "recal": "yes" if r["recalibrated"] else "no",
-                "seeds": r["n_seeds"],
-                "top1 %": _pm(r["top1"], r["top1_ci95"]),
-                "top5 %": _pm(r["top5"], r["top5_ci95"]),
-                "Δtop1 pts": _pm(r["delta_top1"], r["delta_top1_ci95"]),
-                "mean_cos2": r["mean_cos2"],
-            }
-        )
-    seeded = bool(len(summary)) and bool((summary["n_seeds"] > 1).any())
-    spread = "mean ± 95% CI over seeds" if seeded else "one seed per key set, no CI"
-    lines += ["", f"accuracy ({spread}):", format_table(rows)]
-    lines.append(DELTA_NOTE if info.get("calibration") else "Δtop1: percentage points against the unswapped model")
-    if not results.per_stage.empty:
-        from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
-
-        cols = ["keys", "stage", "n_layers", "n_filters", "kernel_sizes", "mean_cos2"]
-        stages = [{**r, "stage": stage_name(r["stage"])} for r in results.per_stage.to_dict(orient="records")]
-        lines += ["", "mean cos² per stage:", format_table(stages, cols)]
-        if any(r["stage"] == "unknown" for r in stages):
-            lines.append(UNKNOWN_STAGE_NOTE)
-    if results.sensitivity is not None:
-        sens = results.sensitivity.to_dict(orient="records")
-        for row in sens:
-            for col in ("top1", "top5", "drop", "top1_recal", "drop_recal"):
-                if col in row:
-                    row[col] = round(100 * row[col], 2)
-        lines += ["", "sensitivity (one unit swapped at a time; top-1, top-5, drop in %):", format_table(sens)]
-    return "\n".join(lines)
-
-
-#: What ``delta_top1`` of a recalibrated row is measured against (a choice: the model the user started from).
-DELTA_NOTE = (
-    "Δtop1: percentage points against the unswapped model as loaded (not recalibrated), in every row, recalibrated "
-    "ones too; the recalibrated unswapped row shows what recalibration alone does"
-)
-
-
-def _pm(mean: float, half: float) -> str:
-    return f"{100 * mean:.2f}" if half != half else f"{100 * mean:.2f} ± {100 * half:.2f}"

@@ -392,6 +392,9 @@ class AccuracyObjective:
                 f"accuracy objective: the model has no {k}x{k} depthwise layers (its kernel sizes: {sizes or 'none'})"
             )
         self.skipped_layers = [dw.name for dw in convs if dw.name not in set(self.layers)]
+        from masterkey.data.evaluate import check_class_count
+
+        check_class_count(model, images, prep, device=self.device)  # the one class check, as swap makes it
         self.model.to(self.device)
         self.original = copy.deepcopy(self.model.state_dict())
         layer_set = set(self.layers)
@@ -409,17 +412,12 @@ class AccuracyObjective:
         self.model.load_state_dict(self.original)
 
     def _evaluate(self) -> Score:
-        from masterkey.networks.evaluate import predict_logits
+        from masterkey.data.evaluate import predict_logits
 
         logits = predict_logits(
             self.model, self.images, self.prep, batch_size=self.batch_size, device=self.device, progress=False
         )
         labels = self.images.labels
-        if logits.shape[1] <= int(labels.max()):
-            raise MasterkeyError(
-                f"accuracy objective: the data have {int(labels.max()) + 1} classes, the model predicts "
-                f"{logits.shape[1]}"
-            )
         top1 = float((logits.argmax(dim=1) == labels).double().mean())
         loglik = float(-nn.functional.cross_entropy(logits, labels))
         self.evaluations += 1

@@ -394,8 +394,8 @@ class AccuracySetup:
     """What the accuracy objective needs: a model, a held-out split of its *training* data, its preprocessing."""
 
     model: torch.nn.Module
-    images: Any  #: :class:`masterkey.images.ImageSet`, the held-out split
-    prep: Any  #: :class:`masterkey.networks.evaluate.Preprocessing`
+    images: Any  #: :class:`masterkey.data.memory.ImageSet`, the held-out split
+    prep: Any  #: :class:`masterkey.data.preprocessing.Preprocessing`
     batch_size: int = 256
     description: dict[str, Any] = field(default_factory=dict)  #: model / weights / data / split, for provenance
 

@@ -57,7 +57,7 @@ class AccuracyInputs:
     max_per_class: int | None = None  #: read only the first N images of each class
     split_seed: int = 0  #: seed of the stratified held-out split
     batch_size: int = 256
-    data_mode: str = "auto"  #: "memory", "stream" or "auto" (see ``masterkey.images``)
+    data_mode: str = "auto"  #: "memory", "stream" or "auto" (see :mod:`masterkey.data`)
     memory_budget: str | None = None
 
     def __post_init__(self) -> None:
@@ -70,18 +70,21 @@ class AccuracyInputs:
     def setup(self) -> Any:
         """The :class:`masterkey.discover.AccuracySetup`: the model, and the held-out split of its training images
         (the one place discovery loads images)."""
+        from masterkey.data.evaluate import check_class_count
+        from masterkey.data.memory import ImageSet
+        from masterkey.data.preprocessing import preprocessing_for
+        from masterkey.data.selection import load_eval_images, stratified_split
         from masterkey.discover.pipeline import AccuracySetup
-        from masterkey.images import ImageSet, stratified_split
-        from masterkey.networks.evaluate import load_eval_images, preprocessing_for
         from masterkey.networks.models import create_model, read_state_dict
 
         model = create_model(self.model, weights=self.weights)
         metadata = read_state_dict(self.weights)[1] if str(self.weights).endswith(".safetensors") else {}
-        prep = preprocessing_for(model, dataset=metadata.get("dataset"))
+        prep = preprocessing_for(model, metadata)
         images = load_eval_images(
             Path(self.data), prep, max_per_class=self.max_per_class, data_mode=self.data_mode,
             memory_budget=self.memory_budget,
         )  # fmt: skip
+        check_class_count(model, images, prep)  # the check swap makes: foreign classes are refused, not scored
         _, held = stratified_split(images.labels, self.held_out, seed=self.split_seed)
         description = {
             "model": self.model or metadata.get("arch"),

@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from masterkey.data.decode import IMAGE_SUFFIXES, check_regular_file, is_image_name, open_rgb
 from masterkey.errors import MasterkeyError
-from masterkey.images import IMAGE_SUFFIXES
 from masterkey.keys import KeySet, load_keys
 from masterkey.progress import progress_bar
 from masterkey.stats import mean_ci95
@@ -97,7 +97,7 @@ def load_gray_images(source: str | Path | Sequence[str] | None = None, max_image
         names: Sequence[str] = BUILTIN_IMAGES
     elif isinstance(source, (str, Path)) and Path(source).is_dir():
         return _folder_images(Path(source), max_images)
-    elif isinstance(source, (str, Path)) and Path(source).is_file():
+    elif isinstance(source, (str, Path)) and Path(source).exists():
         return {Path(source).name: _read_image(Path(source))}
     elif isinstance(source, str):
         names = [n.strip() for n in source.split(",") if n.strip()]
@@ -111,17 +111,15 @@ def load_gray_images(source: str | Path | Sequence[str] | None = None, max_image
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return _to_gray(np.asarray(image.convert("RGB")))
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise MasterkeyError(f"{path}: cannot decode image ({str(exc).splitlines()[0][:120]})") from None
+    """One image file as grayscale (decoded by :func:`masterkey.data.decode.open_rgb`: regular files only, PIL's
+    decompression-bomb limit as a clean error)."""
+    return _to_gray(np.asarray(open_rgb(path)))
 
 
 def _folder_images(root: Path, max_images: int) -> dict[str, np.ndarray]:
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in root.rglob("*") if is_image_name(p) and not p.is_dir())
+    for f in files:
+        check_regular_file(f)
     if not files:
         raise MasterkeyError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     if len(files) > max_images:

@@ -6,24 +6,22 @@ images (no labels, no gradients, no weight change) removes that mismatch. LayerN
 with per-image statistics and need nothing of the kind.
 
 The estimate is the cumulative average over batches (``momentum=None``) of the per-batch statistics, with only
-the BatchNorm layers in training mode (dropout and the rest stay in eval mode).
+the BatchNorm layers in training mode (dropout and the rest stay in eval mode). Which images calibrate is chosen in
+:mod:`masterkey.data.selection` (training images, or cross-fitted folds of the evaluation set).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from masterkey.errors import MasterkeyError, option
-from masterkey.images import stratified_split
-from masterkey.networks.evaluate import Preprocessing, load_eval_images
+from masterkey.data.preprocessing import Preprocessing, normalization_tensors, normalize_images
+from masterkey.data.stream import Images, image_batches
+from masterkey.errors import MasterkeyError
 from masterkey.progress import progress_bar
-from masterkey.stream import Images, image_batches, list_samples
 
 
 @dataclass(frozen=True)
@@ -49,39 +47,6 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._
 def has_batchnorm(model: nn.Module) -> bool:
     """True when ``model`` has BatchNorm layers with running statistics to re-estimate."""
     return bool(batchnorm_layers(model))
-
-
-def calibration_images(
-    root: str | Path,
-    prep: Preprocessing,
-    n_images: int,
-    seed: int = 0,
-    exclude: str | Path | None = None,
-    data_mode: str = "memory",
-    memory_budget: str | int | None = None,
-    progress: bool = False,
-) -> Images:
-    """``n_images`` images of the ImageFolder ``root`` (same number per class as far as possible), with the
-    evaluation geometry of ``prep``, in memory or streamed (``data_mode``, see
-    :func:`~masterkey.networks.evaluate.load_eval_images`). ``exclude`` names the evaluation folder, which must not
-    be used for calibration too."""
-    if n_images < 1:
-        raise MasterkeyError(
-            f"{option('n_images', n_images, flag='--recalibrate')}: the number of calibration images must be at least 1"
-        )
-    if exclude is not None and Path(root).resolve() == Path(exclude).resolve():
-        raise MasterkeyError(
-            f"{root}: the calibration images are the evaluation images; calibrate on training data (give "
-            f"{option('root', 'DIR', flag='--calib-data')})"
-        )
-    per_class = math.ceil(n_images / len(list_samples(root).classes))
-    images = load_eval_images(
-        root, prep, max_per_class=per_class, data_mode=data_mode, memory_budget=memory_budget, progress=progress
-    )
-    if len(images) > n_images:
-        _, keep = stratified_split(images.labels, held_out=n_images, seed=seed)
-        images = images.subset(keep)
-    return images
 
 
 @torch.no_grad()
@@ -112,8 +77,7 @@ def recalibrate_batchnorm(
     device = torch.device(device)
     model.eval().to(device, memory_format=torch.channels_last)
     momenta = [bn.momentum for _, bn in bns]
-    mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
+    mean, std = normalization_tensors(prep, device)
     # A last batch of one image cannot give a variance: fold it into the previous batch.
     starts = list(range(0, len(images), batch_size))
     if len(starts) > 1 and len(images) - starts[-1] < 2:
@@ -126,7 +90,7 @@ def recalibrate_batchnorm(
             bn.train()
         bar = progress_bar(total=len(batches), desc=desc, unit="batch", enabled=progress)
         for x, _ in image_batches(images, batches, device, workers=workers):
-            model(((x.float() - mean) / std).contiguous(memory_format=torch.channels_last))
+            model(normalize_images(x, mean, std).contiguous(memory_format=torch.channels_last))
             bar.update()
         bar.close()
     finally:
@@ -134,39 +98,3 @@ def recalibrate_batchnorm(
             bn.momentum = momentum
         model.eval()
     return RecalibrationReport(len(images), len(bns), batch_size, time.perf_counter() - start, str(images.root))
-
-
-def crossfit_folds(
-    labels: torch.Tensor, n_folds: int, n_calib: int | None = None, seed: int = 0
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(calibration, evaluation)`` index pairs for cross-fitted recalibration on one labelled set.
-
-    The images are dealt into ``n_folds`` folds, class by class (so every fold has about the same classes, even
-    with one image per class); fold ``f`` is evaluated after recalibrating on ``n_calib`` images (all, by default)
-    of the other folds. No image is ever used to calibrate the model that classifies it.
-    """
-    labels = torch.as_tensor(labels)
-    n = len(labels)
-    if n_folds < 2 or n_folds > n:
-        raise MasterkeyError(
-            f"{option('n_folds', n_folds, flag='--crossfit')}: need 2 <= folds <= the number of images ({n})"
-        )
-    gen = torch.Generator().manual_seed(seed)
-    fold = torch.empty(n, dtype=torch.long)
-    offset = 0
-    classes = torch.unique(labels)
-    for c in classes[torch.randperm(len(classes), generator=gen)].tolist():
-        idx = torch.nonzero(labels == c)[:, 0]
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        # Continuing the round-robin across classes keeps folds equal in size when classes are small.
-        fold[idx] = (torch.arange(len(idx)) + offset) % n_folds
-        offset += len(idx)
-    pairs = []
-    for f in range(n_folds):
-        evaluation = torch.nonzero(fold == f)[:, 0]
-        calibration = torch.nonzero(fold != f)[:, 0]
-        if n_calib is not None and n_calib < len(calibration):
-            pick = torch.randperm(len(calibration), generator=gen)[:n_calib]
-            calibration = torch.sort(calibration[pick]).values
-        pairs.append((calibration, evaluation))
-    return pairs

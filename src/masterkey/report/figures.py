@@ -715,11 +715,10 @@ def mean_bars(table: pd.DataFrame, value: str, error: str | None, label: str, ti
 @_styled
 def swap_bars(results: pd.DataFrame, title: str | None = None) -> Figure:
     """Top-1 accuracy per key set after swapping, with / without re-estimated normalisation statistics (error bars:
-    ``top1_ci95`` where given); the unswapped model (keys == "none") is the dashed line."""
+    ``top1_ci95`` where given, all in percent); the unswapped model (keys == "none") is the dashed line."""
     import pandas as pd
 
     frame = results.copy()
-    scale = 100.0 if np.nanmax(frame["top1"].to_numpy(dtype=float)) <= 1.0 else 1.0
     baseline = frame[frame["keys"].astype(str) == "none"]
     rows = frame[frame["keys"].astype(str) != "none"]
     recal = rows["recalibrated"].astype(bool) if "recalibrated" in rows else pd.Series(False, index=rows.index)
@@ -731,8 +730,8 @@ def swap_bars(results: pd.DataFrame, title: str | None = None) -> Figure:
     width = 0.8 / max(1, len(present))
     for j, (flag, name, color) in enumerate(present):
         part = rows[recal == flag].groupby(rows["keys"].astype(str))
-        top1 = part["top1"].mean().reindex(names).to_numpy(dtype=float) * scale
-        err = part["top1_ci95"].mean().reindex(names).to_numpy(dtype=float) * scale if "top1_ci95" in rows else None
+        top1 = part["top1"].mean().reindex(names).to_numpy(dtype=float)
+        err = part["top1_ci95"].mean().reindex(names).to_numpy(dtype=float) if "top1_ci95" in rows else None
         offset = (j - (len(present) - 1) / 2) * width
         bars = ax.bar(x + offset, top1, width, yerr=err, capsize=3, label=name, color=color, alpha=0.85)
         above = top1 + (np.nan_to_num(err) if err is not None else 0.0)
@@ -740,7 +739,7 @@ def swap_bars(results: pd.DataFrame, title: str | None = None) -> Figure:
             if np.isfinite(v):
                 ax.text(bar.get_x() + bar.get_width() / 2, y + 1.0, f"{v:.1f}", ha="center", fontsize=7)
     if len(baseline):
-        top1 = float(baseline["top1"].iloc[0]) * scale
+        top1 = float(baseline["top1"].iloc[0])
         ax.axhline(top1, color="black", ls="--", lw=1, label=f"unswapped {top1:.1f}")
     ax.set_xticks(x)
     ax.set_xticklabels([_wrap(n, 16) for n in names], fontsize=8)
@@ -755,14 +754,12 @@ def swap_bars(results: pd.DataFrame, title: str | None = None) -> Figure:
 
 @_styled
 def sensitivity_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
-    """Accuracy drop when only one layer (or stage) is swapped, in network order."""
+    """Accuracy drop (percentage points) when only one layer (or stage) is swapped, in network order."""
     where = next(c for c in ("layer", "stage", "name") if c in table)
     unit = str(table["unit"].iloc[0]) if "unit" in table and len(table) else where
     fig, ax = _subplots(figsize=(8, 0.9 + 0.26 * len(table)))
     y = np.arange(len(table))
     drops = table["drop"].to_numpy(dtype=float)
-    if np.nanmax(np.abs(drops)) <= 1.0 and "top1" in table and table["top1"].max() <= 1.0:
-        drops = drops * 100  # fractions → percentage points
     ax.barh(y, drops, color=["tab:red" if d > 0 else "tab:green" for d in drops], alpha=0.8)
     ax.set_yticks(y)
     ax.set_yticklabels(table[where].astype(str), fontsize=7 if len(table) > 12 else 9)

@@ -21,7 +21,7 @@ from masterkey.errors import MasterkeyError
 from masterkey.jsonio import loads
 from masterkey.keys import KeySet
 from masterkey.reading import read_json, read_text, regular_file
-from masterkey.runformats import run_format
+from masterkey.runformats import ACCURACY_UNIT, run_format
 from masterkey.runs import RUN_INFO, read_run_info
 
 KINDS = ("fit", "discover", "swap", "train", "experiment", "explain")
@@ -290,13 +290,41 @@ def load_swap(run: Run) -> SwapRun:
     if sensitivity is not None and not {"layer", "stage", "name"} & set(sensitivity.columns):
         run.notes.append("sensitivity.csv names no layer, stage or name column; skipped")
         sensitivity = None
+    summary = run.read_csv("summary.csv", SWAP.columns("summary.csv"), optional=True)
+    if _swap_fractions(run):
+        results = _to_percent(results, "results.csv")
+        summary = _to_percent(summary, "summary.csv")
+        sensitivity = _to_percent(sensitivity, "sensitivity.csv")
+        run.notes.append("an older swap run: its accuracies were stored as fractions, shown here in percent")
     return SwapRun(
         run,
         results,
-        run.read_csv("summary.csv", SWAP.columns("summary.csv"), optional=True),
+        summary,
         run.read_csv("per_stage.csv", SWAP.columns("per_stage.csv"), optional=True),
         sensitivity,
     )
+
+
+def _swap_fractions(run: Run) -> bool:
+    """Whether a swap run holds fractions (written before accuracies were stored in percent): its results.json
+    names another unit than :data:`~masterkey.runformats.ACCURACY_UNIT`."""
+    path = run.path / "results.json"
+    if not path.is_file():
+        return False
+    data = run.read_json("results.json", optional=True)
+    unit = data.get("accuracy_unit") if isinstance(data, dict) else None
+    return isinstance(unit, str) and unit != ACCURACY_UNIT
+
+
+def _to_percent(table: pd.DataFrame | None, name: str) -> pd.DataFrame | None:
+    """``table`` with its declared accuracy columns (:attr:`~masterkey.runformats.RunFile.percent`) times 100."""
+    if table is None:
+        return None
+    table = table.copy()
+    for col in SWAP.file(name).percent:
+        if col in table:
+            table[col] = pd.to_numeric(table[col], errors="coerce") * 100
+    return table
 
 
 def load_train(run: Run) -> TrainRun:

@@ -118,7 +118,8 @@ def percent_digits(table: pd.DataFrame) -> dict[str, int]:
 
 def percent_columns(table: pd.DataFrame, fractions: bool, extra: Sequence[str] = ()) -> pd.DataFrame:
     """Accuracy columns (:func:`is_accuracy`, their ``_ci95`` and the ``extra`` columns) named with a ``%``;
-    with ``fractions`` (swap and discover runs write top-1 as 0.823, trainers as 82.3) scaled by 100 first."""
+    with ``fractions`` (discover's accuracy objective writes top-1 as 0.823; swap and train runs write percent, and
+    the reader converts older swap runs) scaled by 100 first."""
     names = [c for c in table.columns if is_accuracy(str(c)) or c in extra]
     names += [c for c in table.columns if c.endswith("_ci95") and c.removesuffix("_ci95") in names]
     if not names:
@@ -441,17 +442,17 @@ def swap_section(swap: SwapRun, index: int, options: ReportOptions) -> Section:
             "statistics re-estimated after the swap; error bars: 95% CI over key-set seeds where given.",
         )
     if swap.summary is not None and len(swap.summary):
-        summary = percent_columns(swap.summary, True)
+        summary = percent_columns(swap.summary, False)
         section.table("Summary (seeded key sets pooled: mean and 95% CI)", summary, digits=percent_digits(summary))
     if swap.results is not None and len(swap.results):
-        results = percent_columns(swap.results, True)
+        results = percent_columns(swap.results, False)
         section.table("Results per key set", results, digits=percent_digits(results), collapsed=len(results) > 12)
     if swap.per_stage is not None and len(swap.per_stage):
         section.table("Per stage", swap.per_stage)
     if swap.sensitivity is not None and len(swap.sensitivity):
         png = F.figure_png(F.sensitivity_bars(swap.sensitivity))
         section.figure("sensitivity", "Sensitivity", png)
-        sensitivity = percent_columns(swap.sensitivity, True)
+        sensitivity = percent_columns(swap.sensitivity, False)
         section.table("Sensitivity", sensitivity, digits=percent_digits(sensitivity), collapsed=len(sensitivity) > 12)
     return section
 

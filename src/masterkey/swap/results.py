@@ -1,5 +1,6 @@
-"""What a swap measured: :class:`SwapResults` (one row per key set and condition), its summary over seeds and its
-Markdown tables."""
+"""What a swap measured: :class:`SwapResults` (one row per key set and condition), its summary over seeds, its
+terminal and Markdown tables. Accuracies are in percent (:data:`masterkey.runformats.ACCURACY_UNIT`), their
+differences in percentage points (:func:`points`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 
 import pandas as pd
 
+from masterkey.data.selection import CROSSFIT_NOTE
+from masterkey.runformats import ACCURACY_UNIT
 from masterkey.stats import ci95
+from masterkey.tables import format_table
 
 BASELINE = "none"
 RESULT_COLUMNS = (
@@ -30,11 +34,20 @@ RESULT_COLUMNS = (
 )
 
 
-#: How accuracies are stored in JSON / CSV (the terminal and Markdown show percent).
-ACCURACY_UNIT = (
-    "top1, top5, delta_top1, drop and their ci95 are fractions (0.823 = 82.3%); delta_top1 is against the "
-    "unswapped model as loaded (not recalibrated)"
-)
+#: What the accuracy columns hold, written into ``results.json`` (``units``) beside the declared unit.
+UNITS = {
+    "top1": ACCURACY_UNIT,
+    "top5": ACCURACY_UNIT,
+    "delta_top1": "percentage points, against the unswapped model as loaded (not recalibrated)",
+    "drop": "percentage points: unswapped top-1 minus top-1",
+    "ci95": "half-width of the 95% Student-t interval over seeds, in the unit of its column",
+}
+
+
+def points(a: float, b: float) -> float:
+    """``a - b`` in percentage points, rounded to 10 decimals (no float noise such as -57.099999999999994 for
+    28.0 - 85.1; far below the resolution of any test set)."""
+    return round(a - b, 10)
 
 
 @dataclass
@@ -73,6 +86,7 @@ class SwapResults:
         """Everything as plain JSON-ready data (NaN, e.g. the seed of a non-random key set, becomes None)."""
         out: dict[str, Any] = {
             "accuracy_unit": ACCURACY_UNIT,
+            "units": UNITS,
             "info": self.info,
             "results": _records(self.frame()),
             "summary": _records(self.summary()),
@@ -81,6 +95,10 @@ class SwapResults:
         if self.sensitivity is not None:
             out["sensitivity"] = _records(self.sensitivity)
         return out
+
+    def to_text(self) -> str:
+        """The plain-text tables the terminal shows (:func:`render_text`)."""
+        return render_text(self)
 
     def to_markdown(self) -> str:
         """The summary, per-stage and sensitivity tables as Markdown."""
@@ -93,11 +111,18 @@ class SwapResults:
         ]
         if info.get("calibration"):
             lines.append(f"- recalibration: {info['calibration']}")
+        lines.append(f"- accuracies in {ACCURACY_UNIT}; Δ top-1 and drops in percentage points")
         lines += ["", "## Accuracy", "", markdown_summary(self.summary()), ""]
         if not self.per_stage.empty:
             lines += ["## Mean cos² per stage", "", _markdown(self.per_stage), ""]
         if self.sensitivity is not None:
-            lines += ["## Sensitivity (one unit swapped at a time)", "", _markdown(self.sensitivity), ""]
+            sensitivity = _markdown(self.sensitivity, digits=ACCURACY_DIGITS)
+            lines += [
+                "## Sensitivity (one unit swapped at a time; top-1 / top-5 in %, drop in points)",
+                "",
+                sensitivity,
+                "",
+            ]
         return "\n".join(lines)
 
 
@@ -114,15 +139,22 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _markdown(frame: pd.DataFrame) -> str:
+#: Decimals of the accuracy columns (percent, points) in text tables.
+ACCURACY_DIGITS = {"top1": 2, "top5": 2, "drop": 2, "top1_recal": 2, "drop_recal": 2}
+
+
+def _markdown(frame: pd.DataFrame, digits: dict[str, int] | None = None) -> str:
     cols = list(frame.columns)
+    digits = digits or {}
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v, digits.get(c, 4)) for c, v in zip(cols, row, strict=True)) + " |")
     return "\n".join(lines)
 
 
 def _pct(mean: float, half: float) -> str:
-    return f"{100 * mean:.1f}" if half != half else f"{100 * mean:.1f} ± {100 * half:.1f}"
+    """A percent value (or points) with its 95% CI half-width, one decimal."""
+    return f"{mean:.1f}" if half != half else f"{mean:.1f} ± {half:.1f}"
 
 
 def markdown_summary(summary: pd.DataFrame) -> str:
@@ -141,3 +173,74 @@ def markdown_summary(summary: pd.DataFrame) -> str:
             f"{_pct(r['delta_top1'], r['delta_top1_ci95'])} | {r['mean_cos2']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def render_text(results: SwapResults) -> str:
+    """Plain-text tables: accuracy per key set (and condition), seeds pooled; per-stage cos²; sensitivity."""
+    info = results.info
+    lines = [
+        f"swap into {info['model']} ({info['n_depthwise_layers']} depthwise layers)",
+        f"data {info['data']}: {info['n_images']:,} images, {info['n_classes']} classes",
+    ]
+    if info.get("calibration"):
+        lines.append(f"recalibration: {info['calibration']}")
+    summary = results.summary()
+    rows = []
+    for r in summary.to_dict(orient="records"):
+        rows.append(
+            {
+                "keys": r["keys"],
+                "n_keys": str(r["n_keys"]),
+                "recal": "yes" if r["recalibrated"] else "no",
+                "seeds": r["n_seeds"],
+                "top1 %": _pm(r["top1"], r["top1_ci95"]),
+                "top5 %": _pm(r["top5"], r["top5_ci95"]),
+                "Δtop1 pts": _pm(r["delta_top1"], r["delta_top1_ci95"]),
+                "mean_cos2": r["mean_cos2"],
+            }
+        )
+    seeded = bool(len(summary)) and bool((summary["n_seeds"] > 1).any())
+    spread = "mean ± 95% CI over seeds" if seeded else "one seed per key set, no CI"
+    lines += ["", f"accuracy ({spread}):", format_table(rows)]
+    lines.append(DELTA_NOTE if info.get("calibration") else "Δtop1: percentage points against the unswapped model")
+    if CROSSFIT_NOTE in str(info.get("calibration", "")):
+        lines.append(crossfit_warning())
+    if not results.per_stage.empty:
+        from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
+
+        cols = ["keys", "stage", "n_layers", "n_filters", "kernel_sizes", "mean_cos2"]
+        stages = [{**r, "stage": stage_name(r["stage"])} for r in results.per_stage.to_dict(orient="records")]
+        lines += ["", "mean cos² per stage:", format_table(stages, cols)]
+        if any(r["stage"] == "unknown" for r in stages):
+            lines.append(UNKNOWN_STAGE_NOTE)
+    if results.sensitivity is not None:
+        sens = results.sensitivity.to_dict(orient="records")
+        for row in sens:
+            for col in ("top1", "top5", "drop", "top1_recal", "drop_recal"):
+                if col in row:
+                    row[col] = f"{row[col]:.2f}"
+        title = "sensitivity (one unit swapped at a time; top-1 / top-5 in %, drop in percentage points):"
+        lines += ["", title, format_table(sens)]
+    return "\n".join(lines)
+
+
+#: What ``delta_top1`` of a recalibrated row is measured against (a choice: the model the user started from).
+DELTA_NOTE = (
+    "Δtop1: percentage points against the unswapped model as loaded (not recalibrated), in every row, recalibrated "
+    "ones too; the recalibrated unswapped row shows what recalibration alone does"
+)
+
+
+def crossfit_warning() -> str:
+    """Said under the table whenever a row was recalibrated on folds of the evaluation set."""
+    from masterkey.errors import option
+
+    training = option("images", "DIR", flag="--calib-data")
+    return (
+        "crossfit rows use the evaluation distribution (the BatchNorm statistics come from the images being judged, "
+        f"the unswapped model gains too): quote rows calibrated on training images ({training})"
+    )
+
+
+def _pm(mean: float, half: float) -> str:
+    return f"{mean:.2f}" if half != half else f"{mean:.2f} ± {half:.2f}"

@@ -23,22 +23,17 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from masterkey.data.evaluate import accuracy, check_class_count, evaluate, predict_logits
+from masterkey.data.memory import ImageSet
+from masterkey.data.preprocessing import Preprocessing, preprocessing_for
+from masterkey.data.selection import CROSSFIT_NOTE, crossfit_folds
+from masterkey.data.stream import Images, StreamedImages
 from masterkey.errors import MasterkeyError, option
-from masterkey.images import ImageSet
 from masterkey.keys import KeySet, resolve_key_spec
-from masterkey.networks.evaluate import (
-    Preprocessing,
-    accuracy,
-    check_class_count,
-    evaluate,
-    predict_logits,
-    preprocessing_for,
-)
-from masterkey.networks.recalibrate import crossfit_folds, has_batchnorm, recalibrate_batchnorm
+from masterkey.networks.recalibrate import has_batchnorm, recalibrate_batchnorm
 from masterkey.networks.surgery import LayerSelector, SwapReport, depthwise_layers, swap_depthwise
 from masterkey.progress import progress_bar
-from masterkey.stream import Images, StreamedImages
-from masterkey.swap.results import BASELINE, SwapResults
+from masterkey.swap.results import BASELINE, SwapResults, points
 
 # ---------------------------------------------------------------------- key specs
 
@@ -86,10 +81,11 @@ def check_keys(
 
 @dataclass(frozen=True)
 class Calibration:
-    """Where recalibration images come from: separate ``images`` (training data, never the evaluation set), or
-    ``crossfit`` K folds of the evaluation images themselves, each fold classified after recalibrating on
-    ``n_images`` images (all, by default) of the other folds, so no image calibrates the model that classifies
-    it. ``name`` labels the result rows."""
+    """Where recalibration images come from: separate ``images`` (training data, never the evaluation set: the
+    documented default), or ``crossfit`` K folds of the evaluation images themselves, each fold classified after
+    recalibrating on ``n_images`` images (all, by default) of the other folds, so no image calibrates the model that
+    classifies it — but the statistics come from the distribution being evaluated (transductive), which every label
+    of such a row says (:data:`~masterkey.data.selection.CROSSFIT_NOTE`). ``name`` labels the result rows."""
 
     images: Images | None = None
     crossfit: int = 0
@@ -103,24 +99,29 @@ class Calibration:
         if self.images is None and self.crossfit < 2:
             raise MasterkeyError(f"crossfit {self.crossfit}: cross-fitting needs at least 2 folds")
 
+    @property
+    def transductive(self) -> bool:
+        """Whether the calibration statistics come from the evaluation images (cross-fitting)."""
+        return self.images is None
+
     def label(self, eval_root: str) -> str:
-        if self.name:
-            return self.name
+        """The row label: ``name`` (or a description), with "uses the evaluation distribution" for cross-fitting."""
         if self.images is not None:
-            return f"{len(self.images)} images of {self.images.root}"
+            return self.name or f"{len(self.images)} images of {self.images.root}"
         n = self.n_images if self.n_images is not None else "all"
-        return f"crossfit {self.crossfit} folds of {eval_root} ({n} images of the other folds each)"
+        text = self.name or f"crossfit {self.crossfit} folds of {eval_root} ({n} images of the other folds each)"
+        return text if CROSSFIT_NOTE in text else f"{text}; {CROSSFIT_NOTE}"
 
 
 class SwapSession:
     """Swap experiments on one model: evaluate, swap, recalibrate, restore.
 
     ``images`` are the evaluation images (decoded with ``prep``'s geometry, see
-    :func:`masterkey.networks.evaluate.load_eval_images`), held in memory or streamed by ``workers`` DataLoader
-    processes (:class:`~masterkey.stream.StreamedImages`: the same numbers). ``calibration`` (BatchNorm networks
+    :func:`masterkey.data.selection.load_eval_images`), held in memory or streamed by ``workers`` DataLoader
+    processes (:class:`~masterkey.data.stream.StreamedImages`: the same numbers). ``calibration`` (BatchNorm networks
     only) is an :class:`ImageSet` (or streamed images) of training images, a :class:`Calibration`, or several; with
     ``recalibrate`` every result gets one recalibrated row per calibration. The model's original state is kept and
-    restored before every key set, so a session can run any number of them.
+    restored before every key set, so a session can run any number of them. Accuracies are in percent.
     """
 
     def __init__(
@@ -289,7 +290,7 @@ class SwapSession:
             "calibration": calibration.label(self.images.root) if calibration is not None else "",
             "top1": acc["top1"],
             "top5": acc["top5"],
-            "delta_top1": acc["top1"] - base["top1"],
+            "delta_top1": points(acc["top1"], base["top1"]),
             "n_images": int(acc["n"]),
             "calib_images": self._calib_count(calibration) if calibration is not None else 0,
             "seconds": round(time.perf_counter() - start, 2),
@@ -351,8 +352,8 @@ class SwapSession:
     ) -> pd.DataFrame:
         """Swap one stage (``by="stage"``) or one layer (``by="layer"``) at a time; the accuracy drop of each.
 
-        Columns: unit, name, keys, n_layers, n_filters, mean_cos2, top1, top5, drop (baseline top-1 minus
-        top-1) and, with ``recalibrate``, top1_recal / drop_recal.
+        Columns: unit, name, keys, n_layers, n_filters, mean_cos2, top1, top5 (percent), drop (baseline top-1
+        minus top-1, in percentage points) and, with ``recalibrate``, top1_recal / drop_recal.
         """
         if by not in ("stage", "layer"):
             raise MasterkeyError(f"{option('by', repr(by), flag='--sensitivity')}: expected 'stage' or 'layer'")
@@ -376,11 +377,11 @@ class SwapSession:
                 "mean_cos2": report.mean_cos2,
                 "top1": new[0]["top1"],
                 "top5": new[0]["top5"],
-                "drop": base["top1"] - new[0]["top1"],
+                "drop": points(base["top1"], new[0]["top1"]),
             }
             if recalibrate:
                 row["top1_recal"] = new[1]["top1"]
-                row["drop_recal"] = base["top1"] - new[1]["top1"]
+                row["drop_recal"] = points(base["top1"], new[1]["top1"])
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -408,8 +409,8 @@ def load_model(
 ) -> tuple[nn.Module, str, dict[str, str]]:
     """A model for swapping: by name, or — with ``name`` omitted — named by the weights' safetensors metadata
     (``arch``) or recognised from the state_dict (:func:`~masterkey.networks.models.guess_model_name`). Returns the
-    model,
-    the name used, and the weights' metadata (``dataset`` there picks the preprocessing)."""
+    model, the name used, and the weights' metadata (its ``preprocessing`` or ``dataset`` pick the preprocessing:
+    :func:`~masterkey.data.preprocessing.preprocessing_for`)."""
     from masterkey.networks.models import create_model, guess_model_name, read_state_dict
 
     metadata: dict[str, str] = {}

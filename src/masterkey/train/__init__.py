@@ -8,9 +8,10 @@
 - :mod:`masterkey.train.optim` — AdamW with ConvNeXt-V2's layer-wise lr decay, warm-up + cosine, the loss.
 - :mod:`masterkey.train.loop` — :func:`train`, top to bottom: data, state, epochs, checkpoints, summary.
 - :mod:`masterkey.train.loader` — the data path: in memory or streamed by DataLoader workers (auto by size).
-- :mod:`masterkey.train.data` — cached decoded images, on-device augmentation, (seed, epoch)-derived order.
+- :mod:`masterkey.data` — the images themselves: cached decoded images, on-device augmentation, (seed, epoch)-derived
+  order, the evaluation after each epoch.
 - :mod:`masterkey.train.state` — model, AdamW, warm-up + cosine, EMA, RNG states, checkpoints.
-- :mod:`masterkey.train.epoch` — one epoch of steps and the evaluation after it.
+- :mod:`masterkey.train.epoch` — one epoch of steps (the evaluation after it: :func:`masterkey.data.evaluate.evaluate`).
 - :mod:`masterkey.train.rundir` — ``OUT.partial`` / ``OUT``, metrics files, exports.
 - :mod:`masterkey.train.distributed` — torchrun / DDP on one node or many (nccl on GPUs, gloo on CPUs).
 - :mod:`masterkey.train.experiment` — experiments: arms x seeds (x training-set sizes), read from files;

@@ -89,7 +89,7 @@ class TrainConfig:
     channels_last: bool | None = _runtime(None)  # None: on CUDA only
     compile: bool = _runtime(False)
     threads: int | None = _runtime(None)  # CPU threads of torch (None: torch's default)
-    data_mode: str = _runtime("auto")  # auto | memory | stream (see masterkey.stream.choose_data_mode)
+    data_mode: str = _runtime("auto")  # auto | memory | stream (see masterkey.data.stream.choose_data_mode)
     memory_budget: str | None = _runtime(None)  # e.g. 16G; None: $MASTERKEY_MEMORY_BUDGET or half the free RAM
     workers: int | None = _runtime(None)  # DataLoader processes per rank when streaming (None: CPUs / ranks, <= 8)
     checkpoint_every: int | None = _runtime(None)  # also checkpoint every N steps (mid-epoch); None: each epoch
@@ -269,18 +269,25 @@ class TrainConfig:
             raise bad("re_prob", "a probability in [0, 1]")
         if self.auto_augment is not None and not (isinstance(self.auto_augment, str) and self.auto_augment):
             raise bad("auto_augment", "a timm policy name such as rand-m9-mstd0.5-inc1, or none")
+        if self.auto_augment:
+            from masterkey.data.augment import check_auto_augment
+
+            check_auto_augment(self.auto_augment)
         if self.data_mode not in ("auto", "memory", "stream"):
             raise bad("data_mode", "auto | memory | stream")
-        for name in ("workers",):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise bad(name, "an integer >= 0 or none")
+        from masterkey.data.decode import MAX_WORKERS
+
+        value = self.workers
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value > MAX_WORKERS):
+            raise bad("workers", f"an integer from 0 to {MAX_WORKERS}, or none")
+        if value is not None and value < 0:
+            raise bad("workers", f"an integer from 0 to {MAX_WORKERS}, or none")
         if self.checkpoint_every is not None and (
             not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1
         ):
             raise bad("checkpoint_every", "a positive number of steps or none")
         if self.memory_budget is not None:
-            from masterkey.stream import parse_size
+            from masterkey.data.stream import parse_size
 
             parse_size(self.memory_budget)
         if self.dataset and not isinstance(self.dataset, str):

@@ -6,8 +6,8 @@ one node or many.
 ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :func:`init_distributed` reads them, maps the process to ``cuda:LOCAL_RANK`` and joins the process group (nccl on
 GPUs, gloo on CPUs). Without them everything runs in one process. The global batch is split into contiguous,
-disjoint per-rank slices (:func:`shard_batch`); rank 0 alone logs and writes files, and hands what it reads
-(checkpoints) to the other ranks, so only rank 0's node needs to see the run directory.
+disjoint per-rank slices (:func:`masterkey.data.batches.shard_batch`); rank 0 alone logs and writes files, and hands
+what it reads (checkpoints) to the other ranks, so only rank 0's node needs to see the run directory.
 """
 
 from __future__ import annotations
@@ -145,24 +145,6 @@ def run_on_main(info: Distributed, fn: Callable[[], Any]) -> Any:
     if error is not None:
         raise MasterkeyError(error)
     return result
-
-
-def shard_batch(global_batch: Tensor, rank: int, world_size: int) -> Tensor:
-    """This rank's contiguous slice of a global batch of indices; the slices are disjoint and cover the batch.
-
-    The global batch size must be a multiple of ``world_size`` so that every rank does the same work.
-    """
-    n = len(global_batch)
-    if n % world_size:
-        raise MasterkeyError(f"batch size {n} is not a multiple of the {world_size} processes; choose another")
-    per = n // world_size
-    return global_batch[rank * per : (rank + 1) * per]
-
-
-def shard_eval(n: int, rank: int, world_size: int) -> Tensor:
-    """Indices ``rank, rank + world_size, ...`` of ``n`` evaluation items: disjoint, covering, no padding
-    (sums are all-reduced, so uneven shards are exact)."""
-    return torch.arange(rank, max(n, rank), world_size)
 
 
 def gather_objects(obj: Any, info: Distributed) -> list[Any]:

@@ -1,4 +1,4 @@
-"""One epoch of training (:func:`train_epoch`) and the evaluation after it (:func:`evaluate`).
+"""One epoch of training (:func:`train_epoch`); the evaluation after it is :func:`masterkey.data.evaluate.evaluate`.
 
 Each step: this rank's share of the global batch (in memory or streamed, already normalised and augmented) →
 mixup / cutmix → forward under autocast → loss → backward → optimiser, schedule and EMA step → metrics. Random
@@ -15,14 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from masterkey.data.augment import derive_seed, mix_batch, soft_targets
+from masterkey.data.batches import MAX_SKIPPED_FRACTION
 from masterkey.errors import MasterkeyError
-from masterkey.stream import Images, image_batches
-from masterkey.train import data as D
 from masterkey.train.config import TrainConfig
-from masterkey.train.distributed import Distributed, all_reduce_sum, gather_objects, shard_eval
+from masterkey.train.distributed import Distributed, all_reduce_sum, gather_objects
 from masterkey.train.optim import loss_fn, peak_lr
 from masterkey.train.state import TrainState, set_rng_state
 
@@ -38,13 +37,13 @@ def _epoch_start(state: TrainState, config: TrainConfig, info: Distributed, epoc
     partial, state.partial = state.partial, None
     if state.epoch_step == 0 or partial is None:
         # The global RNG (drop-path, dropout) restarts from (seed, epoch, rank) every epoch: exact replay.
-        torch.manual_seed(D.derive_seed(config.seed, epoch, info.rank, "torch"))
+        torch.manual_seed(derive_seed(config.seed, epoch, info.rank, "torch"))
         partial = {"sums": torch.zeros(3, dtype=torch.float64), "window": torch.zeros(2, dtype=torch.float64)}
         partial.update(wait=0.0, seconds=0.0, skipped=0, rng=None)
     elif partial.get("rng") is not None:
         set_rng_state(partial["rng"])
     else:
-        torch.manual_seed(D.derive_seed(config.seed, epoch, state.epoch_step, info.rank, "torch"))
+        torch.manual_seed(derive_seed(config.seed, epoch, state.epoch_step, info.rank, "torch"))
     return {
         "sums": partial["sums"].to(device),  # loss, correct, count
         "window": partial["window"].to(device),  # loss, count since the last step row
@@ -142,9 +141,9 @@ def _accumulate(
     for i, (xs, ys) in enumerate(pieces):
         targets: Tensor = ys
         if config.mixup > 0 or config.cutmix > 0:
-            targets = D.soft_targets(ys, n_classes, config.label_smoothing)
+            targets = soft_targets(ys, n_classes, config.label_smoothing)
             index = step * config.update_freq + i
-            xs, targets = D.mix_batch(xs, targets, config.mixup, config.cutmix, config.seed, epoch, index, info.rank)
+            xs, targets = mix_batch(xs, targets, config.mixup, config.cutmix, config.seed, epoch, index, info.rank)
         # Under DDP the gradients are all-reduced once per step, with the last micro-batch.
         last = i == len(pieces) - 1
         with contextlib.nullcontext() if last or not hasattr(state.net, "no_sync") else state.net.no_sync():
@@ -178,8 +177,6 @@ def _log_step(state: TrainState, run: dict, info: Distributed, epoch: int, lr: f
 def _note_skipped(errors: list[str], run: dict, state: TrainState, rank_images: int, epoch: int) -> None:
     """Count unreadable training images, warn about each, and stop when this rank's share of an epoch
     (``rank_images``) loses more than 1% of them."""
-    from masterkey.train.loader import MAX_SKIPPED_FRACTION
-
     run["skipped"] += len(errors)
     state.skipped_images += len(errors)
     for error in errors:
@@ -228,43 +225,3 @@ def running_share(run: dict, info: Distributed) -> dict[str, Any]:
         "skipped": run["skipped"],
         "rng": rng_state(),
     }
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    images: Images,
-    mean: Tensor,
-    std: Tensor,
-    batch_size: int,
-    info: Distributed | None = None,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    workers: int | None = None,
-) -> dict[str, float]:
-    """Loss (plain cross-entropy), top-1 and top-5 accuracy (percent) of ``model`` on uint8 ``images`` (in memory
-    or streamed: the same numbers).
-
-    Under DDP each rank evaluates a disjoint shard and the sums are all-reduced, so the numbers are exact.
-    """
-    info = info or Distributed()
-    was_training = model.training
-    model.eval()
-    device = mean.device
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
-    index = shard_eval(len(images), info.rank, info.world_size)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for images_u8, y in image_batches(images, index.split(batch_size), device, workers=workers):
-        x = D.normalize_images(images_u8, mean, std).contiguous(memory_format=fmt)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            logits = model(x)
-        logits = logits.float()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-        sums[1] += (top[:, 0] == y).sum()
-        sums[2] += (top == y[:, None]).any(dim=1).sum()
-        sums[3] += len(y)
-    all_reduce_sum(sums, info)  # a rank with no test images left still joins
-    model.train(was_training)
-    n = max(1.0, float(sums[3]))
-    return {"loss": float(sums[0]) / n, "top1": 100 * float(sums[1]) / n, "top5": 100 * float(sums[2]) / n}

@@ -251,8 +251,8 @@ def check_train_sizes(experiment: Experiment) -> None:
     set as well."""
     if not experiment.train_sizes:
         return
-    from masterkey.images import list_image_folder
-    from masterkey.train.data import find_splits
+    from masterkey.data.decode import list_image_folder
+    from masterkey.data.training import find_splits
 
     for arm in experiment.arms:
         config = experiment.config(arm, experiment.seeds[0])

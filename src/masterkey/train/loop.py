@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from masterkey.data.evaluate import check_class_count
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import atomic_write, write_lock
 from masterkey.keys import load_keys
@@ -44,6 +45,7 @@ from masterkey.runs import write_run_info
 from masterkey.train.config import TrainConfig, config_differences
 from masterkey.train.distributed import (
     Distributed,
+    all_reduce_sum,
     barrier,
     broadcast_object,
     gather_objects,
@@ -51,7 +53,7 @@ from masterkey.train.distributed import (
     run_on_main,
     shutdown,
 )
-from masterkey.train.epoch import BatchCallback, StepCallback, evaluate, running_share, train_epoch
+from masterkey.train.epoch import BatchCallback, StepCallback, running_share, train_epoch
 from masterkey.train.loader import TrainInputs, open_train_inputs
 from masterkey.train.model import build_model
 from masterkey.train.optim import schedule_steps
@@ -89,7 +91,6 @@ __all__ = [
     "StepCallback",
     "TrainResult",
     "build_model",
-    "evaluate",
     "lr_factor",
     "partial_dir",
     "publish",
@@ -179,6 +180,9 @@ def _train(
                 log.warning(f"warning: {line}")
         ckpt = _read_checkpoint(out, plan, config, info, steps) if plan in (RESUME, EXTEND) else None
         state = build_state(config, steps, info, device, ckpt, build_model)
+        # One test image through the model before any work: images it cannot take (1x1) fail here, in one line.
+        how = _evaluation(state, config, inputs, device)
+        check_class_count(state.model, inputs.test, inputs.preprocessing, how=how)
 
         keyset = load_keys(config.keys) if config.mode not in ("trainable", *TRANSFER_MODES) else None
         resolved = config.to_dict()
@@ -188,7 +192,6 @@ def _train(
             recipe = recipe_for(config.recipe, config.model).provenance() if config.recipe else None
             write_run_info(run_dir, "train", resolved, recipe=recipe, warnings=notes)
         writer = _tensorboard(config, run_dir, info)
-        mean, std = torch.tensor(inputs.mean, device=device), torch.tensor(inputs.std, device=device)
 
         def save(running: dict[str, Any] | None = None) -> None:
             """Checkpoint (every rank takes part: mid-epoch, each rank's sums and RNG state are gathered)."""
@@ -209,7 +212,7 @@ def _train(
             )  # fmt: skip
             bar.close()
             eval_start = time.perf_counter()
-            row.update(_evaluate_models(state, inputs, mean, std, config, info))
+            row.update(_evaluate_models(state, inputs, config, info, device))
             row["seconds"] = row.pop("train_seconds") + time.perf_counter() - eval_start
             row.update(depthwise_epoch_stats(state.model))  # learned σ / mixing weights (span, scalespace modes)
             state.epoch_rows.append(row)
@@ -223,7 +226,7 @@ def _train(
         summary["warnings"] = notes
         if run_dir is not None and info.is_main:
             assert out is not None
-            write_final(run_dir, state.model, state.ema, config, summary)
+            write_final(run_dir, state.model, state.ema, config, summary, inputs.preprocessing)
             publish(run_dir, out)
         barrier(info)
         return TrainResult(summary, state.model, state.ema.module if state.ema is not None else None, out)
@@ -255,7 +258,7 @@ def _resolve(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
             f"{n_classes} classes"
         )
     if config.normalize == "auto":
-        from masterkey.images import CIFAR10_MEAN
+        from masterkey.data.preprocessing import CIFAR10_MEAN
 
         normalize = "cifar10" if inputs.mean == CIFAR10_MEAN else "imagenet"
     else:
@@ -305,20 +308,41 @@ def _check_epochs(ckpt: dict[str, Any], config: TrainConfig, out: Path, plan: st
         )
 
 
+def _evaluation(state: TrainState, config: TrainConfig, inputs: TrainInputs, device: torch.device) -> Any:
+    """How the training model is evaluated: where it is, in its memory format and autocast."""
+    from masterkey.data.evaluate import Evaluation
+
+    return Evaluation(
+        batch_size=config.eval_batch_size,
+        device=device,
+        workers=inputs.workers,
+        amp_dtype=state.amp_dtype,
+        memory_format=torch.channels_last if state.channels_last else torch.contiguous_format,
+        place_model=False,
+    )
+
+
 def _evaluate_models(
-    state: TrainState, inputs: TrainInputs, mean: torch.Tensor, std: torch.Tensor, config: TrainConfig, info: Any
+    state: TrainState, inputs: TrainInputs, config: TrainConfig, info: Distributed, device: torch.device
 ) -> dict[str, float]:
-    """``test_*`` metrics of the model and ``ema_test_*`` of its EMA, on the test images (in memory or streamed)."""
+    """``test_loss`` / ``test_top1`` / ``test_top5`` (percent) of the model and ``ema_test_*`` of its EMA (with
+    ``config.ema_eval``), on the test images (in memory or streamed; under DDP each rank evaluates a shard and the
+    sums are all-reduced)."""
+    from masterkey.data.batches import shard_eval
+    from masterkey.data.evaluate import evaluate
+
+    how = _evaluation(state, config, inputs, device)
+    index = shard_eval(len(inputs.test), info.rank, info.world_size)
     models = [("test", state.model)]
     if state.ema is not None and config.ema_eval:
         models.append(("ema_test", state.ema.module))
     out = {}
     for prefix, model in models:
         metrics = evaluate(
-            model, inputs.test, mean, std, config.eval_batch_size, info, state.amp_dtype, state.channels_last,
-            inputs.workers,
+            model, inputs.test, inputs.preprocessing, how=how, index=index,
+            reduce=lambda sums: all_reduce_sum(sums, info), check_classes=False,
         )  # fmt: skip
-        out.update({f"{prefix}_{k}": v for k, v in metrics.items()})
+        out.update({f"{prefix}_{k}": metrics[k] for k in ("loss", "top1", "top5")})
     return out
 
 

@@ -174,9 +174,18 @@ def write_metrics(run_dir: Path, epoch_rows: list[dict[str, Any]], step_rows: li
     write_text(run_dir / "metrics.jsonl", "".join(dumps_line(r) + "\n" for r in merged))
 
 
-def write_final(run_dir: Path, model: nn.Module, ema: Any, config: TrainConfig, summary: dict[str, Any]) -> None:
+def write_final(
+    run_dir: Path,
+    model: nn.Module,
+    ema: Any,
+    config: TrainConfig,
+    summary: dict[str, Any],
+    preprocessing: Any = None,
+) -> None:
     """``model.safetensors`` (and ``model_ema.safetensors``): plain timm state dicts with the keys materialised and
-    metadata naming the architecture; ``summary.json``."""
+    metadata naming the architecture and the test images' ``preprocessing`` (a
+    :class:`~masterkey.data.preprocessing.Preprocessing`: image size, mean / std), which swap and discover use to
+    evaluate the model as it was trained; ``summary.json``."""
     meta = {
         "arch": config.model.partition(":")[2] or config.model,
         "model_kwargs": dumps(config.model_kwargs, indent=None, sort_keys=True),
@@ -190,6 +199,10 @@ def write_final(run_dir: Path, model: nn.Module, ema: Any, config: TrainConfig, 
     for name in ("num_classes", "patch_size", "in_chans"):
         if name in config.model_kwargs:
             meta[name] = str(config.model_kwargs[name])
+    if preprocessing is not None:
+        from masterkey.data.preprocessing import METADATA_KEY
+
+        meta[METADATA_KEY] = dumps(preprocessing.to_dict(), indent=None)
     for name, net in (("model", model), ("model_ema", ema.module if ema is not None else None)):
         if net is None:
             continue

@@ -9,13 +9,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from masterkey.data.training import find_splits
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import check_output, write_lock
 from masterkey.keys import load_keys
 from masterkey.networks.keyconv import TRANSFER_MODES
 from masterkey.runs import read_run_info, write_run_info
 from masterkey.train.config import TrainConfig, config_differences
-from masterkey.train.data import find_splits
 from masterkey.train.distributed import barrier, init_distributed, run_on_main, shutdown
 from masterkey.train.experiment import Experiment, check_train_sizes
 from masterkey.train.loop import StepCallback, build_model, partial_dir, publish, train

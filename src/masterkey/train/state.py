@@ -114,7 +114,7 @@ def build_state(
 ) -> TrainState:
     """The model (seeded from ``(seed, 'init')``), optimiser, schedule and EMA of ``config``, restored from
     ``ckpt`` when given (this rank's share of a mid-epoch checkpoint included)."""
-    from masterkey.train.data import derive_seed
+    from masterkey.data.augment import derive_seed
 
     torch.manual_seed(derive_seed(config.seed, "init"))
     model, converted = build_model(config)

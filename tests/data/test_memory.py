@@ -2,12 +2,11 @@ import os
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from masterkey import images
+from masterkey.data import decode
+from masterkey.data.decode import list_image_folder
+from masterkey.data.memory import load_image_folder
 from masterkey.errors import MasterkeyError
-from masterkey.images import list_image_folder, load_image_folder, stratified_split
 
 
 def test_cifar_subset_decodes_and_caches(shared, tmp_path):
@@ -45,26 +44,6 @@ def test_layout_errors(tmp_path):
         load_image_folder(tmp_path / "empty")
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(0, 5), min_size=4, max_size=200), st.floats(0.05, 0.9), st.integers(0, 1000))
-def test_stratified_split_is_exact_disjoint_balanced_and_seeded(labels, fraction, seed):
-    labels = torch.tensor(labels)
-    n_out = round(fraction * len(labels))
-    if not 0 < n_out < len(labels):
-        with pytest.raises(MasterkeyError):
-            stratified_split(labels, fraction, seed)
-        return
-    keep, out = stratified_split(labels, fraction, seed)
-    assert len(out) == n_out and len(keep) + len(out) == len(labels)
-    assert set(keep.tolist()).isdisjoint(out.tolist())
-    for c in labels.unique():
-        total = int((labels == c).sum())
-        got = int((labels[out] == c).sum())
-        assert abs(got - total * n_out / len(labels)) < 1.0
-    again = stratified_split(labels, fraction, seed)
-    assert torch.equal(again[1], out)
-
-
 def test_a_folder_listing_is_reused_only_while_no_folder_changed(tmp_path, monkeypatch):
     """Listings are cached by every folder's ctime: a file added, removed or renamed in any class folder is seen,
     even when the folder's mtime is set back; a folder changed within the last seconds is listed afresh."""
@@ -74,16 +53,16 @@ def test_a_folder_listing_is_reused_only_while_no_folder_changed(tmp_path, monke
         for i in (2, 0, 10, 1):
             (root / cls / f"{i}.png").write_bytes(b"")
     (root / "dog" / "notes.txt").write_bytes(b"")
-    monkeypatch.setattr(images, "_LISTINGS", {})  # this process's own listings are none of this test's business
+    monkeypatch.setattr(decode, "_LISTINGS", {})  # this process's own listings are none of this test's business
     cached = 0
     files, labels, classes = list_image_folder(root)
     assert [f.relative_to(root).as_posix() for f in files[:4]] == ["cat/0.png", "cat/1.png", "cat/10.png", "cat/2.png"]
     assert labels == [0] * 4 + [1] * 4 and classes == ["cat", "dog"]
-    assert len(images._LISTINGS) == cached  # just written: not reused
+    assert len(decode._LISTINGS) == cached  # just written: not reused
 
-    monkeypatch.setattr(images, "RACY_NS", 0)
+    monkeypatch.setattr(decode, "RACY_NS", 0)
     list_image_folder(root)
-    assert len(images._LISTINGS) == cached + 1
+    assert len(decode._LISTINGS) == cached + 1
     files = list_image_folder(root)[0]  # the cached listing
     files.append(root / "mutated")  # the caller's list is its own
     assert list_image_folder(root)[0] == files[:-1]

@@ -11,20 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from masterkey.errors import MasterkeyError
-from masterkey.images import list_image_folder, load_image_folder
-from masterkey.stream import (
+from masterkey.data.decode import list_image_folder
+from masterkey.data.memory import load_image_folder
+from masterkey.data.samples import list_samples, write_tar_shards
+from masterkey.data.stream import (
     StreamedImages,
     choose_data_mode,
     decode_all,
     format_bytes,
     image_batches,
-    list_samples,
     memory_budget,
     parse_size,
     ranges,
-    write_tar_shards,
 )
+from masterkey.errors import MasterkeyError
 
 
 @pytest.fixture(scope="module")
