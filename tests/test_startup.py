@@ -95,7 +95,7 @@ def test_help_shows_the_library_defaults():
     """The defaults in --help come from the modules that use them (moved to light modules, never copied)."""
     from masterkey.discover.autoencoder import AutoencoderConfig
     from masterkey.discover.baselines import BASELINES, KMEANS_SAMPLE
-    from masterkey.networks.keyconv import MODES, SIGMA_SCOPES
+    from masterkey.nn.modes import MODES, SIGMA_SCOPES
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices
     discover = sub["discover"].format_help()

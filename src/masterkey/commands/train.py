@@ -29,12 +29,13 @@ from masterkey.commands._common import (
 )
 from masterkey.errors import MasterkeyError
 from masterkey.files import OutputBusyError, check_output, missing_parents, remove_empty_folders
+from masterkey.nn.modes import MODES, SIGMA_SCOPES, modes_help
 from masterkey.tables import format_table
 
 NAME = "train"
 ORDER = 6
 HELP = "train a DS-CNN with trainable, frozen-key, key-mixing, scale-space or transferred depthwise filters"
-DESCRIPTION = """Train a timm / torchvision model on DATA/train and evaluate on DATA/test (or DATA/val) with its
+DESCRIPTION = f"""Train a timm / torchvision model on DATA/train and evaluate on DATA/test (or DATA/val) with its
 depthwise filters trainable (as usual), frozen to keys (per-channel key + learnable offset b, optional scale a),
 initialised from keys, mixed from all keys, generated from scale-space models with learnable σ, or copied from a
 trained model (frozen or as initialisation). One seed writes a train run; --seeds or --experiment write an
@@ -42,12 +43,13 @@ experiment (arms x seeds) with mean ± 95% CI and curves; --train-sizes repeats 
 Runs checkpoint every epoch; --resume continues an interrupted run exactly. Under torchrun the same command trains
 with DDP on several GPUs (or CPU processes).
 
-modes: trainable | frozen (keys frozen, offset b learnable; --learn-scale adds a) | key-init
-  | span (kernel = sum_j alpha[c,j] key_j + b, alpha learnable) | scalespace (scale-space keys, σ learnable;
-  --sigma-scope key|channel) | transfer-frozen | transfer-init (the filters of --filters-from WEIGHTS)
+modes (--mode; what the depthwise filters are and what of them trains):
+{modes_help()}
 keys: paper8, random:K[:SEED], impulse, scalespace8, or a key file (safetensors / text)
-assignment of keys to channels: convnextv2-b | hornet-t (published proportions) | uniform | proportions:P1,...
-  | fit:FITDIR (per-layer proportions of a 'masterkey fit' run) | model:WEIGHTS (best fit of a trained model)
+assignment of keys to channels: auto (the default: the published ConvNeXtV2-B proportions for the paper's own keys
+  paper8 / scalespace8, uniform for any other key set) | convnextv2-b | hornet-t (published proportions) | uniform
+  | proportions:P1,... | fit:FITDIR (per-layer proportions of a 'masterkey fit' run) | model:WEIGHTS (best fit of a
+  trained model); the rule used is recorded in run.json and summary.json
 
 recipes (--recipe): cifar (the defaults) | imagenet (the paper's ConvNeXt-V2 ImageNet setup: AdamW, base lr
 8e-4 x batch / 256, wd 0.05, 300 epochs, 40 warm-up, RandAugment, mixup 0.8 / cutmix 1.0, random erasing 0.25,
@@ -130,7 +132,6 @@ _FIELDS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from masterkey.networks.modes import MODES, SIGMA_SCOPES
     from masterkey.train.recipes import RECIPES
 
     p.add_argument(
@@ -157,11 +158,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --weights: a fresh classifier when its class count differs from the data's (fine-tuning)",
     )
     g = p.add_argument_group("depthwise filters")
-    g.add_argument("--mode", choices=MODES, help=" | ".join(MODES) + " (default trainable)")
+    g.add_argument("--mode", choices=list(MODES), help=" | ".join(MODES) + " (default trainable)")
     g.add_argument(
         "--keys", metavar="KEYS", help="key set: built-in, key file, discover run, DIR:METHOD (default paper8)"
     )
-    g.add_argument("--assignment", metavar="SPEC", help="channel -> key rule (default convnextv2-b)")
+    g.add_argument(
+        "--assignment", metavar="SPEC", help="channel -> key rule (default auto: convnextv2-b for paper8, else uniform)"
+    )
     g.add_argument("--learn-scale", action="store_true", default=None, help="frozen mode: learn a per-channel scale")
     g.add_argument(
         "--key-gain", type=float_arg(-1e6, 1e6), metavar="G", help="kernels are G * unit-norm key (default 1)"
@@ -431,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
         if args.jobs != 1:
             raise MasterkeyError("--jobs trains several runs of an experiment at once: give --seeds or --experiment")
         config = TrainConfig.from_dict(_overrides(args), source="options")
-        _check_out(args, [config.data, config.weights, config.keys if config.mode != "trainable" else None])
+        _check_out(args, [config.data, config.weights, config.keys if MODES[config.mode].uses_keys else None])
         resolve_model_name(config.model)
         with _failed_run_cleanup(args.out):
             result = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
@@ -453,7 +456,7 @@ def run(args: argparse.Namespace) -> int:
     configs = [experiment.config(arm, experiment.seeds[0]) for arm in experiment.arms]
     inputs = [
         args.experiment,
-        *(x for c in configs for x in (c.data, c.weights, c.keys if c.mode != "trainable" else None)),
+        *(x for c in configs for x in (c.data, c.weights, c.keys if MODES[c.mode].uses_keys else None)),
     ]
     _check_out(args, inputs)
     for config in configs:

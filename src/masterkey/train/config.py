@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from masterkey.errors import MasterkeyError, option
-from masterkey.networks.keyconv import MODES, SIGMA_SCOPES, TRANSFER_MODES
+from masterkey.nn.modes import MODES, SIGMA_SCOPES
 
 
 def _runtime(default: Any) -> Any:
@@ -35,9 +35,9 @@ class TrainConfig:
     weights: str | None = None  # start from these weights (a local file) instead of random init
     new_head: bool = False  # with weights: a fresh classifier for the data's classes instead of the weights' one
     # depthwise filters
-    mode: str = "trainable"  # trainable | frozen | key-init | span | scalespace | transfer-frozen | transfer-init
+    mode: str = "trainable"  # a mode of masterkey.nn.modes.MODES: trainable | frozen | key-init | span | ...
     keys: str = "paper8"  # built-in key set name or key file (ignored for modes trainable and transfer-*)
-    assignment: str = "convnextv2-b"  # see masterkey.networks.keyconv.make_assigner
+    assignment: str = "auto"  # masterkey.nn.assign: auto = published proportions for paper8, else uniform
     learn_scale: bool = False  # frozen / scalespace modes: learn a per-channel scale a as well as the offset b
     key_gain: float = 1.0  # keys are unit-norm; their kernels are key_gain * key (+ offset)
     resize_keys: bool = False  # centre-crop / zero-pad keys whose kernel size differs from the model's
@@ -141,13 +141,14 @@ class TrainConfig:
             raise bad("mode", " | ".join(MODES))
         if self.sigma_scope not in SIGMA_SCOPES:
             raise bad("sigma_scope", " | ".join(SIGMA_SCOPES))
-        if self.mode in TRANSFER_MODES and not self.filters_from:
+        copying = [m.name for m in MODES.values() if m.copies_filters]
+        if MODES[self.mode].copies_filters and not self.filters_from:
             raise MasterkeyError(
                 f"{source}: mode {self.mode} copies the depthwise filters of a trained model: give it with "
                 f"{option('filters_from', 'WEIGHTS')}"
             )
-        if self.filters_from and self.mode not in TRANSFER_MODES:
-            raise bad("filters_from", f"none unless mode is {' or '.join(TRANSFER_MODES)}")
+        if self.filters_from and not MODES[self.mode].copies_filters:
+            raise bad("filters_from", f"none unless mode is {' or '.join(copying)}")
         if self.new_head and not self.weights:
             raise bad("new_head", "false unless weights are given (it replaces their classifier)")
         if not isinstance(self.model, str) or not self.model:

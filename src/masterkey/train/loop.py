@@ -32,16 +32,10 @@ from torch import nn
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import atomic_write, write_lock
 from masterkey.keys import load_keys
-from masterkey.networks.keyconv import (
-    TRANSFER_MODES,
-    ConvertedLayer,
-    convert_to_keys,
-    depthwise_epoch_stats,
-    depthwise_summary,
-    key_counts,
-    parameter_counts,
-    transfer_filters,
-)
+from masterkey.nn.assign import resolve_assignment
+from masterkey.nn.convert import Conversion, apply_mode
+from masterkey.nn.modes import MODES
+from masterkey.nn.summary import depthwise_epoch_stats, depthwise_summary, key_counts, parameter_counts
 from masterkey.progress import progress_bar
 from masterkey.runs import write_run_info
 from masterkey.train.config import TrainConfig, config_differences
@@ -99,7 +93,7 @@ log = logging.getLogger("masterkey")
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the summary (also ``summary.json``), the trained model (DDP / compile wrappers
-    removed; frozen layers are :class:`~masterkey.networks.keyconv.KeyConv2d`), the EMA model if any, and the run
+    removed; frozen layers hold a :class:`~masterkey.nn.layers.KeyKernel`), the EMA model if any, and the run
     dir."""
 
     summary: dict[str, Any]
@@ -108,7 +102,7 @@ class TrainResult:
     out: Path | None
 
 
-def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
+def build_model(config: TrainConfig) -> tuple[nn.Module, Conversion]:
     """The network of ``config`` (timm / torchvision by name with ``model_kwargs`` and ``drop_path``), optionally
     loaded from ``config.weights``, then given keys (or the filters of ``config.filters_from``) as ``config.mode``
     says. Seed the global RNG first for a fixed init."""
@@ -126,19 +120,20 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
             if "class-count mismatch" not in str(exc):
                 raise
             raise MasterkeyError(f"{exc}; to fine-tune on the data's classes pass {option('new_head', True)}") from None
-    if config.mode in TRANSFER_MODES:
-        assert config.filters_from is not None
-        return model, transfer_filters(model, config.filters_from, freeze=config.mode == "transfer-frozen")
-    converted = convert_to_keys(
+    from masterkey.explain.scalespace import scalespace_models
+
+    converted = apply_mode(
         model,
-        config.keys,
         config.mode,
-        config.assignment,
+        keys=config.keys,
+        filters_from=config.filters_from,
+        assignment=config.assignment,
         seed=config.seed,
         learn_scale=config.learn_scale,
         key_gain=config.key_gain,
         resize=config.resize_keys,
         sigma_scope=config.sigma_scope,
+        scalespace=scalespace_models,
     )
     return model, converted
 
@@ -197,7 +192,7 @@ def _train(
         ckpt = _read_checkpoint(out, plan, config, info, steps) if plan in (RESUME, EXTEND) else None
         state = build_state(config, steps, info, device, ckpt, build_model)
 
-        keyset = load_keys(config.keys) if config.mode not in ("trainable", *TRANSFER_MODES) else None
+        keyset = load_keys(config.keys) if MODES[config.mode].uses_keys else None
         resolved = config.to_dict()
         if out is not None:
             run_on_main(info, lambda: start_out(out, plan))  # only now: bad input leaves nothing behind
@@ -246,7 +241,8 @@ def _train(
 
 # ---------------------------------------------------------------------- pieces of _train, in the order used
 def _resolve(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
-    """The config with what the data decide: ``num_classes`` and the normalisation actually used."""
+    """The config with what the data and keys decide: ``num_classes``, the normalisation actually used and the
+    key assignment (``auto``: the published proportions for the paper's own keys, else uniform)."""
     n_classes = len(inputs.classes)
     kwargs = dict(config.model_kwargs)
     if kwargs.setdefault("num_classes", n_classes) != n_classes:
@@ -260,7 +256,10 @@ def _resolve(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
         normalize = "cifar10" if inputs.mean == CIFAR10_MEAN else "imagenet"
     else:
         normalize = config.normalize
-    return config.replace(model_kwargs=kwargs, normalize=normalize)
+    assignment = config.assignment
+    if MODES[config.mode].uses_keys:
+        assignment = resolve_assignment(assignment, config.keys)
+    return config.replace(model_kwargs=kwargs, normalize=normalize, assignment=assignment)
 
 
 def _read_checkpoint(out: Path | None, plan: str, config: TrainConfig, info: Distributed, steps: int) -> dict[str, Any]:
@@ -390,7 +389,7 @@ def _summary(
         "recipe": config.recipe,
         "mode": config.mode,
         "keys": keyset.name if keyset is not None else None,
-        "assignment": config.assignment if config.mode not in ("trainable", *TRANSFER_MODES) else None,
+        "assignment": config.assignment if MODES[config.mode].uses_keys else None,
         "learn_scale": config.learn_scale,
         "seed": config.seed,
         "epochs": config.epochs,
@@ -414,7 +413,7 @@ def _summary(
         "channels_last": state.channels_last,
         "parameters": parameter_counts(state.model),
         "key_counts": key_counts(state.model, len(keyset) if keyset is not None else None),
-        "converted_layers": [layer.__dict__ for layer in state.converted],
+        "converted_layers": [layer.__dict__ for layer in state.converted.layers],
     }
     summary.update(_depthwise_entries(config, state.model))
     if state.ema is not None:
@@ -425,10 +424,8 @@ def _summary(
 def _depthwise_entries(config: TrainConfig, model: nn.Module) -> dict[str, Any]:
     """Summary entries of the newer modes (none for trainable / frozen / key-init: their summaries are unchanged)."""
     out: dict[str, Any] = {}
-    if config.mode == "scalespace":
-        out["sigma_scope"] = config.sigma_scope
-    if config.mode in TRANSFER_MODES:
-        out["filters_from"] = config.filters_from
+    for name in MODES[config.mode].records:
+        out[name] = getattr(config, name)
     learned = depthwise_summary(model)
     if learned:
         out["depthwise_layers"] = learned

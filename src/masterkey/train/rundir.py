@@ -26,7 +26,7 @@ from masterkey.files import (
     write_json,
     write_text,
 )
-from masterkey.networks.keyconv import export_state_dict
+from masterkey.nn.export import export_state_dict
 from masterkey.runformats import check_columns
 from masterkey.train.config import TrainConfig
 from masterkey.train.state import CHECKPOINT

@@ -12,7 +12,7 @@ from typing import Any
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import check_output, write_lock
 from masterkey.keys import load_keys
-from masterkey.networks.keyconv import TRANSFER_MODES
+from masterkey.nn.modes import MODES
 from masterkey.runs import read_run_info, write_run_info
 from masterkey.train.config import TrainConfig, config_differences
 from masterkey.train.data import find_splits
@@ -139,7 +139,7 @@ def _prepare(experiment: Experiment, out: Path, run_dir: Path, resume: bool, ove
         config = experiment.config(arm, experiment.seeds[0])
         if not config.dataset:
             find_splits(config.data)
-        if config.mode not in ("trainable", *TRANSFER_MODES):
+        if MODES[config.mode].uses_keys:
             load_keys(config.keys)
         build_model(config)  # model name, kwargs, key kernel sizes, transferred filters
     check_train_sizes(experiment)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from masterkey.errors import MasterkeyError
-from masterkey.networks.keyconv import ConvertedLayer
+from masterkey.nn.convert import Conversion
+from masterkey.nn.optim import param_groups
 from masterkey.train.config import TrainConfig
 from masterkey.train.distributed import Distributed
 
@@ -33,10 +34,9 @@ READABLE_FORMATS = ("masterkey-train-checkpoint/1", CHECKPOINT_FORMAT)  # /1: ep
 
 # ---------------------------------------------------------------------- optimisation
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; 1-D parameters (norms, biases, key offsets and scales) get no weight decay (timm's grouping)."""
-    from timm.optim import param_groups_weight_decay
-
-    groups = param_groups_weight_decay(model, config.weight_decay)
+    """AdamW; 1-D parameters (norms, biases, key offsets and scales) get no weight decay
+    (:func:`masterkey.nn.optim.param_groups`, timm's grouping)."""
+    groups = param_groups(model, config.weight_decay)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
 
 
@@ -108,7 +108,7 @@ class TrainState:
 
     model: nn.Module
     net: nn.Module  #: ``model`` wrapped for DDP / compile: what the batches go through
-    converted: list[ConvertedLayer]
+    converted: Conversion
     optimizer: torch.optim.Optimizer
     scheduler: Any
     ema: Any  #: timm ``ModelEmaV3`` or None
