@@ -22,7 +22,6 @@ from masterkey.commands._common import (
     resolved_device,
 )
 from masterkey.errors import MasterkeyError
-from masterkey.tables import format_table
 
 NAME = "swap"
 ORDER = 6
@@ -36,7 +35,9 @@ EfficientNet) can re-estimate their running statistics after each swap, on N tra
 after recalibrating on N images of the others); every key set is then reported with and without it, and the
 unswapped model recalibrated shows what the calibration images alone do (images unlike the evaluation set, e.g.
 upscaled 128 px Imagenette for ImageNet, hurt). --sensitivity swaps one stage or layer at a time and reports each
-one's accuracy drop.
+one's accuracy drop. --save-weights FILE.safetensors writes the swapped (and, with --calib-data, recalibrated)
+network of a single key set as a plain state_dict of the original timm / torchvision architecture; --onnx FILE
+exports it as an ONNX graph, checked with onnxruntime against PyTorch on evaluation images.
 
 KEYS: a built-in (paper8, random:K[:SEED], impulse, scalespace8), a key file (.safetensors / text), a discover run
 directory (its keys, per kernel size) or DIR:METHOD (its baseline_keys/METHOD.safetensors, e.g. DIR:kmeans).
@@ -51,6 +52,8 @@ examples:
   masterkey swap --weights ../shared/models/efficientnet_lite0_imagenet.pth --keys paper8 --resize-keys \\
       --data ../shared/data/imagenet-samples/val --sensitivity stage --json
   masterkey swap --weights W.safetensors --keys runs/discover --keys runs/discover:kmeans --data DIR
+  masterkey swap --weights ../shared/models/cifar10-convnext/convnext_atto_s2_e55.safetensors --keys paper8 \
+      --data ../shared/data/cifar10/test --save-weights runs/atto-paper8.safetensors --onnx runs/atto-paper8.onnx
 """
 
 
@@ -94,6 +97,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or auto")
     add_data_mode_arguments(p)
     p.add_argument("-o", "--out", type=output_arg, metavar="DIR", help="write a swap run directory")
+    p.add_argument(
+        "--save-weights",
+        type=output_arg,
+        metavar="FILE",
+        help="write the swapped (recalibrated with --calib-data) network as a plain state_dict (.safetensors)",
+    )
+    p.add_argument("--onnx", type=output_arg, metavar="FILE", help="export the swapped network as an ONNX graph")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -103,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     from masterkey.networks.evaluate import load_eval_images, preprocessing_for, preprocessing_named
     from masterkey.networks.recalibrate import calibration_images, has_batchnorm
     from masterkey.swap import Calibration, SwapSession, check_keys, expand_seeds, load_model, write_swap_run
+    from masterkey.swap.results import render_text
+    from masterkey.swap.save import check_save_targets, network_metadata, save_swapped
 
     if args.recalibrate is not None and not (args.calib_data or args.crossfit):
         raise MasterkeyError(
@@ -112,9 +124,11 @@ def run(args: argparse.Namespace) -> int:
         raise MasterkeyError("--calib-data and --crossfit exclude each other: pick one source of calibration images")
     if (args.calib_data or args.crossfit) and args.recalibrate is None:
         raise MasterkeyError("--calib-data / --crossfit are only used with --recalibrate N")
+    inputs = [args.weights, args.data, args.calib_data, *args.keys]
     if args.out:
-        inputs = [args.weights, args.data, args.calib_data, *args.keys]
         check_output(args.out, "swap", overwrite=args.overwrite, inputs=inputs)
+    specs = expand_seeds(args.keys, args.seeds)
+    check_save_targets(args.save_weights, args.onnx, specs, args.crossfit, args.overwrite, [*inputs, args.out])
     kwargs = parse_kwargs(args.model_kwargs)
     model, name, metadata = load_model(args.model, args.weights, pretrained=args.pretrained, **kwargs)
     if args.preprocessing == "auto":
@@ -126,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
             f"--recalibrate: {name} has no BatchNorm layer (LayerNorm networks such as ConvNeXt keep no running "
             "statistics); drop --recalibrate"
         )
-    specs = expand_seeds(args.keys, args.seeds)
     check_keys(model, specs, args.layers, args.resize_keys)
     if args.sensitivity:
         check_keys(model, specs[:1], None, args.resize_keys)
@@ -168,13 +181,27 @@ def run(args: argparse.Namespace) -> int:
             specs[0], by=args.sensitivity, resize=args.resize_keys, recalibrate=recal
         )
     results.info.update({"model": name, "weights": args.weights})
+    saved = None
+    if args.save_weights or args.onnx:
+        saved = save_swapped(
+            session,
+            specs[0],
+            weights=args.save_weights,
+            onnx=args.onnx,
+            layers=args.layers,
+            resize=args.resize_keys,
+            calibration=calibration if args.calib_data else None,
+            metadata=network_metadata(name, metadata, kwargs),
+            overwrite=args.overwrite,
+            inputs=inputs,
+        )
     if args.out:
         write_swap_run(args.out, results, _config(args, name, prep), overwrite=args.overwrite)
     if args.json:
-        print_json(results.to_dict())
+        print_json({**results.to_dict(), **({"saved": saved.to_dict()} if saved else {})})
     else:
-        print(render_text(results))
-    note_written(args.out)
+        print(render_text(results) + (f"\n\n{saved.render()}" if saved else ""))
+    note_written(args.out, args.save_weights, args.onnx)
     return 0
 
 
@@ -183,60 +210,3 @@ def _config(args: argparse.Namespace, name: str, prep: Any) -> dict[str, Any]:
     config["model"] = name
     config["resolved_preprocessing"] = prep.to_dict()
     return config
-
-
-def render_text(results: Any) -> str:
-    """Plain-text tables: accuracy per key set (and condition), seeds pooled; per-stage cos²; sensitivity."""
-    info = results.info
-    lines = [
-        f"swap into {info['model']} ({info['n_depthwise_layers']} depthwise layers)",
-        f"data {info['data']}: {info['n_images']:,} images, {info['n_classes']} classes",
-    ]
-    if info.get("calibration"):
-        lines.append(f"recalibration: {info['calibration']}")
-    summary = results.summary()
-    rows = []
-    for r in summary.to_dict(orient="records"):
-        rows.append(
-            {
-                "keys": r["keys"],
-                "n_keys": str(r["n_keys"]),
-                "recal": "yes" if r["recalibrated"] else "no",
-                "seeds": r["n_seeds"],
-                "top1 %": _pm(r["top1"], r["top1_ci95"]),
-                "top5 %": _pm(r["top5"], r["top5_ci95"]),
-                "Δtop1 pts": _pm(r["delta_top1"], r["delta_top1_ci95"]),
-                "mean_cos2": r["mean_cos2"],
-            }
-        )
-    seeded = bool(len(summary)) and bool((summary["n_seeds"] > 1).any())
-    spread = "mean ± 95% CI over seeds" if seeded else "one seed per key set, no CI"
-    lines += ["", f"accuracy ({spread}):", format_table(rows)]
-    lines.append(DELTA_NOTE if info.get("calibration") else "Δtop1: percentage points against the unswapped model")
-    if not results.per_stage.empty:
-        from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
-
-        cols = ["keys", "stage", "n_layers", "n_filters", "kernel_sizes", "mean_cos2"]
-        stages = [{**r, "stage": stage_name(r["stage"])} for r in results.per_stage.to_dict(orient="records")]
-        lines += ["", "mean cos² per stage:", format_table(stages, cols)]
-        if any(r["stage"] == "unknown" for r in stages):
-            lines.append(UNKNOWN_STAGE_NOTE)
-    if results.sensitivity is not None:
-        sens = results.sensitivity.to_dict(orient="records")
-        for row in sens:
-            for col in ("top1", "top5", "drop", "top1_recal", "drop_recal"):
-                if col in row:
-                    row[col] = round(100 * row[col], 2)
-        lines += ["", "sensitivity (one unit swapped at a time; top-1, top-5, drop in %):", format_table(sens)]
-    return "\n".join(lines)
-
-
-#: What ``delta_top1`` of a recalibrated row is measured against (a choice: the model the user started from).
-DELTA_NOTE = (
-    "Δtop1: percentage points against the unswapped model as loaded (not recalibrated), in every row, recalibrated "
-    "ones too; the recalibrated unswapped row shows what recalibration alone does"
-)
-
-
-def _pm(mean: float, half: float) -> str:
-    return f"{100 * mean:.2f}" if half != half else f"{100 * mean:.2f} ± {100 * half:.2f}"

@@ -7,7 +7,9 @@ so ``timm.create_model(...)`` / ``torchvision.models.get_model(...)`` load the r
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -96,7 +98,8 @@ def save_weights(
 
 def onnx_bytes(model: nn.Module, example: Tensor) -> bytes:
     """The ONNX graph of ``model`` (materialised in a copy, in eval mode; ``model`` is left as it is) for inputs
-    shaped like ``example`` with any batch size: input ``images``, output ``logits``. Needs ``onnx`` and
+    shaped like ``example`` (give a batch of 2 or more: an example batch of 1 fixes the batch size) with any
+    batch size: input ``images``, output ``logits``. Needs ``onnx`` and
     ``onnxscript`` (the ``onnx`` extra)."""
     try:
         import onnxscript  # noqa: F401  (torch's exporter needs it; say so before it fails deep inside)
@@ -106,16 +109,17 @@ def onnx_bytes(model: nn.Module, example: Tensor) -> bytes:
         raise MasterkeyError("ONNX export needs onnx and onnxscript: pip install 'masterkey[onnx]'") from None
     plain = materialize(copy.deepcopy(unwrap(model))).eval()
     batch = torch.export.Dim("batch")
-    program = torch.onnx.export(
-        plain,
-        (example,),
-        dynamo=True,
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_shapes=({0: batch},),
-        external_data=False,
-        verbose=False,
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress even when not verbose
+        program = torch.onnx.export(
+            plain,
+            (example,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
     proto = program.model_proto
     proto.producer_name = ONNX_PRODUCER
     return proto.SerializeToString()

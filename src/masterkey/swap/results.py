@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from masterkey.stats import ci95
+from masterkey.tables import format_table
 
 BASELINE = "none"
 RESULT_COLUMNS = (
@@ -141,3 +142,60 @@ def markdown_summary(summary: pd.DataFrame) -> str:
             f"{_pct(r['delta_top1'], r['delta_top1_ci95'])} | {r['mean_cos2']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def render_text(results: SwapResults) -> str:
+    """Plain-text tables: accuracy per key set (and condition), seeds pooled; per-stage cos²; sensitivity."""
+    info = results.info
+    lines = [
+        f"swap into {info['model']} ({info['n_depthwise_layers']} depthwise layers)",
+        f"data {info['data']}: {info['n_images']:,} images, {info['n_classes']} classes",
+    ]
+    if info.get("calibration"):
+        lines.append(f"recalibration: {info['calibration']}")
+    summary = results.summary()
+    rows = []
+    for r in summary.to_dict(orient="records"):
+        rows.append(
+            {
+                "keys": r["keys"],
+                "n_keys": str(r["n_keys"]),
+                "recal": "yes" if r["recalibrated"] else "no",
+                "seeds": r["n_seeds"],
+                "top1 %": _pm(r["top1"], r["top1_ci95"]),
+                "top5 %": _pm(r["top5"], r["top5_ci95"]),
+                "Δtop1 pts": _pm(r["delta_top1"], r["delta_top1_ci95"]),
+                "mean_cos2": r["mean_cos2"],
+            }
+        )
+    seeded = bool(len(summary)) and bool((summary["n_seeds"] > 1).any())
+    spread = "mean ± 95% CI over seeds" if seeded else "one seed per key set, no CI"
+    lines += ["", f"accuracy ({spread}):", format_table(rows)]
+    lines.append(DELTA_NOTE if info.get("calibration") else "Δtop1: percentage points against the unswapped model")
+    if not results.per_stage.empty:
+        from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
+
+        cols = ["keys", "stage", "n_layers", "n_filters", "kernel_sizes", "mean_cos2"]
+        stages = [{**r, "stage": stage_name(r["stage"])} for r in results.per_stage.to_dict(orient="records")]
+        lines += ["", "mean cos² per stage:", format_table(stages, cols)]
+        if any(r["stage"] == "unknown" for r in stages):
+            lines.append(UNKNOWN_STAGE_NOTE)
+    if results.sensitivity is not None:
+        sens = results.sensitivity.to_dict(orient="records")
+        for row in sens:
+            for col in ("top1", "top5", "drop", "top1_recal", "drop_recal"):
+                if col in row:
+                    row[col] = round(100 * row[col], 2)
+        lines += ["", "sensitivity (one unit swapped at a time; top-1, top-5, drop in %):", format_table(sens)]
+    return "\n".join(lines)
+
+
+#: What ``delta_top1`` of a recalibrated row is measured against (a choice: the model the user started from).
+DELTA_NOTE = (
+    "Δtop1: percentage points against the unswapped model as loaded (not recalibrated), in every row, recalibrated "
+    "ones too; the recalibrated unswapped row shows what recalibration alone does"
+)
+
+
+def _pm(mean: float, half: float) -> str:
+    return f"{100 * mean:.2f}" if half != half else f"{100 * mean:.2f} ± {100 * half:.2f}"

@@ -92,6 +92,16 @@ class TrainConfig:
         streamed path serves; otherwise crops and flips are drawn per batch on the device."""
         return self.train_crop == "rrc" or bool(self.auto_augment) or self.re_prob > 0
 
+    def key_assignment(self) -> str:
+        """The assignment rule this config trains with: ``auto`` decided for its keys (the published ConvNeXtV2-B
+        proportions for the paper's own keys, else ``uniform``: :func:`masterkey.nn.assign.resolve_assignment`);
+        any other rule as it is. Runs record the decided rule."""
+        if not MODES[self.mode].uses_keys:
+            return self.assignment
+        from masterkey.nn.assign import resolve_assignment
+
+        return resolve_assignment(self.assignment, self.keys)
+
     # ------------------------------------------------------------------ conversion
     @classmethod
     def field_names(cls) -> list[str]:

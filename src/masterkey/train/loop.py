@@ -32,7 +32,6 @@ from torch import nn
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import atomic_write, write_lock
 from masterkey.keys import load_keys
-from masterkey.nn.assign import resolve_assignment
 from masterkey.nn.convert import Conversion, apply_mode
 from masterkey.nn.modes import MODES
 from masterkey.nn.summary import depthwise_epoch_stats, depthwise_summary, key_counts, parameter_counts
@@ -256,10 +255,7 @@ def _resolve(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
         normalize = "cifar10" if inputs.mean == CIFAR10_MEAN else "imagenet"
     else:
         normalize = config.normalize
-    assignment = config.assignment
-    if MODES[config.mode].uses_keys:
-        assignment = resolve_assignment(assignment, config.keys)
-    return config.replace(model_kwargs=kwargs, normalize=normalize, assignment=assignment)
+    return config.replace(model_kwargs=kwargs, normalize=normalize, assignment=config.key_assignment())
 
 
 def _read_checkpoint(out: Path | None, plan: str, config: TrainConfig, info: Distributed, steps: int) -> dict[str, Any]:

@@ -29,7 +29,8 @@ def _check_completed(sub: Path, config: TrainConfig) -> None:
     if "num_classes" in saved.get("model_kwargs", {}):
         kwargs.setdefault("num_classes", saved["model_kwargs"]["num_classes"])
     normalize = saved.get("normalize", config.normalize) if config.normalize == "auto" else config.normalize
-    diffs = config_differences(saved, config.replace(model_kwargs=kwargs, normalize=normalize))
+    resolved = config.replace(model_kwargs=kwargs, normalize=normalize, assignment=config.key_assignment())
+    diffs = config_differences(saved, resolved)
     if diffs:
         raise MasterkeyError(
             f"{sub} was trained with a different config ({'; '.join(diffs)}); resume with the same experiment, or "
