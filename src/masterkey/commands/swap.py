@@ -52,7 +52,7 @@ examples:
   masterkey swap --weights ../shared/models/efficientnet_lite0_imagenet.pth --keys paper8 --resize-keys \\
       --data ../shared/data/imagenet-samples/val --sensitivity stage --json
   masterkey swap --weights W.safetensors --keys runs/discover --keys runs/discover:kmeans --data DIR
-  masterkey swap --weights ../shared/models/cifar10-convnext/convnext_atto_s2_e55.safetensors --keys paper8 \
+  masterkey swap --weights ../shared/models/cifar10-convnext/convnext_atto_s2_e55.safetensors --keys paper8 \\
       --data ../shared/data/cifar10/test --save-weights runs/atto-paper8.safetensors --onnx runs/atto-paper8.onnx
 """
 
