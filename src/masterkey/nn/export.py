@@ -100,7 +100,8 @@ def onnx_bytes(model: nn.Module, example: Tensor) -> bytes:
     """The ONNX graph of ``model`` (materialised in a copy, in eval mode; ``model`` is left as it is) for inputs
     shaped like ``example`` (give a batch of 2 or more: an example batch of 1 fixes the batch size) with any
     batch size: input ``images``, output ``logits``. Needs ``onnx`` and
-    ``onnxscript`` (the ``onnx`` extra)."""
+    ``onnxscript`` (the ``onnx`` extra). A PyTorch limitation to know: after ``torch.export`` (which the exporter
+    runs), processes forked from this one cannot run autograd; export before, or apart from, forked training."""
     try:
         import onnxscript  # noqa: F401  (torch's exporter needs it; say so before it fails deep inside)
     except ImportError:
