@@ -82,7 +82,7 @@ def paired_model_steps(
     and the median speeds, the seconds of every step)."""
     import timm
 
-    from masterkey.networks.keyconv import convert_to_keys
+    from masterkey.nn import convert_to_keys
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     models = {}

@@ -98,7 +98,7 @@ def test_import_masterkey_is_light_and_every_public_name_resolves():
         import masterkey
         light = [m for m in {HEAVY!r} if m in sys.modules]
         from masterkey import *
-        names = {{n: getattr(masterkey, n).__module__ for n in masterkey.__all__ if n != "__version__"}}
+        names = {{n: getattr(getattr(masterkey, n), "__module__", n) for n in masterkey.__all__ if n != "__version__"}}
         print(json.dumps({{"light": light, "names": names, "version": masterkey.__version__}}))
         """
     )
@@ -114,7 +114,7 @@ def test_help_shows_the_library_defaults():
     """The defaults in --help come from the modules that use them (moved to light modules, never copied)."""
     from masterkey.discover.autoencoder import AutoencoderConfig
     from masterkey.discover.baselines import BASELINES, KMEANS_SAMPLE
-    from masterkey.networks.keyconv import MODES, SIGMA_SCOPES
+    from masterkey.nn.modes import MODES, SIGMA_SCOPES
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices
     discover = sub["discover"].format_help()
@@ -177,3 +177,15 @@ def test_bfloat16_key_files_are_read_through_torch(tmp_path):
     values = load_key_values(tmp_path / "bf16.safetensors")
     np.testing.assert_allclose(values.keys, keys.numpy(), atol=1e-2)
     assert load_keys(tmp_path / "bf16.safetensors").keys.dtype == torch.float32
+
+
+def test_the_stage_packages_and_the_mode_registry_import_lazily():
+    report = _in_fresh_interpreter(
+        f"""
+        import json, sys
+        import masterkey, masterkey.nn, masterkey.swap, masterkey.train, masterkey.discover
+        from masterkey.nn.modes import MODES
+        print(json.dumps({{"heavy": [m for m in {HEAVY!r} if m in sys.modules], "modes": list(MODES)}}))
+        """
+    )
+    assert report["heavy"] == [] and "frozen" in report["modes"]

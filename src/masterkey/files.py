@@ -44,6 +44,10 @@ BANK_MANIFEST = "manifest.json"
 BANK_FORMAT = "masterkey-bank"
 #: The ``format`` in a key-set file's metadata (see :mod:`masterkey.keys`).
 KEYSET_FORMAT = "masterkey-keyset"
+#: The ``format`` in the metadata of a network's weights written by masterkey (see :mod:`masterkey.nn.export`).
+WEIGHTS_FORMAT = "masterkey-weights"
+#: The ``producer_name`` of ONNX graphs masterkey writes.
+ONNX_PRODUCER = "masterkey"
 #: The first line of a key set saved as text.
 KEYSET_TEXT_HEADER = "# key set "
 
@@ -71,7 +75,8 @@ def _read_small_json(path: Path) -> Any:
 
 
 def _keyset_file_kind(path: Path) -> str | None:
-    """``"keys"`` for a key-set file written by masterkey (safetensors metadata or the text header)."""
+    """``"keys"`` for a key-set file written by masterkey (safetensors metadata or the text header), ``"weights"``
+    for a network's weights it wrote, ``"onnx"`` for an ONNX graph it wrote (``producer_name``)."""
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -83,7 +88,13 @@ def _keyset_file_kind(path: Path) -> str | None:
                     return None
                 header = loads(f.read(size), path)
                 meta = loads(header.get("__metadata__", {}).get("masterkey", "{}"), path)
-                return "keys" if isinstance(meta, dict) and meta.get("format") == KEYSET_FORMAT else None
+                kinds = {KEYSET_FORMAT: "keys", WEIGHTS_FORMAT: "weights"}
+                return kinds.get(meta.get("format")) if isinstance(meta, dict) else None
+            if path.suffix == ".onnx":  # a ModelProto starts with ir_version (field 1), then producer_name (2)
+                data = head + f.read(64)
+                name = ONNX_PRODUCER.encode()
+                at = data.find(b"\x12" + bytes([len(name)]) + name)
+                return "onnx" if data[:1] == b"\x08" and 0 < at <= 11 else None
             first = (head + f.read(len(KEYSET_TEXT_HEADER))).decode("utf-8", errors="replace")
             return "keys" if first.startswith(KEYSET_TEXT_HEADER) else None
     except (OSError, ValueError, AttributeError, MasterkeyError):

@@ -7,7 +7,7 @@ the kernel of the semi-discrete diffusion equation ``∂T/∂(σ²) = ½ δ_nn T
 :mod:`masterkey.explain.scalespace` for fitting them to keys). This module is a basic one: it imports nothing of
 the package but errors, so that :mod:`masterkey.keys` can build the ``scalespace8`` built-in from it.
 :func:`discrete_gaussian_torch` and :func:`scalespace_kernel_torch` are the same kernels as differentiable torch
-functions of σ and γ (for training with learnable scales, :mod:`masterkey.networks.keyconv`).
+functions of σ and γ (for training with learnable scales, :mod:`masterkey.nn.scalespace`).
 """
 
 from __future__ import annotations

@@ -11,13 +11,17 @@ from typing import Any
 
 def lazy_attributes(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for the package ``package``: ``exports`` maps each public name to the module that
-    defines it; the first look-up imports that module and caches the value in the package's namespace."""
+    defines it (``"module:attribute"`` where the module calls it otherwise; the subpackage's own name for a
+    subpackage); the first look-up imports that module and caches the value in the package's namespace."""
 
     def __getattr__(name: str) -> Any:
-        module = exports.get(name)
-        if module is None:
+        where = exports.get(name)
+        if where is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
+        module, _, attribute = where.partition(":")
+        if module == f"{package}.{name}":  # a subpackage, imported on first use
+            return importlib.import_module(module)
+        value = getattr(importlib.import_module(module), attribute or name)
         setattr(sys.modules[package], name, value)  # later look-ups skip this function
         return value
 

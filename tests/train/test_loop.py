@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from masterkey.data.augment import derive_seed
 from masterkey.errors import MasterkeyError
 from masterkey.keys import load_keys
-from masterkey.networks.keyconv import PUBLISHED_PROPORTIONS, counts_from_proportions, key_layers
 from masterkey.networks.models import create_model
+from masterkey.nn import PUBLISHED_PROPORTIONS, counts_from_proportions, key_layers
 from masterkey.train import TrainConfig, train
 from masterkey.train.loop import CHECKPOINT, EPOCH_COLUMNS, build_model, lr_factor, partial_dir
 

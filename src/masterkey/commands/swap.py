@@ -38,7 +38,9 @@ says so); every key set is then reported with and without it, and the unswapped 
 calibration images alone do (images unlike the evaluation set, e.g. upscaled 128 px Imagenette for ImageNet, hurt).
 --sensitivity swaps one stage or layer at a time and reports each one's accuracy drop. Accuracies are in percent,
 differences in percentage points. A model trained by masterkey train is evaluated with the image size and
-normalisation its weights record.
+normalisation its weights record. --save-weights FILE.safetensors writes the swapped (and, with
+--calib-data, recalibrated) network of a single key set as a plain state_dict of the original timm / torchvision
+architecture; --onnx FILE exports it as an ONNX graph, checked with onnxruntime against PyTorch on evaluation images.
 
 KEYS: a built-in (paper8, random:K[:SEED], impulse, scalespace8), a key file (.safetensors / text), a discover run
 directory (its keys, per kernel size) or DIR:METHOD (its baseline_keys/METHOD.safetensors, e.g. DIR:kmeans).
@@ -53,6 +55,8 @@ examples:
   masterkey swap --weights ../shared/models/efficientnet_lite0_imagenet.pth --keys paper8 --resize-keys \\
       --data ../shared/data/imagenet-samples/val --sensitivity stage --json
   masterkey swap --weights W.safetensors --keys runs/discover --keys runs/discover:kmeans --data DIR
+  masterkey swap --weights ../shared/models/cifar10-convnext/convnext_atto_s2_e55.safetensors --keys paper8 \\
+      --data ../shared/data/cifar10/test --save-weights runs/atto-paper8.safetensors --onnx runs/atto-paper8.onnx
 """
 
 
@@ -100,6 +104,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or auto")
     add_data_mode_arguments(p)
     p.add_argument("-o", "--out", type=output_arg, metavar="DIR", help="write a swap run directory")
+    p.add_argument(
+        "--save-weights",
+        type=output_arg,
+        metavar="FILE",
+        help="write the swapped (recalibrated with --calib-data) network as a plain state_dict (.safetensors)",
+    )
+    p.add_argument("--onnx", type=output_arg, metavar="FILE", help="export the swapped network as an ONNX graph")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -110,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from masterkey.files import check_output
     from masterkey.networks.recalibrate import has_batchnorm
     from masterkey.swap import Calibration, SwapSession, check_keys, expand_seeds, load_model, write_swap_run
+    from masterkey.swap.save import check_save_targets, network_metadata, save_swapped
 
     if args.recalibrate is not None and not (args.calib_data or args.crossfit):
         raise MasterkeyError(
@@ -119,9 +131,11 @@ def run(args: argparse.Namespace) -> int:
         raise MasterkeyError("--calib-data and --crossfit exclude each other: pick one source of calibration images")
     if (args.calib_data or args.crossfit) and args.recalibrate is None:
         raise MasterkeyError("--calib-data / --crossfit are only used with --recalibrate N")
+    inputs = [args.weights, args.data, args.calib_data, *args.keys]
     if args.out:
-        inputs = [args.weights, args.data, args.calib_data, *args.keys]
         check_output(args.out, "swap", overwrite=args.overwrite, inputs=inputs)
+    specs = expand_seeds(args.keys, args.seeds)
+    check_save_targets(args.save_weights, args.onnx, specs, args.crossfit, args.overwrite, [*inputs, args.out])
     kwargs = parse_kwargs(args.model_kwargs)
     model, name, metadata = load_model(args.model, args.weights, pretrained=args.pretrained, **kwargs)
     prep = preprocessing_named(args.preprocessing, model, metadata)
@@ -130,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
             f"--recalibrate: {name} has no BatchNorm layer (LayerNorm networks such as ConvNeXt keep no running "
             "statistics); drop --recalibrate"
         )
-    specs = expand_seeds(args.keys, args.seeds)
     check_keys(model, specs, args.layers, args.resize_keys)
     if args.sensitivity:
         check_keys(model, specs[:1], None, args.resize_keys)
@@ -179,13 +192,27 @@ def run(args: argparse.Namespace) -> int:
             specs[0], by=args.sensitivity, resize=args.resize_keys, recalibrate=recal
         )
     results.info.update({"model": name, "weights": args.weights})
+    saved = None
+    if args.save_weights or args.onnx:
+        saved = save_swapped(
+            session,
+            specs[0],
+            weights=args.save_weights,
+            onnx=args.onnx,
+            layers=args.layers,
+            resize=args.resize_keys,
+            calibration=calibration if args.calib_data else None,
+            metadata=network_metadata(name, metadata, kwargs),
+            overwrite=args.overwrite,
+            inputs=inputs,
+        )
     if args.out:
         write_swap_run(args.out, results, _config(args, name, prep), overwrite=args.overwrite)
     if args.json:
-        print_json(results.to_dict())
+        print_json({**results.to_dict(), **({"saved": saved.to_dict()} if saved else {})})
     else:
-        print(results.to_text())
-    note_written(args.out)
+        print(results.to_text() + (f"\n\n{saved.render()}" if saved else ""))
+    note_written(args.out, args.save_weights, args.onnx)
     return 0
 
 

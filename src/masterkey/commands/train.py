@@ -25,6 +25,7 @@ from masterkey.commands._common import (
 )
 from masterkey.errors import MasterkeyError
 from masterkey.jsonio import loads
+from masterkey.nn.modes import MODES, SIGMA_SCOPES, modes_help
 from masterkey.tables import format_table
 
 NAME = "train"
@@ -37,10 +38,12 @@ One seed writes a train run; --seeds or --experiment write an experiment (arms x
 curves; --train-sizes repeats it at several training-set sizes. Runs checkpoint every epoch; --resume continues an
 interrupted run exactly. Under torchrun the same command trains with DDP on several GPUs (or CPU processes).
 
-modes: trainable | frozen (--learn-scale adds a scale) | key-init | span | scalespace (--sigma-scope key|channel)
-  | transfer-frozen | transfer-init (the filters of --filters-from WEIGHTS)
+modes (--mode; what the depthwise filters are and what of them trains):
+{modes}
 keys: paper8, random:K[:SEED], impulse, scalespace8, or a key file (safetensors / text)
-assignment: convnextv2-b | hornet-t (published proportions) | uniform | proportions:P1,... | fit:FITDIR | model:W
+assignment: auto (default: the published ConvNeXtV2-B proportions for the paper's own keys paper8 / scalespace8,
+  uniform for any other key set) | convnextv2-b | hornet-t | uniform | proportions:P1,... | fit:FITDIR | model:W;
+  the rule used is recorded in run.json and summary.json
 recipes (--recipe; options given override it one by one; docs/train.md cites every value):
   cifar     the defaults (the CIFAR-10 ConvNeXts of ../shared/models)
   imagenet  the paper authors' ImageNet command (tonylindeberg/masterfiltmodel experiments/README.md): fine-tune
@@ -61,7 +64,7 @@ examples:
   masterkey train ... -o runs/frozen --resume --epochs 40                      # train a finished run longer
   torchrun --nproc_per_node=8 -m masterkey train --recipe imagenet --mode frozen --keys paper8 \\
       --init-from convnextv2_tiny_1k_224_fcmae.pt --data /data/imagenet -o runs/in1k   # the authors' command
-"""
+""".replace("{modes}", modes_help())
 
 _F01, _POS, _PCT = float_arg(0, 1), float_arg(0, 100, open_low=True), float_arg(0, 1, open_low=True)
 _NORM = float_arg(0, 1e9, open_low=True)
@@ -76,11 +79,11 @@ _OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("model", "--head-init-scale", {"type": _POS, "metavar": "S", "help": "a fresh head: trunc-normal(.02) x S"}),
     ("depthwise filters", "--mode", {"metavar": "MODE", "help": "see above (default trainable)"}),
     ("depthwise filters", "--keys", {"metavar": "KEYS", "help": "built-in, key file, discover run (default paper8)"}),
-    ("depthwise filters", "--assignment", {"metavar": "SPEC", "help": "channel -> key rule (default convnextv2-b)"}),
+    ("depthwise filters", "--assignment", {"metavar": "SPEC", "help": "channel -> key rule (default auto)"}),
     ("depthwise filters", "--learn-scale", {"action": "store_true", "help": "frozen mode: learn a per-channel scale"}),
     ("depthwise filters", "--key-gain", {"type": float_arg(-1e6, 1e6), "metavar": "G", "help": "G x unit-norm key"}),
     ("depthwise filters", "--resize-keys", {"action": "store_true", "help": "crop / pad keys of another size"}),
-    ("depthwise filters", "--sigma-scope", {"choices": ("key", "channel"), "help": "scalespace: σ per key / channel"}),
+    ("depthwise filters", "--sigma-scope", {"choices": SIGMA_SCOPES, "help": "scalespace: σ per key / channel"}),
     ("depthwise filters", "--filters-from", {"metavar": "WEIGHTS", "help": "transfer modes: the trained model"}),
     ("data", "--data", {"metavar": "DATA", "help": "DATA/train and DATA/test (or val): folders or tar shards"}),
     ("data", "--dataset", {"metavar": "NAME", "help": "a timm data set read from --data: torch/cifar10 ..."}),
@@ -138,7 +141,6 @@ _NOT_CONFIG = ("seeds and experiments", "output")  # groups whose options are no
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from masterkey.networks.modes import MODES
     from masterkey.train.recipes import RECIPES
 
     p.add_argument("--recipe", choices=RECIPES, help="preset of every training option; given options override it")
@@ -146,7 +148,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for group, flag, kwargs in _OPTIONS:
         g = groups.setdefault(group, p.add_argument_group(group))
         if flag == "--mode":
-            kwargs = {**kwargs, "choices": MODES}
+            kwargs = {**kwargs, "choices": list(MODES)}
         unset = group not in _NOT_CONFIG or flag == "--seed"  # None: not given, the config (or recipe) decides
         g.add_argument(flag, **kwargs, **({"default": None} if unset and "action" in kwargs else {}))
     groups["output"].add_argument(

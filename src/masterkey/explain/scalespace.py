@@ -36,6 +36,7 @@ from scipy.optimize import least_squares
 from masterkey.errors import MasterkeyError
 from masterkey.kernels import FAMILIES, PAPER8_SCALESPACE, kernel_radius, scalespace_kernel
 from masterkey.keys import KeySet, load_keys
+from masterkey.nn.scalespace import ScaleSpaceKey, models_from_rows, stored_models
 from masterkey.progress import progress_bar
 
 #: Upper bound of σ in fits; a 7x7 window cannot tell larger scales apart.
@@ -257,3 +258,14 @@ def scalespace8_keys(kernel_size: int = 7) -> KeySet:
     """The ``scalespace8`` built-in (``load_keys("scalespace8")``): scale-space models of the 8 ``paper8`` keys,
     generated at any odd size."""
     return load_keys("scalespace8", kernel_size=kernel_size)
+
+
+def scalespace_models(keyset: KeySet) -> list[ScaleSpaceKey]:
+    """The scale-space model of every key, for training with learnable scales (the ``scalespace`` mode of
+    :mod:`masterkey.nn`): the stored parameters of ``scalespace8`` (and of any key set made by
+    :func:`scalespace_keyset`), else a least-squares fit of each key (:func:`fit_keyset`: the family named by its
+    label, else the best one)."""
+    stored = stored_models(keyset)
+    if stored is not None:
+        return stored
+    return models_from_rows(fit_keyset(keyset).to_dict(orient="records"))

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from masterkey.errors import MasterkeyError
+from masterkey.nn.modes import REFERENCE
 from masterkey.report import figures as F
 from masterkey.report.html import Folded, Section
 from masterkey.report.runs import (
@@ -586,11 +587,11 @@ def _efficiency(section: Section, exp: ExperimentRun) -> None:
     if table is None and exp.table is not None and "train_size" in exp.table:
         needed = {"train_mode", "keys", "seed"}
         if needed <= set(exp.table.columns):
-            reference = "trainable" if "trainable" in set(exp.table["mode"]) else None
+            reference = REFERENCE if REFERENCE in set(exp.table["mode"]) else None
             table = efficiency_table(summarize_sweep(exp.table, reference))
     if table is None or not len(table):
         return
-    reference = "trainable" if "trainable" in set(table["arm"]) else None
+    reference = REFERENCE if REFERENCE in set(table["arm"]) else None
     if "delta_n" not in table:
         table = table.assign(delta_top1=math.nan, delta_ci95=math.nan, delta_n=0)
     section.figure(

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,14 +191,8 @@ class SwapSession:
         images, or cross-fitted). The recalibrated statistics stay in the model. ``desc`` names the progress bars
         (the key set being measured)."""
         prefix = f"{desc}: " if desc else ""
-        kwargs = {
-            "batch_size": self.calib_batch_size,
-            "device": self.device,
-            "progress": self.progress,
-            "workers": self.workers,
-        }
         if calibration.images is not None:
-            recalibrate_batchnorm(self.model, calibration.images, self.prep, desc=f"{prefix}recalibrate", **kwargs)
+            self._recalibrate(calibration, f"{prefix}recalibrate")
             return self.evaluate(f"{prefix}evaluate recalibrated")
         check_class_count(self.model, self.images, self.prep, device=self.device)
         swapped = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -206,9 +201,7 @@ class SwapSession:
         for fold, (calib_idx, eval_idx) in enumerate(folds, 1):
             where = f"{prefix}fold {fold}/{len(folds)}"
             self.model.load_state_dict(swapped)
-            recalibrate_batchnorm(
-                self.model, self.images.subset(calib_idx), self.prep, desc=f"{where} recalibrate", **kwargs
-            )
+            self._recalibrate(calibration, f"{where} recalibrate", self.images.subset(calib_idx))
             part = predict_logits(
                 self.model,
                 self.images.subset(eval_idx),
@@ -225,6 +218,21 @@ class SwapSession:
         assert logits is not None
         return accuracy(logits, self.images.labels)
 
+    def _recalibrate(self, calibration: Calibration, desc: str, images: Images | None = None) -> None:
+        """Re-estimate the model's BatchNorm statistics on ``images`` (default: the calibration's own)."""
+        images = images if images is not None else calibration.images
+        assert images is not None
+        recalibrate_batchnorm(
+            self.model,
+            images,
+            self.prep,
+            batch_size=self.calib_batch_size,
+            device=self.device,
+            progress=self.progress,
+            workers=self.workers,
+            desc=desc,
+        )
+
     def baseline(self) -> dict[str, float]:
         """Accuracy of the unswapped model (computed once)."""
         if self._baseline is None:
@@ -237,6 +245,31 @@ class SwapSession:
         check_keys(self.model, specs, layers, resize)
 
     # -------------------------------------------------------------- one key set
+    @contextmanager
+    def swapped(
+        self,
+        keys: str | KeySet,
+        layers: LayerSelector = None,
+        resize: bool = False,
+        calibration: Calibration | None = None,
+    ) -> Iterator[SwapReport]:
+        """Within the block, the session's model has ``keys`` swapped in (and, with a ``calibration`` of
+        calibration images, its BatchNorm statistics re-estimated on them): the network :meth:`run` measures. The
+        original weights are restored when the block ends. Yields the swap's per-layer report."""
+        if calibration is not None and calibration.images is None:
+            raise MasterkeyError(
+                "a cross-fitted recalibration gives one network per fold, not one network; recalibrate on "
+                f"calibration images ({option('calib_data', 'DIR')}) to get the recalibrated network"
+            )
+        self.restore()
+        try:
+            report = swap_depthwise(self.model, resolve_key_spec(keys), layers=layers, resize=resize)
+            if calibration is not None:
+                self._recalibrate(calibration, f"{_display_name(keys)}: recalibrate")
+            yield report
+        finally:
+            self.restore()
+
     def run(
         self,
         keys: str | KeySet,
@@ -251,10 +284,8 @@ class SwapSession:
         base = self.baseline()
         name = _display_name(keys)
         group, seed = spec_group(name)
-        self.restore()
-        try:
-            start = time.perf_counter()
-            report = swap_depthwise(self.model, resolve_key_spec(keys), layers=layers, resize=resize)
+        start = time.perf_counter()
+        with self.swapped(keys, layers, resize) as report:
             common = {
                 "keys": name,
                 "group": group,
@@ -272,8 +303,6 @@ class SwapSession:
                     start = time.perf_counter()
                     acc = self.evaluate_recalibrated(calibration, name)
                     rows.append(self._row(common, acc, base, calibration, start))
-        finally:
-            self.restore()
         return rows, report
 
     def _row(

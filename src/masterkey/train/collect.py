@@ -11,6 +11,7 @@ from typing import Any
 
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import check_output, write_lock
+from masterkey.nn.modes import REFERENCE
 from masterkey.runs import RUN_INFO, read_run_info, write_run_info
 from masterkey.train.config import TrainConfig, normal_form
 from masterkey.train.experiment import Arm, Experiment, arm_name
@@ -125,7 +126,7 @@ def collect_experiments(sources: Sequence[str | Path], out: str | Path, *, overw
     sweep = any(key[1] is not None for key in found)
     base = _check_protocol(found, configs, sweep)
     arms: dict[str, Arm] = {}
-    for (arm, _, _), config in sorted(configs.items(), key=lambda kv: (kv[0][0] != "trainable", kv[0][0])):
+    for (arm, _, _), config in sorted(configs.items(), key=lambda kv: (kv[0][0] != REFERENCE, kv[0][0])):
         arms.setdefault(arm, Arm(arm, {k: config[k] for k in ARM_FIELDS if k in config}))
     seeds = sorted({seed for _, _, seed in found})
     sizes = sorted({size for _, size, _ in found if size is not None}) or None

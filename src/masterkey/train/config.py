@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from masterkey.errors import MasterkeyError, option
-from masterkey.networks.keyconv import MODES, SIGMA_SCOPES, TRANSFER_MODES
+from masterkey.nn.modes import MODES, SIGMA_SCOPES
 
 #: The peak learning rate when neither ``lr`` nor ``base_lr`` is given (the CIFAR-10 ConvNeXts of shared/models).
 DEFAULT_LR = 3e-3
@@ -42,9 +42,9 @@ class TrainConfig:
     init_from: str | None = None  # pretrained encoder (FCMAE): a weights file, or timm:TAG (e.g. timm:fcmae, online)
     head_init_scale: float | None = None  # a fresh classifier: trunc-normal(0.02) x this scale, bias 0
     # depthwise filters
-    mode: str = "trainable"  # trainable | frozen | key-init | span | scalespace | transfer-frozen | transfer-init
+    mode: str = "trainable"  # a mode of masterkey.nn.modes.MODES: trainable | frozen | key-init | span | ...
     keys: str = "paper8"  # built-in key set name or key file (ignored for modes trainable and transfer-*)
-    assignment: str = "convnextv2-b"  # see masterkey.networks.keyconv.make_assigner
+    assignment: str = "auto"  # masterkey.nn.assign: auto = published proportions for paper8, else uniform
     learn_scale: bool = False  # frozen / scalespace modes: learn a per-channel scale a as well as the offset b
     key_gain: float = 1.0  # keys are unit-norm; their kernels are key_gain * key (+ offset)
     resize_keys: bool = False  # centre-crop / zero-pad keys whose kernel size differs from the model's
@@ -103,6 +103,16 @@ class TrainConfig:
         streamed path serves; otherwise crops and flips are drawn per batch on the device."""
         return self.train_crop == "rrc" or bool(self.auto_augment) or self.re_prob > 0
 
+    def key_assignment(self) -> str:
+        """The assignment rule this config trains with: ``auto`` decided for its keys (the published ConvNeXtV2-B
+        proportions for the paper's own keys, else ``uniform``: :func:`masterkey.nn.assign.resolve_assignment`);
+        any other rule as it is. Runs record the decided rule."""
+        if not MODES[self.mode].uses_keys:
+            return self.assignment
+        from masterkey.nn.assign import resolve_assignment
+
+        return resolve_assignment(self.assignment, self.keys)
+
     # ------------------------------------------------------------------ conversion
     @classmethod
     def field_names(cls) -> list[str]:
@@ -156,13 +166,14 @@ class TrainConfig:
             raise bad("mode", " | ".join(MODES))
         if self.sigma_scope not in SIGMA_SCOPES:
             raise bad("sigma_scope", " | ".join(SIGMA_SCOPES))
-        if self.mode in TRANSFER_MODES and not self.filters_from:
+        copying = [m.name for m in MODES.values() if m.copies_filters]
+        if MODES[self.mode].copies_filters and not self.filters_from:
             raise MasterkeyError(
                 f"{source}: mode {self.mode} copies the depthwise filters of a trained model: give it with "
                 f"{option('filters_from', 'WEIGHTS')}"
             )
-        if self.filters_from and self.mode not in TRANSFER_MODES:
-            raise bad("filters_from", f"none unless mode is {' or '.join(TRANSFER_MODES)}")
+        if self.filters_from and not MODES[self.mode].copies_filters:
+            raise bad("filters_from", f"none unless mode is {' or '.join(copying)}")
         if self.new_head and not self.weights:
             raise bad("new_head", "false unless weights are given (it replaces their classifier)")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):

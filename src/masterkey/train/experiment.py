@@ -46,6 +46,7 @@ from typing import Any
 from masterkey.errors import MasterkeyError, option
 from masterkey.jsonio import loads
 from masterkey.keys import builtin_keysets, key_spec_label
+from masterkey.nn.modes import MODES
 from masterkey.reading import MAX_JSON_BYTES, read_text
 from masterkey.train.config import TrainConfig
 
@@ -212,10 +213,10 @@ def standard_arms(discovered_keys: str | None = None) -> list[Arm]:
 def arm_name(config: TrainConfig) -> str:
     """A readable arm name for a single-arm experiment (``trainable``, ``frozen-paper8``, ``key-init-keys``,
     ``transfer-frozen-convnext_atto_s2_e55`` ...)."""
-    if config.mode == "trainable":
-        return "trainable"
-    spec = config.filters_from if config.filters_from else config.keys
-    label = key_spec_label(spec)
+    mode = MODES[config.mode]
+    if not (mode.uses_keys or mode.copies_filters):
+        return config.mode
+    label = key_spec_label(config.filters_from if mode.copies_filters else config.keys)
     return f"{config.mode}-{label}"
 
 

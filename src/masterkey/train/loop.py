@@ -33,13 +33,8 @@ from masterkey.data.evaluate import check_class_count
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import atomic_write, write_lock
 from masterkey.keys import load_keys
-from masterkey.networks.keyconv import (
-    TRANSFER_MODES,
-    depthwise_epoch_stats,
-    depthwise_summary,
-    key_counts,
-    parameter_counts,
-)
+from masterkey.nn.modes import MODES
+from masterkey.nn.summary import depthwise_epoch_stats, depthwise_summary, key_counts, parameter_counts
 from masterkey.progress import progress_bar
 from masterkey.runs import write_run_info
 from masterkey.train.config import TrainConfig, config_differences
@@ -102,7 +97,7 @@ log = logging.getLogger("masterkey")
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the summary (also ``summary.json``), the trained model (DDP / compile wrappers
-    removed; frozen layers are :class:`~masterkey.networks.keyconv.KeyConv2d`), the EMA model if any, and the run
+    removed; frozen layers hold a :class:`~masterkey.nn.layers.KeyKernel`), the EMA model if any, and the run
     dir."""
 
     summary: dict[str, Any]
@@ -184,7 +179,7 @@ def _train(
         how = _evaluation(state, config, inputs, device)
         check_class_count(state.model, inputs.test, inputs.preprocessing, how=how)
 
-        keyset = load_keys(config.keys) if config.mode not in ("trainable", *TRANSFER_MODES) else None
+        keyset = load_keys(config.keys) if MODES[config.mode].uses_keys else None
         resolved = config.to_dict()
         if out is not None:
             run_on_main(info, lambda: start_out(out, plan))  # only now: bad input leaves nothing behind
@@ -249,7 +244,8 @@ def schedule_warnings(config: TrainConfig, steps_per_epoch: int) -> list[str]:
 
 
 def _resolve(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
-    """The config with what the data decide: ``num_classes`` and the normalisation actually used."""
+    """The config with what the data and keys decide: ``num_classes``, the normalisation actually used and the
+    key assignment (``auto``: the published proportions for the paper's own keys, else uniform)."""
     n_classes = len(inputs.classes)
     kwargs = dict(config.model_kwargs)
     if kwargs.setdefault("num_classes", n_classes) != n_classes:
@@ -263,7 +259,7 @@ def _resolve(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
         normalize = "cifar10" if inputs.mean == CIFAR10_MEAN else "imagenet"
     else:
         normalize = config.normalize
-    return config.replace(model_kwargs=kwargs, normalize=normalize)
+    return config.replace(model_kwargs=kwargs, normalize=normalize, assignment=config.key_assignment())
 
 
 def _read_checkpoint(out: Path | None, plan: str, config: TrainConfig, info: Distributed, steps: int) -> dict[str, Any]:
@@ -416,7 +412,7 @@ def _summary(
         "recipe": config.recipe,
         "mode": config.mode,
         "keys": keyset.name if keyset is not None else None,
-        "assignment": config.assignment if config.mode not in ("trainable", *TRANSFER_MODES) else None,
+        "assignment": config.assignment if MODES[config.mode].uses_keys else None,
         "learn_scale": config.learn_scale,
         "seed": config.seed,
         "epochs": config.epochs,
@@ -440,7 +436,7 @@ def _summary(
         "channels_last": state.channels_last,
         "parameters": parameter_counts(state.model),
         "key_counts": key_counts(state.model, len(keyset) if keyset is not None else None),
-        "converted_layers": [layer.__dict__ for layer in state.converted],
+        "converted_layers": [layer.__dict__ for layer in state.converted.layers],
     }
     summary.update(_depthwise_entries(config, state.model))
     if state.ema is not None and config.ema_eval:
@@ -452,10 +448,8 @@ def _summary(
 def _depthwise_entries(config: TrainConfig, model: nn.Module) -> dict[str, Any]:
     """Summary entries of the newer modes (none for trainable / frozen / key-init: their summaries are unchanged)."""
     out: dict[str, Any] = {}
-    if config.mode == "scalespace":
-        out["sigma_scope"] = config.sigma_scope
-    if config.mode in TRANSFER_MODES:
-        out["filters_from"] = config.filters_from
+    for name in MODES[config.mode].records:
+        out[name] = getattr(config, name)
     learned = depthwise_summary(model)
     if learned:
         out["depthwise_layers"] = learned

@@ -20,12 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from masterkey.errors import MasterkeyError, option
-from masterkey.networks.keyconv import (
-    TRANSFER_MODES,
-    ConvertedLayer,
-    convert_to_keys,
-    transfer_filters,
-)
+from masterkey.nn.convert import Conversion, apply_mode
 from masterkey.train.config import TrainConfig
 
 #: Top-level entries of an FCMAE checkpoint that belong to pre-training only (ConvNeXt-V2 ``main_finetune.py``
@@ -33,7 +28,7 @@ from masterkey.train.config import TrainConfig
 PRETRAINING_ONLY = ("decoder", "mask_token", "proj", "pred")
 
 
-def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
+def build_model(config: TrainConfig) -> tuple[nn.Module, Conversion]:
     """The network of ``config`` (timm / torchvision by name with ``model_kwargs`` and ``drop_path``), started from
     ``config.weights`` or ``config.init_from`` when given, its classifier scaled by ``config.head_init_scale``,
     then given keys (or the filters of ``config.filters_from``) as ``config.mode`` says. Seed the global RNG
@@ -56,19 +51,20 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, list[ConvertedLayer]]:
         load_encoder(model, config.init_from, config)
     if config.head_init_scale is not None:
         init_head(model, config.head_init_scale)
-    if config.mode in TRANSFER_MODES:
-        assert config.filters_from is not None
-        return model, transfer_filters(model, config.filters_from, freeze=config.mode == "transfer-frozen")
-    converted = convert_to_keys(
+    from masterkey.explain.scalespace import scalespace_models
+
+    converted = apply_mode(
         model,
-        config.keys,
         config.mode,
-        config.assignment,
+        keys=config.keys,
+        filters_from=config.filters_from,
+        assignment=config.assignment,
         seed=config.seed,
         learn_scale=config.learn_scale,
         key_gain=config.key_gain,
         resize=config.resize_keys,
         sigma_scope=config.sigma_scope,
+        scalespace=scalespace_models,
     )
     return model, converted
 

@@ -25,12 +25,13 @@ from masterkey.train.config import TrainConfig
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; 1-D parameters (norms, biases, key offsets and scales) get no weight decay (timm's grouping); with
-    ``config.layer_decay`` every group's lr is scaled by its layer's factor (``lr_scale`` in each group)."""
+    """AdamW; 1-D parameters (norms, biases, key offsets and scales) get no weight decay
+    (:func:`masterkey.nn.optim.param_groups`, timm's grouping); with ``config.layer_decay`` every group's lr is
+    scaled by its layer's factor (``lr_scale`` in each group)."""
     if config.layer_decay is None:
-        from timm.optim import param_groups_weight_decay
+        from masterkey.nn.optim import param_groups
 
-        groups = param_groups_weight_decay(model, config.weight_decay)
+        groups = param_groups(model, config.weight_decay)
     else:
         groups = layer_decay_groups(model, config.weight_decay, config.layer_decay, config.layer_decay_type)
         for group in groups:

@@ -31,7 +31,7 @@ from masterkey.files import (
     write_text,
 )
 from masterkey.jsonio import dumps, dumps_line
-from masterkey.networks.keyconv import export_state_dict
+from masterkey.nn.export import export_state_dict
 from masterkey.reading import read_json
 from masterkey.runformats import check_columns
 from masterkey.train.config import TrainConfig
@@ -52,9 +52,9 @@ def partial_dir(out: str | Path) -> Path:
 
 def config_inputs(config: TrainConfig) -> list[str | None]:
     """The files and folders a run reads (its output must be none of them, nor lie inside one)."""
-    from masterkey.networks.modes import KEY_MODES
+    from masterkey.nn.modes import MODES
 
-    keys = config.keys if config.mode in KEY_MODES else None
+    keys = config.keys if MODES[config.mode].uses_keys else None
     init = None if (config.init_from or "").startswith("timm:") else config.init_from
     return [config.data, config.weights, keys, config.filters_from, init]
 

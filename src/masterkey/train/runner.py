@@ -13,7 +13,7 @@ from masterkey.data.training import find_splits
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import check_output, write_lock
 from masterkey.keys import load_keys
-from masterkey.networks.keyconv import TRANSFER_MODES
+from masterkey.nn.modes import MODES
 from masterkey.runs import read_run_info, write_run_info
 from masterkey.train.config import TrainConfig, config_differences
 from masterkey.train.distributed import barrier, init_distributed, run_on_main, shutdown
@@ -30,7 +30,8 @@ def _check_completed(sub: Path, config: TrainConfig) -> None:
     if "num_classes" in saved.get("model_kwargs", {}):
         kwargs.setdefault("num_classes", saved["model_kwargs"]["num_classes"])
     normalize = saved.get("normalize", config.normalize) if config.normalize == "auto" else config.normalize
-    diffs = config_differences(saved, config.replace(model_kwargs=kwargs, normalize=normalize))
+    resolved = config.replace(model_kwargs=kwargs, normalize=normalize, assignment=config.key_assignment())
+    diffs = config_differences(saved, resolved)
     if diffs:
         raise MasterkeyError(
             f"{sub} was trained with a different config ({'; '.join(diffs)}); resume with the same experiment, or "
@@ -141,7 +142,7 @@ def _prepare(experiment: Experiment, out: Path, run_dir: Path, resume: bool, ove
     for config in configs:  # fail before anything trains
         if not config.dataset:
             find_splits(config.data)
-        if config.mode not in ("trainable", *TRANSFER_MODES):
+        if MODES[config.mode].uses_keys:
             load_keys(config.keys)
         build_model(config)  # model name, kwargs, key kernel sizes, transferred filters
     check_train_sizes(experiment)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from masterkey.errors import MasterkeyError
-from masterkey.networks.keyconv import ConvertedLayer
+from masterkey.nn.convert import Conversion
 from masterkey.reading import torch_load
 from masterkey.train.config import TrainConfig
 from masterkey.train.distributed import Distributed
@@ -83,7 +83,7 @@ class TrainState:
 
     model: nn.Module
     net: nn.Module  #: ``model`` wrapped for DDP / compile: what the batches go through
-    converted: list[ConvertedLayer]
+    converted: Conversion
     optimizer: torch.optim.Optimizer
     scheduler: Any
     ema: Any  #: timm ``ModelEmaV3`` or None

@@ -14,6 +14,7 @@ import pandas as pd
 from masterkey.errors import MasterkeyError
 from masterkey.files import atomic_write, write_json, write_text
 from masterkey.jsonio import loads
+from masterkey.nn.modes import REFERENCE
 from masterkey.reading import read_json, read_text
 from masterkey.runformats import write_table
 from masterkey.stats import CONFIDENCE, mean_ci
@@ -24,7 +25,7 @@ METRICS = ("test_top1", "test_top5", "test_loss", "train_loss", "best_test_top1"
 Curves = dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]]
 
 
-def summarize_runs(rows: pd.DataFrame | list[dict[str, Any]], reference: str | None = "trainable") -> dict[str, Any]:
+def summarize_runs(rows: pd.DataFrame | list[dict[str, Any]], reference: str | None = REFERENCE) -> dict[str, Any]:
     """Per arm (column ``mode``): ``n``, ``mean`` / ``ci95`` of test top-1 and every metric in :data:`METRICS`
     as ``{mean, std, ci95, values}``, plus the paired difference to the ``reference`` arm (same seeds)."""
     frame = pd.DataFrame(rows)
@@ -53,7 +54,7 @@ def summarize_runs(rows: pd.DataFrame | list[dict[str, Any]], reference: str | N
     return out
 
 
-def summarize_sweep(rows: pd.DataFrame | list[dict[str, Any]], reference: str | None = "trainable") -> dict[str, Any]:
+def summarize_sweep(rows: pd.DataFrame | list[dict[str, Any]], reference: str | None = REFERENCE) -> dict[str, Any]:
     """:func:`summarize_runs` at every training-set size (column ``train_size``), keyed ``<arm>-n<size>`` (as the
     run directories), each entry with its ``arm`` and ``train_size``; paired differences are to the reference arm
     at the same size."""
@@ -210,7 +211,7 @@ def write_summary(run_dir: Path, experiment: Experiment, rows: list[dict[str, An
 
     frame = pd.DataFrame(rows)
     names = [a.name for a in experiment.arms]
-    reference = "trainable" if "trainable" in names else None
+    reference = REFERENCE if REFERENCE in names else None
     sweep = bool(experiment.train_sizes)
     result: dict[str, Any] = {"metric": "test_top1", "confidence": CONFIDENCE, "seeds": experiment.seeds}
     if sweep:
