@@ -229,7 +229,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("fit-all-flagged", ["fit", "default", "--query", "flags == 2", "--resize-keys"], "every one is excluded (65 zero"),
     ("report-fifo-as-run", ["report", f"{H}/fifo.json", "-o", "{out}"], "a named pipe (FIFO), not a run directory"),
     ("report-loop-as-run", ["report", f"{H}/loop", "-o", "{out}"], "a loop of symbolic links"),
-    ("train-lr-and-base-lr", [*TRAIN, "--lr", "0.1", "--base-lr", "0.1"], "--lr and --base-lr both set the learning"),
+    ("train-lr-and-base-lr", [*TRAIN, "--lr", "0.1", "--base-lr", "0.1"], "--lr 0.1 and --base-lr 0.1 conflict"),
     ("explain-flat-image", ["explain", "--images", f"{H}/flat"], "grey.png is flat (no variation within 7x7"),
     # ------------------------------------------------------------------ counts
     ("swap-workers-huge", ["swap", "--weights", M, *SWAP[1:], "--workers", "10000"], "from 0 to 64, got 10,000"),

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from masterkey import jsonio
 from masterkey.data.cache import CACHE_FORMAT, CACHE_VERSION, entry_path
 from masterkey.data.decode import check_workers, decode_image, different_sizes, first_per_class, list_image_folder
 from masterkey.errors import MasterkeyError
@@ -80,7 +81,7 @@ def _read_entry(path: Path) -> tuple[Tensor, Tensor] | None:
 def _write_entry(path: Path, images: Tensor, labels: Tensor, described: dict[str, object]) -> None:
     from safetensors.torch import save
 
-    meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in described.items()}
+    meta = {k: jsonio.dumps(v, indent=None) if not isinstance(v, str) else v for k, v in described.items()}
     meta.update(format=CACHE_FORMAT, version=CACHE_VERSION, sha256=tensor_digest(images, labels))
     try:
         blob = save({"images": images, "labels": labels}, metadata=meta)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from masterkey import jsonio
 from masterkey.files import ONNX_PRODUCER, WEIGHTS_FORMAT
 from masterkey.nn.layers import key_layers, unwrap
 
@@ -88,7 +88,7 @@ def save_weights(
     from masterkey.files import output_file, safetensors_bytes
 
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    meta["masterkey"] = json.dumps({"format": WEIGHTS_FORMAT})
+    meta["masterkey"] = jsonio.dumps({"format": WEIGHTS_FORMAT}, indent=None)
     state = {k: v.contiguous() for k, v in export_state_dict(model).items()}
     data = safetensors_bytes(state, metadata=meta)
     with output_file(path, "weights", overwrite=overwrite, inputs=inputs) as f:
