@@ -20,7 +20,11 @@ import torch
 
 from masterkey.errors import MasterkeyError
 from masterkey.nn.modes import REFERENCE
-from masterkey.report import figures as F
+from masterkey.plots.bars import cos2_boxplots, mean_bars, sensitivity_bars, swap_bars
+from masterkey.plots.curves import efficiency_curves, sigma_trajectories, training_curves
+from masterkey.plots.filters import assigned_samples, filter_grid, key_grid, keyset_figure
+from masterkey.plots.heatmaps import layer_heatmap, matrix_heatmap, proportion_heatmap
+from masterkey.plots.style import figure_png, key_colors
 from masterkey.report.html import Folded, Section
 from masterkey.report.runs import (
     DiscoverPart,
@@ -253,7 +257,7 @@ def _samples_figure(bank: Any, part: pd.DataFrame, keyset: Any, labels: list[str
         samples.append(filters)
         cos2.append(chosen["cos2"].to_numpy(dtype=float))
     title = f"{k}x{k} filters assigned to each key"
-    return F.figure_png(F.assigned_samples(keyset.keys, labels, samples, cos2, counts, title))
+    return figure_png(assigned_samples(keyset.keys, labels, samples, cos2, counts, title))
 
 
 def fit_section(fit: FitRun, index: int, options: ReportOptions) -> Section:
@@ -270,7 +274,7 @@ def fit_section(fit: FitRun, index: int, options: ReportOptions) -> Section:
 
     if fit.keysets:
         rows = [(f"{k}x{k}", ks.keys, None) for k, ks in sorted(fit.keysets.items(), reverse=True)]
-        png = F.figure_png(F.filter_grid(rows, "Keys used for the fit", labels, F.key_colors(n_keys), cell=1.05))
+        png = figure_png(filter_grid(rows, "Keys used for the fit", labels, key_colors(n_keys), cell=1.05))
         section.figure(
             "keys",
             "Keys",
@@ -285,7 +289,7 @@ def fit_section(fit: FitRun, index: int, options: ReportOptions) -> Section:
         section.figure(
             "proportions",
             "Filter-type proportions by layer",
-            F.figure_png(F.proportion_heatmap(layers, labels)),
+            figure_png(proportion_heatmap(layers, labels)),
             "Share of each layer's filters whose best key is key i (columns); layers in network order (rows); "
             "one panel per model.",
         )
@@ -311,7 +315,7 @@ def fit_section(fit: FitRun, index: int, options: ReportOptions) -> Section:
                 )
                 + ")."
             )
-        png = F.figure_png(F.cos2_boxplots(groups, labels, reference_label=f"random:{n_keys}"))
+        png = figure_png(cos2_boxplots(groups, labels, reference_label=f"random:{n_keys}"))
         section.figure("cos2", "Approximation quality per key", png, caption)
         if bank is not None and options.samples > 0:
             for k in sizes:
@@ -363,7 +367,7 @@ def _discover_part(section: Section, part: DiscoverPart) -> None:
     accuracy = summary.get("objective") == "accuracy"
     if keys is not None:
         size = f"{keys.kernel_size}x{keys.kernel_size} "
-        png = F.figure_png(F.keyset_figure(keys, f"Discovered {size}keys ({keys.name})"))
+        png = figure_png(keyset_figure(keys, f"Discovered {size}keys ({keys.name})"))
         shares = (
             "Under each key: the share of the bank's filters whose best key it is. "
             if keys.provenance.get("shares")
@@ -379,7 +383,7 @@ def _discover_part(section: Section, part: DiscoverPart) -> None:
         section.figure(
             f"path{tag}",
             f"Greedy path {size}".strip(),
-            F.figure_png(fig),
+            figure_png(fig),
             "Objective of the remaining key set after each removal (read right to left: keys are removed one by "
             "one); x: each round's elbow; circle: the chosen number of keys; markers: baselines (k-means, PCA, "
             "random ...) at their key counts, error bars: 95% CI over seeds where given.",
@@ -392,8 +396,8 @@ def _discover_part(section: Section, part: DiscoverPart) -> None:
         pivot = part.universality.pivot_table(
             index="keys_from", columns="fitted_to", values="objective", aggfunc="mean"
         )
-        png = F.figure_png(
-            F.matrix_heatmap(
+        png = figure_png(
+            matrix_heatmap(
                 pivot.to_numpy(),
                 [str(x) for x in pivot.index],
                 [str(x) for x in pivot.columns],
@@ -407,7 +411,7 @@ def _discover_part(section: Section, part: DiscoverPart) -> None:
         section.table(f"Universality {size}".strip(), part.universality)
     if part.candidates is not None:
         cand = part.candidates
-        png = F.figure_png(F.key_grid(cand.keys, cand.key_labels(), f"All {len(cand)} candidates", colored=False))
+        png = figure_png(key_grid(cand.keys, cand.key_labels(), f"All {len(cand)} candidates", colored=False))
         caption = "Label: the autoencoder latent z each candidate was decoded from. " + KEY_SCALE
         section.figure(f"candidates{tag}", f"Candidates {size}".strip(), png, caption)
     scalars = _scalars(part.summary)
@@ -434,7 +438,7 @@ def swap_section(swap: SwapRun, index: int, options: ReportOptions) -> Section:
     section = new_section(run, index, str(model))
     table = swap.summary if swap.summary is not None and len(swap.summary) else swap.results
     if table is not None and len(table):
-        png = F.figure_png(F.swap_bars(table))
+        png = figure_png(swap_bars(table))
         section.figure(
             "accuracy",
             "Accuracy after the swap",
@@ -451,7 +455,7 @@ def swap_section(swap: SwapRun, index: int, options: ReportOptions) -> Section:
     if swap.per_stage is not None and len(swap.per_stage):
         section.table("Per stage", swap.per_stage)
     if swap.sensitivity is not None and len(swap.sensitivity):
-        png = F.figure_png(F.sensitivity_bars(swap.sensitivity))
+        png = figure_png(sensitivity_bars(swap.sensitivity))
         section.figure("sensitivity", "Sensitivity", png)
         sensitivity = percent_columns(swap.sensitivity, False)
         section.table("Sensitivity", sensitivity, digits=percent_digits(sensitivity), collapsed=len(sensitivity) > 12)
@@ -467,7 +471,7 @@ def train_section(train: TrainRun, index: int, options: ReportOptions) -> Sectio
     if train.metrics is not None and len(train.metrics):
         label = str(mode or run.name)
         steps = {label: [train.steps]} if train.steps is not None else None
-        png = F.figure_png(F.training_curves({label: [train.metrics]}, steps))
+        png = figure_png(training_curves({label: [train.metrics]}, steps))
         section.figure("curves", "Training curves", png)
         cols = [
             c
@@ -538,7 +542,7 @@ def _learned_keys(section: Section, runs: dict[str, list[TrainRun]]) -> None:
         section.figure(
             "sigma",
             "Learned scale-space parameters per epoch",
-            F.figure_png(F.sigma_trajectories(trajectories, labels)),
+            figure_png(sigma_trajectories(trajectories, labels)),
             "Scale-space arms: σx, σy (and γ of the centre-surround key) of each key after every epoch, averaged "
             "over the layers (or channels) holding the key, then over seeds. Epoch 1 is after one epoch of training; "
             "training starts from the key set's scale-space models (for scalespace8: the fit of paper8).",
@@ -548,7 +552,7 @@ def _learned_keys(section: Section, runs: dict[str, list[TrainRun]]) -> None:
         if alpha is not None:
             names, matrix = alpha
             columns = [str(i + 1) for i in range(matrix.shape[1])]
-            png = F.figure_png(F.layer_heatmap(matrix, names, columns, f"{arm}: mean |alpha| per layer and key", "key"))
+            png = figure_png(layer_heatmap(matrix, names, columns, f"{arm}: mean |alpha| per layer and key", "key"))
             section.figure(
                 f"alpha-{arm}",
                 f"Mixing weights of {arm}",
@@ -560,9 +564,7 @@ def _learned_keys(section: Section, runs: dict[str, list[TrainRun]]) -> None:
         if sigma is not None:
             names, matrix = sigma
             columns = [f"{i // 2 + 1}{'xy'[i % 2]}" for i in range(matrix.shape[1])]
-            png = F.figure_png(
-                F.layer_heatmap(matrix, names, columns, f"{arm}: final σ per layer and key", "key, axis")
-            )
+            png = figure_png(layer_heatmap(matrix, names, columns, f"{arm}: final σ per layer and key", "key, axis"))
             section.figure(
                 f"sigma-layers-{arm}",
                 f"Final σ of {arm} per layer",
@@ -597,7 +599,7 @@ def _efficiency(section: Section, exp: ExperimentRun) -> None:
     section.figure(
         "efficiency",
         "Data efficiency: accuracy vs training-set size",
-        F.figure_png(F.efficiency_curves(table, reference)),
+        figure_png(efficiency_curves(table, reference)),
         "Test top-1 per arm at each training-set size (class-balanced nested subsets, the same for every arm and "
         "seed), mean ± 95% CI over seeds; right: the paired difference to the reference arm at the same size.",
     )
@@ -631,8 +633,8 @@ def experiment_section(exp: ExperimentRun, index: int, options: ReportOptions) -
             mean, ci = mean_ci95(group["test_top1"].dropna().tolist())
             rows.append({"mode": mode, "n": int(group["test_top1"].notna().sum()), "test_top1": mean, "ci95": ci})
         per_mode = pd.DataFrame(rows)
-        png = F.figure_png(
-            F.mean_bars(
+        png = figure_png(
+            mean_bars(
                 per_mode,
                 "test_top1",
                 "ci95",
@@ -656,8 +658,8 @@ def experiment_section(exp: ExperimentRun, index: int, options: ReportOptions) -
         if train.metrics is not None and len(train.metrics):
             curves.setdefault(_arm_of(train), []).append(train.metrics)
     if curves:
-        png = F.figure_png(
-            F.training_curves(curves, title="Training curves per mode (line: mean over seeds; band: min–max)")
+        png = figure_png(
+            training_curves(curves, title="Training curves per mode (line: mean over seeds; band: min–max)")
         )
         section.figure("curves", "Training curves", png)
     if exp.summary_md and table is None:
