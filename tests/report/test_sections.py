@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from masterkey.keys import KeySet, load_keys
-from masterkey.report.sections import discovered_key_labels, is_accuracy, percent_columns
+from masterkey.report.sections.common import is_accuracy, percent_columns
+from masterkey.report.sections.discover import discovered_key_labels
 
 
 def test_accuracies_are_percent_and_say_so() -> None:
