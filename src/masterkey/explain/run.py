@@ -41,10 +41,10 @@ from masterkey.plots.filters import filter_grid, image_panels, key_grid
 from masterkey.plots.heatmaps import matrix_heatmap
 from masterkey.plots.style import figure_png, key_colors
 from masterkey.progress import progress_bar
-from masterkey.report.html import markdown_table
 from masterkey.runformats import write_table
 from masterkey.runs import write_run_info
 from masterkey.stats import mean_ci95
+from masterkey.tables import markdown_table
 
 
 @dataclass
