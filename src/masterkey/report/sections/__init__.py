@@ -5,11 +5,12 @@ side."""
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
+import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-
-import torch
 
 from masterkey.report.html import Section
 from masterkey.report.runs import DiscoverRun, ExperimentRun, ExplainRun, FitRun, LoadedRun, SwapRun, TrainRun
@@ -40,6 +41,8 @@ def build_section(loaded: LoadedRun, index: int, options: ReportOptions | None =
 
 #: Rough cost of a section by kind: the heaviest are started first when sections are drawn side by side.
 _COST = {FitRun: 8, DiscoverRun: 3, ExperimentRun: 2}
+#: The kinds whose sections compute with torch (a fit's random reference, an explain run's reconstruction summary).
+_TORCH_KINDS = (FitRun, ExplainRun)
 
 
 def build_sections(runs: Sequence[LoadedRun], options: ReportOptions | None = None) -> list[Section]:
@@ -49,6 +52,8 @@ def build_sections(runs: Sequence[LoadedRun], options: ReportOptions | None = No
     jobs = min(options.jobs, len(runs))
     if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return [build_section(run, i + 1, options) for i, run in enumerate(runs)]
+    if any(isinstance(run, _TORCH_KINDS) for run in runs):
+        importlib.import_module("torch")  # once, before the fork: shared by the children instead of loaded by each
     order = sorted(range(len(runs)), key=lambda i: _COST.get(type(runs[i]), 1), reverse=True)
     context = multiprocessing.get_context("fork")  # the children inherit the imports (seconds of start-up each)
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
@@ -57,8 +62,8 @@ def build_sections(runs: Sequence[LoadedRun], options: ReportOptions | None = No
 
 
 def _one_thread() -> None:
-    """Each drawing process computes on one thread: the processes already share the cores."""
-    torch.set_num_threads(1)
-
-
-__all__ = ["ReportOptions", "build_section", "build_sections"]
+    """Each drawing process computes on one thread: the processes already share the cores. (Torch, where a section
+    needs it, loaded before the fork; ``OMP_NUM_THREADS`` sets the threads of a later load.)"""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from masterkey.errors import MasterkeyError
 from masterkey.plots.bars import cos2_boxplots
@@ -102,6 +101,8 @@ def _random_reference(
     fit: FitRun, bank: Any, kernel_size: int, part: pd.DataFrame, n_keys: int, options: ReportOptions
 ) -> np.ndarray | None:
     """cos² of (a sample of) the fitted filters against the run's random reference key set."""
+    import torch
+
     from masterkey.fit import fit_affine
     from masterkey.keys import load_keys
 
