@@ -131,7 +131,7 @@ class Run:
         return rows
 
     def read_keyset(self, name: str, optional: bool = False) -> KeyValues | None:
-        """A key set of the run, as numbers (checked as :meth:`KeySet.load <masterkey.keys.KeySet.load>` checks them,
+        """A key set of the run, as numbers (checked as :meth:`masterkey.keys.KeySet.load` checks them,
         without torch: the report only draws keys); None (with a note) when absent or unreadable."""
         path = self.file(name, optional)
         if path is None:

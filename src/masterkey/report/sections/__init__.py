@@ -1,7 +1,6 @@
 """One report section per run: the figures and tables that make each kind of run legible at a glance. One module
-per run kind (:mod:`~.fit`, :mod:`~.discover`, :mod:`~.swap`, :mod:`~.training`, :mod:`~.explain`) on what they
-share (:mod:`~.common`); here, the one entry point that picks the builder of a run and draws several runs side by
-side."""
+per run kind (``fit``, ``discover``, ``swap``, ``training``, ``explain``) on what they share (``common``); here, the
+one entry point that picks the builder of a run and draws several runs side by side."""
 
 from __future__ import annotations
 
