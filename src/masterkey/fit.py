@@ -23,6 +23,7 @@ from masterkey.bank import FilterBank
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import atomic_directory, write_json, write_text
 from masterkey.keys import KeySet, load_keys, resolve_key_spec
+from masterkey.normalize import unit_rows
 from masterkey.progress import progress_bar
 from masterkey.runformats import write_table
 from masterkey.runs import write_run_info
@@ -78,12 +79,7 @@ def _key_matrix(keys: KeySet | Tensor) -> Tensor:
     """Centred unit-norm keys as a float64 [K, d] matrix."""
     if isinstance(keys, KeySet):
         return keys.keys.reshape(len(keys), -1).to(torch.float64)
-    mat = torch.as_tensor(keys).reshape(len(keys), -1).to(torch.float64)
-    mat = mat - mat.mean(dim=1, keepdim=True)
-    norms = torch.linalg.vector_norm(mat, dim=1, keepdim=True)
-    if bool((norms == 0).any()) or not bool(torch.isfinite(mat).all()):
-        raise MasterkeyError("keys must be finite and non-constant")
-    return mat / norms
+    return unit_rows(torch.as_tensor(keys), "keys")
 
 
 class _Fitter:

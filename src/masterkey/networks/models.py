@@ -152,6 +152,8 @@ def build_architecture(name: str, pretrained: bool = False, **kwargs: Any) -> nn
         if kwargs and not pretrained:
             _check_parameter_count(name, kwargs, construct)
         return construct(pretrained)
+    except MasterkeyError:
+        raise
     except TypeError as exc:
         raise MasterkeyError(f"model '{name}': bad keyword arguments {kwargs} ({_short(exc)})") from None
     except (OSError, RuntimeError, ValueError) as exc:

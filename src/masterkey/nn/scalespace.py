@@ -156,6 +156,9 @@ class ScaleSpaceKernel(KernelParametrization):
                 parts.append(scalespace_kernel_torch(family, sigma_x[rows], sigma_y[rows], gamma, k))
                 start += count
             raw = torch.cat(parts)[self._inverse].flatten(1)
+            # masterkey.normalize's arithmetic, kept here as a near-copy on purpose: this runs inside autograd at
+            # every training step, and the clamp keeps the gradient finite where a σ makes a model (nearly)
+            # constant, where center_norm would raise instead.
             centred = raw - raw.mean(dim=1, keepdim=True)
             unit = centred / torch.linalg.vector_norm(centred, dim=1, keepdim=True).clamp_min(1e-30)
             return (unit * self.sign.double()[:, None]).reshape(-1, k, k)
