@@ -59,8 +59,8 @@ _LABEL_FAMILIES: tuple[tuple[str, str], ...] = (
 
 
 def _unit(values: np.ndarray) -> np.ndarray | None:
-    # One model kernel, not rows: a near-copy of normalize.unit_rows_array kept because its 1-D norm (a BLAS dot)
-    # is not bitwise the row-wise one, and the scale-space fits explain writes are pinned to these numbers.
+    # One model kernel, not rows: a near-copy of normalize.unit_rows_array kept because its 1-D norm (a dot product)
+    # need not equal the row-wise sum of squares bit for bit, and explain's scale-space fits must not change.
     flat = values.reshape(-1) - values.mean()
     norm = float(np.linalg.norm(flat))
     return flat / norm if norm > 1e-300 else None
