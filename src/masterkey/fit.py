@@ -116,12 +116,12 @@ class _Fitter:
         mean = scores[-1].clone()
         scores = scores[:-1]
         scores.addr_(self.key_sum, mean, alpha=-1)  # = <y - mean, key>
-        # NaN scores (a non-finite filter) would match no maximum; they count as 0 so the index stays valid.
         magnitude = scores.abs()
         top = magnitude.amax(dim=0)
         # First index reaching the maximum (ties go to the lower key) as the highest rank = K - index among the
-        # maximal entries: an integer multiply and max, far faster than argmax over dim 0 on CPU. A NaN filter
-        # matches nothing and is clamped to a valid index (its a, cos² and residual stay NaN).
+        # maximal entries: an integer multiply and max, far faster than argmax over dim 0 on CPU. A non-finite
+        # filter's scores are NaN and match nothing: its index is clamped to the last key, and its a, cos² and
+        # residual are NaN.
         chosen = (torch.ge(magnitude, top).to(self.rank.dtype) * self.rank).amax(dim=0)
         best = (self.n_keys - chosen.long()).clamp_(max=self.n_keys - 1)
         a = scores.gather(0, best[None])[0]
@@ -142,7 +142,8 @@ class _Fitter:
                 0, where, self._direct_residual2(centred.index_select(1, where), best[where], a[where])
             )
         residual.sqrt_()
-        cos2 = torch.where(energy > 0, a.square() / energy.clamp_min(torch.finfo(self.dtype).tiny), 1.0)
+        # A constant filter (energy 0) is explained fully; a non-finite one keeps its NaN.
+        cos2 = torch.where(energy == 0, 1.0, a.square() / energy.clamp_min(torch.finfo(self.dtype).tiny))
         return FitResult(best.cpu(), a.cpu(), mean.cpu(), cos2.clamp_(0, 1).cpu(), residual.cpu())
 
 
@@ -168,6 +169,8 @@ def fit_affine(
     """Best affine fit ``a * key + b`` of every filter of ``filters`` ([N, k, k] or [N, d]) to ``keys``.
 
     Keys are centred and unit-normed first (a :class:`KeySet` already is). Ties in |a| go to the lower key index.
+    A filter with a NaN or Inf weight gets the last key, a non-finite ``a`` and NaN ``cos2`` and ``residual`` (check
+    with :func:`fittable` first; :func:`fit_bank` excludes and counts such filters, it never fits them).
     Works on CPU and CUDA (``device``); results are on the CPU. ``chunk_size``: filters per kernel call (default
     :func:`fit_chunk_size`).
     """
