@@ -36,8 +36,8 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 MAX_ABS_WEIGHT = 1e15
 #: Filters per kernel call: large enough for efficient matrix products, small enough to stay in CPU cache.
 FIT_CHUNK = 8192
-#: Filters per kernel call on a GPU, where launches cost more than cache misses: 1M 7x7 filters x 50 keys took
-#: 0.039 s in chunks of 65,536 vs 0.107 s in chunks of 8,192 on an H200 (bench/results/gpu), 96 MiB of GPU memory.
+#: Filters per kernel call on a GPU, where launches cost more than cache misses (96 MiB of GPU memory for 7x7
+#: filters and 50 keys; measured in bench/results/gpu).
 FIT_CHUNK_CUDA = 65536
 
 
@@ -126,7 +126,7 @@ class _Fitter:
         best = (self.n_keys - chosen.long()).clamp_(max=self.n_keys - 1)
         a = scores.gather(0, best[None])[0]
         centred = y.T - mean  # [d, n]
-        # vector_norm reduces without materialising the squares: ~10x faster on CPU than square().sum(0).
+        # vector_norm reduces without materialising the squares, far faster on CPU than square().sum(0).
         energy = torch.linalg.vector_norm(centred, dim=0).square_()
         # residual² = energy - a² is exact in theory but cancels in floating point when the fit is good; where
         # more than EXACT_RESIDUAL_COS2 of the energy is explained, the residual is computed directly instead.

@@ -35,7 +35,7 @@ from scipy.optimize import least_squares
 
 from masterkey.errors import MasterkeyError
 from masterkey.kernels import FAMILIES, PAPER8_SCALESPACE, kernel_radius, scalespace_kernel
-from masterkey.keys import KeySet, load_keys
+from masterkey.keys import KeySet
 from masterkey.nn.scalespace import ScaleSpaceKey, models_from_rows, stored_models
 from masterkey.progress import progress_bar
 
@@ -254,12 +254,6 @@ def paper8_parameters() -> pd.DataFrame:
         for i, (label, family, sx, sy, g, s, c) in enumerate(PAPER8_SCALESPACE)
     ]
     return pd.DataFrame(rows, columns=list(SCALESPACE_COLUMNS))
-
-
-def scalespace8_keys(kernel_size: int = 7) -> KeySet:
-    """The ``scalespace8`` built-in (``load_keys("scalespace8")``): scale-space models of the 8 ``paper8`` keys,
-    generated at any odd size."""
-    return load_keys("scalespace8", kernel_size=kernel_size)
 
 
 def scalespace_models(keyset: KeySet) -> list[ScaleSpaceKey]:
