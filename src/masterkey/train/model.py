@@ -50,7 +50,7 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, Conversion]:
         load_encoder(model, config.init_from, config)
     if config.head_init_scale is not None:
         init_head(model, config.head_init_scale)
-    from masterkey.explain.scalespace import scalespace_models
+    from masterkey.scalespace import scalespace_models
 
     converted = apply_mode(
         model,

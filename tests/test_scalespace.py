@@ -1,4 +1,4 @@
-"""Discrete scale-space kernels and least-squares fits of keys (masterkey.explain.scalespace)."""
+"""Discrete scale-space kernels and least-squares fits of keys (masterkey.scalespace)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from masterkey.errors import MasterkeyError
-from masterkey.explain.scalespace import (
-    family_for_label,
-    fit_keyset,
-    fit_scalespace,
-    paper8_parameters,
-    scalespace_keyset,
-)
 from masterkey.kernels import (
     FAMILIES,
     PAPER8_SCALESPACE,
@@ -31,6 +24,13 @@ from masterkey.kernels import (
     second_difference,
 )
 from masterkey.keys import load_keys
+from masterkey.scalespace import (
+    family_for_label,
+    fit_keyset,
+    fit_scalespace,
+    paper8_parameters,
+    scalespace_keyset,
+)
 
 sigmas = st.floats(0.0, 3.0, allow_nan=False)
 fit_sigmas = st.floats(0.35, 1.6, allow_nan=False)
