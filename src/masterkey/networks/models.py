@@ -131,6 +131,31 @@ def parse_scalar(value: str) -> Any:
     return value
 
 
+def parse_model_kwargs(text: str | None) -> dict[str, Any]:
+    """A model's keyword arguments as a user writes them: ``"num_classes=10,patch_size=1"`` (ints, floats, bools,
+    strings: :func:`parse_scalar`) or a JSON object (``'{"num_classes": 10}'``). Empty or None: no arguments."""
+    from masterkey.errors import option
+    from masterkey.jsonio import loads
+
+    what = option("model_kwargs")
+    text = (text or "").strip()
+    if text.startswith("{"):
+        try:
+            kwargs = loads(text, what, restore=False)
+        except MasterkeyError as exc:
+            raise MasterkeyError(f"{what}: not a JSON object ({str(exc).partition(': ')[2]})") from None
+        if not isinstance(kwargs, dict):
+            raise MasterkeyError(f"{what}: expected a JSON object")
+        return kwargs
+    out: dict[str, Any] = {}
+    for item in text.split(",") if text else []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MasterkeyError(f"{what}: expected key=value pairs separated by commas, got {item!r}")
+        out[key.strip()] = parse_scalar(value.strip())
+    return out
+
+
 def build_architecture(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """The network ``name`` (timm first, then torchvision; ``timm:`` / ``torchvision:`` prefixes pick one) built
     with ``kwargs``: randomly initialised, or with the hub's weights when ``pretrained`` (online only).
