@@ -251,3 +251,12 @@ def test_scalespace_keyset_round_trips_through_a_fit_table(paper8_fit) -> None:
     again = fit_keyset(keyset, list(paper8_fit["family"]))
     assert (again["cosine"] > 1 - 1e-8).all()
     np.testing.assert_allclose(again["sigma_x"], paper8_fit["sigma_x"], atol=2e-3)
+
+
+def test_explain_keeps_its_names_for_the_one_implementation() -> None:
+    """masterkey.explain.scalespace defines nothing: its names are masterkey.scalespace's (and kernels')."""
+    import masterkey.scalespace as home
+    from masterkey.explain import scalespace as explain_names
+
+    for name in explain_names.__all__:
+        assert getattr(explain_names, name) is getattr(home, name), name
