@@ -105,10 +105,16 @@ RUN_FORMATS: dict[str, RunFormat] = {
             RunFile("keys.safetensors", "the discovered keys (their share of filters in the metadata)"),
             RunFile("candidates.safetensors", "the distinct candidates the autoencoders gave"),
             RunFile("candidates_round*.safetensors", "the candidates of later rounds (--rounds)", required=False),
-            RunFile("path.csv", "the greedy path: objective after each removal", columns=("n_keys", "objective")),
+            RunFile(
+                "path.csv",
+                "the greedy path: objective after each removal, in objective_unit (percent: held-out top-1 of the "
+                "accuracy objective; cos2); runs without objective_unit held the accuracy objective as fractions",
+                columns=("n_keys", "objective"),
+            ),
             RunFile(
                 "baselines.csv",
-                "the objective of each baseline (and of the discovered keys) at each set size; ci95 over seeds",
+                "the objective of each baseline (and of the discovered keys) at each set size; ci95 over seeds; "
+                "objective and ci95 in objective_unit (as path.csv)",
                 columns=("method", "n_keys", "objective", "ci95"),
             ),
             RunFile(

@@ -256,15 +256,43 @@ def load_fit(run: Run) -> FitRun:
 
 def _discover_part(run: Run, prefix: str) -> DiscoverPart:
     at = f"{prefix}/" if prefix else ""
+    path = run.read_csv(f"{at}path.csv", DISCOVER.columns("path.csv"))
+    baselines = run.read_csv(f"{at}baselines.csv", DISCOVER.columns("baselines.csv"), optional=True)
+    summary = run.read_json(f"{at}summary.json", optional=bool(prefix))
+    if _discover_fractions(summary, path):
+        path = _objective_to_percent(path)
+        baselines = _objective_to_percent(baselines)
+        run.notes.append(
+            f"an older discover run{' (' + prefix + ')' if prefix else ''}: its held-out top-1 was "
+            "stored as fractions, shown here in percent"
+        )
     return DiscoverPart(
         prefix,
         run.read_keyset(f"{at}keys.safetensors"),
         run.read_keyset(f"{at}candidates.safetensors", optional=True),
-        run.read_csv(f"{at}path.csv", DISCOVER.columns("path.csv")),
-        run.read_csv(f"{at}baselines.csv", DISCOVER.columns("baselines.csv"), optional=True),
+        path,
+        baselines,
         run.read_csv(f"{at}universality.csv", DISCOVER.columns("universality.csv"), optional=True),
-        run.read_json(f"{at}summary.json", optional=bool(prefix)),
+        summary,
     )
+
+
+def _discover_fractions(summary: Any, path: pd.DataFrame | None) -> bool:
+    """Whether a discover run with the accuracy objective holds fractions: written before its files named their
+    ``objective_unit`` (now percent, :data:`~masterkey.runformats.ACCURACY_UNIT`)."""
+    if not isinstance(summary, dict) or summary.get("objective") != "accuracy":
+        return False
+    return "objective_unit" not in summary and (path is None or "objective_unit" not in path)
+
+
+def _objective_to_percent(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    if table is None:
+        return None
+    table = table.copy()
+    for col in ("objective", "ci95"):
+        if col in table:
+            table[col] = pd.to_numeric(table[col], errors="coerce") * 100
+    return table.assign(objective_unit="percent")
 
 
 def load_discover(run: Run) -> DiscoverRun:
