@@ -2,8 +2,8 @@
 
 * :class:`VarianceObjective` (data-free): the mean explained variance (cos²) of a bank's filters under their best
   affine fits, averaged per source first, so that one big model cannot dominate.
-* :class:`AccuracyObjective`: the top-1 accuracy (percent) of a model on a held-out split of *training* images after every
-  depthwise filter is swapped for its best fit (:func:`~masterkey.networks.surgery.swap_depthwise`); the original
+* :class:`AccuracyObjective`: the top-1 accuracy (percent) of a model on a held-out split of *training* images after
+  every depthwise filter is swapped for its best fit (:func:`~masterkey.networks.surgery.swap_depthwise`); the original
   weights are restored before every evaluation. Ties in top-1 (common on small splits) are broken by the mean
   log-likelihood.
 
@@ -354,8 +354,8 @@ def _best_many(filters: Tensor, weights: Tensor, kmats: Sequence[Tensor], device
 
 
 class AccuracyObjective:
-    """Top-1 accuracy in percent (ties broken by mean log-likelihood) of ``model`` on ``images`` after swapping its k x k
-    depthwise filters for their best fits from a key set.
+    """Top-1 accuracy in percent (ties broken by mean log-likelihood) of ``model`` on ``images`` after swapping its
+    k x k depthwise filters for their best fits from a key set.
 
     ``images`` must be a held-out split of *training* data (never the test split): the selection would otherwise
     be tuned on the numbers it is judged by. Removing a candidate that no filter uses leaves the swapped model

@@ -28,8 +28,9 @@ def _digits(disc: Discovery) -> int:
     return 2 if disc.objective_unit == "percent" else 4
 
 
-def _unit(disc: Discovery) -> str:
-    return " %" if disc.objective_unit == "percent" else ""
+def _value(disc: Discovery, value: float) -> str:
+    """An objective value in its unit: ``23.33 %`` or ``0.2778``."""
+    return f"{value:.{_digits(disc)}f}" + (" %" if disc.objective_unit == "percent" else "")
 
 
 def comparison_text(disc: Discovery, digits: int | None = None) -> str:
@@ -57,7 +58,10 @@ def comparison_text(disc: Discovery, digits: int | None = None) -> str:
 
 def _objective_label(disc: Discovery) -> str:
     if disc.objective == "accuracy":
-        return "top-1 accuracy (percent) on the held-out split of training data after swapping every filter for its best fit"
+        return (
+            "top-1 accuracy (percent) on the held-out split of training data after swapping every filter for its "
+            "best fit"
+        )
     weighting = "each source weighted equally" if disc.config.weighting == "source" else "each filter weighted equally"
     return f"mean explained variance (cos²) of the bank's filters under their best single-key fits ({weighting})"
 
@@ -90,7 +94,7 @@ def discovery_markdown(disc: Discovery, level: int = 1) -> str:
         f"- filters: {disc.n_filters:,} usable from {len(disc.sources)} source(s): {', '.join(disc.sources)}",
         f"- excluded {k}x{k} filters: {excluded_text(disc)}",
         f"- objective: {_objective_label(disc)}",
-        f"- K = {len(disc.keys)}: objective {disc.objective_at_k:.{_digits(disc)}f}{_unit(disc)} (round {disc.final_round}"
+        f"- K = {len(disc.keys)}: objective {_value(disc, disc.objective_at_k)} (round {disc.final_round}"
         + (", the elbow" if disc.config.stop == "elbow" else "")
         + "); "
         + "; ".join(f"elbow of round {r} at {e} key{'s' if e != 1 else ''}" for r, e in disc.elbows.items()),
@@ -200,7 +204,7 @@ def run_text(discoveries: Mapping[int, Discovery]) -> str:
             f"{k}x{k}: {disc.n_filters:,} filters from {len(disc.sources)} source(s), excluded: {excluded_text(disc)}; "
             f"objective = {what}"
             + ("" if disc.config.protocol == "masterkey" else f"; protocol {disc.config.protocol}"),
-            f"K={len(disc.keys)}{at}: {disc.objective_at_k:.{_digits(disc)}f}{_unit(disc)} (round {disc.final_round}); elbow at {elbows}",
+            f"K={len(disc.keys)}{at}: {_value(disc, disc.objective_at_k)} (round {disc.final_round}); elbow at {elbows}",
         ]
         if disc.accuracy is not None:
             lines.append(f"unswapped model: {disc.accuracy.unswapped_objective:.2f} %")
