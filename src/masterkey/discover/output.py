@@ -204,7 +204,8 @@ def run_text(discoveries: Mapping[int, Discovery]) -> str:
             f"{k}x{k}: {disc.n_filters:,} filters from {len(disc.sources)} source(s), excluded: {excluded_text(disc)}; "
             f"objective = {what}"
             + ("" if disc.config.protocol == "masterkey" else f"; protocol {disc.config.protocol}"),
-            f"K={len(disc.keys)}{at}: {_value(disc, disc.objective_at_k)} (round {disc.final_round}); elbow at {elbows}",
+            f"K={len(disc.keys)}{at}: {_value(disc, disc.objective_at_k)} (round {disc.final_round}); "
+            f"elbow at {elbows}",
         ]
         if disc.accuracy is not None:
             lines.append(f"unswapped model: {disc.accuracy.unswapped_objective:.2f} %")
