@@ -126,6 +126,8 @@ def train(
 
     config = config.validated()
     resolve_model_name(config.model)  # an unknown name fails before any data is read
+    if MODES[config.mode].uses_keys:
+        load_keys(config.keys)  # so does a missing key file ("no such file: PATH")
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
