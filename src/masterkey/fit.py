@@ -197,8 +197,20 @@ class BankFit:
 
     table: pd.DataFrame
     keysets: dict[int, KeySet]
-    excluded: dict[str, int]
+    #: Filters of the fitted kernel sizes left out, by reason, per kernel size (:attr:`excluded`: their total).
+    excluded_by_kernel: dict[int, dict[str, int]]
     skipped_kernels: list[int] = field(default_factory=list)
+    #: Filters of the kernel sizes not fitted (no keys of that size, no ``resize``), per kernel size: not excluded.
+    not_fitted: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def excluded(self) -> dict[str, int]:
+        """Filters of the fitted kernel sizes left out, by reason (non-finite, zero, constant, out of range)."""
+        total: dict[str, int] = {}
+        for counts in self.excluded_by_kernel.values():
+            for why, n in counts.items():
+                total[why] = total.get(why, 0) + n
+        return total
 
     @property
     def n_keys(self) -> int:
@@ -224,7 +236,10 @@ def fit_bank(
     """
     if len(bank) == 0:
         raise MasterkeyError(f"{bank.path}: the bank (or query) holds no filters")
-    excluded = {**bank.excluded_counts(), "out_of_range": 0}
+    from masterkey.normalize import excluded_counts
+
+    kernels, flags = bank.metadata["kernel_size"].to_numpy(), bank.metadata["flags"].to_numpy()
+    by_kernel = {k: {**excluded_counts(flags[kernels == k]), "out_of_range": 0} for k in bank.kernel_sizes}
     usable = bank.usable()
     base = load_keys(keys)
     resolved = resolve_key_spec(keys) if isinstance(keys, str) else None
@@ -239,7 +254,9 @@ def fit_bank(
         view = usable.select((usable.metadata["kernel_size"] == k).to_numpy())
         if k not in own_sizes and not resize:
             skipped.append(k)
+            by_kernel.pop(k)
             continue
+        excluded = by_kernel[k]
         keyset = load_keys(keys if isinstance(keys, str) else base, kernel_size=k, resize=resize)
         keysets[k] = keyset
         if len(view) == 0:
@@ -271,13 +288,15 @@ def fit_bank(
             f"{base.kernel_size}x{base.kernel_size}; pass {option('resize', True, flag='--resize-keys')} to "
             "centre-crop / zero-pad the keys"
         )
+    not_fitted = {k: int((kernels == k).sum()) for k in skipped}
     if not frames:
-        counted = ", ".join(f"{n:,} {what.replace('_', ' ')}" for what, n in excluded.items() if n)
+        totals = BankFit(pd.DataFrame(), keysets, by_kernel).excluded
+        counted = ", ".join(f"{n:,} {what.replace('_', ' ')}" for what, n in totals.items() if n)
         fitted = ", ".join(f"{k}x{k}" for k in keysets)
         raise MasterkeyError(
             f"{bank.path}: no {fitted} filter can be fitted: every one is excluded ({counted or 'none usable'})"
         )
-    return BankFit(pd.concat(frames, ignore_index=True), keysets, excluded, skipped)
+    return BankFit(pd.concat(frames, ignore_index=True), keysets, by_kernel, skipped, not_fitted)
 
 
 def summarize(table: pd.DataFrame, n_keys: int, by: list[str] | None = None) -> pd.DataFrame:
@@ -316,7 +335,9 @@ def fit_report(fit: BankFit, reference: BankFit | None = None) -> dict[str, Any]
         },
         "n_fitted": len(fit.table),
         "excluded": fit.excluded,
+        "excluded_by_kernel": {str(k): counts for k, counts in fit.excluded_by_kernel.items()},
         "skipped_kernel_sizes": fit.skipped_kernels,
+        "not_fitted": {str(k): n for k, n in fit.not_fitted.items()},
     }
     groupings = {
         "overall": None,
@@ -375,11 +396,15 @@ def render_text(report: dict[str, Any]) -> str:
     from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
 
     keys = "; ".join(f"{k}x{k}: {v['name']}" for k, v in report["keys"].items())
-    excluded = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in report["excluded"].items())
-    lines = [
-        f"fit of {keys}",
-        f"bank {report['bank']}: {report['n_fitted']:,} filters fitted (excluded: {excluded})",
-    ]
+    lines = [f"fit of {keys}", f"bank {report['bank']}: {report['n_fitted']:,} filters fitted"]
+    by_kernel = report.get("excluded_by_kernel") or {"": report["excluded"]}
+    for k, counts in by_kernel.items():
+        what = ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in counts.items() if n) or "none"
+        lines.append(f"  {k}x{k} excluded: {what}" if k else f"  excluded: {what}")
+    not_fitted = report.get("not_fitted") or {}
+    if not_fitted:
+        sizes = ", ".join(f"{n:,} {k}x{k}" for k, n in not_fitted.items())
+        lines.append(f"  not fitted (no keys of that size; --resize-keys fits them): {sizes}")
     if "reference" in report:
         lines.append("reference: " + "; ".join(f"{k}x{k}: {v}" for k, v in report["reference"].items()))
     for title, name, first in (

@@ -200,6 +200,9 @@ def _fit_summary(section: Section, summary: dict[str, Any], n_keys: int) -> None
     excluded = {k: v for k, v in (summary.get("excluded") or {}).items() if v}
     if excluded:
         line += "; excluded: " + ", ".join(f"{v:,} {k}" for k, v in excluded.items())
+    not_fitted = summary.get("not_fitted") or {}
+    if not_fitted:
+        line += "; not fitted (no keys of that size): " + ", ".join(f"{n:,} {k}x{k}" for k, n in not_fitted.items())
     section.text(line + ". cos² is the fraction of a centred filter's energy that its best key (a·key + b) explains.")
     groups: list[tuple[str, dict[str, Any]]] = [("all", overall)]
     groups += [(f"{r['kernel_size']}x{r['kernel_size']}", r) for r in summary.get("by_kernel") or []]
