@@ -66,7 +66,11 @@ class FitResult:
         return int(self.key.shape[0])
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({name: getattr(self, name).numpy() for name in FIT_COLUMNS})
+        """One row per filter: ``key_index`` (0-based), ``key_number`` (1-based), ``a``, ``b``, ``cos2``,
+        ``residual`` (:data:`masterkey.runformats.KEY_COLUMNS`)."""
+        key = self.key.numpy()
+        columns = {"key_index": key, "key_number": key + 1}
+        return pd.DataFrame({**columns, **{name: getattr(self, name).numpy() for name in FIT_COLUMNS[1:]}})
 
     @classmethod
     def cat(cls, parts: Iterable[FitResult]) -> FitResult:
@@ -192,7 +196,8 @@ def fittable(filters: Tensor) -> Tensor:
 
 @dataclass
 class BankFit:
-    """Fits of a bank's usable filters: ``table`` holds the metadata columns plus ``key``, ``key_label``, ``a``,
+    """Fits of a bank's usable filters: ``table`` holds the metadata columns plus ``key_index`` (0-based),
+    ``key_number`` (1-based), ``key_label``, ``a``,
     ``b``, ``cos2``, ``residual``; ``keysets`` the key set used per kernel size."""
 
     table: pd.DataFrame
@@ -278,7 +283,7 @@ def fit_bank(
         result = FitResult.cat(parts)
         frame = pd.concat(metas).reset_index(drop=True)
         fits = result.to_frame()
-        fits["key_label"] = np.asarray(keyset.key_labels(), dtype=object)[fits["key"].to_numpy()]
+        fits.insert(2, "key_label", np.asarray(keyset.key_labels(), dtype=object)[fits["key_index"].to_numpy()])
         frames.append(pd.concat([frame, fits], axis=1))
     bar.close()
     if not keysets:
@@ -313,7 +318,7 @@ def summarize(table: pd.DataFrame, n_keys: int, by: list[str] | None = None) -> 
         for q, v in zip(QUANTILES, np.quantile(cos2, QUANTILES) if len(cos2) else [np.nan] * 5, strict=True):
             row[f"q{int(q * 100):02d}_cos2"] = float(v)
         row["mean_residual"] = float(group["residual"].mean()) if len(group) else float("nan")
-        counts = np.bincount(group["key"].to_numpy(), minlength=n_keys)
+        counts = np.bincount(group["key_index"].to_numpy(), minlength=n_keys)
         for i, c in enumerate(counts):
             row[f"p_{i + 1}"] = float(c / max(1, len(group)))
         rows.append(row)

@@ -259,7 +259,7 @@ def _image_list(names: Sequence[str], limit: int = 8) -> str:
 def _markdown(expl: Explanation, command: str | None) -> str:
     s = expl.summary()
     recon = summarize_reconstruction(expl.reconstruction)
-    scalespace = expl.scalespace[["key", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine", "at_bound"]]
+    scalespace = expl.scalespace[["key_number", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine", "at_bound"]]
     bound = [BOUND_NOTE + ".", ""] if s["scalespace_at_bound"] else []
     degenerate = degenerate_reconstruction(expl.keys)
     lines = [

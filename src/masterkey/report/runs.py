@@ -21,7 +21,7 @@ from masterkey.errors import MasterkeyError
 from masterkey.jsonio import loads
 from masterkey.keys import KeySet
 from masterkey.reading import read_json, read_text, regular_file
-from masterkey.runformats import ACCURACY_UNIT, run_format
+from masterkey.runformats import ACCURACY_UNIT, run_format, with_key_columns
 from masterkey.runs import RUN_INFO, read_run_info
 
 KINDS = ("fit", "discover", "swap", "train", "experiment", "explain")
@@ -243,7 +243,12 @@ LoadedRun = FitRun | DiscoverRun | SwapRun | TrainRun | ExperimentRun | ExplainR
 
 
 def load_fit(run: Run) -> FitRun:
-    fits = run.read_parquet("fits.parquet", FIT.columns("fits.parquet"))
+    fits = run.read_parquet("fits.parquet")
+    if fits is not None:
+        fits, older = with_key_columns(fits)
+        if older:
+            run.notes.append("an older fit run: its 0-based 'key' column is read as key_index (key_number = +1)")
+        fits = run._check_columns("fits.parquet", fits, FIT.columns("fits.parquet"))
     keysets: dict[int, KeySet] = {}
     for path in sorted(run.path.glob("keys_k*.safetensors")):
         keyset = run.read_keyset(path.name)
@@ -408,10 +413,19 @@ def load_experiment(run: Run) -> ExperimentRun:
 
 
 def load_explain(run: Run) -> ExplainRun:
+    tables = {}
+    for name in ("scalespace.csv", "eigenpatches.csv"):
+        table = run.read_csv(name)
+        if table is not None:
+            table, older = with_key_columns(table, one_based=True)
+            if older:
+                run.notes.append(f"an older explain run: the 1-based 'key' of {name} is read as key_number")
+            table = run._check_columns(name, table, EXPLAIN.columns(name))
+        tables[name] = table
     return ExplainRun(
         run,
-        run.read_csv("scalespace.csv", EXPLAIN.columns("scalespace.csv")),
-        run.read_csv("eigenpatches.csv", EXPLAIN.columns("eigenpatches.csv")),
+        tables["scalespace.csv"],
+        tables["eigenpatches.csv"],
         run.read_csv("reconstruction.csv", EXPLAIN.columns("reconstruction.csv"), optional=True),
         run.read_json("summary.json", optional=True),
         run.read_text("summary.md", optional=False),

@@ -143,7 +143,7 @@ def _n_keys(fit: FitRun) -> int:
     if fit.summary and isinstance(fit.summary.get("keys"), dict) and fit.summary["keys"]:
         return int(next(iter(fit.summary["keys"].values())).get("n_keys", 0))
     if fit.fits is not None and len(fit.fits):
-        return int(fit.fits["key"].max()) + 1
+        return int(fit.fits["key_index"].max()) + 1
     return 0
 
 
@@ -243,7 +243,7 @@ def _samples_figure(bank: Any, part: pd.DataFrame, keyset: Any, labels: list[str
     rng = np.random.default_rng(options.seed)
     samples, cos2, counts = [], [], []
     for i in range(len(keyset)):
-        assigned = part[part["key"] == i]
+        assigned = part[part["key_index"] == i]
         counts.append(len(assigned))
         take = min(options.samples, len(assigned))
         chosen = assigned.iloc[np.sort(rng.choice(len(assigned), take, replace=False))].sort_values(
@@ -297,7 +297,7 @@ def fit_section(fit: FitRun, index: int, options: ReportOptions) -> Section:
         groups: dict[str, tuple[list[np.ndarray], np.ndarray | None]] = {}
         for k in sizes:
             part = table[table["kernel_size"] == k]
-            per_key = [part.loc[part["key"] == i, "cos2"].to_numpy(dtype=float) for i in range(n_keys)]
+            per_key = [part.loc[part["key_index"] == i, "cos2"].to_numpy(dtype=float) for i in range(n_keys)]
             reference = None if bank is None else _random_reference(fit, bank, int(k), part, n_keys, options)
             groups[f"{k}x{k} ({len(part):,} filters)"] = (per_key, reference)
         seed = int(run.config.get("reference_seed", 0) or 0)
@@ -695,7 +695,9 @@ def explain_section(exp: ExplainRun, index: int, options: ReportOptions) -> Sect
     run = exp.run
     section = new_section(run, index, str(run.config.get("keys") or ""))
     if exp.scalespace is not None:
-        cols = [c for c in ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine") if c in exp.scalespace]
+        cols = [
+            c for c in ("key_number", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine") if c in exp.scalespace
+        ]
         section.table("Scale-space models (least-squares fits)", exp.scalespace[cols])
     if exp.eigenpatches is not None:
         table = exp.eigenpatches.copy()
