@@ -62,7 +62,7 @@ METADATA_SCHEMA = pa.schema(
         ("model", pa.string()),  # architecture when known ("" otherwise)
         ("layer", pa.string()),  # layer name inside the source
         ("layer_index", pa.int32()),  # order of the layer among the source's depthwise layers
-        ("stage", pa.int16()),  # stage index parsed from the layer name, -1 if not derivable
+        ("stage", pa.int16()),  # stage index as swap infers it (layer name, else network strides), -1 if unknown
         ("block", pa.int16()),  # block index parsed from the layer name, -1 if not derivable
         ("depth", pa.float32()),  # relative depth of the layer in the source, 0 (first) .. 1 (last)
         ("channel", pa.int32()),  # output channel of the filter in its layer
@@ -472,7 +472,7 @@ def _source_rows(source: HarvestedSource, offsets: dict[int, int]) -> tuple[pd.D
         finite = torch.isfinite(w.reshape(c, -1)).all(1)
         norm = torch.where(finite, torch.linalg.vector_norm(flat, dim=1), torch.nan)
         mean = torch.where(finite, flat.mean(1), torch.nan)
-        stage, block = stage_block(layer.name)
+        stage, block = (layer.stage, layer.block) if layer.stage is not None else stage_block(layer.name)
         start = offsets.get(k, 0)
         offsets[k] = start + c
         frames.append(
