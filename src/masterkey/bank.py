@@ -15,6 +15,7 @@ kernel size, metadata rows are in increasing ``index`` order; queries keep that 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -74,7 +75,7 @@ METADATA_SCHEMA = pa.schema(
         ("index", pa.int64()),  # row in filters_k{kernel_size}.safetensors
         ("raw_norm", pa.float32()),  # L2 norm of the raw filter
         ("raw_mean", pa.float32()),  # mean of the raw filter
-        ("flags", pa.int32()),  # FilterFlag bits
+        ("filter_flags", pa.int32()),  # FilterFlag bits (banks written before: "flags", renamed on reading)
     ]
 )
 
@@ -168,6 +169,10 @@ class FilterBank:
             raise
         except Exception as exc:
             raise MasterkeyError(f"{path / METADATA}: unreadable metadata ({str(exc).splitlines()[0]})") from None
+        if "flags" in table.column_names and "filter_flags" not in table.column_names:
+            # Written before the column was renamed (a 'flags' column shadows pandas' DataFrame.flags).
+            table = table.rename_columns(["filter_flags" if c == "flags" else c for c in table.column_names])
+            logging.getLogger("masterkey").info("%s: an older bank: its 'flags' column is read as filter_flags", path)
         missing = [c for c in METADATA_SCHEMA.names if c not in table.column_names]
         if missing:
             raise MasterkeyError(f"{path / METADATA}: missing columns {missing}")
@@ -202,7 +207,7 @@ class FilterBank:
                 raise MasterkeyError(
                     f"{where}: {int(per_source.get(name, 0))} rows of source '{name}', the manifest says {n}"
                 )
-        excluded = excluded_counts(self._column("flags"))
+        excluded = excluded_counts(self._column("filter_flags"))
         if excluded != manifest["excluded"]:
             raise MasterkeyError(f"{where}: excluded filters {excluded}, the manifest says {manifest['excluded']}")
         for k, n in ((int(k), n) for k, n in counts.items()):
@@ -247,7 +252,7 @@ class FilterBank:
         return dict(sorted(_value_counts(self._column("kernel_size")).items()))
 
     def excluded_counts(self) -> dict[str, int]:
-        return excluded_counts(self._column("flags"))
+        return excluded_counts(self._column("filter_flags"))
 
     def select(self, mask: np.ndarray | pd.Series | Sequence[bool]) -> FilterBank:
         """A view of the rows where ``mask`` is true."""
@@ -263,7 +268,7 @@ class FilterBank:
 
     def usable(self) -> FilterBank:
         """A view without non-finite, all-zero and constant filters."""
-        return self.select((self.metadata["flags"].to_numpy() & int(EXCLUDED)) == 0)
+        return self.select((self.metadata["filter_flags"].to_numpy() & int(EXCLUDED)) == 0)
 
     # ------------------------------------------------------------------ tensors
     def _single_kernel(self, kernel_size: int | None) -> int:
@@ -494,7 +499,7 @@ def _source_rows(source: HarvestedSource, offsets: dict[int, int]) -> tuple[pd.D
                     "index": np.arange(start, start + c),
                     "raw_norm": norm.numpy(),
                     "raw_mean": mean.numpy(),
-                    "flags": (flags | extra).numpy(),
+                    "filter_flags": (flags | extra).numpy(),
                 }
             )
         )
@@ -591,7 +596,7 @@ def _write(
             "package_version": __version__,
             "n_filters": len(metadata),
             "counts_by_kernel": {str(int(k)): int(counts[k]) for k in sorted(counts.index)},
-            "excluded": excluded_counts(metadata["flags"].to_numpy()),
+            "excluded": excluded_counts(metadata["filter_flags"].to_numpy()),
             "sources": sources,
             "files": files,
         }

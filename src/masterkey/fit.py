@@ -243,7 +243,7 @@ def fit_bank(
         raise MasterkeyError(f"{bank.path}: the bank (or query) holds no filters")
     from masterkey.normalize import excluded_counts
 
-    kernels, flags = bank.metadata["kernel_size"].to_numpy(), bank.metadata["flags"].to_numpy()
+    kernels, flags = bank.metadata["kernel_size"].to_numpy(), bank.metadata["filter_flags"].to_numpy()
     by_kernel = {k: {**excluded_counts(flags[kernels == k]), "out_of_range": 0} for k in bank.kernel_sizes}
     usable = bank.usable()
     base = load_keys(keys)

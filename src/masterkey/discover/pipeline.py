@@ -208,7 +208,7 @@ def prepare_filters(bank: FilterBank, kernel_size: int) -> tuple[Tensor, np.ndar
         listed = ", ".join(f"{s}x{s}" for s in sizes)
         raise MasterkeyError(f"{bank.path}: has no {kernel_size}x{kernel_size} filters (it holds {listed})")
     of_size = (bank.metadata["kernel_size"] == kernel_size).to_numpy()
-    flags = bank.metadata["flags"].to_numpy()
+    flags = bank.metadata["filter_flags"].to_numpy()
     excluded = excluded_counts(flags[of_size])
     usable = bank.select(of_size & ((flags & int(EXCLUDED)) == 0))
     if len(usable) == 0:
