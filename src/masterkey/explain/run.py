@@ -243,8 +243,12 @@ def explain_figures(expl: Explanation, crop: int = 192) -> dict[str, Any]:
         approx = reconstruct(window, basis)
         scores = reconstruction_scores(window, approx, size)
         panels[f"{title}\nexplains {100 * scores['explained']:.0f}% · PSNR {scores['psnr']:.1f} dB"] = approx
+    # One grey scale for every panel (image_panels draws 0 black .. 1 white), never each panel's own min / max:
+    # a reconstruction then looks as bright as the original wherever it matches it.
     figs["reconstruction"] = F.image_panels(
-        panels, f"Patch-by-patch reconstruction ({size}x{size} tiles, least squares per tile)", columns=3
+        panels,
+        f"Patch-by-patch reconstruction ({size}x{size} tiles, least squares per tile); one grey scale, 0 to 1",
+        columns=3,
     )
     return figs
 
