@@ -72,10 +72,11 @@ SETUP = {
     "help:discover": [f"masterkey harvest {M}/cifar10-convnext -o banks/convnexts"],
     "help:swap": [_DISCOVER_RUN],
     "help:explain": ["masterkey keys convert paper8 -o keys.safetensors"],
-    "help:report": [_DISCOVER_RUN, "masterkey explain -o runs/explain-ss8"]
-    + [
+    "help:report": [
+        _DISCOVER_RUN,
+        "masterkey explain -o runs/explain-ss8",
         "masterkey train --model convnext_atto --model-kwargs num_classes=10,patch_size=1 "
-        "--data ../shared/data/cifar10 --mode frozen --keys paper8 -o runs/frozen"
+        "--data ../shared/data/cifar10 --mode frozen --keys paper8 -o runs/frozen",
     ],
 }
 
