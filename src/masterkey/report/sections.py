@@ -389,7 +389,8 @@ def _discover_part(section: Section, part: DiscoverPart) -> None:
         )
     if part.baselines is not None and len(part.baselines):
         # percent already (the reader converts older runs' fractions)
-        baselines = percent_columns(part.baselines, False, ("objective", "ci95")) if accuracy else part.baselines
+        baselines = part.baselines.drop(columns="objective_unit", errors="ignore")  # said by the column names
+        baselines = percent_columns(baselines, False, ("objective", "ci95")) if accuracy else baselines
         digits = percent_digits(baselines)
         section.table(f"Baselines {size}".strip(), baselines, digits=digits, collapsed=len(baselines) > 12)
     if part.universality is not None and len(part.universality):
@@ -700,7 +701,7 @@ def explain_section(exp: ExplainRun, index: int, options: ReportOptions) -> Sect
         ]
         section.table("Scale-space models (least-squares fits)", exp.scalespace[cols])
     if exp.eigenpatches is not None:
-        table = exp.eigenpatches.copy()
+        table = exp.eigenpatches.drop(columns="key_index", errors="ignore")  # people read key_number
         if "component_variance" in table:
             table["component_variance"] = 100 * table["component_variance"]
             table = table.rename(columns={"component_variance": "variance of that eigen-patch %"})
