@@ -50,8 +50,11 @@ REPLACE = {
 
 #: Commands run first in a document's folder: the inputs its examples presume (a bank, key files, a discover run).
 _DISCOVER_RUN = "masterkey discover -o runs/discover"
+_CONVNEXTS = " ".join(
+    f"{M}/cifar10-convnext/{name}.safetensors" for name in ("convnext_atto_s0_e20", "convnext_atto_s1_e20")
+)
 SETUP = {
-    "docs/discover.md": ["masterkey harvest ../shared/models/cifar10-convnext -o banks/mine"],
+    "docs/discover.md": [f"masterkey harvest {_CONVNEXTS} -o banks/mine"],
     "docs/swap.md": [_DISCOVER_RUN],
     "docs/train.md": ["masterkey"],  # the main job: masterkey-runs/discover, which a command there uses
     "help:keys": [_DISCOVER_RUN, "masterkey keys convert paper8 -o my_keys.txt"],
@@ -69,7 +72,7 @@ SETUP = {
         f"masterkey swap --weights {M}/cifar10-convnext/convnext_atto_s2_e55.safetensors --keys paper8 "
         "--data ../shared/data/cifar10/test --onnx model.onnx",
     ],
-    "help:discover": [f"masterkey harvest {M}/cifar10-convnext -o banks/convnexts"],
+    "help:discover": [f"masterkey harvest {_CONVNEXTS} -o banks/convnexts"],
     "help:swap": [_DISCOVER_RUN],
     "help:explain": ["masterkey keys convert paper8 -o keys.safetensors"],
     "help:report": [
@@ -162,12 +165,15 @@ def smaller(argv: list[str]) -> list[str]:
     if cmd == "discover":
         argv += ["--ae-steps", "100", "--ae-hidden", "32", "--candidates", "16", "--rounds", "1", "-k", "4"]
         argv += ["--compare-k", "2,4", "--random-seeds", "2", "--no-progress"]
+        if "--universality" in argv:  # autoencoders on each leave-one-out subset: fewer distinct candidates
+            argv += ["-k", "2", "--compare-k", "2"]
         if "accuracy" in argv:
             argv += ["--max-per-class", "3", "--held-out", "20", "--candidates", "8", "--baselines", "paper8"]
     elif cmd == "swap":
         argv += ["--max-images", "10"] + (["--recalibrate", "10"] if "--recalibrate" in argv else [])
     elif cmd == "train":
-        argv += ["--epochs", "1", "--max-train-images", "40", "--max-test-images", "20", "--batch-size", "20"]
+        argv += ["--epochs", "1", "--max-test-images", "20", "--batch-size", "20"]
+        argv += [] if "--train-sizes" in argv else ["--max-train-images", "40"]  # a sweep sets it per size
         argv += ["--threads", "1", "--warmup-epochs", "0"]
         if "--seeds" in argv or "--experiment" in argv:
             argv += ["--seeds", "0,1"]
