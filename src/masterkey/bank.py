@@ -15,7 +15,6 @@ kernel size, metadata rows are in increasing ``index`` order; queries keep that 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -41,6 +40,7 @@ from masterkey.manifest import (
     METADATA,
     SCHEMA_VERSION,
     read_manifest,
+    renamed_columns,
     tensor_file,
     validate_manifest,
 )
@@ -164,15 +164,11 @@ class FilterBank:
             # Bounded before decoding: a few bytes of run-length-encoded Parquet could decode to billions of rows.
             if rows != manifest["n_filters"]:
                 raise MasterkeyError(f"{path / METADATA}: {rows:,} rows, the manifest says {manifest['n_filters']:,}")
-            table = parquet.read()
+            table = renamed_columns(parquet.read(), path)  # columns renamed since (with a note)
         except MasterkeyError:
             raise
         except Exception as exc:
             raise MasterkeyError(f"{path / METADATA}: unreadable metadata ({str(exc).splitlines()[0]})") from None
-        if "flags" in table.column_names and "filter_flags" not in table.column_names:
-            # Written before the column was renamed (a 'flags' column shadows pandas' DataFrame.flags).
-            table = table.rename_columns(["filter_flags" if c == "flags" else c for c in table.column_names])
-            logging.getLogger("masterkey").info("%s: an older bank: its 'flags' column is read as filter_flags", path)
         missing = [c for c in METADATA_SCHEMA.names if c not in table.column_names]
         if missing:
             raise MasterkeyError(f"{path / METADATA}: missing columns {missing}")
