@@ -31,7 +31,8 @@ def _check_kernel_dir(path: Path, n_keys: int, kernel_size: int) -> None:
     assert (len(keys), keys.kernel_size) == (n_keys, kernel_size)
     assert keys.provenance["kernel_size"] == kernel_size and "seed" in keys.provenance
     route = pd.read_csv(path / "path.csv")
-    assert list(route.columns) == ["round", "n_keys", "objective", "removed"]
+    assert list(route.columns) == ["round", "n_keys", "objective", "removed", "objective_unit"]
+    assert set(route["objective_unit"]) == {"cos2"} and route["objective"].between(0, 1).all()
     table = pd.read_csv(path / "baselines.csv")
     assert {"method", "n_keys", "objective", "ci95"} <= set(table.columns)
     assert {"discovered", "kmeans", "pca", "random"} <= set(table["method"])
