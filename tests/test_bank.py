@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 
 from masterkey.bank import FilterBank, open_bank, write_bank
 from masterkey.errors import MasterkeyError
+from masterkey.normalize import FilterFlag
 from masterkey.sources import HarvestedLayer, HarvestedSource
 
 
@@ -255,7 +257,6 @@ def test_metadata_rows_are_bounded_before_they_are_decoded(tmp_path):
     """A metadata table with more rows than the manifest lists (its checksum updated to match) is refused from the
     Parquet footer, before a row is decoded: a few bytes of run-length-encoded Parquet can decode to billions."""
     import hashlib
-    import json
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -279,3 +280,44 @@ def test_metadata_rows_are_bounded_before_they_are_decoded(tmp_path):
     finally:
         pq.ParquetFile.read = real_read
     assert decoded == []
+
+
+def test_an_older_bank_with_a_flags_column_still_reads(tmp_path: Path) -> None:
+    """The filter flags column is ``filter_flags`` (``flags`` shadowed pandas' ``DataFrame.flags``, so
+    ``m[m.flags != 0]`` raised); a bank written before still opens, its column renamed, with a one-line note."""
+    import hashlib
+    import logging
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from masterkey.bank import default_bank_path
+
+    new = open_bank(None)
+    meta = new.metadata
+    assert "flags" not in meta.columns
+    zero = meta[(meta.filter_flags & int(FilterFlag.ZERO)) != 0]  # attribute access works: no pandas clash
+    assert len(zero) == 65
+    old = Path(shutil.copytree(default_bank_path(), tmp_path / "old"))
+    table = pq.read_table(old / "metadata.parquet")
+    table = table.rename_columns(["flags" if c == "filter_flags" else c for c in table.column_names])
+    pq.write_table(table, old / "metadata.parquet")
+    manifest = json.loads((old / "manifest.json").read_text())
+    data = (old / "metadata.parquet").read_bytes()
+    manifest["files"]["metadata.parquet"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    notes: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: notes.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("masterkey")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        older = open_bank(str(old))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert older.metadata["filter_flags"].tolist() == meta["filter_flags"].tolist()
+    assert notes == [f"{old}: an older bank: its 'flags' column is read as filter_flags"]
+    assert older.excluded_counts() == new.excluded_counts() and len(older.usable()) == len(new.usable())

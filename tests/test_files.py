@@ -360,3 +360,13 @@ def test_runs_nested_in_an_experiment_are_checked_as_train_runs(tmp_path):
     (exp / "runs" / "frozen-s0" / "notes.txt").write_text("the user's")
     (exp / "runs" / "loose.txt").write_text("the user's")
     assert files.foreign_files(exp) == ["runs/frozen-s0/notes.txt", "runs/loose.txt"]
+
+
+def test_describe_written_lists_the_file_to_open_first(tmp_path):
+    """``masterkey report`` writes 15+ files; the wrote line names report.html first, not "(15 more)"."""
+    run = tmp_path / "report"
+    run.mkdir()
+    for name in [f"a{i:02d}.png" for i in range(15)] + ["report.html", "report.md"]:
+        (run / name).write_text("x")
+    line = files.describe_written(run, limit=3, first=("report.html", "report.md"))
+    assert line.endswith(": report.html, report.md, a00.png, ... (14 more)")

@@ -127,6 +127,27 @@ def test_kernel_size_mismatch_is_a_clear_error():
     assert mixed.skipped_kernels == [3] and list(mixed.keysets) == [7]
 
 
+def test_counts_are_per_kernel_size_fitted(capsys) -> None:
+    """paper8 without --resize-keys fits only the 7x7 filters: the 65 all-zero EfficientNet 3x3 / 5x5 filters are
+    not "excluded" from a 7x7 fit; the 3x3 / 5x5 filters are reported as not fitted, with their counts."""
+    from masterkey.cli import main
+
+    bank = open_bank(None)
+    sizes = bank.metadata["kernel_size"]
+    fit = fit_bank(bank, "paper8")
+    assert fit.excluded_by_kernel == {7: {"nonfinite": 0, "zero": 0, "constant": 0, "out_of_range": 0}}
+    assert sum(fit.excluded.values()) == 0
+    assert fit.not_fitted == {3: int((sizes == 3).sum()), 5: int((sizes == 5).sum())}
+    assert len(fit.table) == int((sizes == 7).sum())
+    resized = fit_bank(bank, "paper8", resize=True)
+    zero_by_kernel = {k: c["zero"] for k, c in resized.excluded_by_kernel.items()}
+    assert sum(zero_by_kernel.values()) == 65 and zero_by_kernel[7] == 0 and resized.not_fitted == {}
+    assert main(["fit", "--keys", "paper8", "--reference", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "7x7 excluded: none" in out and "zero" not in out
+    assert f"not fitted (no keys of that size; --resize-keys fits them): {fit.not_fitted[3]:,} 3x3" in out
+
+
 def test_non_finite_filters_give_nan_fits_not_errors():
     filters = torch.randn(4, 3, 3)
     filters[1, 0, 0] = float("nan")

@@ -40,6 +40,7 @@ from masterkey.manifest import (
     METADATA,
     SCHEMA_VERSION,
     read_manifest,
+    renamed_columns,
     tensor_file,
     validate_manifest,
 )
@@ -62,7 +63,7 @@ METADATA_SCHEMA = pa.schema(
         ("model", pa.string()),  # architecture when known ("" otherwise)
         ("layer", pa.string()),  # layer name inside the source
         ("layer_index", pa.int32()),  # order of the layer among the source's depthwise layers
-        ("stage", pa.int16()),  # stage index parsed from the layer name, -1 if not derivable
+        ("stage", pa.int16()),  # stage index as swap infers it (layer name, else network strides), -1 if unknown
         ("block", pa.int16()),  # block index parsed from the layer name, -1 if not derivable
         ("depth", pa.float32()),  # relative depth of the layer in the source, 0 (first) .. 1 (last)
         ("channel", pa.int32()),  # output channel of the filter in its layer
@@ -74,7 +75,7 @@ METADATA_SCHEMA = pa.schema(
         ("index", pa.int64()),  # row in filters_k{kernel_size}.safetensors
         ("raw_norm", pa.float32()),  # L2 norm of the raw filter
         ("raw_mean", pa.float32()),  # mean of the raw filter
-        ("flags", pa.int32()),  # FilterFlag bits
+        ("filter_flags", pa.int32()),  # FilterFlag bits (banks written before: "flags", renamed on reading)
     ]
 )
 
@@ -163,7 +164,7 @@ class FilterBank:
             # Bounded before decoding: a few bytes of run-length-encoded Parquet could decode to billions of rows.
             if rows != manifest["n_filters"]:
                 raise MasterkeyError(f"{path / METADATA}: {rows:,} rows, the manifest says {manifest['n_filters']:,}")
-            table = parquet.read()
+            table = renamed_columns(parquet.read(), path)  # columns renamed since (with a note)
         except MasterkeyError:
             raise
         except Exception as exc:
@@ -202,7 +203,7 @@ class FilterBank:
                 raise MasterkeyError(
                     f"{where}: {int(per_source.get(name, 0))} rows of source '{name}', the manifest says {n}"
                 )
-        excluded = excluded_counts(self._column("flags"))
+        excluded = excluded_counts(self._column("filter_flags"))
         if excluded != manifest["excluded"]:
             raise MasterkeyError(f"{where}: excluded filters {excluded}, the manifest says {manifest['excluded']}")
         for k, n in ((int(k), n) for k, n in counts.items()):
@@ -247,7 +248,7 @@ class FilterBank:
         return dict(sorted(_value_counts(self._column("kernel_size")).items()))
 
     def excluded_counts(self) -> dict[str, int]:
-        return excluded_counts(self._column("flags"))
+        return excluded_counts(self._column("filter_flags"))
 
     def select(self, mask: np.ndarray | pd.Series | Sequence[bool]) -> FilterBank:
         """A view of the rows where ``mask`` is true."""
@@ -263,7 +264,7 @@ class FilterBank:
 
     def usable(self) -> FilterBank:
         """A view without non-finite, all-zero and constant filters."""
-        return self.select((self.metadata["flags"].to_numpy() & int(EXCLUDED)) == 0)
+        return self.select((self.metadata["filter_flags"].to_numpy() & int(EXCLUDED)) == 0)
 
     # ------------------------------------------------------------------ tensors
     def _single_kernel(self, kernel_size: int | None) -> int:
@@ -472,7 +473,7 @@ def _source_rows(source: HarvestedSource, offsets: dict[int, int]) -> tuple[pd.D
         finite = torch.isfinite(w.reshape(c, -1)).all(1)
         norm = torch.where(finite, torch.linalg.vector_norm(flat, dim=1), torch.nan)
         mean = torch.where(finite, flat.mean(1), torch.nan)
-        stage, block = stage_block(layer.name)
+        stage, block = (layer.stage, layer.block) if layer.stage is not None else stage_block(layer.name)
         start = offsets.get(k, 0)
         offsets[k] = start + c
         frames.append(
@@ -494,7 +495,7 @@ def _source_rows(source: HarvestedSource, offsets: dict[int, int]) -> tuple[pd.D
                     "index": np.arange(start, start + c),
                     "raw_norm": norm.numpy(),
                     "raw_mean": mean.numpy(),
-                    "flags": (flags | extra).numpy(),
+                    "filter_flags": (flags | extra).numpy(),
                 }
             )
         )
@@ -591,7 +592,7 @@ def _write(
             "package_version": __version__,
             "n_filters": len(metadata),
             "counts_by_kernel": {str(int(k)): int(counts[k]) for k in sorted(counts.index)},
-            "excluded": excluded_counts(metadata["flags"].to_numpy()),
+            "excluded": excluded_counts(metadata["filter_flags"].to_numpy()),
             "sources": sources,
             "files": files,
         }

@@ -61,12 +61,13 @@ _BLOCK_ONLY = [
 ]
 
 
-#: Shown instead of stage -1: the layer names do not say the stage (e.g. ``features.N`` of a raw state_dict). A
-#: stage is not guessed from the layer order: where a stage starts (a stride or width change) a state_dict alone
-#: does not always tell.
+#: Shown instead of stage -1: the layer names do not say the stage (e.g. ``features.N`` of a raw state_dict) and
+#: harvest had no network to take strides from (a state_dict of an architecture it does not recognise). A stage is
+#: not guessed from the layer order: where a stage starts (a stride or width change) a state_dict alone does not
+#: always tell.
 UNKNOWN_STAGE_NOTE = (
-    "stage 'unknown': the layer names do not say the stage (e.g. features.N or _blocks.N of a raw state_dict); "
-    "layers are listed one by one in the by-layer table"
+    "stage 'unknown': neither the layer names (e.g. features.N of a raw state_dict) nor a recognised architecture "
+    "say the stage (harvest MODEL@FILE gives the network); layers are listed one by one in the by-layer table"
 )
 
 

@@ -23,7 +23,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -331,11 +331,12 @@ def output_file(
             yield f
 
 
-def describe_written(path: str | Path, limit: int = 12) -> str:
+def describe_written(path: str | Path, limit: int = 12, first: Sequence[str] = ()) -> str:
     """What ``path`` now holds, in one line for the closing list of a command: a file with its size
     (``keys.safetensors (1.2 kB)``) or a directory with its file count, total size and top-level entries
     (``runs/discover/ (14 files, 2.1 MB): keys.safetensors, report.html, figures/, ...``), at most ``limit``
-    names. Hidden entries (locks, checkpoints of other runs) are left out."""
+    names, the entries named in ``first`` (the file to open) ahead of the others. Hidden entries (locks,
+    checkpoints of other runs) are left out."""
     path = Path(path)
     if not path.is_dir():
         size = path.stat().st_size if path.is_file() else None
@@ -346,7 +347,8 @@ def describe_written(path: str | Path, limit: int = 12) -> str:
 
     files = [f for f in path.rglob("*") if f.is_file() and visible(f)]
     total = sum(f.stat().st_size for f in files)
-    entries = sorted(path.iterdir(), key=lambda e: (e.is_dir(), e.name))
+    ahead = {name: i for i, name in enumerate(first)}
+    entries = sorted(path.iterdir(), key=lambda e: (ahead.get(e.name, len(ahead)), e.is_dir(), e.name))
     names = [f"{e.name}/" if e.is_dir() else e.name for e in entries if not e.name.startswith(".")]
     shown = ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
     count = f"{len(files)} file{'' if len(files) == 1 else 's'}"

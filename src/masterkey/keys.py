@@ -462,6 +462,11 @@ def load_keys(spec: str | Path | KeySet, kernel_size: int | None = None, resize:
     return _sized(spec, kernel_size, resize)
 
 
+def _looks_like_path(text: str) -> bool:
+    """Whether a key spec that names nothing is meant as a file (a folder part or a file suffix), not a built-in."""
+    return os.sep in text or "/" in text or Path(text).suffix.lower() in (".safetensors", ".txt", ".npy", ".pt")
+
+
 def load_key_values(spec: str | Path, kernel_size: int | None = None, resize: bool = False) -> KeyValues:
     """:func:`load_keys` as numpy :class:`KeyValues`: the same specs, checks and messages, without torch (except
     for ``random:K``, whose keys are torch's seeded draws)."""
@@ -483,6 +488,8 @@ def load_key_values(spec: str | Path, kernel_size: int | None = None, resize: bo
         values = KeyValues.load(text)
     else:
         known = ", ".join(_BUILTINS)
+        if _looks_like_path(text):
+            raise MasterkeyError(f"keys: no such file: {text} (a key file, a discover run or a built-in: {known})")
         raise MasterkeyError(f"keys {text!r}: neither a key file nor a built-in key set ({known})")
     return _sized(values, kernel_size, resize)
 

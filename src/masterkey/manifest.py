@@ -155,3 +155,14 @@ def validate_manifest(manifest: Any, where: str | Path = MANIFEST) -> dict[str, 
         if info["bytes"] < 0 or not _SHA256.fullmatch(info["sha256"]):
             raise MasterkeyError(f"{where}: files[{fname!r}] needs a size >= 0 and a 64-digit hex sha256")
     return manifest
+
+
+def renamed_columns(table: Any, path: Path) -> Any:
+    """The metadata table (pyarrow) of the bank at ``path`` with the columns renamed since it was written, and a
+    one-line note when there were: ``flags`` is ``filter_flags`` (``flags`` shadowed pandas' ``DataFrame.flags``)."""
+    if "flags" not in table.column_names or "filter_flags" in table.column_names:
+        return table
+    import logging
+
+    logging.getLogger("masterkey").info("%s: an older bank: its 'flags' column is read as filter_flags", path)
+    return table.rename_columns(["filter_flags" if c == "flags" else c for c in table.column_names])

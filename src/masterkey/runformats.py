@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCURACY_UNIT",
+    "KEY_COLUMNS",
     "RUN_FORMATS",
     "RunFile",
     "RunFormat",
@@ -34,8 +35,14 @@ __all__ = [
     "check_run",
     "run_files",
     "run_format",
+    "with_key_columns",
     "write_table",
 ]
+
+#: How keys are named in every table that names one key per row: ``key_index`` counts from 0 (a position in the key
+#: set, as in ``KeySet.keys[key_index]`` and the ``key_index`` buffers of :mod:`masterkey.nn`), ``key_number`` from 1
+#: (what the terminal, the report, ``keys show`` and key labels such as "2 shift-right" show), with ``key_label``.
+KEY_COLUMNS = ("key_index", "key_number", "key_label")
 
 #: The one unit of accuracies (top-1, top-5 and their CIs) in every run file, table, terminal line and report.
 ACCURACY_UNIT = "percent"
@@ -89,8 +96,20 @@ RUN_FORMATS: dict[str, RunFormat] = {
             _RUN_JSON,
             RunFile(
                 "fits.parquet",
-                "one row per usable filter: its metadata, best key (0-based), a, b, cos2, residual",
-                columns=("source", "layer", "layer_index", "kernel_size", "index", "key", "a", "b", "cos2", "residual"),
+                "one row per usable filter: its metadata, best key (key_index from 0, key_number from 1, key_label), "
+                "a, b, cos2, residual; files written before key_index / key_number hold a 0-based 'key' (read alike)",
+                columns=(
+                    "source",
+                    "layer",
+                    "layer_index",
+                    "kernel_size",
+                    "index",
+                    *KEY_COLUMNS,
+                    "a",
+                    "b",
+                    "cos2",
+                    "residual",
+                ),
             ),
             RunFile("keys_k*.safetensors", "the key set at each kernel size fitted"),
             RunFile("summary.json", "key proportions and mean cos2 by kernel size, source, stage and layer"),
@@ -105,10 +124,16 @@ RUN_FORMATS: dict[str, RunFormat] = {
             RunFile("keys.safetensors", "the discovered keys (their share of filters in the metadata)"),
             RunFile("candidates.safetensors", "the distinct candidates the autoencoders gave"),
             RunFile("candidates_round*.safetensors", "the candidates of later rounds (--rounds)", required=False),
-            RunFile("path.csv", "the greedy path: objective after each removal", columns=("n_keys", "objective")),
+            RunFile(
+                "path.csv",
+                "the greedy path: objective after each removal, in objective_unit (percent: held-out top-1 of the "
+                "accuracy objective; cos2); runs without objective_unit held the accuracy objective as fractions",
+                columns=("n_keys", "objective"),
+            ),
             RunFile(
                 "baselines.csv",
-                "the objective of each baseline (and of the discovered keys) at each set size; ci95 over seeds",
+                "the objective of each baseline (and of the discovered keys) at each set size; ci95 over seeds; "
+                "objective and ci95 in objective_unit (as path.csv)",
                 columns=("method", "n_keys", "objective", "ci95"),
             ),
             RunFile(
@@ -220,13 +245,13 @@ RUN_FORMATS: dict[str, RunFormat] = {
             RunFile(
                 "scalespace.csv",
                 "one row per key: the best discrete scale-space model and its cosine",
-                columns=("key", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine"),
+                columns=("key_index", "key_number", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine"),
             ),
             RunFile("scalespace_keys.safetensors", "the models, as a key set"),
             RunFile(
                 "eigenpatches.csv",
                 "each key against the eigen-patches of the images",
-                columns=("key", "label", "best_component", "abs_cos"),
+                columns=("key_index", "key_number", "label", "best_component", "abs_cos"),
             ),
             RunFile("eigenpatches.json", "the eigen-patches and their variances"),
             RunFile("eigenpatches_random.csv", "the same for random key sets (the chance level)", required=False),
@@ -369,3 +394,19 @@ def check_run(path: str | Path, kind: str) -> list[str]:
             if absent:
                 problems.append(f"{root / name}: no column {', '.join(absent)}")
     return problems + [f"{root / name}: not declared for {kind} runs" for name in undeclared]
+
+
+def with_key_columns(table: pd.DataFrame, one_based: bool = False) -> tuple[pd.DataFrame, bool]:
+    """``table`` with both key columns of :data:`KEY_COLUMNS` (``key_index`` from 0, ``key_number`` from 1), and
+    whether it had to be converted: tables written before them hold one ``key`` column, 0-based in
+    ``fits.parquet`` and 1-based (``one_based``) in explain's tables."""
+    if ("key_index" in table.columns and "key_number" in table.columns) or "key" not in table.columns:
+        return table, False
+    import pandas as pd
+
+    key = pd.to_numeric(table["key"], errors="coerce")
+    index = key - 1 if one_based else key
+    out = table.drop(columns="key")
+    out.insert(min(table.columns.get_loc("key"), len(out.columns)), "key_index", index)
+    out.insert(out.columns.get_loc("key_index") + 1, "key_number", index + 1)
+    return out, True

@@ -164,7 +164,18 @@ def fit_scalespace(key: np.ndarray | torch.Tensor, family: str = "auto") -> Scal
     return _fit_family(target, family, size)
 
 
-SCALESPACE_COLUMNS = ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "sign", "cosine", "at_bound")
+SCALESPACE_COLUMNS = (
+    "key_index",
+    "key_number",
+    "label",
+    "family",
+    "sigma_x",
+    "sigma_y",
+    "gamma",
+    "sign",
+    "cosine",
+    "at_bound",
+)
 #: What the ``at_bound`` column means, for the places that print it.
 BOUND_NOTE = (
     f"at_bound: a parameter at the edge of its search range (σ in [0, {SIGMA_MAX:g}], |γ| <= {GAMMA_MAX:g}); the fit "
@@ -187,7 +198,8 @@ def at_bound(sigma_x: float, sigma_y: float, gamma: float, tol: float = 0.01) ->
 
 
 def fit_keyset(keyset: KeySet, families: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
-    """One row per key: ``key`` (1-based), ``label``, ``family``, ``sigma_x``, ``sigma_y``, ``gamma``, ``sign``,
+    """One row per key: ``key_index`` (0-based), ``key_number`` (1-based), ``label``, ``family``, ``sigma_x``,
+    ``sigma_y``, ``gamma``, ``sign``,
     ``cosine``, ``at_bound`` (:func:`at_bound`; :data:`BOUND_NOTE`). ``families`` defaults to the family each
     label names (:func:`family_for_label`), else ``auto``. ``progress``: a bar per key fitted."""
     labels = keyset.key_labels()
@@ -207,7 +219,8 @@ def fit_keyset(keyset: KeySet, families: Sequence[str] | None = None, progress: 
         fit = fit_scalespace(key, family)
         rows.append(
             {
-                "key": i + 1,
+                "key_index": i,
+                "key_number": i + 1,
                 "label": label,
                 "family": fit.family,
                 "sigma_x": fit.sigma_x,
@@ -283,7 +296,8 @@ def paper8_parameters() -> pd.DataFrame:
     """The stored ``scalespace8`` parameters as a :func:`fit_keyset`-style table."""
     rows = [
         {
-            "key": i + 1,
+            "key_index": i,
+            "key_number": i + 1,
             "label": label,
             "family": family,
             "sigma_x": sx,

@@ -155,3 +155,15 @@ def test_note_written_lists_each_output_on_stderr(tmp_path: Path, capsys: pytest
         f"masterkey: wrote {run}/ (2 files, 1.5 kB): summary.json, figures/",
         f"masterkey: wrote {single} (6 B)",
     ]
+
+
+def test_bank_info_without_a_bank_says_it_shows_the_default_one(capsys) -> None:
+    """``masterkey bank info`` alone shows the embedded bank and says so; its help names 'default'."""
+    from masterkey.bank import default_bank_path
+    from masterkey.cli import main
+
+    assert main(["bank", "info"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"bank default, the embedded bank: {default_bank_path()}")
+    assert main(["bank", "info", "--help"]) == 0
+    assert "'default' (the embedded bank, used when BANK is left out)" in " ".join(capsys.readouterr().out.split())

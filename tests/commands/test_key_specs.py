@@ -39,7 +39,7 @@ def test_keys_show_draws_every_form(spec: tuple[str, str], tmp_path: Path, capsy
     png = tmp_path / "keys.png"
     assert main(["keys", "show", keys, "--png", str(png)]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith(f"KeySet('{name}'") and f"wrote {png}" in err
+    assert out.startswith(f"{name}: ") and f"wrote {png}" in err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
 
 

@@ -31,7 +31,8 @@ def _check_kernel_dir(path: Path, n_keys: int, kernel_size: int) -> None:
     assert (len(keys), keys.kernel_size) == (n_keys, kernel_size)
     assert keys.provenance["kernel_size"] == kernel_size and "seed" in keys.provenance
     route = pd.read_csv(path / "path.csv")
-    assert list(route.columns) == ["round", "n_keys", "objective", "removed"]
+    assert list(route.columns) == ["round", "n_keys", "objective", "removed", "objective_unit"]
+    assert set(route["objective_unit"]) == {"cos2"} and route["objective"].between(0, 1).all()
     table = pd.read_csv(path / "baselines.csv")
     assert {"method", "n_keys", "objective", "ci95"} <= set(table.columns)
     assert {"discovered", "kmeans", "pca", "random"} <= set(table["method"])
@@ -144,6 +145,7 @@ def test_the_accuracy_objective_streams_its_held_out_images(shared: Path, tmp_pa
         assert main([*args, "--data-mode", mode, "-o", str(tmp_path / mode)]) == 0
         found[mode] = json.loads(capsys.readouterr().out)["7"]
     assert found["stream"]["objective_at_k"] == found["memory"]["objective_at_k"]
+    _check_percent_and_old_fractions(tmp_path / "memory", found["memory"], tmp_path / "old")
     config = json.loads((tmp_path / "stream" / "run.json").read_text())["config"]
     assert config["data_mode"] == "stream"
     budget = ["--data-mode", "memory", "--memory-budget", "1K", "-o", str(tmp_path / "refused")]
@@ -168,3 +170,34 @@ def test_the_paper_protocol_scores_a_cifar_convnext_on_held_out_training_images(
     assert info["config"]["objective"] == "accuracy"
     keys = load_keys(tmp_path / "paper" / "keys.safetensors")
     assert 1 <= len(keys) <= 10 and printed["n_keys"] == len(keys)
+
+
+def _check_percent_and_old_fractions(run: Path, summary: dict, old: Path) -> None:
+    """One accuracy unit: the accuracy objective's files hold held-out top-1 in percent (20 images: multiples of
+    5, no float noise) and say so; a run written before (fractions, no objective_unit) still reads, converted."""
+    import shutil
+
+    import pandas as pd
+
+    from masterkey.report.runs import load_run
+
+    assert summary["objective_unit"] == "percent" and summary["accuracy"]["unswapped_objective"] > 1
+    path, baselines = pd.read_csv(run / "path.csv"), pd.read_csv(run / "baselines.csv")
+    for table in (path, baselines):
+        assert set(table["objective_unit"]) == {"percent"}
+        assert all(v % 5 == 0 and len(str(v)) <= 5 for v in table["objective"].dropna()), table["objective"]
+    assert summary["objective_at_k"] == path[path["n_keys"] == 4]["objective"].iloc[0]
+    shutil.copytree(run, old)
+    for name in ("path.csv", "baselines.csv"):
+        table = pd.read_csv(old / name).drop(columns="objective_unit")
+        table["objective"] /= 100
+        table.to_csv(old / name, index=False)
+    data = json.loads((old / "summary.json").read_text())
+    del data["objective_unit"]
+    (old / "summary.json").write_text(json.dumps(data))
+    fresh, older = load_run(run), load_run(old)
+    note = "an older discover run: its held-out top-1 was stored as fractions, shown here in percent"
+    assert note in older.run.notes and note not in fresh.run.notes
+    a, b = fresh.parts[""], older.parts[""]
+    assert b.path["objective"].tolist() == pytest.approx(a.path["objective"].tolist())
+    assert b.baselines["objective"].tolist() == pytest.approx(a.baselines["objective"].tolist(), nan_ok=True)

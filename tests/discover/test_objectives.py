@@ -109,7 +109,7 @@ def _check_accuracy_objective(model, images, prep) -> None:
     swapped = copy.deepcopy(model)
     swap_depthwise(swapped, KeySet("s", candidates[subset]))
     reference = evaluate(swapped, images, prep, progress=False)
-    assert score.value == pytest.approx(reference["top1"] / 100, abs=1e-9)  # evaluate() gives percent
+    assert score.value == pytest.approx(reference["top1"], abs=1e-9)  # percent, as evaluate() gives it
 
     # A candidate no filter uses (an exact copy of candidate 0; ties go to the lower index) cannot change the
     # swapped model, so removing it costs no evaluation and scores exactly what the full set scores.
@@ -222,7 +222,7 @@ def test_accuracy_ties_are_broken_by_the_log_likelihood() -> None:
         swapped = copy.deepcopy(model)
         swap_depthwise(swapped, KeySet("rest", candidates[[m for m in range(5) if m != c]]), resize=False)
         logits = predict_logits(swapped, images, prep)
-        top1 = float((logits.argmax(dim=1) == images.labels).double().mean())
+        top1 = 100 * float((logits.argmax(dim=1) == images.labels).double().mean())  # percent
         expected[c] = (top1, float(-torch.nn.functional.cross_entropy(logits, images.labels)))
     assert len({top1 for top1, _ in expected.values()}) == 1  # a tie in top-1 ...
     winner = max(range(5), key=lambda c: expected[c][1])

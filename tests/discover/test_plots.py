@@ -41,7 +41,8 @@ def test_path_runs_left_to_right_with_elbows_chosen_size_and_pooled_baselines() 
 
 
 def test_an_accuracy_path_is_drawn_in_percent() -> None:
-    fig = path_figure(_path(), None, elbows={1: 10}, ylabel="held-out top-1", chosen=8, percent=True)
+    path = _path().assign(objective=lambda t: t["objective"] * 100)  # stored in percent, drawn as stored
+    fig = path_figure(path, None, elbows={1: 10}, ylabel="held-out top-1", chosen=8, percent=True)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "held-out top-1 (%)"
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [60.0, 65.0, 67.0, 69.0, 70.0])

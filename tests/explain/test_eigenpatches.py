@@ -120,7 +120,14 @@ def test_abs_cos_matrix_is_affine_and_sign_invariant() -> None:
 def test_derivative_keys_resemble_eigen_patches_of_a_real_image(camera_eigen) -> None:
     """The paper's claim on the cameraman: keys 5-8 have close eigen-patches; random keys do not."""
     table = compare_with_keys(camera_eigen, load_keys("paper8"))
-    assert list(table.columns) == ["key", "label", "best_component", "abs_cos", "component_variance"]
+    assert list(table.columns) == [
+        "key_index",
+        "key_number",
+        "label",
+        "best_component",
+        "abs_cos",
+        "component_variance",
+    ]
     assert (table["abs_cos"].iloc[4:] > 0.75).all(), table
     random_best = random_reference(camera_eigen, 8, seeds=range(4))["mean_best_abs_cos"]
     assert random_best.max() < 0.45 < table["abs_cos"].mean()

@@ -137,13 +137,13 @@ def test_assignment_from_a_fit_table_of_the_default_bank(tmp_path) -> None:
     conversion = convert_to_keys(_model_without_keys(), "paper8", "frozen", f"fit:{tmp_path}")
     for info in conversion.layers:
         rows = fit.table[fit.table["layer"] == info.name]
-        p = torch.bincount(torch.as_tensor(rows["key"].to_numpy().copy()), minlength=8).double() / len(rows)
+        p = torch.bincount(torch.as_tensor(rows["key_index"].to_numpy().copy()), minlength=8).double() / len(rows)
         assert info.counts == counts_from_proportions(info.channels, p.tolist()).tolist()
         direct = assign_from_fit_table(fit.table, info.name, info.channels, 8, torch.Generator().manual_seed(0))
         assert torch.bincount(direct, minlength=8).tolist() == info.counts
     with pytest.raises(MasterkeyError, match="not with the training keys"):
         convert_to_keys(_model_without_keys(), "random:8:1", "frozen", f"fit:{tmp_path}")
-    other = pd.DataFrame({"layer": ["elsewhere"], "key": [0]})
+    other = pd.DataFrame({"layer": ["elsewhere"], "key": [0]})  # a table written before key_index still reads
     other.to_parquet(tmp_path / "other.parquet")
     with pytest.raises(MasterkeyError, match="no fits for layer 'stages.0.blocks.0.conv_dw'"):
         convert_to_keys(_model_without_keys(), "paper8", "frozen", f"fit:{tmp_path / 'other.parquet'}")

@@ -155,7 +155,7 @@ def test_markdown_references_the_figures_beside_it(report_dir) -> None:
     md = (report_dir / "report.md").read_text()
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert sorted(refs) == sorted(p.name for p in report_dir.glob("*.png"))
-    assert "| key | label | family |" in md
+    assert "| key_number | label | family |" in md
     assert md.startswith("# test report")
 
 
@@ -275,7 +275,13 @@ def test_explain_command_writes_a_run_the_report_reads(tmp_path, capsys) -> None
     assert json.loads((out / "run.json").read_text())["kind"] == "explain"
     scalespace = pd.read_csv(out / "scalespace.csv")
     assert (scalespace["cosine"] > 0.999).all()  # the scale-space models of the models are the models
-    assert list(pd.read_csv(out / "eigenpatches.csv").columns)[:4] == ["key", "label", "best_component", "abs_cos"]
+    assert list(pd.read_csv(out / "eigenpatches.csv").columns)[:5] == [
+        "key_index",
+        "key_number",
+        "label",
+        "best_component",
+        "abs_cos",
+    ]
     reconstruction = pd.read_csv(out / "reconstruction.csv")
     assert set(reconstruction["kind"]) == {"keys", "random", "pca", "scalespace"}
     assert set(reconstruction["image"]) == {"camera-crop.png"}

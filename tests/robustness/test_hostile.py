@@ -226,7 +226,11 @@ CASES: list[tuple[str, list[str], str]] = [
     # ------------------------------------------------------------------ numbers that would be silently wrong
     ("fit-scaled-bank", ["fit", f"{H}/scaled_bank"], "every one is excluded (1,840 out of range)"),
     ("fit-all-nan-bank", ["fit", f"{H}/all_nan_bank"], "every one is excluded (1,840 nonfinite)"),
-    ("fit-all-flagged", ["fit", "default", "--query", "flags == 2", "--resize-keys"], "every one is excluded (65 zero"),
+    (
+        "fit-all-flagged",
+        ["fit", "default", "--query", "filter_flags == 2", "--resize-keys"],
+        "every one is excluded (65 zero",
+    ),
     ("report-fifo-as-run", ["report", f"{H}/fifo.json", "-o", "{out}"], "a named pipe (FIFO), not a run directory"),
     ("report-loop-as-run", ["report", f"{H}/loop", "-o", "{out}"], "a loop of symbolic links"),
     ("train-lr-and-base-lr", [*TRAIN, "--lr", "0.1", "--base-lr", "0.1"], "--lr 0.1 and --base-lr 0.1 conflict"),

@@ -57,9 +57,11 @@ def test_bank_flags_for_module_variants(tmp_path):
     bank = write_bank([harvest_module(Odd(), "odd")], tmp_path / "odd")
     meta = bank.metadata
     mult = meta[meta["layer"] == "mult"]
-    assert (mult["flags"] & int(FilterFlag.MULTIPLIER)).all() and mult["group"].tolist() == [i // 3 for i in range(12)]
-    assert (meta[meta["layer"] == "strided"]["flags"] & int(FilterFlag.STRIDED)).all()
-    assert (meta[meta["layer"] == "dilated"]["flags"] & int(FilterFlag.DILATED)).all()
+    assert (mult["filter_flags"] & int(FilterFlag.MULTIPLIER)).all() and mult["group"].tolist() == [
+        i // 3 for i in range(12)
+    ]
+    assert (meta[meta["layer"] == "strided"]["filter_flags"] & int(FilterFlag.STRIDED)).all()
+    assert (meta[meta["layer"] == "dilated"]["filter_flags"] & int(FilterFlag.DILATED)).all()
     assert bank.counts_by_kernel() == {3: 24, 5: 12}
 
 

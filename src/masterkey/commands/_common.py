@@ -7,7 +7,7 @@ import argparse
 import math
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,14 +156,15 @@ def note(message: str) -> None:
     print(f"masterkey: {message}", file=sys.stderr)
 
 
-def note_written(*paths: str | Path | None) -> None:
+def note_written(*paths: str | Path | None, first: Sequence[str] = ()) -> None:
     """The closing list of a command that writes files: one ``masterkey: wrote ...`` line on stderr per output
-    (a directory with its size and the files in it), so that stdout keeps only the results."""
+    (a directory with its size and the files in it, those named in ``first`` listed first), so that stdout keeps
+    only the results."""
     from masterkey.files import describe_written
 
     for path in paths:
         if path is not None:
-            note(f"wrote {describe_written(path)}")
+            note(f"wrote {describe_written(path, first=first)}")
 
 
 def add_progress_argument(p: argparse.ArgumentParser, default: Any = None) -> None:

@@ -23,13 +23,21 @@ examples:
 """
 
 
+_BANK = "a bank directory, or 'default' for the embedded bank"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bank_command", metavar="ACTION", required=True)
-    info = sub.add_parser("info", help="counts, sources, excluded filters")
-    info.add_argument("bank", metavar="BANK")
+    info = sub.add_parser(
+        "info",
+        help="counts, sources, excluded filters",
+        description="Counts, sources and excluded filters of BANK: a bank directory, or 'default' (the embedded "
+        "bank, used when BANK is left out).",
+    )
+    info.add_argument("bank", metavar="BANK", nargs="?", default="default", help=_BANK + " (default: default)")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     query = sub.add_parser("query", help="select filters by a query over the metadata")
-    query.add_argument("bank", metavar="BANK")
+    query.add_argument("bank", metavar="BANK", help=_BANK)
     query.add_argument(
         "expr",
         type=query_arg,
@@ -41,18 +49,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     query.add_argument("--overwrite", action="store_true")
     query.add_argument("--json", action="store_true")
     merge = sub.add_parser("merge", help="union of banks (a source present twice is refused)")
-    merge.add_argument("banks", nargs="+", metavar="BANK")
+    merge.add_argument("banks", nargs="+", metavar="BANK", help=_BANK)
     merge.add_argument("-o", "--out", type=output_arg, required=True, metavar="BANK")
     merge.add_argument("--overwrite", action="store_true")
     merge.add_argument("--json", action="store_true")
     verify = sub.add_parser("verify", help="check every file against the manifest's checksums")
-    verify.add_argument("bank", metavar="BANK")
+    verify.add_argument("bank", metavar="BANK", help=_BANK)
 
 
-def print_info(bank: FilterBank) -> None:
+def print_info(bank: FilterBank, name: str | None = None) -> None:
     info = bank.info()
     counts = ", ".join(f"{k}x{k}: {n:,}" for k, n in ((int(k), n) for k, n in info["counts_by_kernel"].items()))
-    print(f"bank {info['path']}  (schema {info['schema_version']}, masterkey {info['package_version']})")
+    label = "default, the embedded bank: " if name == "default" else ""
+    print(f"bank {label}{info['path']}  (schema {info['schema_version']}, masterkey {info['package_version']})")
     print(f"{info['n_filters']:,} filters in {info['n_layers']} layers  ({counts})")
     excluded = info["excluded"]
     print(
@@ -82,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bank_command == "info":
         bank = open_bank(args.bank)
-        print_json(bank.info()) if args.json else print_info(bank)
+        print_json(bank.info()) if args.json else print_info(bank, args.bank)
     elif args.bank_command == "query":
         bank = open_bank(args.bank).query(args.expr)
         if args.out:

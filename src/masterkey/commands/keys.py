@@ -88,14 +88,50 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(f"{keyset}  {keyset.provenance}")
+        print(f"{keyset.name}: {len(keyset)} keys, {keyset.kernel_size}x{keyset.kernel_size}")
+        print("\n".join(provenance_lines(keyset.provenance)))
         for label, key in zip(keyset.key_labels(), keyset.keys, strict=True):
             print(f"key {label}:")
             for row in key.tolist():
                 print("  " + " ".join(f"{v:+.3f}" for v in row))
+        other = _other_sizes(args.keys, args.kernel_size, keyset.kernel_size)
+        if other:
+            sizes = " or ".join(f"--kernel-size {k}" for k in other)
+            print(f"{args.keys} also holds {', '.join(f'{k}x{k}' for k in other)} keys: show them with {sizes}")
     if png is not None:
         note_written(png)
     return 0
+
+
+def _other_sizes(spec: str, asked: int | None, shown: int) -> list[int]:
+    """The other kernel sizes of a discover run with one directory per size, when none was asked for."""
+    from masterkey.keys import resolve_key_spec
+
+    resolved = resolve_key_spec(spec)
+    return sorted(k for k in resolved if k != shown) if isinstance(resolved, dict) and asked is None else []
+
+
+def _plain(value: object) -> str:
+    """A provenance value as a person reads it: no Python quoting, '-' for a number that is not one (NaN)."""
+    if isinstance(value, float):
+        return f"{value:.6g}" if value == value and abs(value) != float("inf") else "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    return str(value)
+
+
+def provenance_lines(provenance: dict) -> list[str]:
+    """A key set's provenance as indented ``name: value`` lines (a list of records: one record a line)."""
+    lines = ["provenance:"] if provenance else []
+    for name, value in provenance.items():
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, dict) for v in value):
+            lines.append(f"  {name}:")
+            lines += [f"    - {_plain(v)}" for v in value]
+        else:
+            lines.append(f"  {name}: {_plain(value)}")
+    return lines
 
 
 def write_keys_png(

@@ -53,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     options = ReportOptions(args.samples, args.bank, jobs=args.jobs or cores)
     out = build_report(args.runs, args.out, title=args.title, options=options, overwrite=args.overwrite)
-    note_written(out)
+    note_written(out, first=("report.html", "report.md"))  # the file to open first
     return 0

@@ -143,7 +143,10 @@ def find_elbow(n_keys: Sequence[int] | np.ndarray, objective: Sequence[float] | 
 
 def _fingerprint(objective: Objective, start: Sequence[int], extra: str) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([objective.name, objective.n_candidates, list(start), extra]).encode())
+    unit = getattr(objective, "unit", "")  # a checkpoint of fractions never resumes a path of percent
+    h.update(
+        json.dumps([objective.name, objective.n_candidates, list(start), extra, *([unit] if unit else [])]).encode()
+    )
     candidates = getattr(objective, "candidates", None)
     if candidates is not None:
         h.update(np.ascontiguousarray(candidates.detach().cpu().numpy()).tobytes())

@@ -2,8 +2,8 @@
 
 * :class:`VarianceObjective` (data-free): the mean explained variance (cos²) of a bank's filters under their best
   affine fits, averaged per source first, so that one big model cannot dominate.
-* :class:`AccuracyObjective`: the top-1 accuracy of a model on a held-out split of *training* images after every
-  depthwise filter is swapped for its best fit (:func:`~masterkey.networks.surgery.swap_depthwise`); the original
+* :class:`AccuracyObjective`: the top-1 accuracy (percent) of a model on a held-out split of *training* images after
+  every depthwise filter is swapped for its best fit (:func:`~masterkey.networks.surgery.swap_depthwise`); the original
   weights are restored before every evaluation. Ties in top-1 (common on small splits) are broken by the mean
   log-likelihood.
 
@@ -353,8 +353,8 @@ def _best_many(filters: Tensor, weights: Tensor, kmats: Sequence[Tensor], device
 
 
 class AccuracyObjective:
-    """Top-1 accuracy (ties broken by mean log-likelihood) of ``model`` on ``images`` after swapping its k x k
-    depthwise filters for their best fits from a key set.
+    """Top-1 accuracy in percent (ties broken by mean log-likelihood) of ``model`` on ``images`` after swapping its
+    k x k depthwise filters for their best fits from a key set.
 
     ``images`` must be a held-out split of *training* data (never the test split): the selection would otherwise
     be tuned on the numbers it is judged by. Removing a candidate that no filter uses leaves the swapped model
@@ -362,6 +362,8 @@ class AccuracyObjective:
     """
 
     name = "accuracy"
+    #: Every score is top-1 in percent (:data:`masterkey.runformats.ACCURACY_UNIT`).
+    unit = "percent"
 
     def __init__(
         self,
@@ -417,7 +419,8 @@ class AccuracyObjective:
             self.model, self.images, self.prep, batch_size=self.batch_size, device=self.device, progress=False
         )
         labels = self.images.labels
-        top1 = float((logits.argmax(dim=1) == labels).double().mean())
+        # Percent (ACCURACY_UNIT), from the exact count, so that no float noise enters the files.
+        top1 = 100.0 * int((logits.argmax(dim=1) == labels).sum()) / len(labels)
         loglik = float(-nn.functional.cross_entropy(logits, labels))
         self.evaluations += 1
         return Score(top1, loglik)

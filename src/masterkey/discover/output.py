@@ -23,8 +23,19 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def comparison_text(disc: Discovery, digits: int = 4) -> str:
-    """Objective vs K as a plain-text table (random: mean ± 95% CI over seeds)."""
+def _digits(disc: Discovery) -> int:
+    """Decimals of an objective value: 2 for percent (accuracy), 4 for cos²."""
+    return 2 if disc.objective_unit == "percent" else 4
+
+
+def _value(disc: Discovery, value: float) -> str:
+    """An objective value in its unit: ``23.33 %`` or ``0.2778``."""
+    return f"{value:.{_digits(disc)}f}" + (" %" if disc.objective_unit == "percent" else "")
+
+
+def comparison_text(disc: Discovery, digits: int | None = None) -> str:
+    """Objective vs K as a plain-text table (random: mean ± 95% CI over seeds; accuracy in percent)."""
+    digits = _digits(disc) if digits is None else digits
     table = disc.comparison()
     methods = [c for c in table.columns if c not in ("n_keys", "random_ci95")]
     header = ["K", *methods]
@@ -47,7 +58,10 @@ def comparison_text(disc: Discovery, digits: int = 4) -> str:
 
 def _objective_label(disc: Discovery) -> str:
     if disc.objective == "accuracy":
-        return "top-1 accuracy on the held-out split of training data after swapping every filter for its best fit"
+        return (
+            "top-1 accuracy (percent) on the held-out split of training data after swapping every filter for its "
+            "best fit"
+        )
     weighting = "each source weighted equally" if disc.config.weighting == "source" else "each filter weighted equally"
     return f"mean explained variance (cos²) of the bank's filters under their best single-key fits ({weighting})"
 
@@ -80,7 +94,7 @@ def discovery_markdown(disc: Discovery, level: int = 1) -> str:
         f"- filters: {disc.n_filters:,} usable from {len(disc.sources)} source(s): {', '.join(disc.sources)}",
         f"- excluded {k}x{k} filters: {excluded_text(disc)}",
         f"- objective: {_objective_label(disc)}",
-        f"- K = {len(disc.keys)}: objective {disc.objective_at_k:.4f} (round {disc.final_round}"
+        f"- K = {len(disc.keys)}: objective {_value(disc, disc.objective_at_k)} (round {disc.final_round}"
         + (", the elbow" if disc.config.stop == "elbow" else "")
         + "); "
         + "; ".join(f"elbow of round {r} at {e} key{'s' if e != 1 else ''}" for r, e in disc.elbows.items()),
@@ -88,7 +102,7 @@ def discovery_markdown(disc: Discovery, level: int = 1) -> str:
         f"- autoencoder: {autoencoder_text(disc)}",
     ]
     if disc.accuracy is not None:
-        lines.append(f"- the model without any swap: {disc.accuracy.unswapped_objective:.4f}")
+        lines.append(f"- the model without any swap: {disc.accuracy.unswapped_objective:.2f} %")
     timing = ", ".join(f"{name[:-2]} {sec:.1f} s" for name, sec in disc.timings.items())
     lines += [f"- time: {timing}", ""]
     lines += [f"{h}# Objective vs number of keys", "", "```", comparison_text(disc), "```", ""]
@@ -152,7 +166,7 @@ def write_discovery(out: Path, disc: Discovery) -> None:
         keyset.save(out / "baseline_keys" / f"{method}.safetensors")
     path = disc.path_frame()
     write_table(out, "discover", "path.csv", path)
-    write_table(out, "discover", "baselines.csv", disc.baselines)
+    write_table(out, "discover", "baselines.csv", disc.baselines_frame())
     if disc.universality is not None:
         write_table(out, "discover", "universality.csv", disc.universality)
     write_json(out / "summary.json", disc.summary())
@@ -164,7 +178,7 @@ def write_discovery(out: Path, disc: Discovery) -> None:
     title = f"{len(disc.keys)} discovered {k}x{k} keys (label: latent z; caption: share of filters; ordered by share)"
     _write_png(out / "keys.png", figure_png(keyset_figure(disc.keys, title)))
     weighted = "source-weighted" if disc.config.weighting == "source" else "filter-weighted"
-    ylabel = "held-out top-1" if disc.objective == "accuracy" else f"mean cos² ({weighted})"
+    ylabel = "held-out top-1 (%)" if disc.objective == "accuracy" else f"mean cos² ({weighted})"
     title = f"{k}x{k}: greedy backward elimination"
     accuracy = disc.objective == "accuracy"
     fig = path_figure(path, disc.baselines, disc.elbows, title, ylabel, chosen=len(disc.keys), percent=accuracy)
@@ -181,7 +195,7 @@ def run_text(discoveries: Mapping[int, Discovery]) -> str:
     elbows, and the comparison table."""
     lines = []
     for k, disc in discoveries.items():
-        what = "held-out top-1" if disc.objective == "accuracy" else "mean cos², sources weighted equally"
+        what = "held-out top-1 (%)" if disc.objective == "accuracy" else "mean cos², sources weighted equally"
         if disc.objective != "accuracy" and disc.config.weighting == "filter":
             what = "mean cos², filters weighted equally"
         elbows = ", ".join(f"round {r}: {e}" for r, e in disc.elbows.items())
@@ -191,10 +205,11 @@ def run_text(discoveries: Mapping[int, Discovery]) -> str:
             f"{k}x{k}: {disc.n_filters:,} filters from {len(disc.sources)} source(s), excluded: {excluded_text(disc)}; "
             f"objective = {what}"
             + ("" if disc.config.protocol == "masterkey" else f"; protocol {disc.config.protocol}"),
-            f"K={len(disc.keys)}{at}: {disc.objective_at_k:.4f} (round {disc.final_round}); elbow at {elbows}",
+            f"K={len(disc.keys)}{at}: {_value(disc, disc.objective_at_k)} (round {disc.final_round}); "
+            f"elbow at {elbows}",
         ]
         if disc.accuracy is not None:
-            lines.append(f"unswapped model: {disc.accuracy.unswapped_objective:.4f}")
+            lines.append(f"unswapped model: {disc.accuracy.unswapped_objective:.2f} %")
         lines.append(comparison_text(disc))
     return "\n".join(lines)
 

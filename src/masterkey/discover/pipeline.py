@@ -63,6 +63,11 @@ def strict_json(value: Any) -> Any:
     return value
 
 
+def objective_unit(objective: str) -> str:
+    """The unit of an objective's values: ``percent`` for ``accuracy``, ``cos2`` for the others."""
+    return "percent" if objective == "accuracy" else "cos2"
+
+
 @dataclass
 class AccuracyRecord:
     """What the accuracy objective scored on, for the summary: the setup's description and the model's layers."""
@@ -71,7 +76,7 @@ class AccuracyRecord:
     held_out_images: int
     swapped_layers: int  #: depthwise layers of the discovered kernel size (swapped in every evaluation)
     layers_left_alone: list[str]  #: depthwise layers of other kernel sizes
-    unswapped_objective: float  #: the model's own held-out top-1, before any swap
+    unswapped_objective: float  #: the model's own held-out top-1 (percent), before any swap
 
 
 @dataclass
@@ -108,9 +113,22 @@ class Discovery:
         """The objective of the keys (the final round's path at their size)."""
         return self.paths[self.final_round - 1].objective_at(len(self.keys))
 
+    @property
+    def objective_unit(self) -> str:
+        """The unit of every objective value: ``percent`` (held-out top-1, as
+        :data:`~masterkey.runformats.ACCURACY_UNIT`) or ``cos2`` (a mean explained fraction, 0 to 1)."""
+        return objective_unit(self.objective)
+
     def path_frame(self) -> pd.DataFrame:
-        """``path.csv``: round, n_keys, objective, removed (the candidate index within that round's candidates)."""
-        return pd.concat([p.to_frame(i + 1) for i, p in enumerate(self.paths)], ignore_index=True)
+        """``path.csv``: round, n_keys, objective, removed (the candidate index within that round's candidates),
+        objective_unit."""
+        frame = pd.concat([p.to_frame(i + 1) for i, p in enumerate(self.paths)], ignore_index=True)
+        return frame.assign(objective_unit=self.objective_unit)
+
+    def baselines_frame(self) -> pd.DataFrame:
+        """``baselines.csv``: :data:`~masterkey.discover.comparison.COLUMNS` and objective_unit (of ``objective``
+        and ``ci95``; ``span_objective`` is always cos²)."""
+        return self.baselines.assign(objective_unit=self.objective_unit)
 
     def comparison(self) -> pd.DataFrame:
         """Objective vs K: one row per set size, one column per method (random: mean, with ``random_ci95``)."""
@@ -139,6 +157,7 @@ class Discovery:
             "kernel_size": self.kernel_size,
             "protocol": self.config.protocol,
             "objective": self.objective,
+            "objective_unit": self.objective_unit,
             "n_keys": k,
             "stop": self.config.stop,
             "objective_at_k": self.objective_at_k,
@@ -189,7 +208,7 @@ def prepare_filters(bank: FilterBank, kernel_size: int) -> tuple[Tensor, np.ndar
         listed = ", ".join(f"{s}x{s}" for s in sizes)
         raise MasterkeyError(f"{bank.path}: has no {kernel_size}x{kernel_size} filters (it holds {listed})")
     of_size = (bank.metadata["kernel_size"] == kernel_size).to_numpy()
-    flags = bank.metadata["flags"].to_numpy()
+    flags = bank.metadata["filter_flags"].to_numpy()
     excluded = excluded_counts(flags[of_size])
     usable = bank.select(of_size & ((flags & int(EXCLUDED)) == 0))
     if len(usable) == 0:

@@ -49,11 +49,11 @@ def path_figure(
     """The greedy path, the one drawing of it (a discover run's ``path.png`` and the report): objective against
     set size (fewer keys to the left) along each greedy round, each round's elbow marked (x), the chosen set size
     ``chosen`` circled on the last round, baselines (k-means, PCA, random ...) as markers with 95% CI bars.
-    ``percent``: the objective is an accuracy fraction, drawn in %."""
+    ``percent``: the objective is an accuracy in percent (the y label says so)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    scale = 100.0 if percent else 1.0
+    scale = 1.0  # objectives are stored in their unit (accuracy in percent); old runs are converted on reading
     fig = Figure(figsize=(7.0, 4.0))
     ax = fig.subplots()
     rounds = sorted(path["round"].unique()) if "round" in path else [1]

@@ -242,7 +242,8 @@ def compare_with_keys(eigen: EigenPatches, keys: KeySet) -> pd.DataFrame:
     best = cos.argmax(axis=1)
     return pd.DataFrame(
         {
-            "key": np.arange(1, len(keys) + 1),
+            "key_index": np.arange(len(keys)),
+            "key_number": np.arange(1, len(keys) + 1),
             "label": keys.key_labels(),
             "best_component": best + 1,
             "abs_cos": cos[np.arange(len(keys)), best],

@@ -245,8 +245,12 @@ def explain_figures(expl: Explanation, crop: int = 192) -> dict[str, Any]:
         approx = reconstruct(window, basis)
         scores = reconstruction_scores(window, approx, size)
         panels[f"{title}\nexplains {100 * scores['explained']:.0f}% · PSNR {scores['psnr']:.1f} dB"] = approx
+    # One grey scale for every panel (image_panels draws 0 black .. 1 white), never each panel's own min / max:
+    # a reconstruction then looks as bright as the original wherever it matches it.
     figs["reconstruction"] = image_panels(
-        panels, f"Patch-by-patch reconstruction ({size}x{size} tiles, least squares per tile)", columns=3
+        panels,
+        f"Patch-by-patch reconstruction ({size}x{size} tiles, least squares per tile); one grey scale, 0 to 1",
+        columns=3,
     )
     return figs
 
@@ -261,7 +265,7 @@ def _image_list(names: Sequence[str], limit: int = 8) -> str:
 def _markdown(expl: Explanation, command: str | None) -> str:
     s = expl.summary()
     recon = summarize_reconstruction(expl.reconstruction)
-    scalespace = expl.scalespace[["key", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine", "at_bound"]]
+    scalespace = expl.scalespace[["key_number", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine", "at_bound"]]
     bound = [BOUND_NOTE + ".", ""] if s["scalespace_at_bound"] else []
     degenerate = degenerate_reconstruction(expl.keys)
     lines = [

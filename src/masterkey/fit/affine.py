@@ -57,7 +57,11 @@ class FitResult:
         return int(self.key.shape[0])
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({name: getattr(self, name).numpy() for name in FIT_COLUMNS})
+        """One row per filter: ``key_index`` (0-based), ``key_number`` (1-based), ``a``, ``b``, ``cos2``,
+        ``residual`` (:data:`masterkey.runformats.KEY_COLUMNS`)."""
+        key = self.key.numpy()
+        columns = {"key_index": key, "key_number": key + 1}
+        return pd.DataFrame({**columns, **{name: getattr(self, name).numpy() for name in FIT_COLUMNS[1:]}})
 
     @classmethod
     def cat(cls, parts: Iterable[FitResult]) -> FitResult:

@@ -22,13 +22,26 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 @dataclass
 class BankFit:
-    """Fits of a bank's usable filters: ``table`` holds the metadata columns plus ``key``, ``key_label``, ``a``,
+    """Fits of a bank's usable filters: ``table`` holds the metadata columns plus ``key_index`` (0-based),
+    ``key_number`` (1-based), ``key_label``, ``a``,
     ``b``, ``cos2``, ``residual``; ``keysets`` the key set used per kernel size."""
 
     table: pd.DataFrame
     keysets: dict[int, KeySet]
-    excluded: dict[str, int]
+    #: Filters of the fitted kernel sizes left out, by reason, per kernel size (:attr:`excluded`: their total).
+    excluded_by_kernel: dict[int, dict[str, int]]
     skipped_kernels: list[int] = field(default_factory=list)
+    #: Filters of the kernel sizes not fitted (no keys of that size, no ``resize``), per kernel size: not excluded.
+    not_fitted: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def excluded(self) -> dict[str, int]:
+        """Filters of the fitted kernel sizes left out, by reason (non-finite, zero, constant, out of range)."""
+        total: dict[str, int] = {}
+        for counts in self.excluded_by_kernel.values():
+            for why, n in counts.items():
+                total[why] = total.get(why, 0) + n
+        return total
 
     @property
     def n_keys(self) -> int:
@@ -54,7 +67,10 @@ def fit_bank(
     """
     if len(bank) == 0:
         raise MasterkeyError(f"{bank.path}: the bank (or query) holds no filters")
-    excluded = {**bank.excluded_counts(), "out_of_range": 0}
+    from masterkey.normalize import excluded_counts
+
+    kernels, flags = bank.metadata["kernel_size"].to_numpy(), bank.metadata["filter_flags"].to_numpy()
+    by_kernel = {k: {**excluded_counts(flags[kernels == k]), "out_of_range": 0} for k in bank.kernel_sizes}
     usable = bank.usable()
     base = load_keys(keys)
     resolved = resolve_key_spec(keys) if isinstance(keys, str) else None
@@ -69,7 +85,9 @@ def fit_bank(
         view = usable.select((usable.metadata["kernel_size"] == k).to_numpy())
         if k not in own_sizes and not resize:
             skipped.append(k)
+            by_kernel.pop(k)
             continue
+        excluded = by_kernel[k]
         keyset = load_keys(keys if isinstance(keys, str) else base, kernel_size=k, resize=resize)
         keysets[k] = keyset
         if len(view) == 0:
@@ -91,7 +109,7 @@ def fit_bank(
         result = FitResult.cat(parts)
         frame = pd.concat(metas).reset_index(drop=True)
         fits = result.to_frame()
-        fits["key_label"] = np.asarray(keyset.key_labels(), dtype=object)[fits["key"].to_numpy()]
+        fits.insert(2, "key_label", np.asarray(keyset.key_labels(), dtype=object)[fits["key_index"].to_numpy()])
         frames.append(pd.concat([frame, fits], axis=1))
     bar.close()
     if not keysets:
@@ -101,13 +119,15 @@ def fit_bank(
             f"{base.kernel_size}x{base.kernel_size}; pass {option('resize', True, flag='--resize-keys')} to "
             "centre-crop / zero-pad the keys"
         )
+    not_fitted = {k: int((kernels == k).sum()) for k in skipped}
     if not frames:
-        counted = ", ".join(f"{n:,} {what.replace('_', ' ')}" for what, n in excluded.items() if n)
+        totals = BankFit(pd.DataFrame(), keysets, by_kernel).excluded
+        counted = ", ".join(f"{n:,} {what.replace('_', ' ')}" for what, n in totals.items() if n)
         fitted = ", ".join(f"{k}x{k}" for k in keysets)
         raise MasterkeyError(
             f"{bank.path}: no {fitted} filter can be fitted: every one is excluded ({counted or 'none usable'})"
         )
-    return BankFit(pd.concat(frames, ignore_index=True), keysets, excluded, skipped)
+    return BankFit(pd.concat(frames, ignore_index=True), keysets, by_kernel, skipped, not_fitted)
 
 
 def summarize(table: pd.DataFrame, n_keys: int, by: list[str] | None = None) -> pd.DataFrame:
@@ -124,7 +144,7 @@ def summarize(table: pd.DataFrame, n_keys: int, by: list[str] | None = None) -> 
         for q, v in zip(QUANTILES, np.quantile(cos2, QUANTILES) if len(cos2) else [np.nan] * 5, strict=True):
             row[f"q{int(q * 100):02d}_cos2"] = float(v)
         row["mean_residual"] = float(group["residual"].mean()) if len(group) else float("nan")
-        counts = np.bincount(group["key"].to_numpy(), minlength=n_keys)
+        counts = np.bincount(group["key_index"].to_numpy(), minlength=n_keys)
         for i, c in enumerate(counts):
             row[f"p_{i + 1}"] = float(c / max(1, len(group)))
         rows.append(row)
@@ -146,7 +166,9 @@ def fit_report(fit: BankFit, reference: BankFit | None = None) -> dict[str, Any]
         },
         "n_fitted": len(fit.table),
         "excluded": fit.excluded,
+        "excluded_by_kernel": {str(k): counts for k, counts in fit.excluded_by_kernel.items()},
         "skipped_kernel_sizes": fit.skipped_kernels,
+        "not_fitted": {str(k): n for k, n in fit.not_fitted.items()},
     }
     groupings = {
         "overall": None,

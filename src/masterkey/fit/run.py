@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from masterkey.errors import option
 from masterkey.files import atomic_directory, write_json, write_text
 from masterkey.fit.bank_fit import BankFit
 from masterkey.runformats import write_table
@@ -49,11 +50,16 @@ def render_text(report: dict[str, Any]) -> str:
     from masterkey.depthwise import UNKNOWN_STAGE_NOTE, stage_name
 
     keys = "; ".join(f"{k}x{k}: {v['name']}" for k, v in report["keys"].items())
-    excluded = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in report["excluded"].items())
-    lines = [
-        f"fit of {keys}",
-        f"bank {report['bank']}: {report['n_fitted']:,} filters fitted (excluded: {excluded})",
-    ]
+    lines = [f"fit of {keys}", f"bank {report['bank']}: {report['n_fitted']:,} filters fitted"]
+    by_kernel = report.get("excluded_by_kernel") or {"": report["excluded"]}
+    for k, counts in by_kernel.items():
+        what = ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in counts.items() if n) or "none"
+        lines.append(f"  {k}x{k} excluded: {what}" if k else f"  excluded: {what}")
+    not_fitted = report.get("not_fitted") or {}
+    if not_fitted:
+        sizes = ", ".join(f"{n:,} {k}x{k}" for k, n in not_fitted.items())
+        resize = option("resize", True, flag="--resize-keys")
+        lines.append(f"  not fitted (no keys of that size; {resize} fits them): {sizes}")
     if "reference" in report:
         lines.append("reference: " + "; ".join(f"{k}x{k}: {v}" for k, v in report["reference"].items()))
     for title, name, first in (

@@ -107,11 +107,14 @@ def assign_uniform(n_channels: int, n_keys: int, generator: torch.Generator | No
 
 
 def layer_proportions(table: Any, layer: str, n_keys: int) -> np.ndarray:
-    """Proportions of keys among the rows of a fit table (``layer`` and ``key`` columns) for one layer."""
-    rows = table[table["layer"] == layer]
+    """Proportions of keys among the rows of a fit table (``layer`` and ``key_index`` columns, or the 0-based ``key``
+    of tables written before) for one layer."""
+    from masterkey.runformats import with_key_columns
+
+    rows, _ = with_key_columns(table[table["layer"] == layer])
     if len(rows) == 0:
         return np.zeros(0)
-    keys = rows["key"].to_numpy().astype(np.int64)
+    keys = rows["key_index"].to_numpy().astype(np.int64)
     if keys.max() >= n_keys or keys.min() < 0:
         raise MasterkeyError(
             f"fit table: layer {layer} uses key {keys.max() + 1} but the key set has {n_keys} keys "
@@ -193,9 +196,13 @@ def _fit_table_assigner(path: Path) -> Assigner:
     if not table_path.is_file():
         raise MasterkeyError(f"assignment fit:{path}: no fits.parquet (expected a 'masterkey fit -o DIR' directory)")
     try:
-        table = pd.read_parquet(table_path, columns=["layer", "key"])
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(table_path).names
+        key = "key_index" if "key_index" in names else "key"  # files written before key_index: 'key', 0-based
+        table = pd.read_parquet(table_path, columns=["layer", key])
     except Exception as exc:
-        raise MasterkeyError(f"{table_path}: not a fit table with 'layer' and 'key' columns ({exc})") from None
+        raise MasterkeyError(f"{table_path}: not a fit table with 'layer' and 'key_index' columns ({exc})") from None
     fit_keys = {int(m.group(1)): p for p in path.glob("keys_k*.safetensors") if (m := re.search(r"k(\d+)", p.stem))}
 
     def assign(layer: str, weight: Tensor, keyset: KeySet, generator: torch.Generator) -> KeyAssignment:

@@ -144,7 +144,8 @@ def swap_bars(results: pd.DataFrame, title: str | None = None) -> Figure:
 @styled
 def sensitivity_bars(table: pd.DataFrame, title: str | None = None) -> Figure:
     """Accuracy drop (percentage points) when only one layer (or stage) is swapped, in network order."""
-    where = next(c for c in ("layer", "stage", "name") if c in table)
+    # swap's own tables name the unit swapped in "name" (their "stage" column is that unit's stage)
+    where = "name" if "unit" in table and "name" in table else next(c for c in ("layer", "stage", "name") if c in table)
     unit = str(table["unit"].iloc[0]) if "unit" in table and len(table) else where
     fig, ax = subplots(figsize=(8, 0.9 + 0.26 * len(table)))
     y = np.arange(len(table))

@@ -21,7 +21,7 @@ from masterkey.errors import MasterkeyError
 from masterkey.jsonio import loads
 from masterkey.keys import KeyValues
 from masterkey.reading import read_json, read_text, regular_file
-from masterkey.runformats import ACCURACY_UNIT, run_format
+from masterkey.runformats import ACCURACY_UNIT, run_format, with_key_columns
 from masterkey.runs import RUN_INFO, read_run_info
 
 KINDS = ("fit", "discover", "swap", "train", "experiment", "explain")
@@ -245,7 +245,12 @@ LoadedRun = FitRun | DiscoverRun | SwapRun | TrainRun | ExperimentRun | ExplainR
 
 
 def load_fit(run: Run) -> FitRun:
-    fits = run.read_parquet("fits.parquet", FIT.columns("fits.parquet"))
+    fits = run.read_parquet("fits.parquet")
+    if fits is not None:
+        fits, older = with_key_columns(fits)
+        if older:
+            run.notes.append("an older fit run: its 0-based 'key' column is read as key_index (key_number = +1)")
+        fits = run._check_columns("fits.parquet", fits, FIT.columns("fits.parquet"))
     keysets: dict[int, KeyValues] = {}
     for path in sorted(run.path.glob("keys_k*.safetensors")):
         keyset = run.read_keyset(path.name)
@@ -258,15 +263,43 @@ def load_fit(run: Run) -> FitRun:
 
 def _discover_part(run: Run, prefix: str) -> DiscoverPart:
     at = f"{prefix}/" if prefix else ""
+    path = run.read_csv(f"{at}path.csv", DISCOVER.columns("path.csv"))
+    baselines = run.read_csv(f"{at}baselines.csv", DISCOVER.columns("baselines.csv"), optional=True)
+    summary = run.read_json(f"{at}summary.json", optional=bool(prefix))
+    if _discover_fractions(summary, path):
+        path = _objective_to_percent(path)
+        baselines = _objective_to_percent(baselines)
+        run.notes.append(
+            f"an older discover run{' (' + prefix + ')' if prefix else ''}: its held-out top-1 was "
+            "stored as fractions, shown here in percent"
+        )
     return DiscoverPart(
         prefix,
         run.read_keyset(f"{at}keys.safetensors"),
         run.read_keyset(f"{at}candidates.safetensors", optional=True),
-        run.read_csv(f"{at}path.csv", DISCOVER.columns("path.csv")),
-        run.read_csv(f"{at}baselines.csv", DISCOVER.columns("baselines.csv"), optional=True),
+        path,
+        baselines,
         run.read_csv(f"{at}universality.csv", DISCOVER.columns("universality.csv"), optional=True),
-        run.read_json(f"{at}summary.json", optional=bool(prefix)),
+        summary,
     )
+
+
+def _discover_fractions(summary: Any, path: pd.DataFrame | None) -> bool:
+    """Whether a discover run with the accuracy objective holds fractions: written before its files named their
+    ``objective_unit`` (now percent, :data:`~masterkey.runformats.ACCURACY_UNIT`)."""
+    if not isinstance(summary, dict) or summary.get("objective") != "accuracy":
+        return False
+    return "objective_unit" not in summary and (path is None or "objective_unit" not in path)
+
+
+def _objective_to_percent(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    if table is None:
+        return None
+    table = table.copy()
+    for col in ("objective", "ci95"):
+        if col in table:
+            table[col] = pd.to_numeric(table[col], errors="coerce") * 100
+    return table.assign(objective_unit="percent")
 
 
 def load_discover(run: Run) -> DiscoverRun:
@@ -382,10 +415,19 @@ def load_experiment(run: Run) -> ExperimentRun:
 
 
 def load_explain(run: Run) -> ExplainRun:
+    tables = {}
+    for name in ("scalespace.csv", "eigenpatches.csv"):
+        table = run.read_csv(name)
+        if table is not None:
+            table, older = with_key_columns(table, one_based=True)
+            if older:
+                run.notes.append(f"an older explain run: the 1-based 'key' of {name} is read as key_number")
+            table = run._check_columns(name, table, EXPLAIN.columns(name))
+        tables[name] = table
     return ExplainRun(
         run,
-        run.read_csv("scalespace.csv", EXPLAIN.columns("scalespace.csv")),
-        run.read_csv("eigenpatches.csv", EXPLAIN.columns("eigenpatches.csv")),
+        tables["scalespace.csv"],
+        tables["eigenpatches.csv"],
         run.read_csv("reconstruction.csv", EXPLAIN.columns("reconstruction.csv"), optional=True),
         run.read_json("summary.json", optional=True),
         run.read_text("summary.md", optional=False),

@@ -101,7 +101,14 @@ def _save_partial(source: HarvestedSource, path: Path) -> None:
         "model": source.model,
         "skipped": source.skipped,
         "layers": [
-            {"name": x.name, "stride": x.stride, "dilation": x.dilation, "multiplier": x.multiplier}
+            {
+                "name": x.name,
+                "stride": x.stride,
+                "dilation": x.dilation,
+                "multiplier": x.multiplier,
+                "stage": x.stage,
+                "block": x.block,
+            }
             for x in source.layers
         ],
     }

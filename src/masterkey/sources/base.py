@@ -16,6 +16,10 @@ class HarvestedLayer:
     stride: int = 1
     dilation: int = 1
     multiplier: int = 1
+    #: Stage and block as swap places the layer (:func:`masterkey.networks.surgery.depthwise_layers`: from the
+    #: layer name, else from the network's strides); None: parsed from the name when the bank is written.
+    stage: int | None = None
+    block: int | None = None
 
     @property
     def kernel_size(self) -> int:

@@ -17,6 +17,10 @@ from masterkey.sources.base import HarvestedLayer, HarvestedSource, accept_layer
 
 def harvest_module(module: nn.Module, name: str, kind: str = "module") -> HarvestedSource:
     """Every depthwise ``nn.Conv2d`` of ``module`` (channel multipliers, strides and dilations recorded)."""
+    from masterkey.networks.surgery import depthwise_layers
+
+    # The stage swap infers for the same network (from the names, else from the strides), so tables join on it.
+    positions = {p.name: p for p in depthwise_layers(module)}
     layers: list[HarvestedLayer] = []
     skipped: list[dict[str, str]] = []
     for dw in find_depthwise(module, spatial_only=False):
@@ -30,6 +34,8 @@ def harvest_module(module: nn.Module, name: str, kind: str = "module") -> Harves
                 stride=max(dw.conv.stride),
                 dilation=max(dw.conv.dilation),
                 multiplier=dw.multiplier,
+                stage=positions[dw.name].stage if dw.name in positions else None,
+                block=positions[dw.name].block if dw.name in positions else None,
             )
         )
     return HarvestedSource(name=name, kind=kind, layers=layers, skipped=skipped)

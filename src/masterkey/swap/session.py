@@ -381,7 +381,7 @@ class SwapSession:
     ) -> pd.DataFrame:
         """Swap one stage (``by="stage"``) or one layer (``by="layer"``) at a time; the accuracy drop of each.
 
-        Columns: unit, name, keys, n_layers, n_filters, mean_cos2, top1, top5 (percent), drop (baseline top-1
+        Columns: unit, name, stage, keys, n_layers, n_filters, mean_cos2, top1, top5 (percent), drop (baseline top-1
         minus top-1, in percentage points) and, with ``recalibrate``, top1_recal / drop_recal.
         """
         if by not in ("stage", "layer"):
@@ -393,6 +393,7 @@ class SwapSession:
             units = [(str(s), [p.name for p in positions if p.stage == s]) for s in stages]
         else:
             units = [(p.name, [p.name]) for p in positions]
+        stage_of = {p.name: p.stage for p in positions}
         self.check_keys([keys], resize=resize)
         rows = []
         for name, members in progress_bar(units, desc=f"sensitivity by {by}", enabled=self.progress, leave=True):
@@ -400,6 +401,8 @@ class SwapSession:
             row: dict[str, Any] = {
                 "unit": by,
                 "name": name,
+                # the stage as harvest records it in the bank and fit in fits.parquet: tables join on it
+                "stage": int(name) if by == "stage" else stage_of[name],
                 "keys": _display_name(keys),
                 "n_layers": len(report.layers),
                 "n_filters": report.n_filters,

@@ -127,6 +127,8 @@ def train(
 
     config = config.validated()
     resolve_model_name(config.model)  # an unknown name fails before any data is read
+    if MODES[config.mode].uses_keys:
+        load_keys(config.keys)  # so does a missing key file ("no such file: PATH")
     with torch_threads(config.threads):
         info, device = init_distributed(config.device)
         try:
@@ -434,6 +436,7 @@ def _summary(
         "channels_last": state.channels_last,
         "parameters": parameter_counts(state.model),
         "key_counts": key_counts(state.model, len(keyset) if keyset is not None else None),
+        "keys_used": _keys_used(state.model, keyset),
         "converted_layers": [layer.__dict__ for layer in state.converted.layers],
     }
     summary.update(_depthwise_entries(config, state.model))
@@ -441,6 +444,18 @@ def _summary(
         summary.update({k: last[k] for k in ("ema_test_loss", "ema_test_top1", "ema_test_top5")})
         summary["best_ema_test_top1"] = max(r["ema_test_top1"] for r in rows)
     return summary
+
+
+def _keys_used(model: nn.Module, keyset: Any) -> list[dict[str, Any]]:
+    """Channels per key, with the key named as in every table (:data:`masterkey.runformats.KEY_COLUMNS`):
+    ``key_index`` from 0 (the position in ``key_counts``), ``key_number`` from 1, ``key_label``."""
+    if keyset is None:
+        return []
+    labels = keyset.key_labels()
+    return [
+        {"key_index": i, "key_number": i + 1, "key_label": labels[i], "channels": n}
+        for i, n in enumerate(key_counts(model, len(keyset)))
+    ]
 
 
 def _depthwise_entries(config: TrainConfig, model: nn.Module) -> dict[str, Any]:

@@ -62,7 +62,9 @@ def _discover_part(section: Section, part: DiscoverPart) -> None:
             "random ...) at their key counts, error bars: 95% CI over seeds where given.",
         )
     if part.baselines is not None and len(part.baselines):
-        baselines = percent_columns(part.baselines, True, ("objective", "ci95")) if accuracy else part.baselines
+        # percent already (the reader converts older runs' fractions)
+        baselines = part.baselines.drop(columns="objective_unit", errors="ignore")  # said by the column names
+        baselines = percent_columns(baselines, False, ("objective", "ci95")) if accuracy else baselines
         digits = percent_digits(baselines)
         section.table(f"Baselines {size}".strip(), baselines, digits=digits, collapsed=len(baselines) > 12)
     if part.universality is not None and len(part.universality):

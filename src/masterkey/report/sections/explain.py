@@ -31,10 +31,12 @@ def explain_section(exp: ExplainRun, index: int, options: ReportOptions) -> Sect
     run = exp.run
     section = new_section(run, index, str(run.config.get("keys") or ""))
     if exp.scalespace is not None:
-        cols = [c for c in ("key", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine") if c in exp.scalespace]
+        cols = [
+            c for c in ("key_number", "label", "family", "sigma_x", "sigma_y", "gamma", "cosine") if c in exp.scalespace
+        ]
         section.table("Scale-space models (least-squares fits)", exp.scalespace[cols])
     if exp.eigenpatches is not None:
-        table = exp.eigenpatches.copy()
+        table = exp.eigenpatches.drop(columns="key_index", errors="ignore")  # people read key_number
         if "component_variance" in table:
             table["component_variance"] = 100 * table["component_variance"]
             table = table.rename(columns={"component_variance": "variance of that eigen-patch %"})

@@ -25,7 +25,7 @@ def _n_keys(fit: FitRun) -> int:
     if fit.summary and isinstance(fit.summary.get("keys"), dict) and fit.summary["keys"]:
         return int(next(iter(fit.summary["keys"].values())).get("n_keys", 0))
     if fit.fits is not None and len(fit.fits):
-        return int(fit.fits["key"].max()) + 1
+        return int(fit.fits["key_index"].max()) + 1
     return 0
 
 
@@ -82,6 +82,9 @@ def _fit_summary(section: Section, summary: dict[str, Any], n_keys: int) -> None
     excluded = {k: v for k, v in (summary.get("excluded") or {}).items() if v}
     if excluded:
         line += "; excluded: " + ", ".join(f"{v:,} {k}" for k, v in excluded.items())
+    not_fitted = summary.get("not_fitted") or {}
+    if not_fitted:
+        line += "; not fitted (no keys of that size): " + ", ".join(f"{n:,} {k}x{k}" for k, n in not_fitted.items())
     section.text(line + ". cos² is the fraction of a centred filter's energy that its best key (a·key + b) explains.")
     groups: list[tuple[str, dict[str, Any]]] = [("all", overall)]
     groups += [(f"{r['kernel_size']}x{r['kernel_size']}", r) for r in summary.get("by_kernel") or []]
@@ -124,7 +127,7 @@ def _samples_figure(bank: Any, part: pd.DataFrame, keyset: Any, labels: list[str
     rng = np.random.default_rng(options.seed)
     samples, cos2, counts = [], [], []
     for i in range(len(keyset)):
-        assigned = part[part["key"] == i]
+        assigned = part[part["key_index"] == i]
         counts.append(len(assigned))
         take = min(options.samples, len(assigned))
         chosen = assigned.iloc[np.sort(rng.choice(len(assigned), take, replace=False))].sort_values(
@@ -178,7 +181,7 @@ def fit_section(fit: FitRun, index: int, options: ReportOptions) -> Section:
         groups: dict[str, tuple[list[np.ndarray], np.ndarray | None]] = {}
         for k in sizes:
             part = table[table["kernel_size"] == k]
-            per_key = [part.loc[part["key"] == i, "cos2"].to_numpy(dtype=float) for i in range(n_keys)]
+            per_key = [part.loc[part["key_index"] == i, "cos2"].to_numpy(dtype=float) for i in range(n_keys)]
             reference = None if bank is None else _random_reference(fit, bank, int(k), part, n_keys, options)
             groups[f"{k}x{k} ({len(part):,} filters)"] = (per_key, reference)
         seed = int(run.config.get("reference_seed", 0) or 0)
