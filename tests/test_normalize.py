@@ -65,7 +65,7 @@ def test_center_norm_refuses_unusable_filters_instead_of_dividing_by_zero():
     f[1] = 0.0
     with pytest.raises(MasterkeyError, match="1 zero"):
         center_norm(f)
-    with pytest.raises(ValueError, match="1 zero"):  # still a ValueError for callers written before
+    with pytest.raises(MasterkeyError, match="1 zero"):
         center_norm(f)
     with pytest.raises(MasterkeyError, match="expected filters of shape"):
         center_norm(torch.randn(9))

@@ -93,7 +93,9 @@ def test_micro_batches_add_up_to_the_whole_batch(tiny: TrainConfig, tmp_path) ->
         grads.append([p.grad.clone() for p in model.parameters()])
         losses.append((float(loss), int(correct)))
     for g1, g3 in zip(*grads, strict=True):
-        torch.testing.assert_close(g3, g1, rtol=1e-4, atol=1e-7)
+        # float32 sums in another order (micro-batches, threads): tolerate rounding at 1e-5 of the largest gradient
+        # of the tensor; a wrong weighting of the micro-batches (7/20 vs 1/3) is off by percents
+        torch.testing.assert_close(g3, g1, rtol=1e-4, atol=1e-5 * float(g1.abs().max()))
     assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-6) and losses[1][1] == losses[0][1]
 
     one = train(tiny.replace(epochs=1), tmp_path / "one")
