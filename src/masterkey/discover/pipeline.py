@@ -462,11 +462,10 @@ def discover_bank(
             prepared[k] = _prepare(filters, sources, config, device, copy=False)  # a fresh tensor: held once
         if ckpt_dir is not None:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tag = "-".join(f"k{k}" for k in sizes)
         provenance = {"bank": str(bank.path), **(accuracy.description if accuracy else {})}
         with _baselines_meanwhile(prepared, config, provenance, device, with_baselines) as baselines:
             results = _discover_sizes(sizes, prepared, excluded, config, accuracy, universality, device, ckpt_dir,
-                                      progress, provenance, with_baselines, baselines, tag)  # fmt: skip
+                                      progress, provenance, with_baselines, baselines)  # fmt: skip
         for disc in results.values():
             disc.timings["bank_total_s"] = time.perf_counter() - start
         return results
@@ -510,17 +509,9 @@ def _discover_sizes(
     provenance: dict[str, Any],
     with_baselines: bool,
     baselines: dict[int, Future[BuiltBaselines]],
-    tag: str,
 ) -> dict[int, Discovery]:
     """:func:`discover_bank` from its prepared filters: the autoencoders, then each size's discovery."""
-    autoencoders, ae_seconds = train_stack(
-        [(p.x, p.weights) for p in prepared.values()],
-        config,
-        device,
-        ckpt_dir / f"{tag}-main-ae.pt" if ckpt_dir is not None else None,
-        progress,
-        "autoencoders " + ", ".join(f"{k}x{k}" for k in sizes),
-    )
+    autoencoders, ae_seconds = _train_autoencoders(sizes, prepared, config, device, ckpt_dir, progress)
     results: dict[int, Discovery] = {}
     bar = progress_bar(sizes, desc="kernel sizes", unit="size", enabled=progress and len(sizes) > 1, leave=True)
     for k, ae in zip(bar, autoencoders, strict=True):
@@ -537,6 +528,37 @@ def _discover_sizes(
             _add_universality(disc, prepared[k], config, device, ckpt_dir, progress)
         results[k] = disc
     return results
+
+
+def _train_autoencoders(
+    sizes: list[int],
+    prepared: dict[int, _Prepared],
+    config: DiscoverConfig,
+    device: str | torch.device,
+    ckpt_dir: Path | None,
+    progress: bool,
+) -> tuple[list[TrainedAutoencoder], float]:
+    """The autoencoders of every kernel size, batched, and the seconds they took.
+
+    On one CPU thread with several sizes, the largest size trains in a second thread beside the others' stack, so
+    a 2-core machine trains on both cores (torch ops release the GIL, and neither thread waits on the other). Both
+    stacks pad to the same width, so every member gets the bits it gets in one stack of all sizes."""
+    t0 = time.perf_counter()
+    width = max(k * k for k in sizes)
+
+    def train(group: list[int], show: bool) -> list[TrainedAutoencoder]:
+        tag = "-".join(f"k{k}" for k in group)
+        ckpt = ckpt_dir / f"{tag}-main-ae.pt" if ckpt_dir is not None else None
+        desc = "autoencoders " + ", ".join(f"{k}x{k}" for k in group)
+        data = [(prepared[k].x, prepared[k].weights) for k in group]
+        return train_stack(data, config, device, ckpt, show, desc, width=width)[0]
+
+    if len(sizes) < 2 or torch.device(device).type != "cpu" or torch.get_num_threads() != 1:
+        return train(sizes, progress), time.perf_counter() - t0
+    with ThreadPoolExecutor(1, thread_name_prefix="masterkey-autoencoder") as pool:
+        last = pool.submit(train, sizes[-1:], False)
+        first = train(sizes[:-1], progress)
+        return [*first, *last.result()], time.perf_counter() - t0
 
 
 def _accuracy_record(setup: AccuracySetup, factory: ObjectiveFactory, disc: Discovery) -> AccuracyRecord:
