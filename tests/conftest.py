@@ -2,8 +2,9 @@
 never touch the network.
 
 The suite runs in parallel (``python -m pytest -n auto``, pytest-xdist): every worker is one process on one core,
-so each uses one torch thread; what several tests only read is built once per session for all workers
-(:func:`built_once`); the temporary files of a passing session are removed (``tmp_path_retention_policy``).
+so each uses one torch thread, and so do the processes its tests start; what several tests only read is built once
+per session for all workers (:func:`built_once`); the temporary files of a passing session are removed
+(``tmp_path_retention_policy``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
 # Parallel workers share the cores: a second torch thread per worker would only fight the other workers for them.
 torch.set_num_threads(1 if WORKER else min(2, os.cpu_count() or 1))
+if WORKER:
+    # ... and so would the processes a test starts (masterkey commands, examples, torchrun), which inherit this
+    # environment: with two OpenMP threads each on cores the other worker also uses, they spin waiting for each
+    # other (a swap test: 32 s of CPU with two threads, 24 s with one, on 2 busy cores).
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
 
 
 def session_root(factory: pytest.TempPathFactory) -> Path:
