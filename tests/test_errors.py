@@ -20,7 +20,7 @@ PACKAGE = Path(masterkey.__file__).parent
 FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-k)(?![\w-])")
 #: Modules whose text may name flags: the command layer itself, and text written for people who ran a command
 #: (run-format descriptions, report captions) or that quotes another project's flags (the recipes' sources).
-MAY_NAME_FLAGS = ("cli.py", "commands/", "runformats.py", "report/sections.py", "train/recipes.py")
+MAY_NAME_FLAGS = ("cli.py", "commands/", "runformats.py", "report/sections/", "train/recipes.py")
 
 
 def test_option_names_keywords_from_python_and_flags_from_the_command_line() -> None:

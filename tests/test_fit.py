@@ -134,6 +134,10 @@ def test_non_finite_filters_give_nan_fits_not_errors():
     fit = fit_affine(filters, load_keys("random:5:0", kernel_size=3))
     assert fit.key.min() >= 0 and fit.key.max() < 5
     assert torch.isfinite(fit.cos2[[0, 3]]).all() and not torch.isfinite(fit.a[1])
+    # What the docstring promises: the last key, nothing finite to mistake for a fit (a NaN cos² was once 1.0).
+    assert fit.key[[1, 2]].tolist() == [4, 4]
+    assert torch.isnan(fit.cos2[[1, 2]]).all() and torch.isnan(fit.residual[[1, 2]]).all()
+    assert not torch.isfinite(fit.a[[1, 2]]).any()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

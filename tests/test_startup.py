@@ -103,7 +103,7 @@ def test_import_masterkey_is_light_and_every_public_name_resolves():
         """
     )
     assert report["light"] == []
-    assert report["names"]["FilterBank"] == "masterkey.bank" and report["names"]["fit_bank"] == "masterkey.fit"
+    assert report["names"]["FilterBank"] == "masterkey.bank" and report["names"]["fit_bank"] == "masterkey.fit.bank_fit"
     assert set(report["names"]) == set(masterkey.__all__) - {"__version__"}
     assert report["version"] == masterkey.__version__
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):

@@ -26,3 +26,28 @@ def test_columns_and_digits_are_chosen_by_the_caller() -> None:
 def test_a_column_missing_from_a_row_is_blank_and_no_rows_say_so() -> None:
     assert format_table([{"a": "x"}, {"b": 2}], ["a", "b"]).splitlines()[2:] == ["x", "   2"]
     assert format_table([]) == "(none)"
+
+
+def test_markdown_tables_show_gapped_integers_small_numbers_and_booleans() -> None:
+    import pandas as pd
+
+    from masterkey.tables import markdown_table, table_cells
+
+    table = pd.DataFrame({"seed": [1.0, None, 3.0], "x": [0.00012, 1.5, 2500.0], "ok": [True, False, True]})
+    assert markdown_table(table).splitlines() == [
+        "| seed | x | ok |",
+        "|---:|---:|:---|",
+        "| 1 | 1.20e-04 | yes |",
+        "| – | 1.500 | no |",
+        "| 3 | 2,500 | yes |",
+    ]
+    assert table_cells(table, {"x": 1})[1] == ["–", "1.5", "no"]  # digits per column, 3 for the others
+
+
+def test_tables_load_without_pandas() -> None:
+    """Commands print ``format_table`` on start-up paths that must not pay for pandas."""
+    import subprocess
+    import sys
+
+    code = "import sys, masterkey.tables; print('pandas' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -21,11 +21,13 @@ _CLI_ENV = "MASTERKEY_OPTION_STYLE"
 _UNSET = object()
 
 
-class MasterkeyError(Exception):
+class MasterkeyError(ValueError):
     """Bad input or an impossible request.
 
     The message is one line that names the file or argument and says what was expected; the CLI prints it as
-    ``masterkey: error: <message>`` and exits with status 2.
+    ``masterkey: error: <message>`` and exits with status 2. A subclass of :class:`ValueError`, so that callers that
+    caught the ``ValueError`` some functions raised before they raised this keep working; code that catches
+    ``ValueError`` around library calls re-raises this one first.
     """
 
 

@@ -41,7 +41,6 @@ class OutputBusyError(MasterkeyError):
 RUN_INFO = "run.json"
 #: The file that makes a directory a filter bank (see :mod:`masterkey.bank`).
 BANK_MANIFEST = "manifest.json"
-BANK_FORMAT = "masterkey-bank"
 #: The ``format`` in a key-set file's metadata (see :mod:`masterkey.keys`).
 KEYSET_FORMAT = "masterkey-keyset"
 #: The ``format`` in the metadata of a network's weights written by masterkey (see :mod:`masterkey.nn.export`).

@@ -4,7 +4,7 @@ The discrete analogue of the Gaussian kernel is ``T(n; σ) = e^{-σ²} I_n(σ²)
 of integer order, computed exponentially scaled by :func:`scipy.special.ive`); it sums to 1 over the integers and is
 the kernel of the semi-discrete diffusion equation ``∂T/∂(σ²) = ½ δ_nn T``. Two-dimensional kernels are separable:
 ``T(x, y) = T(x; σx) T(y; σy)``. The model families are listed in :data:`FAMILIES` (see
-:mod:`masterkey.explain.scalespace` for fitting them to keys). This module is a basic one: it imports nothing of
+:mod:`masterkey.scalespace` for fitting them to keys). This module is a basic one: it imports nothing of
 the package but errors, so that :mod:`masterkey.keys` can build the ``scalespace8`` built-in from it.
 :func:`discrete_gaussian_torch` and :func:`scalespace_kernel_torch` are the same kernels as differentiable torch
 functions of σ and γ (for training with learnable scales, :mod:`masterkey.nn.scalespace`).

@@ -21,7 +21,7 @@ import numpy as np
 from masterkey.errors import MasterkeyError, option
 from masterkey.files import KEYSET_FORMAT, KEYSET_TEXT_HEADER, atomic_write, safetensors_bytes
 from masterkey.jsonio import dumps, loads
-from masterkey.normalize import EXCLUDED, excluded_counts, filter_flags_array
+from masterkey.normalize import EXCLUDED, excluded_counts, filter_flags_array, unit_rows_array
 from masterkey.reading import read_text, regular_file
 
 if TYPE_CHECKING:
@@ -161,9 +161,7 @@ class KeyValues(_KeyShape):
             # Already centred unit-norm float32 keys are kept bit for bit, so files round-trip exactly.
             out = keys.copy()
         else:
-            flat = flat - flat.mean(axis=1, keepdims=True)
-            flat = flat / np.linalg.norm(flat, axis=1, keepdims=True)
-            out = flat.reshape(values.shape).astype(np.float32)
+            out = unit_rows_array(flat).reshape(values.shape).astype(np.float32)
         object.__setattr__(self, "keys", np.ascontiguousarray(out))
         if self.labels is not None:
             labels = tuple(str(x) for x in self.labels)

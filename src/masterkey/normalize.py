@@ -1,4 +1,9 @@
-"""Per-filter normalisation ("center_norm", docs/design.md, step 2) and the flags that exclude unusable filters."""
+"""Per-filter normalisation ("center_norm", docs/design.md, step 2) and the flags that exclude unusable filters.
+
+The one home of "centre, then divide by the L2 norm": :func:`center_norm` (torch, any float dtype, flags checked),
+:func:`centring` / :func:`unit_rows` (torch float64 rows, the form every objective and fit computes in) and
+:func:`unit_rows_array` (numpy float64, for torch-free callers such as :mod:`masterkey.keys`). All four compute
+``(x - mean) / ||x - mean||`` with the same operations in the same order."""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import enum
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from masterkey.errors import MasterkeyError
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -33,7 +40,7 @@ _FLAG_NAMES = {FilterFlag.NONFINITE: "nonfinite", FilterFlag.ZERO: "zero", Filte
 
 def _flat(filters: Tensor) -> Tensor:
     if filters.ndim < 2:
-        raise ValueError(f"expected filters of shape [N, k, k] or [N, d], got {tuple(filters.shape)}")
+        raise MasterkeyError(f"expected filters of shape [N, k, k] or [N, d], got {tuple(filters.shape)}")
     return filters.reshape(filters.shape[0], -1)
 
 
@@ -51,7 +58,7 @@ def filter_flags_array(filters: np.ndarray) -> np.ndarray:
     """:func:`filter_flags` of a numpy array ([N, k, k] or [N, d]): ``int32`` flags, computed in float64."""
     filters = np.asarray(filters)
     if filters.ndim < 2:
-        raise ValueError(f"expected filters of shape [N, k, k] or [N, d], got {tuple(filters.shape)}")
+        raise MasterkeyError(f"expected filters of shape [N, k, k] or [N, d], got {tuple(filters.shape)}")
     flat = filters.reshape(filters.shape[0], -1).astype(np.float64, copy=False)
     finite = np.isfinite(flat).all(axis=1)
     safe = np.where(np.isfinite(flat), flat, 0.0)
@@ -89,19 +96,60 @@ def usable_mask(flags: Tensor) -> Tensor:
 def center_norm(filters: Tensor, check: bool = True) -> Tensor:
     """Subtract each filter's mean and divide by the L2 norm of what is left.
 
-    ``filters`` is [N, k, k] (or [N, d]); the result has the same shape and dtype. Raises ``ValueError`` if any
-    filter is non-finite, all-zero or constant: flag those with :func:`filter_flags` and exclude them first, so
+    ``filters`` is [N, k, k] (or [N, d]); the result has the same shape and dtype. Raises :class:`MasterkeyError` if
+    any filter is non-finite, all-zero or constant: flag those with :func:`filter_flags` and exclude them first, so
     nothing is ever divided by zero. ``check=False`` skips that check (it costs 7x the arithmetic) for filters
     already known to be usable, such as a bank's unflagged filters.
     """
-    import torch
-
     flat = _flat(filters)
     bad = ~usable_mask(filter_flags(flat)) if check else None
     if bad is not None and bool(bad.any()):
         counts = excluded_counts(filter_flags(flat[bad]))
         detail = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
-        raise ValueError(f"center_norm: {int(bad.sum())} filters cannot be normalised ({detail}); exclude them first")
+        raise MasterkeyError(
+            f"center_norm: {int(bad.sum())} filters cannot be normalised ({detail}); exclude them first"
+        )
+    centred, norms = _centre(flat)
+    return (centred / norms).reshape(filters.shape)
+
+
+def _centre(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows ``flat`` [m, d] minus their means, and the L2 norms [m, 1] of what is left (the one arithmetic)."""
+    import torch
+
     centred = flat - flat.mean(dim=1, keepdim=True)
-    out = centred / torch.linalg.vector_norm(centred, dim=1, keepdim=True)
-    return out.reshape(filters.shape)
+    return centred, torch.linalg.vector_norm(centred, dim=1, keepdim=True)
+
+
+def centring(filters: Tensor, what: str = "filters") -> tuple[Tensor, Tensor, Tensor]:
+    """``filters`` ([m, k, k] or [m, d]) as float64 rows centred [m, d], with their means and centred norms
+    [m, 1]. Raises :class:`MasterkeyError` (prefixed with ``what``) for non-finite or constant filters."""
+    import torch
+
+    flat = filters.reshape(filters.shape[0], -1).to(torch.float64)
+    mean = flat.mean(dim=1, keepdim=True)
+    centred, norms = _centre(flat)
+    # A NaN or Inf anywhere in a row makes its norm NaN or Inf: checking the norms checks every weight.
+    if bool((norms <= 0).any()) or not bool(torch.isfinite(norms).all()):
+        raise MasterkeyError(f"{what} must be finite and non-constant (exclude flagged filters first)")
+    return centred, mean, norms
+
+
+def unit_rows(filters: Tensor, what: str = "filters") -> Tensor:
+    """``filters`` ([m, k, k] or [m, d]) centred and unit-normed as float64 rows [m, d], on their device (see
+    :func:`centring`; the same numbers as :func:`center_norm` of the float64 filters)."""
+    centred, _, norms = centring(filters, what)
+    return centred / norms
+
+
+def unit_rows_array(values: np.ndarray, zero_below: float | None = None) -> np.ndarray:
+    """:func:`unit_rows` in numpy (no torch): ``values`` [m, ...] as centred, unit-norm float64 rows [m, d].
+
+    ``zero_below``: rows whose centred norm is at most this come out as zeros (a constant patch has no shape);
+    without it the caller has excluded such rows already (:func:`filter_flags_array`)."""
+    flat = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    centred = flat - flat.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    if zero_below is None:
+        return centred / norms
+    return np.divide(centred, norms, out=np.zeros_like(centred), where=norms > zero_below)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from masterkey.cli import main
-from masterkey.explain.scalespace import GAMMA_MAX, SIGMA_MAX, at_bound
+from masterkey.scalespace import GAMMA_MAX, SIGMA_MAX, at_bound
 
 FAST = ["--images", "camera", "--seeds", "2", "--max-patches", "2000", "--stride", "4"]
 

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from masterkey.discover import chunks
-from masterkey.discover.chunks import blocks, row_chunks, unit_rows, unit_rows_blocked, weighted_scatter
+from masterkey.discover.chunks import blocks, row_chunks, unit_rows_blocked, weighted_scatter
 from masterkey.errors import MasterkeyError
+from masterkey.normalize import unit_rows
 
 
 @settings(max_examples=60, deadline=None)

@@ -149,3 +149,22 @@ def test_the_accuracy_objective_streams_its_held_out_images(shared: Path, tmp_pa
     budget = ["--data-mode", "memory", "--memory-budget", "1K", "-o", str(tmp_path / "refused")]
     assert main([*args, *budget]) == 2
     assert "--data-mode memory: 60 images of" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
+@pytest.mark.slow
+def test_the_paper_protocol_scores_a_cifar_convnext_on_held_out_training_images(
+    shared: Path, tmp_path: Path, capsys
+) -> None:
+    """--protocol paper with the accuracy objective: greedy removal scored by the reference network on a held-out split
+    of the *training* images, stopped at the elbow; run.json records the protocol and the objective."""
+    weights = shared / "models" / "cifar10-convnext" / "convnext_atto_s0_e20.safetensors"
+    args = ["discover", "--protocol", "paper", "--objective", "accuracy", "--weights", str(weights)]
+    args += ["--kernel-size", "7", "--data", str(shared / "data" / "cifar10" / "train"), "--max-per-class", "4"]
+    args += ["--held-out", "20", *FAST, "--candidates", "10", "--rounds", "1", "--baselines", "paper8"]
+    assert main([*args, "--json", "-o", str(tmp_path / "paper")]) == 0
+    printed = json.loads(capsys.readouterr().out)["7"]
+    info = json.loads((tmp_path / "paper" / "run.json").read_text())
+    assert info["config"]["protocol"] == "paper" and info["config"]["discover"]["stop"] == "elbow"
+    assert info["config"]["objective"] == "accuracy"
+    keys = load_keys(tmp_path / "paper" / "keys.safetensors")
+    assert 1 <= len(keys) <= 10 and printed["n_keys"] == len(keys)

@@ -35,3 +35,24 @@ def test_read_state_dict_unwraps(tmp_path):
     torch.save({"step": 3}, tmp_path / "empty.pt")
     with pytest.raises(MasterkeyError, match="holds no tensors"):
         read_state_dict(tmp_path / "empty.pt")
+
+
+def test_model_kwargs_one_grammar_for_every_command():
+    """harvest, swap and train read --model-kwargs through one parser: K=V pairs or a JSON object."""
+    import pytest
+
+    from masterkey.errors import MasterkeyError
+    from masterkey.networks.models import parse_model_kwargs
+
+    assert parse_model_kwargs("num_classes=10,patch_size=1,pretrained=false,act=gelu") == {
+        "num_classes": 10,
+        "patch_size": 1,
+        "pretrained": False,
+        "act": "gelu",
+    }
+    assert parse_model_kwargs(' {"num_classes": 10, "drop": 0.5} ') == {"num_classes": 10, "drop": 0.5}
+    assert parse_model_kwargs(None) == parse_model_kwargs("") == {}
+    with pytest.raises(MasterkeyError, match=r"^model_kwargs: expected key=value pairs .* got 'oops'"):
+        parse_model_kwargs("a=1,oops")
+    with pytest.raises(MasterkeyError, match=r"^model_kwargs: not a JSON object"):
+        parse_model_kwargs("{oops")

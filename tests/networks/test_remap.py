@@ -78,3 +78,33 @@ def test_guess_model_name(lite_state, models_dir: Path) -> None:
     mnv2 = read_state_dict(models_dir / "mobilenet_v2_imagenet.pth")[0]
     assert guess_model_name(mnv2) == "torchvision:mobilenet_v2"
     assert guess_model_name({"weight": torch.zeros(3)}) is None
+
+
+def test_a_failing_checkpoint_filter_is_named_and_a_broken_one_is_not_hidden(monkeypatch) -> None:
+    """A filter that does not apply (a KeyError) is skipped and named in the error when nothing fits; a filter
+    with a bug (an error no filter raises for "does not apply") propagates instead of being swallowed."""
+    from masterkey.networks import models
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    state = {"other.weight": torch.zeros(2, 3), "other.bias": torch.zeros(2)}
+
+    def needs_a_key(state, model):
+        return {"0.weight": state["absent"]}
+
+    monkeypatch.setattr(models, "_CHECKPOINT_FILTERS", [needs_a_key])
+    with pytest.raises(MasterkeyError, match=r"remappings that failed: .*needs_a_key raised KeyError 'absent'"):
+        models.load_weights(model, state, source="ckpt.pt")
+
+    def renames(state, model):
+        return {k.replace("other", "0"): v for k, v in state.items()}
+
+    monkeypatch.setattr(models, "_CHECKPOINT_FILTERS", [needs_a_key, renames])
+    models.load_weights(model, {k: v + 1 for k, v in state.items()}, source="ckpt.pt")
+    assert torch.equal(model[0].bias, torch.ones(2))
+
+    def buggy(state, model):
+        return 1 / 0
+
+    monkeypatch.setattr(models, "_CHECKPOINT_FILTERS", [buggy])
+    with pytest.raises(ZeroDivisionError):
+        models.load_weights(model, state, source="ckpt.pt")

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from masterkey.errors import MasterkeyError
-from masterkey.explain.scalespace import scalespace_models
 from masterkey.keys import load_keys
 from masterkey.nn import SIGMA_SCOPES, ScaleSpaceKernel, ScaleSpaceKey, convert_to_keys, key_layers, stored_models
+from masterkey.scalespace import scalespace_models
 
 from .conftest import tiny_convnext
 

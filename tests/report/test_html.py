@@ -20,9 +20,11 @@ import pytest
 from masterkey.cli import main
 from masterkey.errors import MasterkeyError
 from masterkey.report import build_report, load_run, read_run
-from masterkey.report.html import Folded, Section, markdown_table, render_html, render_markdown, write_report
+from masterkey.report.html import Folded, Section, render_html, render_markdown, write_report
 from masterkey.report.runs import DiscoverRun, ExperimentRun, ExplainRun, FitRun, SwapRun, TrainRun
-from masterkey.report.sections import ReportOptions, discovered_key_labels
+from masterkey.report.sections import ReportOptions
+from masterkey.report.sections.discover import discovered_key_labels
+from masterkey.tables import markdown_table
 
 CHROMIUM = Path("/usr/bin/chromium")
 ORDER = ("fit", "discover", "swap", "train", "experiment", "explain")

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from masterkey.keys import KeySet, load_keys
-from masterkey.report.sections import discovered_key_labels, is_accuracy, percent_columns
+from masterkey.report.sections.common import is_accuracy, percent_columns
+from masterkey.report.sections.discover import discovered_key_labels
 
 
 def test_accuracies_are_percent_and_say_so() -> None:
@@ -52,3 +53,28 @@ def test_sections_drawn_side_by_side_are_those_drawn_one_after_another(run_dirs)
     assert render_markdown(two, "t", "now") == render_markdown(one, "t", "now")
     figures = [[b.png for b in s.blocks if hasattr(b, "png")] for s in (*one, *two)]
     assert figures[:3] == figures[3:] and all(figures)
+
+
+def test_only_fit_and_explain_sections_load_torch(run_dirs, tmp_path) -> None:
+    """Key sets are read as numbers and torch loads only for the sections that compute with it: a report of the
+    other kinds (drawn side by side) never imports it; one with a fit run does, once, before the fork."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from masterkey.report import build_report\n"
+        "from masterkey.report.sections import ReportOptions\n"
+        "build_report(sys.argv[2:], sys.argv[1], options=ReportOptions(samples=1, jobs=2))\n"
+        "print(json.dumps('torch' in sys.modules))\n"
+    )
+
+    def torch_loaded(kinds: tuple[str, ...], out: str) -> bool:
+        argv = [sys.executable, "-c", code, str(tmp_path / out), *(str(run_dirs[k]) for k in kinds)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert torch_loaded(("discover", "swap", "train", "experiment"), "without") is False
+    assert torch_loaded(("train", "fit"), "with") is True

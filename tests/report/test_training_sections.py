@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from masterkey.plots.curves import efficiency_curves, sigma_trajectories
 from masterkey.report import build_report, build_section, load_run
-from masterkey.report import figures as F
 from masterkey.train import TrainConfig
 from masterkey.train.experiment import Arm, Experiment
 from masterkey.train.runner import run_experiment
@@ -103,7 +103,7 @@ def test_efficiency_figure_draws_each_arm_with_its_intervals() -> None:
     ]
     table = pd.DataFrame(rows).assign(delta_top1=[np.nan, np.nan, 5.0, 5.0], delta_ci95=[np.nan, np.nan, 0.5, 0.5])
     table["delta_n"] = [0, 0, 3, 3]
-    fig = F.efficiency_curves(table, "trainable")
+    fig = efficiency_curves(table, "trainable")
     left, right = fig.axes
     assert left.get_legend_handles_labels()[1] == ["trainable (n=3)", "transfer-frozen (n=3)"]
     assert left.get_xscale() == "log" and [t.get_text() for t in left.get_xticklabels()] == ["500", "2,000"]
@@ -111,7 +111,7 @@ def test_efficiency_figure_draws_each_arm_with_its_intervals() -> None:
     assert np.allclose(means[0], [35.0, 50.0]) and np.allclose(means[1], [40.0, 55.0])
     assert right.get_legend_handles_labels()[1] == ["transfer-frozen"]  # the reference has no difference to itself
     assert np.allclose(right.containers[0].lines[0].get_ydata(), [5.0, 5.0])
-    single = F.efficiency_curves(table.assign(delta_n=0))
+    single = efficiency_curves(table.assign(delta_n=0))
     assert len(single.axes) == 1
     assert efficiency_table({}).empty
 
@@ -127,7 +127,7 @@ def test_sigma_trajectories_show_every_key_per_epoch() -> None:
             "dw_gamma_k2": [0.7, 0.8, 0.9],
         }
     )
-    fig = F.sigma_trajectories({"learned": [epochs, epochs.assign(dw_sigma_x_k1=[0.4, 0.7, 0.8])]}, ["a", "b"])
+    fig = sigma_trajectories({"learned": [epochs, epochs.assign(dw_sigma_x_k1=[0.4, 0.7, 0.8])]}, ["a", "b"])
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == ["a", "b"]
     sigma_x = visible[0].get_lines()[0].get_ydata()

@@ -414,3 +414,17 @@ def test_newer_modes_train_under_ddp_like_one_process(tiny: TrainConfig, tmp_pat
     for name, value in rank0.items():  # the same global batch: equal up to the order of float sums
         torch.testing.assert_close(value, single[name], rtol=1e-4, atol=1e-5, msg=name)
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_train_runs_with_its_thread_count_and_restores_the_callers(tiny: TrainConfig) -> None:
+    """``threads`` holds for the whole run (masterkey.threads.torch_threads at the stage's boundary) and the caller's
+    setting comes back afterwards, also when the run fails."""
+    before = torch.get_num_threads()
+    wanted = 2 if before != 2 else 1
+    seen: list[int] = []
+    train(tiny.replace(threads=wanted), on_step=lambda epoch, step: seen.append(torch.get_num_threads()))
+    assert seen and set(seen) == {wanted}
+    assert torch.get_num_threads() == before
+    with pytest.raises(MasterkeyError):
+        train(tiny.replace(threads=wanted, model="no-such-model"))
+    assert torch.get_num_threads() == before

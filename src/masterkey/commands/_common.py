@@ -144,19 +144,11 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(dumps(obj) + "\n")
 
 
-def parse_kwargs(text: str | None, what: str = "--model-kwargs") -> dict[str, Any]:
-    """``"num_classes=10,patch_size=1"`` → ``{"num_classes": 10, "patch_size": 1}`` (ints, floats, bools, strings)."""
-    from masterkey.networks.models import parse_scalar
+def parse_kwargs(text: str | None) -> dict[str, Any]:
+    """``--model-kwargs``: :func:`masterkey.networks.models.parse_model_kwargs` (``K=V,...`` or a JSON object)."""
+    from masterkey.networks.models import parse_model_kwargs
 
-    out: dict[str, Any] = {}
-    if not text:
-        return out
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise MasterkeyError(f"{what}: expected key=value pairs separated by commas, got {item!r}")
-        out[key.strip()] = parse_scalar(value.strip())
-    return out
+    return parse_model_kwargs(text)
 
 
 def note(message: str) -> None:

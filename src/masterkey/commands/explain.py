@@ -102,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
     from masterkey.errors import MasterkeyError
     from masterkey.explain.eigenpatches import summarize_reconstruction
     from masterkey.explain.run import degenerate_reconstruction, explain_keys, write_explain_run
-    from masterkey.explain.scalespace import BOUND_NOTE
     from masterkey.files import check_output
     from masterkey.keys import load_keys
+    from masterkey.scalespace import BOUND_NOTE
 
     if args.out:
         check_output(args.out, "explain", overwrite=args.overwrite, inputs=[args.keys, args.images])

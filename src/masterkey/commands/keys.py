@@ -101,11 +101,12 @@ def run(args: argparse.Namespace) -> int:
 def write_keys_png(
     keyset: KeySet | KeyValues, path: str, *, overwrite: bool = False, inputs: list[str] | None = None
 ) -> None:
-    """Draw ``keyset`` (:func:`~masterkey.report.figures.keyset_figure`) into the PNG ``path``, atomically and
+    """Draw ``keyset`` (:func:`~masterkey.plots.filters.keyset_figure`) into the PNG ``path``, atomically and
     under the output rule; the PNG says masterkey wrote it, so ``--overwrite`` may replace it later. Draws from
     numpy values: a :class:`~masterkey.keys.KeyValues` needs no torch."""
     from masterkey.files import FIGURE_SOFTWARE
-    from masterkey.report.figures import figure_png, keyset_figure
+    from masterkey.plots.filters import keyset_figure
+    from masterkey.plots.style import figure_png
 
     data = figure_png(keyset_figure(keyset), metadata={"Software": f"{FIGURE_SOFTWARE} keys show"})
     with output_file(path, "figure", overwrite=overwrite, inputs=inputs or []) as f:

@@ -24,7 +24,6 @@ from masterkey.commands._common import (
     print_json,
 )
 from masterkey.errors import MasterkeyError
-from masterkey.jsonio import loads
 from masterkey.nn.modes import MODES, SIGMA_SCOPES, modes_help
 from masterkey.tables import format_table
 
@@ -163,17 +162,7 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
     fields = [f for f in TrainConfig.field_names() if f != "model_kwargs"]
     values = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     if args.model_kwargs is not None:
-        text = args.model_kwargs.strip()
-        if not text.startswith("{"):
-            values["model_kwargs"] = parse_kwargs(text)
-            return values
-        try:
-            kwargs = loads(text, "--model-kwargs", restore=False)
-        except MasterkeyError as exc:
-            raise MasterkeyError(f"--model-kwargs: not a JSON object ({str(exc).partition(': ')[2]})") from None
-        if not isinstance(kwargs, dict):
-            raise MasterkeyError("--model-kwargs: expected a JSON object")
-        values["model_kwargs"] = kwargs
+        values["model_kwargs"] = parse_kwargs(args.model_kwargs)
     return values
 
 

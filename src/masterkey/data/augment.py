@@ -135,13 +135,13 @@ def device_augment(
 def seeded(seed: int) -> Iterator[None]:
     """Seed Python's, numpy's and torch's global generators (which timm's transforms draw from) for one image. In the
     main process (``workers=0``) the previous states are put back afterwards, so that loading leaves the training
-    RNG alone; a worker process owns its generators (and numpy's state round trip costs ~0.2 ms an image)."""
+    RNG alone; a worker process owns its generators (and skips numpy's costly state round trip)."""
     in_main = torch.utils.data.get_worker_info() is None
     states = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if in_main else None
     random.seed(seed)
     np.random.seed(seed % 2**32)
     # The CPU generator alone: torch.manual_seed would also queue a lazy CUDA seeding (with a formatted stack
-    # trace, about 7 ms) for every image.
+    # trace, milliseconds) for every image.
     torch.default_generator.manual_seed(seed)
     try:
         yield

@@ -25,7 +25,7 @@ from torch import Tensor
 from masterkey.data.augment import derive_seed, device_augment, generator, seeded
 from masterkey.data.decode import decode_image, open_rgb
 from masterkey.data.preprocessing import normalize_images
-from masterkey.data.samples import Samples
+from masterkey.data.samples import Samples, worker_init
 from masterkey.data.training import TrainData
 from masterkey.errors import MasterkeyError, option
 
@@ -185,13 +185,6 @@ class StepBatchSampler:
             yield [(self.epoch, int(i)) for i in index]
 
 
-def _worker_init(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    torch.set_num_threads(1)
-    if info is not None:
-        info.dataset.samples.worker_init()
-
-
 class StreamBatches:
     """Batches of the streamed path (the same interface as :class:`MemoryBatches`)."""
 
@@ -220,7 +213,7 @@ class StreamBatches:
             num_workers=workers,
             collate_fn=_train_collate,
             pin_memory=device.type == "cuda",
-            worker_init_fn=_worker_init if workers else None,
+            worker_init_fn=worker_init if workers else None,
             persistent_workers=workers > 0,
             prefetch_factor=2 if workers else None,
             generator=torch.Generator().manual_seed(derive_seed(config.seed, "loader")),  # not the global RNG

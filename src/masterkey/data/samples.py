@@ -93,6 +93,16 @@ class Samples:
         reset_handles(self)
 
 
+def worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of every DataLoader over :class:`Samples` (a dataset with a ``samples`` attribute): one
+    torch thread (a worker is a process of its own; the workers together use the cores) and files opened anew."""
+    info = torch.utils.data.get_worker_info()
+    torch.set_num_threads(1)
+    samples = getattr(info.dataset, "samples", None) if info is not None else None
+    if isinstance(samples, Samples):
+        samples.worker_init()
+
+
 def reset_handles(samples: Samples) -> None:
     """Forget open tar handles of a timm tar reader, so that the next read opens its own."""
     reader = getattr(samples._dataset, "reader", samples._dataset)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from masterkey.data.decode import check_workers, decode_image, different_sizes
 from masterkey.data.memory import ImageSet
-from masterkey.data.samples import Samples
+from masterkey.data.samples import Samples, worker_init
 from masterkey.errors import MasterkeyError, option
 from masterkey.progress import progress_bar
 
@@ -118,15 +118,6 @@ def _collate(items: list[tuple[Tensor | None, int, str]]) -> tuple[Tensor | None
     return torch.stack(images), labels, [], shapes
 
 
-def _worker_init(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    if info is not None:
-        torch.set_num_threads(1)
-        samples = getattr(info.dataset, "samples", None)
-        if isinstance(samples, Samples):
-            samples.worker_init()
-
-
 def image_batches(
     images: Images,
     batches: Iterable[Tensor | range | Sequence[int]],
@@ -160,7 +151,7 @@ def image_batches(
         num_workers=n_workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
-        worker_init_fn=_worker_init if n_workers else None,
+        worker_init_fn=worker_init if n_workers else None,
         generator=torch.Generator().manual_seed(0),  # not the global RNG: evaluating must not change training
     )
     for x, y, errors, shapes in loader:

@@ -113,6 +113,8 @@ def reconstruction_loss(x: Tensor, recon: Tensor, loss: str = "cosine", mask: Te
     if mask is not None:
         recon = recon * mask
     if loss == "cosine":
+        # Not masterkey.normalize: a loss inside autograd, over padded filters of several sizes at once (the mean
+        # over each filter's own weights), and the clamps keep a flat reconstruction's gradient finite.
         size = mask.sum(dim=-1, keepdim=True) if mask is not None else recon.shape[-1]
         centred = recon - recon.sum(dim=-1, keepdim=True) / size
         if mask is not None:

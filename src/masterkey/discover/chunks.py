@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from masterkey.errors import MasterkeyError
+from masterkey.normalize import unit_rows
 
 #: Banks of at most this many filters are computed in one pass (one block).
 ONE_PASS = 65536
@@ -46,26 +47,6 @@ def is_large(n: int) -> bool:
 def blocks(n: int) -> list[slice]:
     """The blocks of a bank of ``n`` filters: one if it is small, else blocks of at most :data:`BLOCK` rows."""
     return row_chunks(n, BLOCK if is_large(n) else max(n, 1))
-
-
-def centring(filters: Tensor, what: str = "filters") -> tuple[Tensor, Tensor, Tensor]:
-    """``filters`` ([m, k, k] or [m, d]) as float64 rows centred [m, d], with their means and centred norms
-    [m, 1]. Raises :class:`MasterkeyError` (prefixed with ``what``) for non-finite or constant filters."""
-    flat = filters.reshape(filters.shape[0], -1).to(torch.float64)
-    mean = flat.mean(dim=1, keepdim=True)
-    centred = flat - mean
-    norms = centred.norm(dim=1, keepdim=True)
-    # A NaN or Inf anywhere in a row makes its norm NaN or Inf: checking the norms checks every weight.
-    if bool((norms <= 0).any()) or not bool(torch.isfinite(norms).all()):
-        raise MasterkeyError(f"{what} must be finite and non-constant (exclude flagged filters first)")
-    return centred, mean, norms
-
-
-def unit_rows(filters: Tensor, what: str = "filters") -> Tensor:
-    """``filters`` ([m, k, k] or [m, d]) centred and unit-normed as float64 rows [m, d], on their device (see
-    :func:`centring`). Call it on a block (:func:`unit_rows_blocked` for more rows)."""
-    centred, _, norms = centring(filters, what)
-    return centred / norms
 
 
 def unit_rows_blocked(filters: Tensor, device: str | torch.device | None = None, what: str = "filters") -> Tensor:

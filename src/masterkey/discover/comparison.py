@@ -193,7 +193,7 @@ def matched_cos(a: KeySet | Tensor, b: KeySet | Tensor) -> np.ndarray:
     smaller) gets 0. Both sets are centred and unit-normed first."""
     from scipy.optimize import linear_sum_assignment
 
-    from masterkey.discover.chunks import unit_rows
+    from masterkey.normalize import unit_rows
 
     ka, kb = (unit_rows(s.keys if isinstance(s, KeySet) else s) for s in (a, b))
     cos = (ka @ kb.T).abs().numpy()

@@ -27,15 +27,14 @@ from torch import Tensor, nn
 from masterkey.discover.chunks import (
     BLOCK,
     blocks,
-    centring,
     is_large,
     iter_unit_rows,
     row_chunks,
-    unit_rows,
     weighted_scatter,
 )
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet
+from masterkey.normalize import centring, unit_rows
 
 
 @dataclass(frozen=True, order=True)

@@ -158,7 +158,8 @@ def write_discovery(out: Path, disc: Discovery) -> None:
     write_json(out / "summary.json", disc.summary())
     write_text(out / "summary.md", discovery_markdown(disc))
     k = disc.kernel_size
-    from masterkey.report.figures import figure_png, keyset_figure
+    from masterkey.plots.filters import keyset_figure
+    from masterkey.plots.style import figure_png
 
     title = f"{len(disc.keys)} discovered {k}x{k} keys (label: latent z; caption: share of filters; ordered by share)"
     _write_png(out / "keys.png", figure_png(keyset_figure(disc.keys, title)))

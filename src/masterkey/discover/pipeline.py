@@ -26,7 +26,7 @@ from torch import Tensor
 from masterkey.bank import FilterBank
 from masterkey.discover.autoencoder import TrainedAutoencoder
 from masterkey.discover.candidates import Candidates
-from masterkey.discover.chunks import BLOCK, blocks, is_large, row_chunks, unit_rows
+from masterkey.discover.chunks import BLOCK, blocks, is_large, row_chunks
 from masterkey.discover.comparison import BuiltBaselines, build_baselines, score_baselines
 from masterkey.discover.greedy import GreedyPath
 from masterkey.discover.objectives import Objective, VarianceObjective, source_weights
@@ -35,7 +35,7 @@ from masterkey.discover.settings import DiscoverConfig
 from masterkey.discover.universality import leave_one_source_out
 from masterkey.errors import MasterkeyError, option
 from masterkey.keys import KeySet
-from masterkey.normalize import EXCLUDED, FilterFlag, center_norm, excluded_counts, filter_flags
+from masterkey.normalize import EXCLUDED, FilterFlag, center_norm, excluded_counts, filter_flags, unit_rows
 from masterkey.progress import progress_bar
 from masterkey.threads import torch_threads
 

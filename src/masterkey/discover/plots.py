@@ -1,5 +1,5 @@
 """Simple figures of a discovery: the greedy path (matplotlib, Agg, no pyplot state); the key grid is
-:func:`masterkey.report.figures.keyset_figure`."""
+:func:`masterkey.plots.filters.keyset_figure`."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from masterkey.data.decode import IMAGE_SUFFIXES, check_regular_file, is_image_name, open_rgb
 from masterkey.errors import MasterkeyError
 from masterkey.keys import KeySet, load_keys
+from masterkey.normalize import unit_rows_array
 from masterkey.progress import progress_bar
 from masterkey.stats import mean_ci95
 
@@ -224,10 +225,7 @@ def abs_cos_matrix(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -
 
     def unit(x: np.ndarray | torch.Tensor) -> np.ndarray:
         x = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
-        x = x.reshape(len(x), -1)
-        x = x - x.mean(axis=1, keepdims=True)
-        norm = np.linalg.norm(x, axis=1, keepdims=True)
-        return np.divide(x, norm, out=np.zeros_like(x), where=norm > 1e-12)
+        return unit_rows_array(x, zero_below=1e-12)
 
     return np.abs(unit(a) @ unit(b).T)
 

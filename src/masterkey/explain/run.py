@@ -37,12 +37,14 @@ from masterkey.explain.scalespace import BOUND_NOTE, fit_keyset, scalespace_keys
 from masterkey.files import atomic_directory, write_json, write_text
 from masterkey.jsonio import dumps
 from masterkey.keys import KeySet, load_keys
+from masterkey.plots.filters import filter_grid, image_panels, key_grid
+from masterkey.plots.heatmaps import matrix_heatmap
+from masterkey.plots.style import figure_png, key_colors
 from masterkey.progress import progress_bar
-from masterkey.report import figures as F
-from masterkey.report.html import markdown_table
 from masterkey.runformats import write_table
 from masterkey.runs import write_run_info
 from masterkey.stats import mean_ci95
+from masterkey.tables import markdown_table
 
 
 @dataclass
@@ -170,7 +172,7 @@ def explain_figures(expl: Explanation, crop: int = 192) -> dict[str, Any]:
     """Figures by file stem: scalespace, eigenpatches, eigen_vs_keys, cos_matrix, reconstruction."""
     keys = expl.keys.keys.double().numpy()
     labels = expl.keys.key_labels()
-    colors = F.key_colors(len(keys))
+    colors = key_colors(len(keys))
     figs: dict[str, Any] = {}
 
     models = expl.models.keys.double().numpy()
@@ -181,7 +183,7 @@ def explain_figures(expl: Explanation, crop: int = 192) -> dict[str, Any]:
         + (f"\nat bound: {r.at_bound}" if r.at_bound else "")
         for r in expl.scalespace.itertuples()
     ]
-    figs["scalespace"] = F.filter_grid(
+    figs["scalespace"] = filter_grid(
         [("key", keys, None), ("scale-space model", models, captions)],
         f"{expl.keys.name}: keys (top) and least-squares scale-space models (bottom)",
         labels,
@@ -190,7 +192,7 @@ def explain_figures(expl: Explanation, crop: int = 192) -> dict[str, Any]:
     )
 
     eigen = expl.eigen
-    figs["eigenpatches"] = F.key_grid(
+    figs["eigenpatches"] = key_grid(
         eigen.components,
         [f"PC{i + 1}" for i in range(len(eigen))],
         f"Eigen-patches: PCA of {eigen.n_patches:,} Gaussian-windowed (σ={eigen.window_sigma:g}) "
@@ -202,7 +204,7 @@ def explain_figures(expl: Explanation, crop: int = 192) -> dict[str, Any]:
     best = expl.eigen_table["best_component"].to_numpy() - 1
     closest = [_aligned(keys[i], eigen.components[b]) for i, b in enumerate(best)]
     captions = [f"PC{b + 1}, |cos| {c:.2f}" for b, c in zip(best, expl.eigen_table["abs_cos"], strict=True)]
-    figs["eigen_vs_keys"] = F.filter_grid(
+    figs["eigen_vs_keys"] = filter_grid(
         [("key", keys, None), ("closest eigen-patch", closest, captions)],
         f"{expl.keys.name}: each key and the eigen-patch of largest |cos|",
         labels,
@@ -212,7 +214,7 @@ def explain_figures(expl: Explanation, crop: int = 192) -> dict[str, Any]:
 
     matrix = abs_cos_matrix(keys, eigen.components)
     random_best = expl.summary()["random_mean_best_abs_cos"]
-    figs["cos_matrix"] = F.matrix_heatmap(
+    figs["cos_matrix"] = matrix_heatmap(
         matrix,
         labels,
         [f"PC{i + 1}" for i in range(len(eigen))],
@@ -243,7 +245,7 @@ def explain_figures(expl: Explanation, crop: int = 192) -> dict[str, Any]:
         approx = reconstruct(window, basis)
         scores = reconstruction_scores(window, approx, size)
         panels[f"{title}\nexplains {100 * scores['explained']:.0f}% · PSNR {scores['psnr']:.1f} dB"] = approx
-    figs["reconstruction"] = F.image_panels(
+    figs["reconstruction"] = image_panels(
         panels, f"Patch-by-patch reconstruction ({size}x{size} tiles, least squares per tile)", columns=3
     )
     return figs
@@ -311,7 +313,7 @@ def write_explain_run(
     config = dict(config or {})
     figures = explain_figures(expl)
     drawing = progress_bar(figures.items(), total=len(figures), desc="draw figures", unit="figure", enabled=progress)
-    figs = {name: F.figure_png(fig) for name, fig in drawing}
+    figs = {name: figure_png(fig) for name, fig in drawing}
     out = Path(out)
     with atomic_directory(out, "explain", overwrite=overwrite) as tmp:
         write_table(tmp, "explain", "scalespace.csv", expl.scalespace)

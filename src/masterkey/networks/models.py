@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,31 @@ def parse_scalar(value: str) -> Any:
     return value
 
 
+def parse_model_kwargs(text: str | None) -> dict[str, Any]:
+    """A model's keyword arguments as a user writes them: ``"num_classes=10,patch_size=1"`` (ints, floats, bools,
+    strings: :func:`parse_scalar`) or a JSON object (``'{"num_classes": 10}'``). Empty or None: no arguments."""
+    from masterkey.errors import option
+    from masterkey.jsonio import loads
+
+    what = option("model_kwargs")
+    text = (text or "").strip()
+    if text.startswith("{"):
+        try:
+            kwargs = loads(text, what, restore=False)
+        except MasterkeyError as exc:
+            raise MasterkeyError(f"{what}: not a JSON object ({str(exc).partition(': ')[2]})") from None
+        if not isinstance(kwargs, dict):
+            raise MasterkeyError(f"{what}: expected a JSON object")
+        return kwargs
+    out: dict[str, Any] = {}
+    for item in text.split(",") if text else []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MasterkeyError(f"{what}: expected key=value pairs separated by commas, got {item!r}")
+        out[key.strip()] = parse_scalar(value.strip())
+    return out
+
+
 def build_architecture(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """The network ``name`` (timm first, then torchvision; ``timm:`` / ``torchvision:`` prefixes pick one) built
     with ``kwargs``: randomly initialised, or with the hub's weights when ``pretrained`` (online only).
@@ -152,6 +177,8 @@ def build_architecture(name: str, pretrained: bool = False, **kwargs: Any) -> nn
         if kwargs and not pretrained:
             _check_parameter_count(name, kwargs, construct)
         return construct(pretrained)
+    except MasterkeyError:
+        raise
     except TypeError as exc:
         raise MasterkeyError(f"model '{name}': bad keyword arguments {kwargs} ({_short(exc)})") from None
     except (OSError, RuntimeError, ValueError) as exc:
@@ -227,20 +254,44 @@ def load_weights(model: nn.Module, state: StateDict, source: str = "weights", ne
     Raises :class:`MasterkeyError` listing missing / unexpected keys and shape mismatches (with a class-count
     hint) when no remapping makes the checkpoint fit.
     """
-    candidates = [state]
-    timm_filter = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if timm_filter is not None:
-        candidates.append(_try_filter(timm_filter, state, model))
-    for fn in _CHECKPOINT_FILTERS:
-        candidates.append(_try_filter(fn, state, model))
     target = model.state_dict()
-    if new_head:
-        candidates = [_with_own_head(c, target) if c is not None else None for c in candidates]
-    for cand in candidates:
-        if cand is not None and _fits(cand, target):
+    failures: list[str] = []
+    for cand in remapped_states(state, model, failures):
+        if new_head:
+            cand = _with_own_head(cand, target)
+        if _fits(cand, target):
             model.load_state_dict(cand, strict=True)
             return
-    raise MasterkeyError(f"{source}: {describe_mismatch(state, target)}")
+    tried = f" (remappings that failed: {'; '.join(failures)})" if failures else ""
+    raise MasterkeyError(f"{source}: {describe_mismatch(state, target)}{tried}")
+
+
+#: What a checkpoint filter raises when it does not apply to a checkpoint (a missing key, a shape it cannot
+#: reshape). Anything else is a bug in the filter and propagates.
+FILTER_ERRORS = (KeyError, IndexError, RuntimeError, ValueError, TypeError, AttributeError)
+
+
+def remapped_states(state: StateDict, model: nn.Module, failures: list[str] | None = None) -> Iterator[StateDict]:
+    """``state`` as it is, then as each checkpoint filter remaps it for ``model`` (timm's own ``checkpoint_filter_fn``
+    for the model, then those registered with :func:`register_checkpoint_filter`), computed one at a time.
+
+    A filter that does not apply returns None or raises one of :data:`FILTER_ERRORS`; such a failure is named in
+    ``failures`` (``"NAME: ErrorType: message"``) for the caller's error message. A :class:`MasterkeyError` from a
+    filter propagates."""
+    yield state
+    timm_filter = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    for fn in ([timm_filter] if timm_filter is not None else []) + _CHECKPOINT_FILTERS:
+        try:
+            out = fn(dict(state), model)
+        except MasterkeyError:
+            raise
+        except FILTER_ERRORS as exc:
+            if failures is not None:
+                detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                failures.append(f"{getattr(fn, '__qualname__', fn)} raised {type(exc).__name__} {detail}".strip())
+            continue
+        if isinstance(out, dict):
+            yield out
 
 
 def _with_own_head(state: StateDict, target: Mapping[str, Tensor]) -> StateDict:
@@ -257,14 +308,6 @@ def _with_own_head(state: StateDict, target: Mapping[str, Tensor]) -> StateDict:
         if bias in target and bias in state and state[bias].shape != target[bias].shape:
             out[bias] = target[bias]
     return out
-
-
-def _try_filter(fn: Callable[..., Any], state: StateDict, model: nn.Module) -> StateDict | None:
-    try:
-        out = fn(dict(state), model)
-    except Exception:
-        return None
-    return out if isinstance(out, dict) else None
 
 
 def _fits(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> bool:

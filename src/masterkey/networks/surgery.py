@@ -98,17 +98,11 @@ class SwapReport:
 
 
 @dataclass(frozen=True)
-class LayerPosition:
+class LayerPosition(DepthwiseConv):
     """A depthwise conv with its stage and block (see the module docstring for how stages are found)."""
 
-    name: str
-    conv: nn.Conv2d
     stage: int
     block: int
-
-    @property
-    def kernel_size(self) -> tuple[int, int]:
-        return tuple(self.conv.kernel_size)  # type: ignore[return-value]
 
     @property
     def stride(self) -> int:

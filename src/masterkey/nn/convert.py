@@ -34,7 +34,7 @@ from masterkey.nn.modes import MODES, SIGMA_SCOPES, get_mode
 from masterkey.nn.scalespace import ScaleSpaceKernel, ScaleSpaceKey, model_keyset, stored_models
 
 #: Scale-space models for a key set: a list, or a function of the key set (e.g.
-#: :func:`masterkey.explain.scalespace.scalespace_models`, which fits them).
+#: :func:`masterkey.scalespace.scalespace_models`, which fits them).
 ScaleSpaceModels = Sequence[ScaleSpaceKey] | Callable[[KeySet], Sequence[ScaleSpaceKey]]
 
 
@@ -144,7 +144,7 @@ class _ScaleSpaceBuilder(KernelBuilder):
         if models is None:
             raise MasterkeyError(
                 f"key set '{base.name}' carries no scale-space models: pass scalespace=... (e.g. "
-                "masterkey.explain.scalespace.scalespace_models, which fits them) or use the keys 'scalespace8'"
+                "masterkey.scalespace.scalespace_models, which fits them) or use the keys 'scalespace8'"
             )
         if len(models) != len(base):
             raise MasterkeyError(f"key set '{base.name}': {len(models)} scale-space models for {len(base)} keys")

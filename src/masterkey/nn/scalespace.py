@@ -1,68 +1,25 @@
 """Keys generated from discrete scale-space models whose scales train: the kernel of the ``scalespace`` mode.
 
 The models (family, σx, σy, γ, sign per key) come with the key set (``scalespace8``, or any key set made by
-:func:`masterkey.explain.scalespace.scalespace_keyset`: :func:`stored_models`) or from a fit of the keys, which
-belongs to the explain stage (:func:`masterkey.explain.scalespace.scalespace_models`); this module only generates
-and trains them (the kernels themselves are :mod:`masterkey.kernels`).
+:func:`masterkey.scalespace.scalespace_keyset`: :func:`~masterkey.scalespace.stored_models`) or from a fit of the
+keys (:func:`masterkey.scalespace.scalespace_models`); this module only trains them (the kernels themselves are
+:mod:`masterkey.kernels`, the models :mod:`masterkey.scalespace`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from masterkey.errors import MasterkeyError
-from masterkey.keys import KeySet
 from masterkey.nn.layers import KernelParametrization
 from masterkey.nn.modes import SIGMA_SCOPES
+from masterkey.scalespace import ScaleSpaceKey, model_keyset, models_from_rows, stored_models
 
-
-@dataclass(frozen=True)
-class ScaleSpaceKey:
-    """The generative model of one key: a scale-space ``family`` (:data:`masterkey.kernels.FAMILIES`), its scales,
-    γ (``gaussian-laplacian`` only; else 0) and the sign that aligns the model with the key."""
-
-    family: str
-    sigma_x: float
-    sigma_y: float
-    gamma: float = 0.0
-    sign: int = 1
-
-
-def models_from_rows(rows: Sequence[Mapping[str, Any]]) -> list[ScaleSpaceKey]:
-    """Models from parameter rows (``family``, ``sigma_x``, ``sigma_y``, optional ``gamma`` (NaN: none) and
-    ``sign``), as a fit table or a key set's provenance holds them."""
-    out = []
-    for row in rows:
-        gamma = row.get("gamma")
-        gamma = 0.0 if gamma is None or (isinstance(gamma, float) and math.isnan(gamma)) else float(gamma)
-        sign = int(row.get("sign", 1))
-        out.append(ScaleSpaceKey(str(row["family"]), float(row["sigma_x"]), float(row["sigma_y"]), gamma, sign))
-    return out
-
-
-def stored_models(keyset: KeySet) -> list[ScaleSpaceKey] | None:
-    """The scale-space models a key set carries (``scalespace8`` and key sets made from fitted models), or None."""
-    rows = keyset.provenance.get("parameters") if keyset.provenance.get("source") == "scalespace" else None
-    if not rows:
-        return None
-    if len(rows) != len(keyset):
-        raise MasterkeyError(f"key set '{keyset.name}': {len(rows)} scale-space models for {len(keyset)} keys")
-    return models_from_rows(rows)
-
-
-def model_keyset(models: Sequence[ScaleSpaceKey], base: KeySet, size: int) -> KeySet:
-    """The models generated at ``size`` x ``size`` (centred, unit-norm) as a key set named after ``base``."""
-    from masterkey.kernels import scalespace_kernel
-
-    kernels = [m.sign * scalespace_kernel(m.family, m.sigma_x, m.sigma_y, m.gamma, size) for m in models]
-    return KeySet(f"{base.name}@scalespace", torch.from_numpy(np.stack(kernels)), labels=base.labels)
+__all__ = ["ScaleSpaceKernel", "ScaleSpaceKey", "model_keyset", "models_from_rows", "stored_models"]
 
 
 class ScaleSpaceKernel(KernelParametrization):
@@ -156,6 +113,9 @@ class ScaleSpaceKernel(KernelParametrization):
                 parts.append(scalespace_kernel_torch(family, sigma_x[rows], sigma_y[rows], gamma, k))
                 start += count
             raw = torch.cat(parts)[self._inverse].flatten(1)
+            # masterkey.normalize's arithmetic, kept here as a near-copy on purpose: this runs inside autograd at
+            # every training step, and the clamp keeps the gradient finite where a σ makes a model (nearly)
+            # constant, where center_norm would raise instead.
             centred = raw - raw.mean(dim=1, keepdim=True)
             unit = centred / torch.linalg.vector_norm(centred, dim=1, keepdim=True).clamp_min(1e-30)
             return (unit * self.sign.double()[:, None]).reshape(-1, k, k)

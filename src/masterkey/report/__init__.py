@@ -4,7 +4,7 @@
     build_report(["runs/fit", "runs/train"], "runs/report")   # runs/report/report.html, report.md, *.png
 
 Runs are recognised by the ``kind`` in their ``run.json`` (fit, discover, swap, train, experiment, explain); each
-kind's files are read if present (:mod:`masterkey.report.runs`), drawn (:mod:`masterkey.report.figures`) and laid
+kind's files are read if present (:mod:`masterkey.report.runs`), drawn (:mod:`masterkey.plots`) and laid
 out (:mod:`masterkey.report.sections`, :mod:`masterkey.report.html`).
 """
 
@@ -18,8 +18,8 @@ from masterkey.errors import MasterkeyError
 from masterkey.files import check_output
 from masterkey.lazy import lazy_attributes
 
-#: Each public name and the module that defines it, imported on first use (PEP 562): ``keys show --png`` draws
-#: with :mod:`masterkey.report.figures` without loading the readers and sections (pandas) it does not need.
+#: Each public name and the module that defines it, imported on first use (PEP 562): ``import masterkey.report``
+#: loads neither the readers nor the sections (pandas, matplotlib) until a name is used.
 _PUBLIC = {
     "Section": "masterkey.report.html",
     "render_html": "masterkey.report.html",

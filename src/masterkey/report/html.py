@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from masterkey.files import atomic_directory, write_text
+from masterkey.tables import markdown_table, md_escape, numeric_columns, table_cells
 
 
 @dataclass
@@ -102,53 +102,6 @@ class Section:
         self.blocks.append(TextBlock(text, preformatted))
 
 
-# ---------------------------------------------------------------------- cells
-def _cell(value: Any, digits: int) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        if value.is_integer() and abs(value) >= 1000:
-            return f"{int(value):,}"
-        if value != 0 and abs(value) < 10 ** (1 - digits):
-            return f"{value:.2e}"  # small numbers (learning rates) keep their significant digits
-        return f"{value:.{digits}f}"
-    if hasattr(value, "item"):  # numpy scalars
-        return _cell(value.item(), digits)
-    return str(value)
-
-
-def _whole_numbers(column: pd.Series) -> bool:
-    """A float column holding only whole numbers (and gaps): integers that a missing value made float."""
-    if not pd.api.types.is_float_dtype(column) or not column.isna().any():
-        return False
-    values = column.dropna().to_numpy()
-    return bool(len(values)) and bool((values == values.round()).all()) and bool((abs(values) < 2**53).all())
-
-
-def _rows(table: pd.DataFrame, digits: int | Mapping[str, int]) -> list[list[str]]:
-    """Formatted cells; ``digits`` is one number or a per-column mapping (3 for columns it does not name). Float
-    columns of whole numbers with gaps (a ``round`` or ``seed`` column with missing values) show as integers."""
-    per_column = [digits.get(str(c), 3) if isinstance(digits, Mapping) else digits for c in table.columns]
-    whole = [_whole_numbers(table[c]) for c in table.columns]
-    return [
-        [
-            _cell(int(v), d) if w and isinstance(v, float) and not math.isnan(v) else _cell(v, d)
-            for v, d, w in zip(row, per_column, whole, strict=True)
-        ]
-        for row in table.itertuples(index=False, name=None)
-    ]
-
-
-def _numeric(table: pd.DataFrame) -> list[bool]:
-    return [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c]) for c in table.columns]
-
-
 # ---------------------------------------------------------------------- HTML
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d2430;
@@ -210,10 +163,10 @@ PRINT_SCRIPT = (
 
 
 def _html_table(table: pd.DataFrame, digits: int | Mapping[str, int], css_class: str = "data") -> str:
-    numeric = _numeric(table)
+    numeric = numeric_columns(table)
     head = "".join(f"<th>{_breakable(str(c))}</th>" for c in table.columns)
     body = []
-    for row in _rows(table, digits):
+    for row in table_cells(table, digits):
         cells = "".join(
             f'<td class="num">{html.escape(v)}</td>' if num else f"<td>{html.escape(v)}</td>"
             for v, num in zip(row, numeric, strict=True)
@@ -288,19 +241,6 @@ def render_html(sections: Sequence[Section], title: str, generated: str | None =
 
 
 # ---------------------------------------------------------------------- Markdown
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(table: pd.DataFrame, digits: int | Mapping[str, int] = 3) -> str:
-    """A GitHub pipe table (numbers right-aligned)."""
-    numeric = _numeric(table)
-    head = "| " + " | ".join(_md_escape(str(c)) for c in table.columns) + " |"
-    rule = "|" + "|".join("---:" if num else ":---" for num in numeric) + "|"
-    body = ["| " + " | ".join(_md_escape(v) for v in row) + " |" for row in _rows(table, digits)]
-    return "\n".join([head, rule, *body])
-
-
 def render_markdown(sections: Sequence[Section], title: str, generated: str | None = None) -> str:
     """Markdown of the report; figure ``name`` is referenced as ``name.png`` beside the Markdown file."""
     generated = generated or dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -312,7 +252,7 @@ def render_markdown(sections: Sequence[Section], title: str, generated: str | No
             lines += ["| | |", "|:---|:---|"]
             for k, v in section.facts:
                 text = v.summary if isinstance(v, Folded) else v
-                lines.append(f"| **{_md_escape(k)}** | `{_md_escape(text)}` |")
+                lines.append(f"| **{md_escape(k)}** | `{md_escape(text)}` |")
             lines.append("")
             for k, v in section.facts:
                 if isinstance(v, Folded):
@@ -321,7 +261,7 @@ def render_markdown(sections: Sequence[Section], title: str, generated: str | No
             lines += ["> Not shown:"] + [f"> - {n}" for n in section.notes] + [""]
         for block in section.blocks:
             if isinstance(block, FigureBlock):
-                lines += [f"### {block.title}", "", f"![{_md_escape(block.title)}]({block.name}.png)", ""]
+                lines += [f"### {block.title}", "", f"![{md_escape(block.title)}]({block.name}.png)", ""]
                 if block.caption:
                     lines += [f"*{block.caption}*", ""]
             elif isinstance(block, TableBlock):

@@ -19,7 +19,7 @@ import pandas as pd
 
 from masterkey.errors import MasterkeyError
 from masterkey.jsonio import loads
-from masterkey.keys import KeySet
+from masterkey.keys import KeyValues
 from masterkey.reading import read_json, read_text, regular_file
 from masterkey.runformats import ACCURACY_UNIT, run_format
 from masterkey.runs import RUN_INFO, read_run_info
@@ -130,12 +130,14 @@ class Run:
             self.notes.append(f"{name}: {bad} unreadable lines skipped")
         return rows
 
-    def read_keyset(self, name: str, optional: bool = False) -> KeySet | None:
+    def read_keyset(self, name: str, optional: bool = False) -> KeyValues | None:
+        """A key set of the run, as numbers (checked as :meth:`masterkey.keys.KeySet.load` checks them,
+        without torch: the report only draws keys); None (with a note) when absent or unreadable."""
         path = self.file(name, optional)
         if path is None:
             return None
         try:
-            return KeySet.load(path)
+            return KeyValues.load(path)
         except MasterkeyError as exc:
             self.notes.append(str(exc))
             return None
@@ -177,7 +179,7 @@ class FitRun:
     run: Run
     summary: dict[str, Any] | None
     fits: pd.DataFrame | None
-    keysets: dict[int, KeySet]
+    keysets: dict[int, KeyValues]
 
 
 @dataclass
@@ -185,8 +187,8 @@ class DiscoverPart:
     """The files of one kernel size of a discover run (``prefix`` "" for a flat run, else ``k3``, ``k5`` ...)."""
 
     prefix: str
-    keys: KeySet | None
-    candidates: KeySet | None
+    keys: KeyValues | None
+    candidates: KeyValues | None
     path: pd.DataFrame | None
     baselines: pd.DataFrame | None
     universality: pd.DataFrame | None
@@ -244,7 +246,7 @@ LoadedRun = FitRun | DiscoverRun | SwapRun | TrainRun | ExperimentRun | ExplainR
 
 def load_fit(run: Run) -> FitRun:
     fits = run.read_parquet("fits.parquet", FIT.columns("fits.parquet"))
-    keysets: dict[int, KeySet] = {}
+    keysets: dict[int, KeyValues] = {}
     for path in sorted(run.path.glob("keys_k*.safetensors")):
         keyset = run.read_keyset(path.name)
         if keyset is not None:

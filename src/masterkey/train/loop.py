@@ -37,6 +37,7 @@ from masterkey.nn.modes import MODES
 from masterkey.nn.summary import depthwise_epoch_stats, depthwise_summary, key_counts, parameter_counts
 from masterkey.progress import progress_bar
 from masterkey.runs import write_run_info
+from masterkey.threads import torch_threads
 from masterkey.train.config import TrainConfig, config_differences
 from masterkey.train.distributed import (
     Distributed,
@@ -126,18 +127,15 @@ def train(
 
     config = config.validated()
     resolve_model_name(config.model)  # an unknown name fails before any data is read
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    info, device = init_distributed(config.device)
-    try:
-        out_path = Path(out) if out is not None else None
-        cleanup = failed_run_cleanup(out_path) if out_path is not None and info.is_main else contextlib.nullcontext()
-        with cleanup:
-            return _train(config, out_path, info, device, resume, overwrite, on_step, on_batch)
-    finally:
-        shutdown(info)
-        torch.set_num_threads(threads)
+    with torch_threads(config.threads):
+        info, device = init_distributed(config.device)
+        try:
+            out_path = Path(out) if out is not None else None
+            main = out_path is not None and info.is_main
+            with failed_run_cleanup(out_path) if main else contextlib.nullcontext():
+                return _train(config, out_path, info, device, resume, overwrite, on_step, on_batch)
+        finally:
+            shutdown(info)
 
 
 def _train(

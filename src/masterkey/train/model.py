@@ -13,7 +13,6 @@ instead (``timm:fcmae`` for ``convnextv2_tiny``: ``convnextv2_tiny.fcmae``; a do
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import torch
@@ -51,7 +50,7 @@ def build_model(config: TrainConfig) -> tuple[nn.Module, Conversion]:
         load_encoder(model, config.init_from, config)
     if config.head_init_scale is not None:
         init_head(model, config.head_init_scale)
-    from masterkey.explain.scalespace import scalespace_models
+    from masterkey.scalespace import scalespace_models
 
     converted = apply_mode(
         model,
@@ -108,13 +107,13 @@ def load_encoder(model: nn.Module, spec: str, config: TrainConfig) -> None:
     state = {
         k: v for k, v in state.items() if not k.startswith(head_name + ".") and k not in ("head.weight", "head.bias")
     }
-    for candidate in _namings(state, model):
+    from masterkey.networks.models import describe_mismatch, remapped_states
+
+    for candidate in remapped_states(state, model):
         missing = [k for k in target if k not in candidate]
         if all(k.split(".")[0] == top for k in missing) and _shapes_fit(candidate, target):
             model.load_state_dict({**{k: target[k] for k in missing}, **candidate}, strict=True)
             return
-    from masterkey.networks.models import describe_mismatch
-
     raise MasterkeyError(
         f"{option('init_from', source)}: {describe_mismatch(state, target)} (the encoder of this model is needed; "
         "only the classifier may be missing)"
@@ -123,20 +122,6 @@ def load_encoder(model: nn.Module, spec: str, config: TrainConfig) -> None:
 
 def _shapes_fit(state: dict[str, Tensor], target: dict[str, Tensor]) -> bool:
     return all(k in target and tuple(v.shape) == tuple(target[k].shape) for k, v in state.items())
-
-
-def _namings(state: dict[str, Tensor], model: nn.Module) -> list[dict[str, Tensor]]:
-    """``state`` as it is, and remapped by timm's own filter for the model (official ConvNeXt(-V2) names)."""
-    out = [state]
-    remap = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if remap is not None:
-        try:
-            mapped = remap(dict(state), model)
-        except (KeyError, RuntimeError, ValueError, TypeError):
-            mapped = None
-        if isinstance(mapped, dict):
-            out.append(mapped)
-    return out
 
 
 def fcmae_to_dense(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:

@@ -93,6 +93,8 @@ def check_out(
 def _check_longer(out: Path, epochs: int | None) -> None:
     try:
         done = int(read_json(out / "summary.json", "training summary")["epochs"])
+    except MasterkeyError:
+        raise
     except (OSError, ValueError, KeyError, TypeError):
         return  # the checkpoint decides (see masterkey.train.loop)
     if epochs is not None and epochs <= done:

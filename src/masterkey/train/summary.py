@@ -207,7 +207,8 @@ def run_warnings(run_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
 def write_summary(run_dir: Path, experiment: Experiment, rows: list[dict[str, Any]], curves: Curves) -> dict[str, Any]:
     """``summary.csv`` / ``.json`` / ``.md`` and ``curves.png`` of an experiment directory (and the
     ``efficiency.*`` files of a sweep); returns the summary."""
-    from masterkey.report.figures import efficiency_curves, experiment_curves, figure_png
+    from masterkey.plots.curves import efficiency_curves, experiment_curves
+    from masterkey.plots.style import figure_png
 
     frame = pd.DataFrame(rows)
     names = [a.name for a in experiment.arms]

@@ -1,4 +1,4 @@
-"""Discrete scale-space kernels and least-squares fits of keys (masterkey.explain.scalespace)."""
+"""Discrete scale-space kernels and least-squares fits of keys (masterkey.scalespace)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from masterkey.errors import MasterkeyError
-from masterkey.explain.scalespace import (
-    family_for_label,
-    fit_keyset,
-    fit_scalespace,
-    paper8_parameters,
-    scalespace8_keys,
-    scalespace_keyset,
-)
 from masterkey.kernels import (
     FAMILIES,
     PAPER8_SCALESPACE,
@@ -32,6 +24,13 @@ from masterkey.kernels import (
     second_difference,
 )
 from masterkey.keys import load_keys
+from masterkey.scalespace import (
+    family_for_label,
+    fit_keyset,
+    fit_scalespace,
+    paper8_parameters,
+    scalespace_keyset,
+)
 
 sigmas = st.floats(0.0, 3.0, allow_nan=False)
 fit_sigmas = st.floats(0.35, 1.6, allow_nan=False)
@@ -219,7 +218,7 @@ def test_stored_scalespace8_parameters_reproduce(paper8_fit) -> None:
 
 
 def test_scalespace8_matches_paper8_at_seven() -> None:
-    models, paper = scalespace8_keys(7), load_keys("paper8")
+    models, paper = load_keys("scalespace8", kernel_size=7), load_keys("paper8")
     cos = (models.keys.double() * paper.keys.double()).sum(dim=(1, 2)).numpy()
     np.testing.assert_allclose(cos, [row[6] for row in PAPER8_SCALESPACE], atol=2e-4)
     assert models.key_labels() == paper.key_labels()
@@ -237,14 +236,14 @@ def test_scalespace8_at_any_odd_size(size: int) -> None:
         m = (size - 7) // 2
         inner = keyset.keys[:, m : m + 7, m : m + 7].reshape(8, -1).double()
         inner = inner - inner.mean(1, keepdim=True)
-        seven = scalespace8_keys(7).keys.reshape(8, -1).double()
+        seven = load_keys("scalespace8", kernel_size=7).keys.reshape(8, -1).double()
         cos = (inner * seven).sum(1) / inner.norm(dim=1)
         assert (cos > 0.99).all()
 
 
 def test_scalespace8_rejects_even_sizes() -> None:
     with pytest.raises(MasterkeyError, match="odd kernel sizes >= 3, not 4x4"):
-        scalespace8_keys(4)
+        load_keys("scalespace8", kernel_size=4)
 
 
 def test_scalespace_keyset_round_trips_through_a_fit_table(paper8_fit) -> None:
@@ -252,3 +251,12 @@ def test_scalespace_keyset_round_trips_through_a_fit_table(paper8_fit) -> None:
     again = fit_keyset(keyset, list(paper8_fit["family"]))
     assert (again["cosine"] > 1 - 1e-8).all()
     np.testing.assert_allclose(again["sigma_x"], paper8_fit["sigma_x"], atol=2e-3)
+
+
+def test_explain_keeps_its_names_for_the_one_implementation() -> None:
+    """masterkey.explain.scalespace defines nothing: its names are masterkey.scalespace's (and kernels')."""
+    import masterkey.scalespace as home
+    from masterkey.explain import scalespace as explain_names
+
+    for name in explain_names.__all__:
+        assert getattr(explain_names, name) is getattr(home, name), name
