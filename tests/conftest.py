@@ -13,6 +13,7 @@ import fcntl
 import functools
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,30 @@ if WORKER:
     # other (a swap test: 32 s of CPU with two threads, 24 s with one, on 2 busy cores).
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed blocks of up to 1 GiB for reuse in this process, rather than unmap them (its default
+    above 32 MiB) and fault fresh pages in for the next batch's activations: MobileNetV2 over 1,000 ImageNet samples
+    took 15 s of user and 20 s of system time, 6 s of system time with this. Only in this process: the processes
+    tests start, some of which measure their peak memory, keep glibc's defaults."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None or sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        libc.mallopt(m_mmap_threshold, 1 << 30)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):
+        return
+
+
+if WORKER:
+    _keep_freed_memory()
 
 
 def session_root(factory: pytest.TempPathFactory) -> Path:
