@@ -35,28 +35,38 @@ if WORKER:
         os.environ.setdefault(name, "1")
 
 
-def _keep_freed_memory() -> None:
-    """Let glibc keep freed blocks of up to 1 GiB for reuse in this process, rather than unmap them (its default
-    above 32 MiB) and fault fresh pages in for the next batch's activations: MobileNetV2 over 1,000 ImageNet samples
-    took 15 s of user and 20 s of system time, 6 s of system time with this. Only in this process: the processes
-    tests start, some of which measure their peak memory, keep glibc's defaults."""
+def _glibc() -> object | None:
+    """glibc, on Linux (None elsewhere)."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     if name is None or sys.platform != "linux":
-        return
+        return None
     try:
         libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        libc.mallopt(m_mmap_threshold, 1 << 30)
-        libc.mallopt(m_trim_threshold, 1 << 30)
-    except (OSError, AttributeError):
-        return
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
-if WORKER:
-    _keep_freed_memory()
+#: In a parallel worker, glibc keeps freed blocks of up to 1 GiB for reuse within a test module, rather than unmap
+#: them (its default above 32 MiB) and fault fresh pages in for the next batch's activations: MobileNetV2 over 1,000
+#: ImageNet samples took 15 s of user and 20 s of system time, 6 s of system time with this. What is kept goes
+#: back to the system after each module (:func:`_release_freed_memory`). Only in this process: the processes tests
+#: start, some of which measure their peak memory, keep glibc's defaults.
+LIBC = _glibc() if WORKER else None
+if LIBC is not None:
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+    LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 30)  # type: ignore[attr-defined]
+    LIBC.mallopt(M_TRIM_THRESHOLD, 1 << 30)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_freed_memory() -> object:
+    yield
+    if LIBC is not None:
+        LIBC.malloc_trim(0)  # type: ignore[attr-defined]
 
 
 def session_root(factory: pytest.TempPathFactory) -> Path:
