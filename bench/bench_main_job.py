@@ -5,9 +5,11 @@ Each run is a fresh ``python -m masterkey discover --seed S -o TMP`` (what ``mas
 seed named), from this tree and from ``--before SRC`` (another source tree, e.g. ``git archive COMMIT src`` unpacked),
 interleaved seed by seed so that load from other processes hits both alike. Wall and CPU (user + system: what the
 run costs however busy the shared cores are) come from ``wait4``; the objective at K = 8 of each kernel size from the
-run's ``summary.json``; the |cos| of the after-keys with their matched before-keys from the key files.
+run's ``summary.json``; the |cos| of the after-keys with their matched before-keys, and whether they are the same
+bits, from the key files. Each run's line also gives the seconds its autoencoders took (``timings_s`` in the
+summary), the part of the job issue 28 targets.
 
-    git archive 6a9cc0b src | tar -x -C /tmp/mk-before
+    git archive e7d07c9 src | tar -x -C /tmp/mk-before      # main before the two-thread discovery
     nice -n 10 python bench/bench_main_job.py --before /tmp/mk-before/src --out bench/results/discover-main-job.md
     python bench/bench_main_job.py --seeds 0 --repeats 5       # the wall time alone, this tree (a quiet machine)
 
@@ -48,7 +50,9 @@ def run_main_job(src: Path, seed: int, out: Path) -> dict[str, Any]:
         raise SystemExit(f"bench_main_job: the run from {src} (seed {seed}) failed: {err.strip()[-400:]}")
     # Older summaries may hold bare NaN (Python's json reads them).
     summary = json.loads((out / "summary.json").read_text())["by_kernel"]
+    timings = json.loads((out / f"k{SIZES[0]}" / "summary.json").read_text()).get("timings_s", {})
     return {
+        "autoencoders_s": timings.get("autoencoders_s", float("nan")),
         "seed": seed,
         "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
@@ -57,20 +61,23 @@ def run_main_job(src: Path, seed: int, out: Path) -> dict[str, Any]:
     }
 
 
-def matched(before: Path, after: Path) -> dict[str, list[float]]:
-    """Per kernel size, the |cos| of each after-key with its matched before-key (Hungarian, sign-free)."""
+def matched(before: Path, after: Path) -> dict[str, Any]:
+    """Per kernel size, the |cos| of each after-key with its matched before-key (Hungarian, sign-free); and under
+    ``identical``, per kernel size, whether the two key tensors are the same bits."""
+    import torch
+
     from masterkey.discover.comparison import matched_cos
     from masterkey.keys import load_keys
 
-    return {
-        str(k): matched_cos(
-            load_keys(after / f"k{k}" / "keys.safetensors"), load_keys(before / f"k{k}" / "keys.safetensors")
-        ).tolist()
-        for k in SIZES
-    }
+    found: dict[str, Any] = {"identical": {}}
+    for k in SIZES:
+        a, b = (load_keys(tree / f"k{k}" / "keys.safetensors") for tree in (after, before))
+        found[str(k)] = matched_cos(a, b).tolist()
+        found["identical"][str(k)] = bool(torch.equal(a.keys, b.keys))
+    return found
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]], cosines: list[dict[str, list[float]]]) -> str:
+def summarise(runs: dict[str, list[dict[str, Any]]], cosines: list[dict[str, Any]]) -> str:
     from masterkey.stats import mean_ci95
 
     def pm(values: list[float]) -> str:
@@ -88,11 +95,16 @@ def summarise(runs: dict[str, list[dict[str, Any]]], cosines: list[dict[str, lis
             diff = pm([x - y for x, y in zip(a, b, strict=True)])
         lines.append(f"| {k}x{k} | " + " | ".join(cells) + f" | {diff} |")
     if cosines:
-        lines += ["", "| kernel | \\|cos\\| of the after-keys with their matched before-keys: mean (min) over seeds |"]
-        lines.append("|---|---:|")
+        lines += [
+            "",
+            "| kernel | \\|cos\\| of the after-keys with their matched before-keys: mean (min) over seeds "
+            "| the same bits (seeds) |",
+        ]
+        lines.append("|---|---:|---:|")
         for k in SIZES:
             values = [c for per_seed in cosines for c in per_seed[str(k)]]
-            lines.append(f"| {k}x{k} | {statistics.mean(values):.3f} ({min(values):.3f}) |")
+            same = sum(per_seed["identical"][str(k)] for per_seed in cosines)
+            lines.append(f"| {k}x{k} | {statistics.mean(values):.3f} ({min(values):.3f}) | {same} of {len(cosines)} |")
     lines += [
         "",
         "| tree | wall s: median (runs) | CPU s (user + sys): median (runs) | peak RSS MiB |",
@@ -121,7 +133,7 @@ def main() -> None:
     record = RawRecord("cpu")
     print(f"machine: {record.machine}\ncommand: {record.command}", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in trees}
-    cosines: list[dict[str, list[float]]] = []
+    cosines: list[dict[str, Any]] = []
     loads = []
     with tempfile.TemporaryDirectory(prefix="mk-main-job-") as tmp:
         for seed in seeds:
@@ -133,7 +145,8 @@ def main() -> None:
                     run = run_main_job(src, seed, outs[tree])
                     run.update(repeat=repeat, load_before=[round(v, 2) for v in before])
                     runs[tree].append(run)
-                    print(f"{tree:6} seed {seed}: {run['wall_s']:.1f} s wall, {run['cpu_s']:.1f} s CPU, objective "
+                    print(f"{tree:6} seed {seed}: {run['wall_s']:.1f} s wall, {run['cpu_s']:.1f} s CPU "
+                          f"(autoencoders {run['autoencoders_s']:.1f} s wall), objective "
                           f"{run['objective_at_8']}, load {before[0]:.2f}", flush=True)  # fmt: skip
                 if "before" in trees and repeat == 0:
                     cosines.append(matched(outs["before"], outs["after"]))

@@ -5,7 +5,9 @@ Runs ``python -m pytest -n auto -q -p no:cacheprovider`` (the README's command) 
 JUnit XML report in a temporary folder, and measures from the outside: wall time, CPU time of the whole process
 tree (user + system of the children), the peak RSS of the largest process (``ru_maxrss``), and the bytes the session
 left under pytest's temporary root (``/tmp/pytest-of-USER``). Per-file times are the sums of the test times the
-JUnit report gives (with parallel workers they add up to more than the wall time). ``--serial`` times the same
+JUnit report gives (with parallel workers they add up to more than the wall time); the slowest tests come from the
+same report, and pytest's own ``--durations`` list (each phase apart, as CI prints it) from its output, so one run
+gives the wall time and where it went. ``--serial`` times the same
 suite without workers afterwards, for comparison; ``-- ARGS`` passes more arguments to pytest (e.g. ``-m "not
 slow"``).
 
@@ -33,6 +35,8 @@ from masterkey.files import write_text
 from raw import REPO, RawRecord, raw_note, raw_path
 
 README_COMMAND = ["-m", "pytest", "-n", "auto", "-q", "-p", "no:cacheprovider"]
+#: pytest's own list of the slowest test phases (setup / call / teardown), as CI prints it (.ci/run).
+DURATIONS = 25
 
 
 def tmp_bytes() -> int:
@@ -53,7 +57,7 @@ def run_suite(extra: list[str], serial: bool) -> dict:
     command = [a for a in README_COMMAND if not (serial and a in ("-n", "auto"))]
     with tempfile.TemporaryDirectory(prefix="bench-tests-") as work:
         xml = Path(work) / "junit.xml"
-        argv = [sys.executable, *command, f"--junitxml={xml}", *extra]
+        argv = [sys.executable, *command, f"--junitxml={xml}", f"--durations={DURATIONS}", *extra]
         before_tmp = tmp_bytes()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
@@ -62,15 +66,21 @@ def run_suite(extra: list[str], serial: bool) -> dict:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         per_file: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
+        per_test: dict[str, float] = {}
         if xml.is_file():
             for case in ET.parse(xml).getroot().iter("testcase"):
                 parts = case.get("classname", "").split(".")
                 while parts and parts[-1][:1].isupper():  # a test class: its module is the file
                     parts.pop()
                 name = "/".join(parts) + ".py"
-                per_file[name] += float(case.get("time", 0))
+                seconds = float(case.get("time", 0))
+                per_file[name] += seconds
                 counts[name] += 1
+                per_test[f"{name}::{case.get('name', '')}"] = seconds
     summary = next((line for line in reversed(done.stdout.splitlines()) if " in " in line), "")
+    lines = done.stdout.splitlines()
+    start_at = next((i for i, line in enumerate(lines) if "slowest" in line and "durations" in line), len(lines))
+    durations = [line for line in lines[start_at:] if line.strip() and not line.startswith("=") and line != summary]
     return {
         "command": shlex.join(["python", *command, *extra]),
         "exit_status": done.returncode,
@@ -81,6 +91,9 @@ def run_suite(extra: list[str], serial: bool) -> dict:
         "tmp_left_mib": max(0, tmp_bytes() - before_tmp) / 2**20,
         "per_file_s": dict(sorted(per_file.items(), key=lambda kv: -kv[1])),
         "tests_per_file": dict(counts),
+        "slowest_tests_s": dict(sorted(per_test.items(), key=lambda kv: -kv[1])[:50]),  # setup + call + teardown
+        "pytest_durations": durations,  # pytest's --durations section, as printed
+        "tests_timed": len(per_test),
     }
 
 
@@ -93,6 +106,11 @@ def describe(run: dict, top: int = 15) -> list[str]:
     ]
     for name, seconds in list(run["per_file_s"].items())[:top]:
         lines.append(f"    {seconds:7.1f}  {name} ({run['tests_per_file'][name]} tests)")
+    lines.append(f"  slowest tests (setup + call + teardown, s; the first {top} of {run['tests_timed']}):")
+    for name, seconds in list(run["slowest_tests_s"].items())[:top]:
+        lines.append(f"    {seconds:7.1f}  {name}")
+    lines.append(f"  pytest --durations={DURATIONS} (each phase apart):")
+    lines += [f"    {line}" for line in run["pytest_durations"]]
     return lines
 
 

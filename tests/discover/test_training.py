@@ -19,6 +19,7 @@ from masterkey.discover.training import (
     train_autoencoder,
     train_autoencoders,
 )
+from masterkey.errors import MasterkeyError
 from masterkey.normalize import center_norm
 
 SMALL = AutoencoderConfig(hidden=16, steps=60, batch_size=32, checkpoint_every=20, check_every=20, patience=None)
@@ -46,6 +47,20 @@ def test_each_member_of_a_stack_trains_as_if_alone() -> None:
         _assert_same_model(trained.model, alone.model, exact=False)
         assert [s for s, _ in trained.losses] == [20, 40, 60]
         assert trained.steps == 60 and not trained.stopped_early
+
+
+def test_stacks_of_one_width_train_each_member_to_the_same_bits_however_grouped() -> None:
+    """discover trains its largest kernel size alone in a second thread beside the others' stack: padded to one
+    width, every member (a lone one too) gets exactly the weights of one stack of all (the main job's keys do not
+    depend on the split)."""
+    config = replace(SMALL, hidden=64, batch_size=512, steps=4)
+    data = [(_filters(600, k, seed=k), None) for k in (3, 5, 7)]
+    together = train_autoencoders(data, config)
+    split = [*train_autoencoders(data[:2], config, width=49), *train_autoencoders(data[2:], config, width=49)]
+    for a, b in zip(together, split, strict=True):
+        _assert_same_model(a.model, b.model, exact=True)
+    with pytest.raises(MasterkeyError, match="width 25 is below"):
+        train_autoencoders(data, config, width=25)
 
 
 def test_padding_stays_zero_and_members_match_their_stack() -> None:

@@ -25,7 +25,7 @@ from masterkey.keys import KeySet
 from masterkey.progress import progress_bar
 from masterkey.stats import mean_ci95
 
-__all__ = ["COLUMNS", "BaselineScores", "score_baselines"]
+__all__ = ["COLUMNS", "BaselineScores", "BuiltBaselines", "build_baselines", "score_baselines"]
 
 #: The columns of ``baselines.csv``.
 COLUMNS = ["method", "n_keys", "objective", "span_objective", "ci95", "n_seeds", "round"]
@@ -40,6 +40,34 @@ class BaselineScores:
     notes: list[str] = field(default_factory=list)  #: what was skipped or subsampled
     subsampled: dict[str, dict[str, int]] = field(default_factory=dict)  #: method -> sample size, of how many
     timings: dict[str, float] = field(default_factory=dict)  #: seconds per method, and for scoring them all
+
+
+@dataclass
+class BuiltBaselines:
+    """Every baseline's key sets at every compared size, before scoring (:func:`build_baselines`)."""
+
+    sets: list[tuple[str, int | None, list[KeySet]]]  #: ``(method, size or None, key sets)``
+    notes: list[str]  #: baselines skipped, and why
+    timings: dict[str, float]  #: seconds per method
+
+
+def compared_sizes(n: int, config: DiscoverConfig) -> list[int]:
+    """The set sizes of the comparison table for ``n`` filters: ``config.compare_k`` and K."""
+    return sorted({s for s in (*config.compare_k, config.n_keys) if 1 <= s <= n})
+
+
+def build_baselines(
+    filters: Tensor,
+    weights: Tensor,
+    config: DiscoverConfig,
+    provenance: dict[str, Any] | None = None,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> BuiltBaselines:
+    """Every baseline's key sets at every compared size; they depend on the filters and weights only (not on the
+    discovered keys nor the objective), so a discovery may build them while its autoencoder trains."""
+    sizes = compared_sizes(int(filters.shape[0]), config)
+    return BuiltBaselines(*_build_baselines(filters, weights, config, sizes, provenance or {}, progress, device))
 
 
 def _discovered_sets(
@@ -112,19 +140,23 @@ def score_baselines(
     provenance: dict[str, Any] | None = None,
     progress: bool = False,
     device: str | torch.device | None = None,
+    built: BuiltBaselines | None = None,
 ) -> BaselineScores:
     """The comparison table (discovered along the paths, and every baseline at each compared set size) and the
     baselines' key sets at K. ``span_objective`` (data-free objectives only; NaN otherwise) is the score when every
     filter is a least-squares combination of all the set's keys.
 
     Every key set is built first; then a data-free objective scores them all in one pass over the filters
-    (an objective without ``score_many`` scores them one by one)."""
+    (an objective without ``score_many`` scores them one by one). ``built``: the baselines'
+    key sets already built (:func:`build_baselines` of the same filters, weights and config)."""
     n = int(filters.shape[0])
-    sizes = sorted({s for s in (*config.compare_k, config.n_keys) if 1 <= s <= n})
+    sizes = compared_sizes(n, config)
     discovered = _discovered_sets(sizes, paths, cands, config.keep_round)
-    built, notes, timings = _build_baselines(filters, weights, config, sizes, provenance or {}, progress, device)
+    if built is None:
+        built = build_baselines(filters, weights, config, provenance, progress, device)
+    notes, timings = list(built.notes), dict(built.timings)
     t0 = time.perf_counter()
-    every = [keys for *_, keys in discovered] + [s for *_, sets in built for s in sets]
+    every = [keys for *_, keys in discovered] + [s for *_, sets in built.sets for s in sets]
     score_many = getattr(objective, "score_many", None)
     scores = score_many(every) if score_many is not None else [(objective.score_keys(s), None) for s in every]
     timings["scoring"] = time.perf_counter() - t0
@@ -136,7 +168,7 @@ def score_baselines(
         row = {"method": "discovered", "n_keys": size, "objective": val, "span_objective": next(span)}
         rows.append({**row, "ci95": math.nan, "n_seeds": 1, "round": round_})
     keysets: dict[str, KeySet] = {}
-    for method, size, sets in built:
+    for method, size, sets in built.sets:
         values = [next(value) for _ in sets]
         mean, ci = mean_ci95(values)
         spans = [next(span) for _ in sets]
@@ -145,7 +177,7 @@ def score_baselines(
         if size is None or size == config.n_keys:
             keysets[method] = sets[0]
     subsampled = {}
-    if any(method == "kmeans" for method, *_ in built) and n > config.kmeans_sample:
+    if any(method == "kmeans" for method, *_ in built.sets) and n > config.kmeans_sample:
         notes.append(
             f"kmeans: keys learned on a seeded sample of {config.kmeans_sample:,} of the {n:,} filters (drawn with "
             "the objective's weights), then polished and scored on all of them"

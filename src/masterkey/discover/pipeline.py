@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from masterkey.bank import FilterBank
 from masterkey.discover.autoencoder import TrainedAutoencoder
 from masterkey.discover.candidates import Candidates
 from masterkey.discover.chunks import BLOCK, blocks, is_large, row_chunks
-from masterkey.discover.comparison import score_baselines
+from masterkey.discover.comparison import BuiltBaselines, build_baselines, score_baselines
 from masterkey.discover.greedy import GreedyPath
 from masterkey.discover.objectives import Objective, VarianceObjective, source_weights
 from masterkey.discover.rounds import ObjectiveFactory, Rounds, run_rounds, train_stack
@@ -333,8 +335,10 @@ def _discover(
     with_baselines: bool,
     autoencoder: TrainedAutoencoder | None,
     start: float,
+    baselines: Future[BuiltBaselines] | None = None,
 ) -> Discovery:
-    """:func:`discover_keys` once its filters are checked (and threads set)."""
+    """:func:`discover_keys` once its filters are checked (and threads set); ``baselines``: the baselines' key sets
+    being built meanwhile (see :func:`discover_bank`)."""
     x, weights = data.x, data.weights
     n, k = int(x.shape[0]), int(x.shape[-1])
     if objective_factory is None:
@@ -397,9 +401,11 @@ def _discover(
                           "only compared at)")  # fmt: skip
     if with_baselines:
         t0 = time.perf_counter()
+        built = baselines.result() if baselines is not None else None
         scored = score_baselines(
-            x, weights, config, found.objectives[0], found.paths, found.candidates, provenance, progress, device
-        )
+            x, weights, config, found.objectives[0], found.paths, found.candidates, provenance, progress, device,
+            built,
+        )  # fmt: skip
         disc.baselines, disc.baseline_keys = scored.table, scored.keysets
         disc.notes.extend(scored.notes)
         disc.subsampled, disc.baseline_timings = scored.subsampled, scored.timings
@@ -475,34 +481,103 @@ def discover_bank(
             prepared[k] = _prepare(filters, sources, config, device, copy=False)  # a fresh tensor: held once
         if ckpt_dir is not None:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tag = "-".join(f"k{k}" for k in sizes)
-        autoencoders, ae_seconds = train_stack(
-            [(p.x, p.weights) for p in prepared.values()],
-            config,
-            device,
-            ckpt_dir / f"{tag}-main-ae.pt" if ckpt_dir is not None else None,
-            progress,
-            "autoencoders " + ", ".join(f"{k}x{k}" for k in sizes),
-        )
-        results: dict[int, Discovery] = {}
-        bar = progress_bar(sizes, desc="kernel sizes", unit="size", enabled=progress and len(sizes) > 1, leave=True)
-        for k, ae in zip(bar, autoencoders, strict=True):
-            t0 = time.perf_counter()
-            factory = accuracy.factory(device) if accuracy is not None else None
-            provenance = {"bank": str(bank.path), **(accuracy.description if accuracy else {})}
-            disc = _discover(prepared[k], config, factory, "accuracy" if accuracy else "variance", device, ckpt_dir,
-                             progress, provenance, with_baselines, ae, t0)  # fmt: skip
-            disc.timings["autoencoders_s"] = ae_seconds
-            disc.trained_with = list(sizes)
-            disc.excluded = excluded[k]
-            if accuracy is not None:
-                disc.accuracy = _accuracy_record(accuracy, factory, disc)
-            if universality:
-                _add_universality(disc, prepared[k], config, device, ckpt_dir, progress)
-            results[k] = disc
+        provenance = {"bank": str(bank.path), **(accuracy.description if accuracy else {})}
+        with _baselines_meanwhile(prepared, config, provenance, device, with_baselines) as baselines:
+            results = _discover_sizes(sizes, prepared, excluded, config, accuracy, universality, device, ckpt_dir,
+                                      progress, provenance, with_baselines, baselines)  # fmt: skip
         for disc in results.values():
             disc.timings["bank_total_s"] = time.perf_counter() - start
         return results
+
+
+@contextmanager
+def _baselines_meanwhile(
+    prepared: dict[int, _Prepared], config: DiscoverConfig, provenance: dict[str, Any], device, wanted: bool
+) -> Iterator[dict[int, Future[BuiltBaselines]]]:
+    """The baselines' key sets of every kernel size, built in a second thread while the block runs (they need
+    neither the autoencoders nor the discovered keys).
+
+    Why: the main job trains its autoencoders on one core; k-means and the other baselines then use the second
+    core of a 2-core machine instead of waiting for the training (torch ops release the GIL). Each thread runs its
+    ops on one torch thread, so the results are those of building them afterwards. Only while torch runs one CPU
+    thread (discovery's default): other counts are set per block of work (k-means sets one), which a second thread
+    would change under the first."""
+    if not wanted or torch.get_num_threads() != 1:
+        yield {}
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="masterkey-baselines")
+    try:
+        yield {
+            k: pool.submit(build_baselines, p.x, p.weights, config, provenance, False, device)
+            for k, p in prepared.items()
+        }
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _discover_sizes(
+    sizes: list[int],
+    prepared: dict[int, _Prepared],
+    excluded: dict[int, Any],
+    config: DiscoverConfig,
+    accuracy: AccuracySetup | None,
+    universality: bool,
+    device: str | torch.device,
+    ckpt_dir: Path | None,
+    progress: bool,
+    provenance: dict[str, Any],
+    with_baselines: bool,
+    baselines: dict[int, Future[BuiltBaselines]],
+) -> dict[int, Discovery]:
+    """:func:`discover_bank` from its prepared filters: the autoencoders, then each size's discovery."""
+    autoencoders, ae_seconds = _train_autoencoders(sizes, prepared, config, device, ckpt_dir, progress)
+    results: dict[int, Discovery] = {}
+    bar = progress_bar(sizes, desc="kernel sizes", unit="size", enabled=progress and len(sizes) > 1, leave=True)
+    for k, ae in zip(bar, autoencoders, strict=True):
+        t0 = time.perf_counter()
+        factory = accuracy.factory(device) if accuracy is not None else None
+        disc = _discover(prepared[k], config, factory, "accuracy" if accuracy else "variance", device, ckpt_dir,
+                         progress, provenance, with_baselines, ae, t0, baselines.get(k))  # fmt: skip
+        disc.timings["autoencoders_s"] = ae_seconds
+        disc.trained_with = list(sizes)
+        disc.excluded = excluded[k]
+        if accuracy is not None:
+            disc.accuracy = _accuracy_record(accuracy, factory, disc)
+        if universality:
+            _add_universality(disc, prepared[k], config, device, ckpt_dir, progress)
+        results[k] = disc
+    return results
+
+
+def _train_autoencoders(
+    sizes: list[int],
+    prepared: dict[int, _Prepared],
+    config: DiscoverConfig,
+    device: str | torch.device,
+    ckpt_dir: Path | None,
+    progress: bool,
+) -> tuple[list[TrainedAutoencoder], float]:
+    """The autoencoders of every kernel size, batched, and the seconds they took.
+
+    On one CPU thread with several sizes, the largest size trains in a second thread beside the others' stack, so
+    a 2-core machine trains on both cores (torch ops release the GIL, and neither thread waits on the other). Both
+    stacks pad to the same width, so every member gets the bits it gets in one stack of all sizes."""
+    t0 = time.perf_counter()
+    width = max(k * k for k in sizes)
+
+    def train(group: list[int], show: bool) -> list[TrainedAutoencoder]:
+        tag = "-".join(f"k{k}" for k in group)
+        ckpt = ckpt_dir / f"{tag}-main-ae.pt" if ckpt_dir is not None else None
+        desc = "autoencoders " + ", ".join(f"{k}x{k}" for k in group)
+        data = [(prepared[k].x, prepared[k].weights) for k in group]
+        return train_stack(data, config, device, ckpt, show, desc, width=width)[0]
+
+    if len(sizes) < 2 or torch.device(device).type != "cpu" or torch.get_num_threads() != 1:
+        return train(sizes, progress), time.perf_counter() - t0
+    with ThreadPoolExecutor(1, thread_name_prefix="masterkey-autoencoder") as pool:
+        last = pool.submit(train, sizes[-1:], False)
+        first = train(sizes[:-1], progress)
+        return [*first, *last.result()], time.perf_counter() - t0
 
 
 def _accuracy_record(setup: AccuracySetup, factory: ObjectiveFactory, disc: Discovery) -> AccuracyRecord:

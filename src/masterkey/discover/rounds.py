@@ -78,11 +78,12 @@ def train_stack(
     checkpoint: Path | None = None,
     progress: bool = False,
     desc: str = "autoencoders",
+    width: int | None = None,
 ) -> tuple[list[TrainedAutoencoder], float]:
-    """The autoencoders of several filter sets (``(filters, weights)`` each), trained as one batched model, and
-    the seconds that took."""
+    """The autoencoders of several filter sets (``(filters, weights)`` each), trained as one batched model (padded
+    to ``width``), and the seconds that took."""
     t0 = time.perf_counter()
-    found = train_autoencoders(data, autoencoder_config(config), device, checkpoint, progress, desc)
+    found = train_autoencoders(data, autoencoder_config(config), device, checkpoint, progress, desc, width=width)
     return found, time.perf_counter() - t0
 
 

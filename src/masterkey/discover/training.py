@@ -54,15 +54,20 @@ class AutoencoderStack:
     """Several :class:`KeyAutoencoder` s of one architecture (kernel sizes may differ) as one batched model.
 
     Layer ``i`` of every member is one tensor ``weight[i]`` [G, in, out] (and ``bias[i]`` [G, 1, out]); the first
-    layer's inputs and the last layer's outputs are zero-padded to the largest member's ``k*k`` (``mask`` marks
-    each member's own weights)."""
+    layer's inputs and the last layer's outputs are zero-padded to ``width`` (default: the largest member's ``k*k``;
+    ``mask`` marks each member's own weights). A member's arithmetic depends on the width, not on the other members:
+    stacks of one width train each member to the same bits, however the members are grouped."""
 
-    def __init__(self, members: Sequence[KeyAutoencoder], device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, members: Sequence[KeyAutoencoder], device: str | torch.device = "cpu", width: int | None = None
+    ) -> None:
         if not members:
             raise MasterkeyError("autoencoder stack: no members")
         self.symmetric, self.activation = members[0].symmetric, members[0].activation
         self.sizes = [m.kernel_size**2 for m in members]
-        self.width = max(self.sizes)
+        self.width = max(self.sizes) if width is None else width
+        if self.width < max(self.sizes):
+            raise MasterkeyError(f"autoencoder stack: width {self.width} is below a member's {max(self.sizes)}")
         layers = [m.linears() for m in members]
         self.weight: list[Tensor] = []
         self.bias: list[Tensor] = []
@@ -87,7 +92,13 @@ class AutoencoderStack:
         return [*self.weight, *self.bias]
 
     def _layer(self, i: int, h: Tensor) -> Tensor:
-        return torch.baddbmm(self.bias[i], h, self.weight[i])
+        w, b = self.weight[i], self.bias[i]
+        if w.shape[0] == 1 and 1 in w.shape[1:]:
+            # A lone member's product with a vector (this one, or its gradient) takes torch's matrix-vector path,
+            # which rounds its sums otherwise than the batched product of two or more members; as a stack of two
+            # (the copy without gradient) the member gets the bits it gets in any stack.
+            return torch.baddbmm(torch.cat([b, b.detach()]), torch.cat([h, h.detach()]), torch.cat([w, w.detach()]))[:1]
+        return torch.baddbmm(b, h, w)
 
     def encode(self, x: Tensor) -> Tensor:
         """Latents [G, B] of padded filters ``x`` [G, B, width] (:meth:`KeyAutoencoder.encode`, batched)."""
@@ -293,8 +304,10 @@ def train_autoencoders(
     progress: bool = False,
     desc: str = "autoencoders",
     on_checkpoint: Callable[[int], None] | None = None,
+    width: int | None = None,
 ) -> list[TrainedAutoencoder]:
-    """Train one :class:`KeyAutoencoder` per ``(filters [N, k, k], weights [N] or None)`` as one batched model.
+    """Train one :class:`KeyAutoencoder` per ``(filters [N, k, k], weights [N] or None)`` as one batched model
+    (padded to ``width``, see :class:`AutoencoderStack`).
 
     Filters are centred and unit-norm; ``weights`` (non-negative) set how often each filter is sampled, e.g.
     ``1 / size of its source`` so every source counts equally (uniform when None). Each member is initialised and
@@ -310,13 +323,14 @@ def train_autoencoders(
         raise MasterkeyError("autoencoder: nothing to train")
     device = torch.device(device)
     members = [_Member(f, _check_member(f, w), config, device) for f, w in data]
-    fingerprint = hashlib.sha256(repr([asdict(config), [m.fingerprint for m in members]]).encode()).hexdigest()[:32]
+    identity = [asdict(config), [m.fingerprint for m in members], *([width] if width is not None else [])]
+    fingerprint = hashlib.sha256(repr(identity).encode()).hexdigest()[:32]
     models = []
     for m in members:
         model = KeyAutoencoder(m.k, config.hidden, config.symmetric, config.activation)
         model.reset_parameters(torch.Generator().manual_seed(config.seed))
         models.append(model)
-    stack = AutoencoderStack(models, device)
+    stack = AutoencoderStack(models, device, width)
     adam = _Adam(stack.parameters())
     start = 0
     path = Path(checkpoint) if checkpoint is not None else None
