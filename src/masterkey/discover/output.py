@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from masterkey.discover.pipeline import Discovery, strict_json
+from masterkey.discover.discovery import Discovery, strict_json
 from masterkey.discover.plots import figure_bytes, path_figure
 from masterkey.files import atomic_directory, atomic_write, write_json, write_text
 from masterkey.progress import progress_bar
