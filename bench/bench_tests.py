@@ -9,9 +9,11 @@ JUnit report gives (with parallel workers they add up to more than the wall time
 same report, and pytest's own ``--durations`` list (each phase apart, as CI prints it) from its output, so one run
 gives the wall time and where it went. ``--serial`` times the same
 suite without workers afterwards, for comparison; ``-- ARGS`` passes more arguments to pytest (e.g. ``-m "not
-slow"``).
+slow"``); ``--baseline "ARGS"`` first times the suite with ARGS appended (e.g. the previous default, ``-n 2 --dist
+load``), then the README's command, each with a fresh test cache, and prints the paired ratio of their wall times.
 
     python bench/bench_tests.py --out bench/results/tests.md            # about 5 minutes on 2 quiet cores
+    python bench/bench_tests.py --baseline "-n 2 --dist load" --out bench/results/tests.md
 
 With ``--out PAGE.md`` every number (and machine, command, commit, load) goes to ``PAGE.raw.json`` (:mod:`raw`).
 """
@@ -61,7 +63,8 @@ def run_suite(extra: list[str], serial: bool) -> dict:
         before_tmp = tmp_bytes()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        env = {**os.environ, "MASTERKEY_TEST_CACHE": str(Path(work) / "cache")}  # fresh, as on a CI machine
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         per_file: dict[str, float] = defaultdict(float)
@@ -118,13 +121,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serial", action="store_true", help="also time the suite without workers")
     parser.add_argument("--out", type=Path, help="also write the page here, and every number beside it")
+    parser.add_argument("--baseline", help="first time the suite with these pytest arguments appended (one string)")
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = parser.parse_args()
     record = RawRecord("cpu")
-    runs = {"parallel": run_suite(args.pytest_args, serial=False)}
+    runs = {}
+    if args.baseline:
+        runs["baseline"] = run_suite([*args.pytest_args, *shlex.split(args.baseline)], serial=False)
+    runs["parallel"] = run_suite(args.pytest_args, serial=False)
     if args.serial:
         runs["serial"] = run_suite(args.pytest_args, serial=True)
     lines = [line for run in runs.values() for line in [*describe(run), ""]]
+    if "baseline" in runs:
+        ratio = runs["parallel"]["wall_s"] / runs["baseline"]["wall_s"]
+        lines.append(f"wall time, README command / baseline ({args.baseline}): {ratio:.2f}x\n")
     text = "\n".join(lines) + f"\nMachine: {record.machine}\nCommand: `{record.command}`\n"
     print(text)
     if args.out:

@@ -1,8 +1,9 @@
 """Shared fixtures. Tests use the real weights and images in ../shared (CI has a copy beside the checkout) and
 never touch the network.
 
-The suite runs in parallel (``python -m pytest -n auto``, pytest-xdist): every worker is one process on one core,
-so each uses one torch thread, and so do the processes its tests start; what several tests only read is built once
+The suite runs in parallel (``python -m pytest -n auto``, pytest-xdist, with work stealing: ``--dist worksteal`` in
+pyproject.toml): ``auto`` is one worker per core plus one (:func:`pytest_xdist_auto_num_workers`); every worker
+uses one torch thread, and so do the processes its tests start; what several tests only read is built once
 per session for all workers (:func:`built_once`); the temporary files of a passing session are removed
 (``tmp_path_retention_policy``).
 """
@@ -60,6 +61,16 @@ if LIBC is not None:
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
     LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 30)  # type: ignore[attr-defined]
     LIBC.mallopt(M_TRIM_THRESHOLD, 1 << 30)  # type: ignore[attr-defined]
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: one worker per core plus one. Many tests wait on a process they started (a masterkey command, a
+    run killed and resumed, torchrun) and leave their core idle meanwhile; the extra worker fills it (2 cores:
+    bench/results/tests.md, measured against 2 workers in the same run). ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still
+    decides when it is set."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return len(os.sched_getaffinity(0)) + 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) + 1
 
 
 @pytest.fixture(scope="module", autouse=True)
