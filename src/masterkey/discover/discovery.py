@@ -3,20 +3,19 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from masterkey import jsonio
 from masterkey.discover.autoencoder import TrainedAutoencoder
 from masterkey.discover.candidates import Candidates
 from masterkey.discover.greedy import GreedyPath
 from masterkey.discover.settings import DiscoverConfig
 from masterkey.keys import KeySet
 
-__all__ = ["NULLS", "AccuracyRecord", "Discovery", "objective_unit", "strict_json"]
+__all__ = ["NULLS", "AccuracyRecord", "Discovery", "objective_unit"]
 
 #: Why a ``summary.json`` field can be null (JSON has no NaN): said once, in the summary itself.
 NULLS = {
@@ -26,20 +25,6 @@ NULLS = {
     "baselines.span_objective": "null: the objective scores one key per channel only (accuracy)",
     "baselines.round": "null: baselines have no greedy round",
 }
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, ±Inf, numpy's too) replaced by None, recursively, so that it
-    writes as strict JSON."""
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def objective_unit(objective: str) -> str:
@@ -171,4 +156,4 @@ class Discovery:
             "notes": self.notes,
             "nulls": NULLS,
         }
-        return strict_json(out)
+        return jsonio.strict(out)[0]

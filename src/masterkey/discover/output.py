@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from masterkey.discover.discovery import Discovery, strict_json
+from masterkey import jsonio
+from masterkey.discover.discovery import Discovery
 from masterkey.discover.plots import figure_bytes, path_figure
 from masterkey.files import atomic_directory, atomic_write, write_json, write_text
 from masterkey.progress import progress_bar
@@ -216,13 +217,13 @@ def run_text(discoveries: Mapping[int, Discovery]) -> str:
 
 def strict_summary(result: Any) -> dict[str, Any]:
     """``discover --json``: the output folder, the seconds, and each kernel size's summary (strict JSON)."""
-    return strict_json(
+    return jsonio.strict(
         {
             "out": str(result.out),
             "seconds": result.seconds,
             **{str(k): d.summary() for k, d in result.discoveries.items()},
         }
-    )
+    )[0]
 
 
 def run_markdown(discoveries: Mapping[int, Discovery], bank: str) -> str:

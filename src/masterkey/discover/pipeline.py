@@ -26,7 +26,7 @@ from masterkey.bank import FilterBank
 from masterkey.discover.autoencoder import TrainedAutoencoder
 from masterkey.discover.chunks import BLOCK, blocks, is_large, row_chunks
 from masterkey.discover.comparison import BuiltBaselines, build_baselines, score_baselines
-from masterkey.discover.discovery import NULLS, AccuracyRecord, Discovery, objective_unit, strict_json
+from masterkey.discover.discovery import NULLS, AccuracyRecord, Discovery, objective_unit
 from masterkey.discover.objectives import Objective, VarianceObjective, source_weights
 from masterkey.discover.rounds import ObjectiveFactory, Rounds, run_rounds, train_stack
 from masterkey.discover.settings import DiscoverConfig
@@ -46,7 +46,6 @@ __all__ = [
     "discover_keys",
     "objective_unit",
     "prepare_filters",
-    "strict_json",
 ]
 
 
