@@ -10,10 +10,13 @@ same report, and pytest's own ``--durations`` list (each phase apart, as CI prin
 gives the wall time and where it went. ``--serial`` times the same
 suite without workers afterwards, for comparison; ``-- ARGS`` passes more arguments to pytest (e.g. ``-m "not
 slow"``); ``--baseline "ARGS"`` first times the suite with ARGS appended (e.g. the previous default, ``-n 2 --dist
-load``), then the README's command, each with a fresh test cache, and prints the paired ratio of their wall times.
+load``), then the README's command, each with a fresh test cache, and prints the paired ratio of their wall times;
+``--baseline-rev REV --pairs N`` times the suite of an earlier revision (a temporary git worktree) and this checkout's,
+alternated N times (the host's speed drifts by tens of percent over an hour), and prints each pair's ratio.
 
     python bench/bench_tests.py --out bench/results/tests.md            # about 5 minutes on 2 quiet cores
     python bench/bench_tests.py --baseline "-n 2 --dist load" --out bench/results/tests.md
+    python bench/bench_tests.py --baseline-rev 7568072 --pairs 2 --out bench/results/tests.md   # ~25 minutes
 
 With ``--out PAGE.md`` every number (and machine, command, commit, load) goes to ``PAGE.raw.json`` (:mod:`raw`).
 """
@@ -21,16 +24,19 @@ With ``--out PAGE.md`` every number (and machine, command, commit, load) goes to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from masterkey.files import write_text
@@ -54,8 +60,9 @@ def tmp_bytes() -> int:
     return total
 
 
-def run_suite(extra: list[str], serial: bool) -> dict:
-    """One run of the suite; its times, outcome, per-file seconds and what it left in /tmp."""
+def run_suite(extra: list[str], serial: bool, tree: Path = REPO) -> dict:
+    """One run of the suite of the checkout ``tree`` (this one by default; another runs with its own ``src`` first on
+    the path); its times, outcome, per-file seconds and what it left in /tmp."""
     command = [a for a in README_COMMAND if not (serial and a in ("-n", "auto"))]
     with tempfile.TemporaryDirectory(prefix="bench-tests-") as work:
         xml = Path(work) / "junit.xml"
@@ -64,7 +71,9 @@ def run_suite(extra: list[str], serial: bool) -> dict:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         env = {**os.environ, "MASTERKEY_TEST_CACHE": str(Path(work) / "cache")}  # fresh, as on a CI machine
-        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env)
+        if tree != REPO:
+            env |= {"PYTHONPATH": str(tree / "src"), "MASTERKEY_SHARED": str(REPO.parent / "shared")}
+        done = subprocess.run(argv, cwd=tree, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         per_file: dict[str, float] = defaultdict(float)
@@ -85,6 +94,7 @@ def run_suite(extra: list[str], serial: bool) -> dict:
     start_at = next((i for i, line in enumerate(lines) if "slowest" in line and "durations" in line), len(lines))
     durations = [line for line in lines[start_at:] if line.strip() and not line.startswith("=") and line != summary]
     return {
+        "tree": "this checkout" if tree == REPO else _revision(tree),
         "command": shlex.join(["python", *command, *extra]),
         "exit_status": done.returncode,
         "summary_line": summary,
@@ -100,9 +110,27 @@ def run_suite(extra: list[str], serial: bool) -> dict:
     }
 
 
+def _revision(tree: Path) -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def checkout(revision: str) -> Iterator[Path]:
+    """A temporary git worktree of this repository at ``revision``, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="bench-tests-tree-") as parent:
+        tree = Path(parent) / "main"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], cwd=REPO, check=True,
+                       capture_output=True)  # fmt: skip
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False)
+
+
 def describe(run: dict, top: int = 15) -> list[str]:
     lines = [
-        f"`{run['command']}`: {run['summary_line'].strip('= ')} (exit status {run['exit_status']})",
+        f"`{run['command']}` ({run['tree']}): {run['summary_line'].strip('= ')} (exit status {run['exit_status']})",
         f"  wall {run['wall_s']:.0f} s, CPU {run['cpu_s']:.0f} s (user + system, all processes), largest process "
         f"{run['peak_rss_mib']:.0f} MiB, left under /tmp {run['tmp_left_mib']:.1f} MiB",
         f"  slowest files (sum of their test times, s; the first {top} of {len(run['per_file_s'])}):",
@@ -122,19 +150,42 @@ def main() -> None:
     parser.add_argument("--serial", action="store_true", help="also time the suite without workers")
     parser.add_argument("--out", type=Path, help="also write the page here, and every number beside it")
     parser.add_argument("--baseline", help="first time the suite with these pytest arguments appended (one string)")
+    parser.add_argument(
+        "--baseline-rev", metavar="REV", help="time the suite of revision REV (a git worktree) against this one"
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=1, help="with --baseline-rev: this many baseline / this-checkout pairs, alternated"
+    )
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = parser.parse_args()
     record = RawRecord("cpu")
     runs = {}
-    if args.baseline:
-        runs["baseline"] = run_suite([*args.pytest_args, *shlex.split(args.baseline)], serial=False)
-    runs["parallel"] = run_suite(args.pytest_args, serial=False)
-    if args.serial:
-        runs["serial"] = run_suite(args.pytest_args, serial=True)
-    lines = [line for run in runs.values() for line in [*describe(run), ""]]
-    if "baseline" in runs:
-        ratio = runs["parallel"]["wall_s"] / runs["baseline"]["wall_s"]
-        lines.append(f"wall time, README command / baseline ({args.baseline}): {ratio:.2f}x\n")
+    lines: list[str] = []
+    if args.baseline_rev:
+        if not 1 <= args.pairs <= 10:
+            parser.error(f"--pairs: expected 1 to 10, got {args.pairs}")
+        with checkout(args.baseline_rev) as tree:
+            for i in range(1, args.pairs + 1):  # alternated, so that a slower hour of the host hits both alike
+                runs[f"baseline-{i}"] = run_suite(args.pytest_args, serial=False, tree=tree)
+                runs[f"parallel-{i}"] = run_suite(args.pytest_args, serial=False)
+        ratios = [runs[f"parallel-{i}"]["wall_s"] / runs[f"baseline-{i}"]["wall_s"] for i in range(1, args.pairs + 1)]
+        lines += [line for run in runs.values() for line in [*describe(run), ""]]
+        walls = {k: round(v["wall_s"]) for k, v in runs.items()}
+        lines.append(f"wall times (s): {walls}")
+        lines.append(
+            f"wall time, this checkout / {args.baseline_rev} ({runs['baseline-1']['tree']}), pair by pair: "
+            f"{', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x\n"
+        )
+    else:
+        if args.baseline:
+            runs["baseline"] = run_suite([*args.pytest_args, *shlex.split(args.baseline)], serial=False)
+        runs["parallel"] = run_suite(args.pytest_args, serial=False)
+        if args.serial:
+            runs["serial"] = run_suite(args.pytest_args, serial=True)
+        lines = [line for run in runs.values() for line in [*describe(run), ""]]
+        if "baseline" in runs:
+            ratio = runs["parallel"]["wall_s"] / runs["baseline"]["wall_s"]
+            lines.append(f"wall time, README command / baseline ({args.baseline}): {ratio:.2f}x\n")
     text = "\n".join(lines) + f"\nMachine: {record.machine}\nCommand: `{record.command}`\n"
     print(text)
     if args.out:

@@ -56,3 +56,22 @@ def test_model_kwargs_one_grammar_for_every_command():
         parse_model_kwargs("a=1,oops")
     with pytest.raises(MasterkeyError, match=r"^model_kwargs: not a JSON object"):
         parse_model_kwargs("{oops")
+
+
+def test_the_parameter_bound_holds_for_every_build_though_each_count_is_measured_once(monkeypatch) -> None:
+    """The count of a (name, keyword arguments) pair is measured once per process (on the meta device) and
+    refuses the network every time it is asked for; other arguments are counted anew."""
+    from masterkey.networks import models
+
+    built: list[bool] = []
+    real = models.resolve_model_name
+    monkeypatch.setattr(models, "_PARAMETER_COUNTS", {})
+    monkeypatch.setattr(models, "resolve_model_name", lambda name: (built.append(True), real(name))[1])
+    for _ in range(2):
+        with pytest.raises(MasterkeyError, match="would have 2,250,374,520 parameters, more than 2,000,000,000"):
+            models.build_architecture("convnext_atto", num_classes=7_000_000)
+    assert list(models._PARAMETER_COUNTS.values()) == [2_250_374_520] and len(built) == 2
+    small = models.build_architecture("convnext_atto", num_classes=10)
+    counted = models._PARAMETER_COUNTS[repr(("convnext_atto", [("num_classes", 10)]))]
+    assert sum(p.numel() for p in small.parameters()) == counted
+    assert len(models._PARAMETER_COUNTS) == 2
