@@ -117,11 +117,13 @@ def _revision(tree: Path) -> str:
 
 @contextlib.contextmanager
 def checkout(revision: str) -> Iterator[Path]:
-    """A temporary git worktree of this repository at ``revision``, removed afterwards."""
+    """A temporary git worktree of this repository at ``revision``, with ``../shared`` beside it as beside this
+    checkout (files such as bench/*.toml name ``../shared`` relative to themselves), removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="bench-tests-tree-") as parent:
         tree = Path(parent) / "main"
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], cwd=REPO, check=True,
                        capture_output=True)  # fmt: skip
+        (Path(parent) / "shared").symlink_to(REPO.parent / "shared")
         try:
             yield tree
         finally:
