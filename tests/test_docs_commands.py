@@ -246,6 +246,18 @@ def _outputs(root: Path) -> dict[Path, list[Path]]:
     return out
 
 
+def _copy_outputs(done: Path, work: Path) -> bool:
+    """Copy into ``work`` what a command wrote in its folder ``done``; nothing when ``work`` already holds one of
+    those outputs (the command then runs in place). Whether it copied."""
+    wrote = _outputs(done)
+    if any((work / top).exists() for top in wrote):
+        return False
+    for rel in (rel for files in wrote.values() for rel in files):
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(done / rel, work / rel)
+    return True
+
+
 @pytest.mark.parametrize("group", [pytest.param(g, marks=pytest.mark.slow) if g in SLOW else g for g in _groups()])
 def test_documented_commands_run(
     group: str, shared: Path, tmp_path: Path, monkeypatch, capsys, build_once: Callable[..., Path]
@@ -273,13 +285,7 @@ def test_documented_commands_run(
                     monkeypatch.chdir(work)
 
             key = hashlib.sha256(shlex.join(argv).encode()).hexdigest()[:16]
-            done = build_once(f"docs-commands/{key}", build) / "work"
-            wrote = _outputs(done)
-            if not any((work / top).exists() for top in wrote):
-                for files in wrote.values():
-                    for rel in files:
-                        (work / rel).parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(done / rel, work / rel)
+            if _copy_outputs(build_once(f"docs-commands/{key}", build) / "work", work):
                 ran += 1
                 continue
         _run(group, command, argv, capsys)
