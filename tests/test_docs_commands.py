@@ -81,9 +81,9 @@ SETUP = {
     "help:explain": ["masterkey keys convert paper8 -o keys.safetensors"],
     "help:report": [
         _DISCOVER_RUN,
-        "masterkey explain -o runs/explain-ss8",
-        "masterkey train --model convnext_atto --model-kwargs num_classes=10,patch_size=1 "
-        "--data ../shared/data/cifar10 --mode frozen --keys paper8 -o runs/frozen",
+        "masterkey explain scalespace8 -o runs/explain-ss8",  # explain's second example: run once for both
+        "masterkey train --model convnext_atto --model-kwargs num_classes=10,patch_size=1 "  # train's first example
+        "--data ../shared/data/cifar10 --mode frozen --keys paper8 --epochs 20 --batch-size 512 -o runs/frozen",
     ],
 }
 
@@ -172,7 +172,7 @@ def smaller(argv: list[str]) -> list[str]:
         if "--universality" in argv:  # autoencoders on each leave-one-out subset: fewer distinct candidates
             argv += ["-k", "2", "--compare-k", "2"]
         if "accuracy" in argv:
-            argv += ["--max-per-class", "3", "--held-out", "20", "--candidates", "8", "--baselines", "paper8"]
+            argv += ["--max-per-class", "3", "--held-out", "20", "--candidates", "5", "--baselines", "paper8"]
     elif cmd == "swap":
         argv += ["--max-images", "10"] + (["--recalibrate", "10"] if "--recalibrate" in argv else [])
     elif cmd == "train":

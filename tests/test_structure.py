@@ -4,6 +4,7 @@ down the layers of docs/design.md."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import masterkey
@@ -16,6 +17,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    """The parsed source of ``path``, parsed once per session (several tests walk every module; they only read)."""
+    return ast.parse(path.read_text(), str(path))
+
+
 def import_graph() -> dict[str, set[str]]:
     """``module -> modules of the package it imports`` (module level and inside functions alike). The root
     package ``masterkey`` (a facade re-exporting the basics, and the version) is left out."""
@@ -23,7 +30,7 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(_tree(path)):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]

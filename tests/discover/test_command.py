@@ -162,14 +162,14 @@ def test_the_paper_protocol_scores_a_cifar_convnext_on_held_out_training_images(
     weights = shared / "models" / "cifar10-convnext" / "convnext_atto_s0_e20.safetensors"
     args = ["discover", "--protocol", "paper", "--objective", "accuracy", "--weights", str(weights)]
     args += ["--kernel-size", "7", "--data", str(shared / "data" / "cifar10" / "train"), "--max-per-class", "4"]
-    args += ["--held-out", "20", *FAST, "--candidates", "10", "--rounds", "1", "--baselines", "paper8"]
+    args += ["--held-out", "20", *FAST, "--candidates", "6", "-k", "4", "--rounds", "1", "--baselines", "paper8"]
     assert main([*args, "--json", "-o", str(tmp_path / "paper")]) == 0
     printed = json.loads(capsys.readouterr().out)["7"]
     info = json.loads((tmp_path / "paper" / "run.json").read_text())
     assert info["config"]["protocol"] == "paper" and info["config"]["discover"]["stop"] == "elbow"
     assert info["config"]["objective"] == "accuracy"
     keys = load_keys(tmp_path / "paper" / "keys.safetensors")
-    assert 1 <= len(keys) <= 10 and printed["n_keys"] == len(keys)
+    assert 1 <= len(keys) <= 6 and printed["n_keys"] == len(keys)
 
 
 def _check_percent_and_old_fractions(run: Path, summary: dict, old: Path) -> None:

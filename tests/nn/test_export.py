@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -89,12 +89,14 @@ def test_saved_weights_carry_metadata_and_follow_the_output_rule(tmp_path) -> No
     assert other.read_bytes() == b"not masterkey's"
 
 
-def _isolated(fn: Callable[..., object], *args: object) -> object:
-    """``fn(*args)`` in a fresh process: torch.compile and torch.export leave autograd unable to run in processes
-    forked afterwards (the DDP tests fork), so they never run in the test process itself."""
+@pytest.fixture(scope="module")
+def isolated() -> Iterator[Callable[..., object]]:
+    """``isolated(fn, *args)``: ``fn(*args)`` in a process of its own, spawned once for this module's tests (its
+    start-up, imports included, is most of a test's time): torch.compile and torch.export leave autograd unable to
+    run in processes forked afterwards (the DDP tests fork), so they never run in the test process itself."""
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
+        yield lambda fn, *args: pool.submit(fn, *args).result()
 
 
 def _compiled_vs_eager() -> tuple[float, bool, list[str]]:
@@ -118,8 +120,8 @@ def _compiled_vs_eager() -> tuple[float, bool, list[str]]:
 
 
 @pytest.mark.slow
-def test_a_converted_model_under_torch_compile_computes_what_it_does_eagerly() -> None:
-    difference, reached, names = _isolated(_compiled_vs_eager)
+def test_a_converted_model_under_torch_compile_computes_what_it_does_eagerly(isolated) -> None:
+    difference, reached, names = isolated(_compiled_vs_eager)
     assert difference < 1e-5 and reached
     assert names == list(plain_convnext().state_dict())
 
@@ -146,10 +148,10 @@ def _onnx_vs_pytorch(path: Path) -> dict[str, object]:
 
 
 @pytest.mark.slow
-def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path) -> None:
+def test_onnx_export_matches_pytorch_in_onnxruntime(isolated, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     path = tmp_path / "model.onnx"
-    result = _isolated(_onnx_vs_pytorch, path)
+    result = isolated(_onnx_vs_pytorch, path)
     assert output_kind(path) == "onnx"
     assert result["still_keyed"]  # the export materialised a copy only
     for batch in (1, 5):
