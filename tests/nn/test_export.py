@@ -107,8 +107,13 @@ def _compiled_vs_eager() -> tuple[float, bool, list[str]]:
     model.eval()
     compiled = torch.compile(model)  # inductor, what a user gets
     x = torch.randn(4, 3, 32, 32)
+    # Inductor compiles one stage (a downsampling conv, then a block whose depthwise conv holds keys): what
+    # masterkey adds is inside every block, and each further stage only adds C++ to build (a fresh machine builds
+    # it all: 30 s of CPU for the whole network, 17 s for one stage).
+    stage = torch.compile(model.stages[1])
     with torch.no_grad():
-        difference = float((compiled(x) - model(x)).abs().max())
+        features = model.stages[0](model.stem(x))
+        difference = float((stage(features) - model.stages[1](features)).abs().max())
     # Training steps through the compiled model reach the offsets, as eager ones do. Traced by dynamo and AOT
     # autograd into forward and backward graphs as with inductor, then run eagerly ("aot_eager"): inductor's C++
     # build of the training graphs would more than double the test's time and check nothing more of masterkey.

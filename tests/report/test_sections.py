@@ -57,7 +57,8 @@ def test_sections_drawn_side_by_side_are_those_drawn_one_after_another(run_dirs)
 
 def test_only_fit_and_explain_sections_load_torch(run_dirs, tmp_path) -> None:
     """Key sets are read as numbers and torch loads only for the sections that compute with it: a report of the
-    other kinds (drawn side by side) never imports it; one with a fit run does, once, before the fork."""
+    other kinds (drawn side by side) never imports it; one with a fit run does, once, before the fork. Both
+    reports are built by one fresh process, the one without a fit run first."""
     import json
     import subprocess
     import sys
@@ -66,15 +67,17 @@ def test_only_fit_and_explain_sections_load_torch(run_dirs, tmp_path) -> None:
         "import json, sys\n"
         "from masterkey.report import build_report\n"
         "from masterkey.report.sections import ReportOptions\n"
-        "build_report(sys.argv[2:], sys.argv[1], options=ReportOptions(samples=1, jobs=2))\n"
-        "print(json.dumps('torch' in sys.modules))\n"
+        "loaded = []\n"
+        "for out, runs in json.loads(sys.argv[1]):\n"
+        "    build_report(runs, out, options=ReportOptions(samples=1, jobs=2))\n"
+        "    loaded.append('torch' in sys.modules)\n"
+        "print(json.dumps(loaded))\n"
     )
-
-    def torch_loaded(kinds: tuple[str, ...], out: str) -> bool:
-        argv = [sys.executable, "-c", code, str(tmp_path / out), *(str(run_dirs[k]) for k in kinds)]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-    assert torch_loaded(("discover", "swap", "train", "experiment"), "without") is False
-    assert torch_loaded(("train", "fit"), "with") is True
+    reports = [
+        (str(tmp_path / "without"), [str(run_dirs[k]) for k in ("discover", "swap", "train", "experiment")]),
+        (str(tmp_path / "with"), [str(run_dirs[k]) for k in ("train", "fit")]),
+    ]
+    argv = [sys.executable, "-c", code, json.dumps(reports)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, True]
