@@ -48,12 +48,12 @@ Keys of another kernel size are used only with --resize-keys (centre crop / zero
 
 examples:
   masterkey swap --weights ../shared/models/cifar10-convnext/convnext_atto_s2_e55.safetensors \\
-      --keys paper8 --keys random:8 --seeds 3 --data ../shared/data/cifar10/test
+      --keys paper8 --keys random:8 --seeds 3 --data ../shared/data/cifar10/test --json
   masterkey swap --model torchvision:mobilenet_v2 --weights ../shared/models/mobilenet_v2_imagenet.pth \\
       --keys paper8 --resize-keys --data ../shared/data/imagenet-samples/val \\
       --recalibrate 250 --calib-data ../shared/data/imagenette-128/train -o runs/swap-mnv2
   masterkey swap --weights ../shared/models/efficientnet_lite0_imagenet.pth --keys paper8 --resize-keys \\
-      --data ../shared/data/imagenet-samples/val --sensitivity stage --json
+      --data ../shared/data/imagenet-samples/val --sensitivity stage
   masterkey swap --weights W.safetensors --keys runs/discover --keys runs/discover:kmeans --data DIR
   masterkey swap --weights ../shared/models/cifar10-convnext/convnext_atto_s2_e55.safetensors --keys paper8 \\
       --data ../shared/data/cifar10/test --save-weights runs/atto-paper8.safetensors --onnx runs/atto-paper8.onnx
