@@ -105,11 +105,11 @@ def _compiled_vs_eager() -> tuple[float, bool, list[str]]:
     convert_to_keys(model, "paper8", "frozen", learn_scale=True)
     _perturb(model)
     model.eval()
-    compiled = torch.compile(model)  # inductor, what a user gets
+    compiled = torch.compile(model)  # the wrapper a user gets; only its state-dict names are read (below)
     x = torch.randn(4, 3, 32, 32)
-    # Inductor compiles one stage (a downsampling conv, then a block whose depthwise conv holds keys): what
-    # masterkey adds is inside every block, and each further stage only adds C++ to build (a fresh machine builds
-    # it all: 30 s of CPU for the whole network, 17 s for one stage).
+    # Inductor (what a user gets) compiles one stage: a downsampling conv, then a block whose depthwise conv holds
+    # keys. What masterkey adds is inside every block, and each further stage only adds C++ to build (a fresh
+    # machine builds it all: 30 s of CPU for the whole network, 17 s for one stage).
     stage = torch.compile(model.stages[1])
     with torch.no_grad():
         features = model.stages[0](model.stem(x))
