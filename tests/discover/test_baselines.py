@@ -123,8 +123,10 @@ def test_kmeans_sample_counts_sources_equally(make_filters, make_keys) -> None:
 
 
 def test_default_bank_baselines_are_unchanged() -> None:
-    """The default bank's 7x7 baselines at K = 8 as measured before discovery learned to scale (commit 31dfc5f;
-    bitwise equal on the 2-core sandbox): a bank of one chunk is computed exactly as before."""
+    """The default bank's 7x7 baselines at K = 8 as measured before discovery learned to scale (commit 31dfc5f):
+    a bank of one chunk is computed as before. Bitwise equal on the AMD EPYC sandbox that measured them; on an
+    Intel Xeon k-means lands 1.4e-10 away (float32 BLAS kernels sum in another order per CPU), so the bar is 1e-9:
+    far below any change of the algorithm (another k-means seed moves its score by 1.5e-4 to 3e-4)."""
     from masterkey.bank import open_bank
     from masterkey.discover.objectives import VarianceObjective
     from masterkey.discover.pipeline import _check_filters, prepare_filters
@@ -137,8 +139,8 @@ def test_default_bank_baselines_are_unchanged() -> None:
     sets += baseline_keysets("random", x, 8, weights, seeds=range(10))
     scores = [best.value for best, _ in objective.score_many(sets)]
     before = [0.29486236390357595, 0.27251454581626544, 0.12484231450935898, 0.06897726820102858]
-    assert scores[:3] == pytest.approx(before[:3], abs=1e-12)
-    assert float(np.mean(scores[3:])) == pytest.approx(before[3], abs=1e-12)
+    assert scores[:3] == pytest.approx(before[:3], abs=1e-9)
+    assert float(np.mean(scores[3:])) == pytest.approx(before[3], abs=1e-9)
 
 
 def test_every_default_baseline_has_one_builder() -> None:
