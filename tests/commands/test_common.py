@@ -1,6 +1,6 @@
 """The options and closing lines every command shares: ``--progress / --no-progress`` (bars on stderr, by default
 only on a terminal) and the closing list of written files. The terminal cases run the real CLI in a subprocess
-whose stderr is a pseudo-terminal."""
+whose stderr is a pseudo-terminal; the piped ones run it in this process, its output captured (not a terminal)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import masterkey
-from masterkey.cli import build_parser
+from masterkey.cli import build_parser, main
 from masterkey.commands._common import add_progress_argument, note_written, progress_enabled
 
 SRC = Path(masterkey.__file__).resolve().parents[1]
@@ -26,16 +26,12 @@ FIT = ["fit", "--keys", "paper8", "--resize-keys", "--query", "kernel_size == 3"
 BAR = re.compile(r"fit paper8: +\d+%\|")
 
 
-def _masterkey(args: list[str], terminal: bool, columns: int = 0) -> tuple[str, str]:
-    """Run ``python -m masterkey ARGS``; stderr on a fresh pseudo-terminal (``columns`` wide; 0: a bare one that
-    reports no size) or on a pipe. Returns (stdout, stderr)."""
+def _on_a_terminal(args: list[str], columns: int = 0) -> tuple[str, str]:
+    """Run ``python -m masterkey ARGS`` with stderr on a fresh pseudo-terminal (``columns`` wide; 0: a bare one that
+    reports no size). Returns (stdout, stderr)."""
     command = [sys.executable, "-m", "masterkey", *args]
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     env.pop("COLUMNS", None)
-    if not terminal:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
-        assert done.returncode == 0, done.stderr
-        return done.stdout, done.stderr
     leader, follower = os.openpty()
     if columns:
         fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
@@ -56,9 +52,18 @@ def _masterkey(args: list[str], terminal: bool, columns: int = 0) -> tuple[str, 
     return stdout, b"".join(chunks).decode(errors="replace")
 
 
-def test_a_terminal_shows_bars_and_a_pipe_does_not(tmp_path: Path) -> None:
+def _piped(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """Run ``masterkey ARGS`` in this process with stdout and stderr captured, neither a terminal (as on a pipe).
+    Returns (stdout, stderr)."""
+    capsys.readouterr()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_a_terminal_shows_bars_and_a_pipe_does_not(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "fit"
-    stdout, stderr = _masterkey([*FIT, "-o", str(out)], terminal=True)  # a bare terminal: no size reported
+    stdout, stderr = _on_a_terminal([*FIT, "-o", str(out)])  # a bare terminal: no size reported
     assert BAR.search(stderr), stderr
     assert "filter/s" in stderr  # (a fast fit may end before tqdm redraws, so 100% need not show)
     assert "mean_cos2" in stdout and "fit paper8" not in stdout  # bars never mix with the results
@@ -70,15 +75,15 @@ def test_a_terminal_shows_bars_and_a_pipe_does_not(tmp_path: Path) -> None:
     for name in names:
         assert (out / name.rstrip("/")).exists(), name
 
-    stdout_piped, stderr_piped = _masterkey(FIT, terminal=False)
+    stdout_piped, stderr_piped = _piped(FIT, capsys)
     assert "fit paper8" not in stderr_piped and "\r" not in stderr_piped
     assert stdout_piped == stdout
 
 
-def test_no_progress_on_a_terminal_and_progress_on_a_pipe() -> None:
-    _, stderr = _masterkey([*FIT, "--no-progress"], terminal=True, columns=100)
+def test_no_progress_on_a_terminal_and_progress_on_a_pipe(capsys: pytest.CaptureFixture[str]) -> None:
+    _, stderr = _on_a_terminal([*FIT, "--no-progress"], columns=100)
     assert "fit paper8" not in stderr and "%|" not in stderr
-    _, stderr = _masterkey([*FIT, "--progress"], terminal=False)
+    _, stderr = _piped([*FIT, "--progress"], capsys)
     assert BAR.search(stderr)
 
 
