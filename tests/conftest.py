@@ -2,7 +2,7 @@
 never touch the network.
 
 The suite runs in parallel (``python -m pytest -n auto``, pytest-xdist, with work stealing: ``--dist worksteal`` in
-pyproject.toml): ``auto`` is one worker per core plus one (:func:`pytest_xdist_auto_num_workers`); every worker
+pyproject.toml): ``auto`` is one worker per core (:func:`pytest_xdist_auto_num_workers`); every worker
 uses one torch thread, and so do the processes its tests start; what several tests only read is built once
 per session for all workers (:func:`built_once`); the temporary files of a passing session are removed
 (``tmp_path_retention_policy``).
@@ -64,13 +64,14 @@ if LIBC is not None:
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto``: one worker per core plus one. Many tests wait on a process they started (a masterkey command, a
-    run killed and resumed, torchrun) and leave their core idle meanwhile; the extra worker fills it (2 cores:
-    bench/results/tests.md, measured against 2 workers in the same run). ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still
-    decides when it is set."""
+    """``-n auto``: one worker per core the process may run on (xdist's own guess counts physical cores when
+    psutil is installed: one on a 2-vCPU machine). Not one more: the suite is CPU-bound since most tests stopped
+    waiting on processes they start, and a third worker on 2 cores costs its collection and contention (2 cores:
+    0.92x and 0.91x the wall time of 3 workers, bench/results/tests-workers.md). ``PYTEST_XDIST_AUTO_NUM_WORKERS``
+    still decides when it is set."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
-    return len(os.sched_getaffinity(0)) + 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) + 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @pytest.fixture(scope="module", autouse=True)
