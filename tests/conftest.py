@@ -67,8 +67,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto``: one worker per core the process may run on (xdist's own guess counts physical cores when
     psutil is installed: one on a 2-vCPU machine). Not one more: the suite is CPU-bound since most tests stopped
     waiting on processes they start, and a third worker on 2 cores costs its collection and contention (2 cores:
-    0.92x and 0.91x the wall time of 3 workers, bench/results/tests-workers.md). ``PYTEST_XDIST_AUTO_NUM_WORKERS``
-    still decides when it is set."""
+    0.93x the wall time of 3 workers, the median of four alternated pairs, bench/results/tests-workers.md).
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides when it is set."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
