@@ -4,11 +4,11 @@
 Runs ``python -m pytest -n auto -q -p no:cacheprovider`` (the README's command) from the repository root, with a
 JUnit XML report in a temporary folder, and measures from the outside: wall time, CPU time of the whole process
 tree (user + system of the children), the peak RSS of the largest process (``ru_maxrss``), and the bytes the session
-left under pytest's temporary root (``/tmp/pytest-of-USER``). Per-file times are the sums of the test times the
-JUnit report gives (with parallel workers they add up to more than the wall time); the slowest tests come from the
-same report, and pytest's own ``--durations`` list (each phase apart, as CI prints it) from its output, so one run
-gives the wall time and where it went. ``--serial`` times the same
-suite without workers afterwards, for comparison; ``-- ARGS`` passes more arguments to pytest (e.g. ``-m "not
+left in the temporary directory (``/tmp``: pytest's folders and what its processes wrote). Per-file times are the
+sums of the test times the JUnit report gives (with parallel workers they add up to more than the wall time); the
+slowest tests come from the same report, and pytest's own ``--durations`` list (each phase apart, as CI prints it)
+from its output, so one run gives the wall time and where it went. ``--serial`` times the same suite without
+workers afterwards, for comparison; ``-- ARGS`` passes more arguments to pytest (e.g. ``-m "not
 slow"``); ``--baseline "ARGS"`` first times the suite with ARGS appended (e.g. the previous default, ``-n 2 --dist
 load``), then the README's command, each with a fresh test cache, and prints the paired ratio of their wall times;
 ``--baseline-rev REV --pairs N`` times the suite of an earlier revision (a temporary git worktree) and this checkout's,
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import os
 import resource
 import shlex
@@ -47,17 +46,23 @@ README_COMMAND = ["-m", "pytest", "-n", "auto", "-q", "-p", "no:cacheprovider"]
 DURATIONS = 25
 
 
-def tmp_bytes() -> int:
-    """Bytes under pytest's temporary root of this user."""
-    root = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
-    total = 0
-    for folder, _, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except OSError:
-                continue
-    return total
+def tmp_bytes(skip: str = "") -> dict[str, int]:
+    """Bytes under each entry of the temporary directory (``/tmp``), but ``skip``: compared before and after a run,
+    what the session left there, pytest's own folders and whatever its processes wrote (inductor's cache, ...)."""
+    root = Path(tempfile.gettempdir())
+    sizes: dict[str, int] = {}
+    for entry in root.iterdir():
+        if entry.name == skip:
+            continue
+        total = 0
+        for folder, _, files in os.walk(entry) if entry.is_dir() and not entry.is_symlink() else [("", [], [entry])]:
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(folder, name)).st_size
+                except OSError:
+                    continue
+        sizes[entry.name] = total
+    return sizes
 
 
 def run_suite(extra: list[str], serial: bool, tree: Path = REPO) -> dict:
@@ -67,7 +72,7 @@ def run_suite(extra: list[str], serial: bool, tree: Path = REPO) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-tests-") as work:
         xml = Path(work) / "junit.xml"
         argv = [sys.executable, *command, f"--junitxml={xml}", f"--durations={DURATIONS}", *extra]
-        before_tmp = tmp_bytes()
+        before_tmp = tmp_bytes(skip=Path(work).name)
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         env = {**os.environ, "MASTERKEY_TEST_CACHE": str(Path(work) / "cache")}  # fresh, as on a CI machine
@@ -101,7 +106,7 @@ def run_suite(extra: list[str], serial: bool, tree: Path = REPO) -> dict:
         "wall_s": wall,
         "cpu_s": (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime),
         "peak_rss_mib": after.ru_maxrss / 1024,  # the largest single process, not the sum
-        "tmp_left_mib": max(0, tmp_bytes() - before_tmp) / 2**20,
+        "tmp_left_mib": sum(max(0, n - before_tmp.get(k, 0)) for k, n in tmp_bytes(Path(work).name).items()) / 2**20,
         "per_file_s": dict(sorted(per_file.items(), key=lambda kv: -kv[1])),
         "tests_per_file": dict(counts),
         "slowest_tests_s": dict(sorted(per_test.items(), key=lambda kv: -kv[1])[:50]),  # setup + call + teardown

@@ -5,7 +5,7 @@ The suite runs in parallel (``python -m pytest -n auto``, pytest-xdist, with wor
 pyproject.toml): ``auto`` is one worker per core (:func:`pytest_xdist_auto_num_workers`); every worker
 uses one torch thread, and so do the processes its tests start; what several tests only read is built once
 per session for all workers (:func:`built_once`); the temporary files of a passing session are removed
-(``tmp_path_retention_policy``).
+(``tmp_path_retention_policy``), those of the processes its tests start included (:func:`pytest_configure`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import functools
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,9 +109,31 @@ def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path
     return path
 
 
+#: The temporary directory of the processes this session starts (set in the main process, inherited by the rest).
+TEMP_ROOT = pytest.StashKey[Path]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    """Offline, and a temporary directory of the session's own for every process it starts: the main process points
+    ``TMPDIR`` at a fresh folder, which the workers, the processes tests start and their children inherit, so that
+    what they leave there (inductor's compile cache of ``torch.compile``, ~150 MB; torchrun's agent folders;
+    Chromium's profile) is removed with it when the session ends (:func:`pytest_unconfigure`). pytest's own
+    folders stay where they were (the main process keeps its temporary directory), so that a failing test's
+    ``tmp_path`` is kept for a look, as ``tmp_path_retention_policy`` says."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if WORKER is None:
+        tempfile.tempdir = tempfile.gettempdir()  # this process keeps its own, pytest's base directory in it
+        root = Path(tempfile.mkdtemp(prefix="masterkey-tests-"))
+        os.environ["TMPDIR"] = str(root)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "torchinductor"))  # torch.compile in this process
+        config.stash[TEMP_ROOT] = root
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = config.stash.get(TEMP_ROOT, None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 #: Markers of the longest tests: their files start first, so that parallel workers finish together (the longest
