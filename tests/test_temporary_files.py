@@ -21,26 +21,19 @@ def test_the_processes_a_session_starts_share_a_temporary_folder_of_its_own(tmp_
     assert Path(os.fsdecode(child.stdout.strip())) == root
 
 
-def test_a_session_removes_what_its_processes_left_and_keeps_a_failing_tests_folder(tmp_path: Path) -> None:
-    """Two sessions of tests/session_probe.py (its test writes a file in its tmp_path and has a child process make
-    a folder in the temporary directory), one passing and one failing, side by side."""
-    sessions = {}
-    for fails in (False, True):
-        work = tmp_path / ("fails" if fails else "passes")
-        (work / "tmp").mkdir(parents=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # a main process, not a worker
-        env |= {"TMPDIR": str(work / "tmp"), "MASTERKEY_SESSION_PROBE": str(work / "root.txt")}
-        env.pop("TORCHINDUCTOR_CACHE_DIR")
-        if fails:
-            env["MASTERKEY_SESSION_PROBE_FAILS"] = "1"
-        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/session_probe.py"]
-        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        sessions[fails] = (work, process)
-    for fails, (work, process) in sessions.items():
-        output = process.communicate(timeout=120)[0].decode()
-        assert process.returncode == (1 if fails else 0), output
-        root = Path((work / "root.txt").read_text())
-        assert root.parent == work / "tmp" and root.name.startswith("masterkey-tests-")
-        assert [p.name for p in (work / "tmp").iterdir()] == [f"pytest-of-{getpass.getuser()}"], output
-        kept = list((work / "tmp").glob("pytest-of-*/pytest-*/test_writes*/made-by-the-test"))
-        assert bool(kept) == fails, output  # pytest's tmp_path_retention_policy = "failed"
+def test_a_failing_session_removes_what_its_processes_left_and_keeps_the_failed_tests_folder(tmp_path: Path) -> None:
+    """A session of tests/session_probe.py, whose one test writes a file in its tmp_path, has a child process make a
+    folder in the temporary directory, and fails: the child's folder goes with the session's, the test's stays for
+    a look (pytest's ``tmp_path_retention_policy = "failed"``; a passing test's would go)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # a main process, not a worker
+    env |= {"TMPDIR": str(tmp_path), "MASTERKEY_SESSION_PROBE": str(tmp_path / "root.txt")}
+    env |= {"MASTERKEY_SESSION_PROBE_FAILS": "1"}
+    env.pop("TORCHINDUCTOR_CACHE_DIR")
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/session_probe.py"]
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "failing, as asked" in done.stdout, done.stdout + done.stderr
+    root = Path((tmp_path / "root.txt").read_text())
+    assert root.parent == tmp_path and root.name.startswith("masterkey-tests-")
+    assert not root.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"pytest-of-{getpass.getuser()}", "root.txt"]
+    assert list(tmp_path.glob("pytest-of-*/pytest-*/test_writes*/made-by-the-test"))
