@@ -171,6 +171,10 @@ def main() -> None:
     if args.baseline_rev:
         if not 1 <= args.pairs <= 10:
             parser.error(f"--pairs: expected 1 to 10, got {args.pairs}")
+        known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{args.baseline_rev}^{{commit}}"], cwd=REPO,
+                               capture_output=True)  # fmt: skip
+        if known.returncode != 0:
+            parser.error(f"--baseline-rev: {args.baseline_rev!r} is not a commit of this repository")
         with checkout(args.baseline_rev) as tree:
             for i in range(1, args.pairs + 1):  # alternated, so that a slower hour of the host hits both alike
                 runs[f"baseline-{i}"] = run_suite(args.pytest_args, serial=False, tree=tree)
