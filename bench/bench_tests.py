@@ -46,23 +46,24 @@ README_COMMAND = ["-m", "pytest", "-n", "auto", "-q", "-p", "no:cacheprovider"]
 DURATIONS = 25
 
 
+def _bytes_under(path: Path) -> int:
+    """Bytes of the file ``path``, or of every file under the folder ``path`` (links not followed)."""
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(OSError):  # removed meanwhile
+            return path.lstat().st_size
+        return 0
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
 def tmp_bytes(skip: str = "") -> dict[str, int]:
     """Bytes under each entry of the temporary directory (``/tmp``), but ``skip``: compared before and after a run,
     what the session left there, pytest's own folders and whatever its processes wrote (inductor's cache, ...)."""
-    root = Path(tempfile.gettempdir())
-    sizes: dict[str, int] = {}
-    for entry in root.iterdir():
-        if entry.name == skip:
-            continue
-        total = 0
-        for folder, _, files in os.walk(entry) if entry.is_dir() and not entry.is_symlink() else [("", [], [entry])]:
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(folder, name)).st_size
-                except OSError:
-                    continue
-        sizes[entry.name] = total
-    return sizes
+    return {entry.name: _bytes_under(entry) for entry in Path(tempfile.gettempdir()).iterdir() if entry.name != skip}
 
 
 def run_suite(extra: list[str], serial: bool, tree: Path = REPO) -> dict:
